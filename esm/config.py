@@ -1,0 +1,520 @@
+"""TOML configuration -> immutable, validated objects.
+
+Owns every range and default of the config file; the rest of esm never sees raw TOML.
+Mapping keys are AWS CreateEventSourceMapping parameter names in snake_case, so AWS's
+documentation tells a user what each one does. Validation collects every problem at once,
+each naming its key path and the rule (`mappings[0].batch_size: 20000 is above ...`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from esm.arns import ArnError, SourceArn, parse_source_arn
+from esm.errors import ConfigError
+
+SourceKind = Literal["sqs", "kinesis", "dynamodb"]
+STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
+FUNCTION_KINDS = ("python",)
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STATE_BACKENDS = ("sqlite",)
+MAX_FILTERS = 5
+MAX_FILTER_PATTERN_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+    log_format: str = "json"
+    log_level: str = "info"
+    drain_timeout: float = 910.0
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = "sqlite"
+    path: Path = Path("esm-state.sqlite3")
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    name: str
+    kind: str
+    handler: str
+    code_path: Path
+    timeout: float = 3.0
+    memory_size: int = 128
+    environment: Mapping[str, str] = field(default_factory=dict)
+    reserved_concurrent_executions: int | None = None
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.name}"
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    name: str
+    function: str
+    source: SourceArn
+    enabled: bool = True
+    batch_size: int = 10
+    maximum_batching_window_in_seconds: float = 0.0
+    function_response_types: frozenset[str] = frozenset()
+    maximum_concurrency: int | None = None
+    filter_patterns: tuple[str, ...] = ()
+    starting_position: str | None = None
+    starting_position_timestamp: datetime | None = None
+    parallelization_factor: int = 1
+    bisect_batch_on_function_error: bool = False
+    maximum_retry_attempts: int = -1
+    maximum_record_age_in_seconds: int = -1
+    on_failure_destination: str | None = None
+    tumbling_window_in_seconds: int = 0
+
+    @property
+    def event_source_arn(self) -> str:
+        return self.source.arn
+
+    @property
+    def report_batch_item_failures(self) -> bool:
+        return "ReportBatchItemFailures" in self.function_response_types
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig
+    state: StateConfig
+    functions: Mapping[str, FunctionConfig]
+    mappings: tuple[MappingConfig, ...]
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return parse_config(raw, base_dir=path.parent)
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base_dir`."""
+    problems: list[str] = []
+    top = _Table(raw, "", problems)
+    daemon = _parse_daemon(top.table("daemon"))
+    state = _parse_state(top.table("state"), base_dir)
+    functions = {
+        name: _parse_function(name, section, base_dir)
+        for name, section in top.named_tables("functions")
+    }
+    mappings = tuple(
+        mapping
+        for index, section in enumerate(top.array_of_tables("mappings"))
+        if (mapping := _parse_mapping(index, section, functions)) is not None
+    )
+    top.finish()
+    _check_unique_names(mappings, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(daemon=daemon, state=state, functions=functions, mappings=mappings)
+
+
+def _parse_daemon(t: _Table) -> DaemonConfig:
+    defaults = DaemonConfig()
+    host, port = _parse_address(t, "http_address", f"{defaults.http_host}:{defaults.http_port}")
+    config = DaemonConfig(
+        region=t.string("region", defaults.region),
+        endpoint_url=t.optional_string("endpoint_url"),
+        http_host=host,
+        http_port=port,
+        log_format=t.choice("log_format", LOG_FORMATS, defaults.log_format),
+        log_level=t.choice("log_level", LOG_LEVELS, defaults.log_level),
+        drain_timeout=t.number("drain_timeout", defaults.drain_timeout, 0, 3600),
+    )
+    t.finish()
+    return config
+
+
+def _parse_address(t: _Table, key: str, default: str) -> tuple[str, int]:
+    value = t.string(key, default)
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        t.problem(key, f"{value!r} is not HOST:PORT with a port from 0 to 65535")
+        return "127.0.0.1", 0
+    return host.strip("[]"), int(port_text)
+
+
+def _parse_state(t: _Table, base_dir: Path) -> StateConfig:
+    config = StateConfig(
+        backend=t.choice("backend", STATE_BACKENDS, "sqlite"),
+        path=base_dir / t.string("path", "esm-state.sqlite3"),
+    )
+    t.finish()
+    return config
+
+
+def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
+    kind = t.choice("kind", FUNCTION_KINDS, "python")
+    handler = t.string("handler", "", required=True)
+    if handler and ("." not in handler or handler.startswith(".") or handler.endswith(".")):
+        t.problem("handler", f"{handler!r} is not module.function (as Lambda writes it)")
+    environment = t.string_map("environment")
+    config = FunctionConfig(
+        name=name,
+        kind=kind,
+        handler=handler,
+        code_path=base_dir / t.string("code_path", "."),
+        timeout=t.number("timeout", 3.0, 1, 900),
+        memory_size=t.integer("memory_size", 128, 128, 10240),
+        environment=environment,
+        reserved_concurrent_executions=t.optional_integer(
+            "reserved_concurrent_executions", 1, 1000
+        ),
+    )
+    t.finish()
+    return config
+
+
+def _parse_mapping(
+    index: int, t: _Table, functions: Mapping[str, FunctionConfig]
+) -> MappingConfig | None:
+    name = t.string("name", f"mapping-{index}")
+    function = t.string("function", "", required=True)
+    if function and function not in functions:
+        known = ", ".join(sorted(functions)) or "none defined"
+        t.problem("function", f"{function!r} is not a [functions.*] entry (known: {known})")
+    arn_text = t.string("event_source_arn", "", required=True)
+    source: SourceArn | None = None
+    if arn_text:
+        try:
+            source = parse_source_arn(arn_text)
+        except ArnError as exc:
+            t.problem("event_source_arn", str(exc))
+    enabled = t.boolean("enabled", True)
+    response_types = t.string_list("function_response_types", ("ReportBatchItemFailures",))
+    patterns = _parse_filter_criteria(t)
+    if source is None:
+        t.finish(ignore_unknown=True)
+        return None
+    common: dict[str, Any] = dict(
+        name=name,
+        function=function,
+        source=source,
+        enabled=enabled,
+        function_response_types=frozenset(response_types),
+        filter_patterns=patterns,
+    )
+    if source.kind == "sqs":
+        mapping = _parse_sqs_mapping(t, source, common)
+    else:
+        mapping = _parse_stream_mapping(t, source, common)
+    t.finish()
+    return mapping
+
+
+_STREAM_ONLY_KEYS = (
+    "starting_position",
+    "starting_position_timestamp",
+    "parallelization_factor",
+    "bisect_batch_on_function_error",
+    "maximum_retry_attempts",
+    "maximum_record_age_in_seconds",
+    "destination_config",
+    "tumbling_window_in_seconds",
+)
+
+
+def _parse_sqs_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> MappingConfig:
+    for key in _STREAM_ONLY_KEYS:
+        if key in t.raw:
+            t.consume(key)
+            hint = " (use the queue's redrive policy)" if key == "destination_config" else ""
+            t.problem(key, f"applies to Kinesis and DynamoDB streams only, not SQS{hint}")
+    fifo = source.name.endswith(".fifo")
+    limit = 10 if fifo else 10_000
+    batch_size = t.integer("batch_size", 10, 1, limit, what="FIFO SQS" if fifo else "SQS")
+    window = t.number("maximum_batching_window_in_seconds", 0.0, 0, 300)
+    if batch_size > 10 and window < 1 and "maximum_batching_window_in_seconds" not in t.problems_for:
+        t.problem(
+            "maximum_batching_window_in_seconds",
+            f"must be at least 1 when batch_size is above 10 (batch_size is {batch_size}), as AWS requires",
+        )
+    scaling = t.table("scaling_config")
+    concurrency = scaling.optional_integer("maximum_concurrency", 2, 1000)
+    scaling.finish()
+    return MappingConfig(
+        batch_size=batch_size,
+        maximum_batching_window_in_seconds=window,
+        maximum_concurrency=concurrency,
+        **common,
+    )
+
+
+def _parse_stream_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> MappingConfig:
+    if "scaling_config" in t.raw:
+        t.consume("scaling_config")
+        t.problem("scaling_config", "applies to SQS only; streams scale with parallelization_factor")
+    positions = STARTING_POSITIONS if source.kind == "kinesis" else STARTING_POSITIONS[:2]
+    position = t.choice("starting_position", positions, "", required=True)
+    timestamp = t.optional_timestamp("starting_position_timestamp")
+    if position == "AT_TIMESTAMP" and timestamp is None:
+        t.problem("starting_position_timestamp", "is required when starting_position is AT_TIMESTAMP")
+    if timestamp is not None and position != "AT_TIMESTAMP":
+        t.problem("starting_position_timestamp", "is only allowed with starting_position AT_TIMESTAMP")
+    retries = t.integer("maximum_retry_attempts", -1, -1, 10_000)
+    record_age = t.integer("maximum_record_age_in_seconds", -1, -1, 604_800)
+    if 0 <= record_age < 60:
+        t.problem(
+            "maximum_record_age_in_seconds",
+            f"{record_age} is not allowed: use -1 (infinite) or 60..604800",
+        )
+    destination = t.table("destination_config")
+    on_failure = destination.table("on_failure")
+    destination_arn = on_failure.optional_string("destination")
+    if destination_arn is not None and not _is_destination_arn(destination_arn):
+        on_failure.problem(
+            "destination", f"{destination_arn!r} is not an SQS queue, SNS topic or S3 bucket ARN"
+        )
+    on_failure.finish()
+    destination.finish()
+    return MappingConfig(
+        batch_size=t.integer("batch_size", 100, 1, 10_000),
+        maximum_batching_window_in_seconds=t.number("maximum_batching_window_in_seconds", 0.0, 0, 300),
+        starting_position=position or None,
+        starting_position_timestamp=timestamp,
+        parallelization_factor=t.integer("parallelization_factor", 1, 1, 10),
+        bisect_batch_on_function_error=t.boolean("bisect_batch_on_function_error", False),
+        maximum_retry_attempts=retries,
+        maximum_record_age_in_seconds=record_age,
+        on_failure_destination=destination_arn,
+        tumbling_window_in_seconds=t.integer("tumbling_window_in_seconds", 0, 0, 900),
+        **common,
+    )
+
+
+def _is_destination_arn(arn: str) -> bool:
+    parts = arn.split(":")
+    return len(parts) >= 6 and parts[0] == "arn" and parts[2] in ("sqs", "sns", "s3")
+
+
+def _parse_filter_criteria(t: _Table) -> tuple[str, ...]:
+    criteria = t.table("filter_criteria")
+    filters = criteria.array_of_tables("filters")
+    if len(filters) > MAX_FILTERS:
+        criteria.problem("filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed")
+    patterns = []
+    for f in filters:
+        pattern = f.string("pattern", "", required=True)
+        if len(pattern) > MAX_FILTER_PATTERN_CHARS:
+            f.problem("pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}")
+        f.finish()
+        patterns.append(pattern)
+    criteria.finish()
+    return tuple(patterns)
+
+
+def _check_unique_names(mappings: tuple[MappingConfig, ...], problems: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for index, mapping in enumerate(mappings):
+        if mapping.name in seen:
+            problems.append(
+                f"mappings[{index}].name: {mapping.name!r} is already used by mappings[{seen[mapping.name]}]"
+            )
+        seen.setdefault(mapping.name, index)
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """One TOML table being validated: typed getters that record problems under a key path."""
+
+    def __init__(self, raw: Any, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        self.problems_for: set[str] = set()
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            problems.append(f"{path or 'config'}: must be a table, not {_type_name(raw)}")
+            raw = {}
+        self.raw: Mapping[str, Any] = raw
+        self._seen: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems_for.add(key)
+        self.problems.append(f"{self.key_path(key)}: {message}")
+
+    def consume(self, key: str) -> Any:
+        self._seen.add(key)
+        return self.raw.get(key)
+
+    def finish(self, ignore_unknown: bool = False) -> None:
+        """Unknown keys are errors: a typo must never be silently ignored."""
+        if ignore_unknown:
+            return
+        for key in self.raw:
+            if key not in self._seen:
+                self.problem(key, "unknown key")
+
+    def _get(
+        self,
+        key: str,
+        default: T,
+        check: Callable[[Any], bool],
+        expected: str,
+        required: bool = False,
+    ) -> Any:
+        value = self.consume(key)
+        if value is None:
+            if required:
+                self.problem(key, "is required")
+            return default
+        if not check(value):
+            self.problem(key, f"must be {expected}, not {_type_name(value)} {value!r}")
+            return default
+        return value
+
+    def string(self, key: str, default: str, required: bool = False) -> str:
+        value: str = self._get(key, default, lambda v: isinstance(v, str), "a string", required)
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        value: str | None = self._get(key, None, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
+        return value
+
+    def choice(
+        self, key: str, allowed: tuple[str, ...], default: str, required: bool = False
+    ) -> str:
+        value = self.string(key, default, required)
+        if value and value not in allowed:
+            self.problem(key, f"{value!r} is not one of {', '.join(allowed)}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int, what: str = "") -> int:
+        value = self.optional_integer(key, low, high, what)
+        return default if value is None else value
+
+    def optional_integer(self, key: str, low: int, high: int, what: str = "") -> int | None:
+        value: int | None = self._get(
+            key, None, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
+        )
+        return self._in_range(key, value, low, high, what)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._get(
+            key,
+            None,
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+            "a number",
+        )
+        checked = self._in_range(key, value, low, high)
+        return default if checked is None else float(checked)
+
+    def _in_range(self, key: str, value: Any, low: float, high: float, what: str = "") -> Any:
+        if value is None:
+            return None
+        suffix = f" for {what}" if what else ""
+        if value < low:
+            self.problem(key, f"{value} is below the minimum {low}{suffix}")
+            return None
+        if value > high:
+            self.problem(key, f"{value} is above the maximum {high}{suffix}")
+            return None
+        return value
+
+    def optional_timestamp(self, key: str) -> datetime | None:
+        value = self.consume(key)
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        self.problem(key, f"must be an ISO 8601 date-time or epoch seconds, not {value!r}")
+        return None
+
+    def string_list(self, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.consume(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(key, f"must be a list of strings, not {_type_name(value)}")
+            return ()
+        for item in value:
+            if item not in allowed:
+                self.problem(key, f"{item!r} is not one of {', '.join(allowed)}")
+        return tuple(v for v in value if v in allowed)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.consume(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(key, f"must be a table of strings, not {_type_name(value)}")
+            return {}
+        result = {}
+        for name, item in value.items():
+            if isinstance(item, str):
+                result[name] = item
+            else:
+                self.problems.append(
+                    f"{self.key_path(key)}.{name}: must be a string, not {_type_name(item)}"
+                )
+        return result
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.consume(key), self.key_path(key), self.problems)
+
+    def named_tables(self, key: str) -> list[tuple[str, _Table]]:
+        section = self.table(key)
+        tables = [(name, section.table(name)) for name in section.raw]
+        return tables
+
+    def array_of_tables(self, key: str) -> list[_Table]:
+        value = self.consume(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(key, f"must be an array of tables ([[{key}]]), not {_type_name(value)}")
+            return []
+        return [_Table(item, f"{self.key_path(key)}[{i}]", self.problems) for i, item in enumerate(value)]
+
+
+def _type_name(value: Any) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, datetime):
+        return "date-time"
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,1 @@
+"""Exact Lambda event shapes, one module per event source."""

@@ -1,0 +1,60 @@
+"""Lambda's SQS event record, built from a ReceiveMessage message (botocore's parsed form).
+
+Every key and its order follow AWS's recorded events: `md5OfMessageAttributes` is present
+and null when a message has no attributes; binary attributes are base64; `body` is passed
+through untouched; system attributes are the ones Lambda forwards.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+FORWARDED_ATTRIBUTES = (
+    "ApproximateReceiveCount",
+    "SentTimestamp",
+    "SenderId",
+    "ApproximateFirstReceiveTimestamp",
+    "AWSTraceHeader",
+    "SequenceNumber",
+    "MessageGroupId",
+    "MessageDeduplicationId",
+)
+
+
+def sqs_record(message: Mapping[str, Any], *, queue_arn: str, region: str) -> dict[str, Any]:
+    attributes = message.get("Attributes") or {}
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message.get("Body", ""),
+        "attributes": {k: attributes[k] for k in FORWARDED_ATTRIBUTES if k in attributes},
+        "messageAttributes": {
+            name: _message_attribute(value)
+            for name, value in (message.get("MessageAttributes") or {}).items()
+        },
+        "md5OfMessageAttributes": message.get("MD5OfMessageAttributes"),
+        "md5OfBody": message.get("MD5OfBody"),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+def _message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if "StringValue" in value:
+        result["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        result["binaryValue"] = _b64(value["BinaryValue"])
+    result["stringListValues"] = list(value.get("StringListValues") or [])
+    result["binaryListValues"] = [_b64(v) for v in value.get("BinaryListValues") or []]
+    result["dataType"] = value.get("DataType", "String")
+    return result
+
+
+def _b64(value: bytes | str) -> str:
+    if isinstance(value, str):
+        return value
+    return base64.b64encode(value).decode("ascii")

@@ -1,0 +1,121 @@
+"""Logging setup and every Prometheus metric esm exports, defined in one place.
+
+Metric names mirror AWS's event source mapping metrics (PolledEventCount ->
+esm_polled_events_total, ...) in Prometheus conventions. Labels are the mapping name, the
+function name or the shard, never anything per record. Logs are structlog events, JSON by
+default, one line each; message bodies never appear at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def configure_logging(log_format: str = "json", level: str = "info") -> None:
+    """Route structlog (and stdlib logging of libraries) to stderr, one event per line."""
+    numeric_level = getattr(logging, level.upper())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+class Metrics:
+    """The daemon's metrics, registered on one registry (one per daemon, so tests can run
+    several daemons in one process without colliding)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        m = ["mapping"]
+        self.polled = Counter("esm_polled_events", "Records read from the event source.", m, registry=r)
+        self.filtered_out = Counter(
+            "esm_filtered_out_events", "Records that matched no filter pattern.", m, registry=r
+        )
+        self.invoked = Counter(
+            "esm_invoked_events", "Records sent to the function (each attempt).", m, registry=r
+        )
+        self.failed_invoke = Counter(
+            "esm_failed_invoke_events", "Records in invocations that failed.", m, registry=r
+        )
+        self.deleted = Counter(
+            "esm_deleted_events", "SQS messages deleted after success or filtering.", m, registry=r
+        )
+        self.dropped = Counter(
+            "esm_dropped_events",
+            "Stream records given up with no on-failure destination.",
+            m,
+            registry=r,
+        )
+        self.on_failure_delivered = Counter(
+            "esm_on_failure_destination_delivered_events",
+            "Records whose given-up batch reached the on-failure destination.",
+            m,
+            registry=r,
+        )
+        self.destination_delivery_failures = Counter(
+            "esm_destination_delivery_failures",
+            "Attempts to deliver an on-failure record that failed (retried).",
+            m,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "esm_batch_size_records", "Records per invocation.", m, buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("esm_in_flight_batches", "Batches being processed now.", m, registry=r)
+        self.pollers = Gauge("esm_pollers", "Receivers or shard pollers running.", m, registry=r)
+        self.ready = Gauge(
+            "esm_mapping_ready", "1 when the mapping is polling its source, else 0.", m, registry=r
+        )
+        self.iterator_age = Gauge(
+            "esm_iterator_age_seconds",
+            "Age of the last record read from a shard (AWS IteratorAge).",
+            ["mapping", "shard"],
+            registry=r,
+        )
+        f = ["function"]
+        self.invocations = Counter("esm_function_invocations", "Function invocations.", f, registry=r)
+        self.errors = Counter("esm_function_errors", "Invocations that failed.", f, registry=r)
+        self.throttles = Counter(
+            "esm_function_throttles", "Invocations that could not run.", f, registry=r
+        )
+        self.duration = Histogram(
+            "esm_function_duration_seconds",
+            "Time the function ran.",
+            f,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.concurrent = Gauge(
+            "esm_function_concurrent_executions", "Invocations running now.", f, registry=r
+        )
+        self.aws_retries = Counter(
+            "esm_aws_call_retries", "AWS calls retried after a throttle or transient error.",
+            ["operation"], registry=r,
+        )

@@ -1,0 +1,372 @@
+"""SQS mappings: receivers that long-poll a queue, batch, invoke, and delete what succeeded.
+
+Lambda's rules (spec section 2): a message is deleted only after the function succeeded
+for it or it was filtered out; on a function error nothing is deleted and the queue's
+visibility timeout and redrive policy decide what happens next. With
+ReportBatchItemFailures only the listed messages stay; on a FIFO queue a failed message
+also keeps every later message of its group in the batch, so the group's order holds.
+
+Concurrency: each receiver has at most one batch in flight. The mapping starts with one
+receiver, adds one (at most five a second) while receives come back full, and retires
+receivers whose receive comes back empty, never exceeding `maximum_concurrency`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from esm.aws import AwsClients
+from esm.batch_response import judge
+from esm.batching import BatchBudget
+from esm.config import MappingConfig
+from esm.errors import SourceUnavailable
+from esm.events.sqs import sqs_record
+from esm.filtering import FilterSet, sqs_filter_view
+from esm.functions import Function
+from esm.observability import Metrics, get_logger
+
+log = get_logger("esm.sqs")
+
+DEFAULT_MAXIMUM_CONCURRENCY = 1000
+LONG_POLL_SECONDS = 20
+SCALE_UP_INTERVAL = 0.2
+RESOLVE_RETRY_SECONDS = 10.0
+RECEIVE_ERROR_BACKOFF = (1.0, 30.0)
+DELETE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Received:
+    record: dict[str, Any]
+    size: int
+
+    @property
+    def message_id(self) -> str:
+        return str(self.record["messageId"])
+
+    @property
+    def receipt_handle(self) -> str:
+        return str(self.record["receiptHandle"])
+
+    @property
+    def group_id(self) -> str | None:
+        return self.record["attributes"].get("MessageGroupId")  # type: ignore[no-any-return]
+
+
+class SqsMapping:
+    """One [[mappings]] entry whose source is an SQS queue."""
+
+    def __init__(
+        self,
+        config: MappingConfig,
+        function: Function,
+        aws: AwsClients,
+        metrics: Metrics,
+        filters: FilterSet | None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.function = function
+        self.aws = aws
+        self.filters = filters
+        self.fifo = config.source.name.endswith(".fifo")
+        self.max_receivers = (
+            config.maximum_concurrency or function.concurrency or DEFAULT_MAXIMUM_CONCURRENCY
+        )
+        self.ready = False
+        self.queue_url = ""
+        self._poll_scope = anyio.CancelScope()
+        self._receivers = 0
+        self._last_scale_up = 0.0
+        self._log = log.bind(mapping=self.name)
+        m = self.name
+        self._m_polled = metrics.polled.labels(m)
+        self._m_filtered = metrics.filtered_out.labels(m)
+        self._m_invoked = metrics.invoked.labels(m)
+        self._m_failed = metrics.failed_invoke.labels(m)
+        self._m_deleted = metrics.deleted.labels(m)
+        self._m_batch = metrics.batch_size.labels(m)
+        self._m_in_flight = metrics.in_flight.labels(m)
+        self._m_pollers = metrics.pollers.labels(m)
+        self._m_ready = metrics.ready.labels(m)
+        self._m_ready.set(0)
+
+    def stop(self) -> None:
+        """Stop receiving; batches in flight run to their end (the caller waits for `run`)."""
+        self._poll_scope.cancel()
+
+    async def run(self) -> None:
+        """Receive until stopped, then return once every in-flight batch is finished."""
+        async with anyio.create_task_group() as in_flight:
+            with self._poll_scope:
+                await self._resolve_queue()
+                async with anyio.create_task_group() as receivers:
+                    self._start_receiver(receivers, in_flight)
+        self._set_ready(False)
+        self._log.info("mapping.stopped")
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self._m_ready.set(1 if ready else 0)
+
+    async def _resolve_queue(self) -> None:
+        """Find the queue URL and check Lambda's precondition on its visibility timeout;
+        keep trying (not ready) while the queue is missing, without stopping other mappings."""
+        source = self.config.source
+        while True:
+            try:
+                client = await self.aws.client("sqs")
+                response = await self.aws.retry.call(
+                    "GetQueueUrl",
+                    lambda: client.get_queue_url(
+                        QueueName=source.name, QueueOwnerAWSAccountId=source.account
+                    ),
+                )
+                url = response["QueueUrl"]
+                attributes = await self.aws.retry.call(
+                    "GetQueueAttributes",
+                    lambda: client.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+                    ),
+                )
+                visibility = int(attributes["Attributes"]["VisibilityTimeout"])
+                if visibility < self.function.timeout:
+                    raise SourceUnavailable(
+                        f"queue visibility timeout {visibility} s is less than function "
+                        f"{self.function.name}'s timeout {self.function.timeout:g} s; raise the "
+                        "visibility timeout (AWS recommends 6 x the function timeout)"
+                    )
+                self.queue_url = url
+                self._log.info("mapping.started", queue_url=url, fifo=self.fifo)
+                return
+            except Exception as exc:
+                self._set_ready(False)
+                self._log.error("mapping.source_unavailable", error=str(exc))
+                await anyio.sleep(RESOLVE_RETRY_SECONDS)
+
+    def _start_receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
+        self._receivers += 1
+        self._m_pollers.set(self._receivers)
+        self._last_scale_up = time.monotonic()
+        receivers.start_soon(self._receiver, receivers, in_flight)
+
+    def _maybe_scale_up(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
+        if self._receivers >= self.max_receivers:
+            return
+        if time.monotonic() - self._last_scale_up >= SCALE_UP_INTERVAL:
+            self._start_receiver(receivers, in_flight)
+
+    async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
+        carry: list[Received] = []
+        backoff = RECEIVE_ERROR_BACKOFF[0]
+        try:
+            while True:
+                try:
+                    batch, full = await self._gather(carry)
+                except Exception as exc:
+                    self._set_ready(False)
+                    self._log.error("sqs.receive_failed", error=str(exc), retry_in=backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, RECEIVE_ERROR_BACKOFF[1])
+                    continue
+                backoff = RECEIVE_ERROR_BACKOFF[0]
+                self._set_ready(True)
+                if not batch:
+                    if self._receivers > 1:
+                        return
+                    continue
+                if full:
+                    self._maybe_scale_up(receivers, in_flight)
+                done = anyio.Event()
+                in_flight.start_soon(self._process, batch, done)
+                await done.wait()
+        finally:
+            self._receivers -= 1
+            self._m_pollers.set(self._receivers)
+            if carry:
+                with anyio.CancelScope(shield=True):
+                    await self._release(carry)
+
+    async def _gather(self, carry: list[Received]) -> tuple[list[Received], bool]:
+        """Receive until the batch is full, the window has passed, or 6 MB is reached.
+
+        Returns the batch and whether it was cut by a limit (a sign to scale up). With a
+        window of 0 one receive is one batch, as in Lambda. A message that would push the
+        batch past 6 MB is carried over to this receiver's next batch.
+        """
+        config = self.config
+        budget = BatchBudget(config.batch_size)
+        batch: list[Received] = []
+        while carry and budget.fits(carry[0].size):
+            item = carry.pop(0)
+            budget.add(item.size)
+            batch.append(item)
+        try:
+            return await self._receive_into(batch, budget, carry)
+        except BaseException:
+            carry[:0] = batch  # released by the receiver if it is stopping
+            raise
+
+    async def _receive_into(
+        self, batch: list[Received], budget: BatchBudget, carry: list[Received]
+    ) -> tuple[list[Received], bool]:
+        config = self.config
+        deadline = time.monotonic() + config.maximum_batching_window_in_seconds
+        client = await self.aws.client("sqs")
+        while not budget.full and not carry:
+            remaining = deadline - time.monotonic()
+            if batch and remaining <= 0:
+                break
+            wait = LONG_POLL_SECONDS if not batch else int(min(LONG_POLL_SECONDS, remaining))
+            want = min(10, config.batch_size - budget.count)
+            response = await self.aws.retry.call(
+                "ReceiveMessage",
+                lambda: client.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=want,
+                    WaitTimeSeconds=wait,
+                    MessageSystemAttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                ),
+            )
+            messages = response.get("Messages") or []
+            if not batch and messages:
+                deadline = time.monotonic() + config.maximum_batching_window_in_seconds
+            for message in messages:
+                item = self._received(message)
+                if budget.fits(item.size) and not carry:
+                    budget.add(item.size)
+                    batch.append(item)
+                else:
+                    carry.append(item)
+            if config.maximum_batching_window_in_seconds == 0 or (not messages and not batch):
+                break
+        return batch, budget.full or bool(carry)
+
+    def _received(self, message: dict[str, Any]) -> Received:
+        record = sqs_record(
+            message, queue_arn=self.config.event_source_arn, region=self.config.source.region
+        )
+        return Received(record, len(orjson.dumps(record)))
+
+    async def _process(self, batch: list[Received], done: anyio.Event) -> None:
+        """Filter, invoke, and delete exactly what Lambda would delete."""
+        self._m_in_flight.inc()
+        try:
+            self._m_polled.inc(len(batch))
+            passed, to_delete = self._filter(batch)
+            self._m_filtered.inc(len(to_delete))
+            if passed:
+                failed_ids = await self._invoke(passed)
+                to_delete.extend(m for m in passed if m.message_id not in failed_ids)
+            await self._delete(to_delete)
+        except Exception:
+            self._log.exception("sqs.batch_crashed", size=len(batch))
+        finally:
+            self._m_in_flight.dec()
+            done.set()
+
+    def _filter(self, batch: list[Received]) -> tuple[list[Received], list[Received]]:
+        """Split into messages that pass FilterCriteria and filtered-out ones (to delete)."""
+        if self.filters is None:
+            return batch, []
+        passed: list[Received] = []
+        filtered: list[Received] = []
+        for message in batch:
+            matches = self.filters.matches(sqs_filter_view(message.record))
+            (passed if matches else filtered).append(message)
+        return passed, filtered
+
+    async def _invoke(self, batch: list[Received]) -> set[str]:
+        """Invoke once; return the ids of messages that must stay in the queue."""
+        ids = [m.message_id for m in batch]
+        self._m_batch.observe(len(batch))
+        self._m_invoked.inc(len(batch))
+        result = await self.function.invoke({"Records": [m.record for m in batch]})
+        verdict = judge(result, set(ids), self.config.report_batch_item_failures)
+        failed = set(ids) if verdict.failed_ids is None else set(verdict.failed_ids)
+        if self.fifo and failed:
+            failed = _with_rest_of_groups(batch, failed)
+        if failed:
+            self._m_failed.inc(len(failed))
+            self._log.warning(
+                "batch.failed",
+                size=len(batch),
+                failed=len(failed),
+                reason=verdict.reason or "batchItemFailures",
+                error_type=result.failure.error_type if result.failure else None,
+                request_id=result.request_id,
+            )
+            if result.failure is not None:
+                self._log.debug("batch.error", error_message=result.failure.error_message)
+        else:
+            self._log.info(
+                "batch.succeeded",
+                size=len(batch),
+                duration_s=round(result.duration_s, 4),
+                request_id=result.request_id,
+            )
+        return failed
+
+    async def _delete(self, messages: Sequence[Received]) -> None:
+        """DeleteMessageBatch in tens; entries that fail are retried, then left to reappear
+        (at-least-once: a message whose delete failed is delivered again, never lost)."""
+        client = await self.aws.client("sqs")
+        for start in range(0, len(messages), 10):
+            pending = {str(i): m for i, m in enumerate(messages[start : start + 10])}
+            for _ in range(DELETE_ATTEMPTS):
+                entries = [{"Id": i, "ReceiptHandle": m.receipt_handle} for i, m in pending.items()]
+                try:
+                    response = await self.aws.retry.call(
+                        "DeleteMessageBatch",
+                        lambda entries=entries: client.delete_message_batch(  # type: ignore[misc]
+                            QueueUrl=self.queue_url, Entries=entries
+                        ),
+                    )
+                except Exception as exc:
+                    self._log.warning("sqs.delete_failed", count=len(pending), error=str(exc))
+                    continue
+                for entry in response.get("Successful") or []:
+                    pending.pop(entry["Id"], None)
+                    self._m_deleted.inc()
+                if not pending:
+                    break
+                codes = sorted({e.get("Code", "") for e in response.get("Failed") or []})
+                self._log.warning("sqs.delete_entries_failed", count=len(pending), codes=codes)
+            if pending:
+                self._log.warning("sqs.delete_gave_up", count=len(pending))
+
+    async def _release(self, messages: list[Received]) -> None:
+        """Make received-but-never-invoked messages visible again at once (shutdown)."""
+        with anyio.move_on_after(5):
+            client = await self.aws.client("sqs")
+            for start in range(0, len(messages), 10):
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                    for i, m in enumerate(messages[start : start + 10])
+                ]
+                try:
+                    await client.change_message_visibility_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except Exception as exc:
+                    self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))
+
+
+def _with_rest_of_groups(batch: list[Received], failed: set[str]) -> set[str]:
+    """FIFO: once a message of a group fails, every later message of that group stays too."""
+    blocked: set[str | None] = set()
+    result = set(failed)
+    for message in batch:
+        if message.group_id in blocked:
+            result.add(message.message_id)
+        elif message.message_id in failed:
+            blocked.add(message.group_id)
+    return result

@@ -1,0 +1,146 @@
+"""Fixtures: a real moto server on loopback, AWS clients for setup, and daemon runners."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HANDLERS = Path(__file__).parent / "handlers"
+sys.path.insert(0, str(HANDLERS))
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    """moto in server mode, as its own process, for the whole test session."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/moto-api/")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sqs(endpoint: str):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class RunningDaemon:
+    """A Daemon running in its own event loop thread; `stop()` drains it like SIGTERM."""
+
+    def __init__(self, daemon, portal, future, port):  # type: ignore[no-untyped-def]
+        self.daemon = daemon
+        self.portal = portal
+        self.future = future
+        self.port = port
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stop(self, timeout: float = 60) -> None:
+        self.portal.call(self.daemon.request_stop)
+        self.future.result(timeout=timeout)
+
+
+def build_config(endpoint: str, functions: dict, mappings: list, **daemon):  # type: ignore[no-untyped-def]
+    from esm.config import parse_config
+
+    raw = {
+        "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0", **daemon},
+        "functions": {
+            name: {"code_path": str(HANDLERS), **f} for name, f in functions.items()
+        },
+        "mappings": mappings,
+    }
+    return parse_config(raw)
+
+
+@pytest.fixture
+def run_daemon():  # type: ignore[no-untyped-def]
+    """Start daemons in-process; every one still running is stopped at the end of the test."""
+    from anyio.from_thread import start_blocking_portal
+
+    from esm.daemon import Daemon
+
+    running: list[RunningDaemon] = []
+    portals = []
+
+    def start(config):  # type: ignore[no-untyped-def]
+        daemon = Daemon(config)
+        cm = start_blocking_portal()
+        portal = cm.__enter__()
+        portals.append(cm)
+        future, port = portal.start_task(daemon.run)
+        rd = RunningDaemon(daemon, portal, future, port)
+        running.append(rd)
+        return rd
+
+    yield start
+    for rd in running:
+        if not rd.future.done():
+            rd.stop()
+    for cm in portals:
+        cm.__exit__(None, None, None)
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; return its value or fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)

@@ -1,0 +1,123 @@
+"""Handlers used by the tests, imported by the daemon in-process (code_path = tests/handlers).
+
+Each records the events it got in EVENTS (per queue ARN) so a test can read them back.
+Behaviour is chosen by the message body, the way a real function would decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+EVENTS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+CONTEXTS: list[dict[str, Any]] = []
+_lock = threading.Lock()
+
+
+def _record(event: dict[str, Any]) -> None:
+    with _lock:
+        EVENTS[event["Records"][0]["eventSourceARN"]].append(event)
+
+
+def events_for(arn: str) -> list[dict[str, Any]]:
+    with _lock:
+        return list(EVENTS[arn])
+
+
+def bodies_for(arn: str) -> list[str]:
+    return [r["body"] for e in events_for(arn) for r in e["Records"]]
+
+
+def record(event: dict[str, Any], context: Any) -> None:
+    _record(event)
+    CONTEXTS.append(
+        {
+            "function_name": context.function_name,
+            "aws_request_id": context.aws_request_id,
+            "remaining": context.get_remaining_time_in_millis(),
+            "memory_limit_in_mb": context.memory_limit_in_mb,
+            "invoked_function_arn": context.invoked_function_arn,
+            "env": os.environ.get("ESM_TEST_ENV"),
+        }
+    )
+
+
+async def record_async(event: dict[str, Any], context: Any) -> None:
+    await asyncio.sleep(0)
+    _record(event)
+
+
+def fail_on_poison(event: dict[str, Any], context: Any) -> None:
+    """Raise when any message body contains 'poison' (the whole batch fails)."""
+    _record(event)
+    if any("poison" in r["body"] for r in event["Records"]):
+        raise ValueError("poison message in batch")
+
+
+def report_failures(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """ReportBatchItemFailures: report every message whose body contains 'fail'."""
+    _record(event)
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": r["messageId"]} for r in event["Records"] if "fail" in r["body"]
+        ]
+    }
+
+
+def malformed_response(event: dict[str, Any], context: Any) -> Any:
+    """Answer with what the first body says, parsed as JSON (a hostile partial response)."""
+    _record(event)
+    return json.loads(event["Records"][0]["body"])["response"]
+
+
+def sleep_then_record(event: dict[str, Any], context: Any) -> None:
+    seconds = float(json.loads(event["Records"][0]["body"]).get("sleep", 0))
+    time.sleep(seconds)
+    _record(event)
+
+
+async def hang_async(event: dict[str, Any], context: Any) -> None:
+    _record(event)
+    await asyncio.sleep(3600)
+
+
+def write_to_file(event: dict[str, Any], context: Any) -> None:
+    """For daemons run as subprocesses: append each body to the file in RECORD_PATH."""
+    with open(os.environ["RECORD_PATH"], "a", encoding="utf-8") as f:
+        for r in event["Records"]:
+            f.write(json.dumps({"body": r["body"], "messageId": r["messageId"]}) + "\n")
+    seconds = float(os.environ.get("HANDLER_SLEEP", "0"))
+    if seconds:
+        time.sleep(seconds)
+
+
+class ConcurrencyGauge:
+    """Counts invocations running at once, to check maximum_concurrency is honoured."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.high_water = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.high_water = max(self.high_water, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+CONCURRENCY = ConcurrencyGauge()
+
+
+def slow_counted(event: dict[str, Any], context: Any) -> None:
+    with CONCURRENCY:
+        time.sleep(0.3)
+    _record(event)

@@ -1,0 +1,161 @@
+"""Config validation: every problem named by key path and rule, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esm.config import load_config, parse_config
+from esm.errors import ConfigError
+
+QUEUE = "arn:aws:sqs:us-east-1:123456789012:orders"
+FIFO = "arn:aws:sqs:us-east-1:123456789012:orders.fifo"
+STREAM = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
+DDB = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2024-01-01T00:00:00.000"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems_of(mapping: dict, functions: dict | None = None, **top: object) -> list[str]:
+    raw = {"functions": functions or {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", **mapping}], **top}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value.problems
+
+
+def test_valid_sqs_mapping_gets_lambda_defaults() -> None:
+    config = parse_config({"functions": {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", "event_source_arn": QUEUE}]})
+    m = config.mappings[0]
+    assert (m.batch_size, m.maximum_batching_window_in_seconds, m.enabled) == (10, 0.0, True)
+    assert m.source.kind == "sqs" and m.source.name == "orders"
+    assert config.functions["f"].timeout == 3.0
+    assert config.daemon.http_port == 9464
+
+
+def test_stream_mapping_defaults_to_batch_size_100() -> None:
+    config = parse_config({"functions": {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", "event_source_arn": STREAM, "starting_position": "LATEST"}]})
+    m = config.mappings[0]
+    assert (m.batch_size, m.maximum_retry_attempts, m.maximum_record_age_in_seconds, m.parallelization_factor) == (100, -1, -1, 1)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "expected"),
+    [
+        ({"event_source_arn": QUEUE, "batch_size": 20000}, "mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"),
+        ({"event_source_arn": QUEUE, "batch_size": 0}, "mappings[0].batch_size: 0 is below the minimum 1 for SQS"),
+        ({"event_source_arn": FIFO, "batch_size": 11, "maximum_batching_window_in_seconds": 1}, "mappings[0].batch_size: 11 is above the maximum 10 for FIFO SQS"),
+        ({"event_source_arn": QUEUE, "batch_size": 50}, "mappings[0].maximum_batching_window_in_seconds: must be at least 1 when batch_size is above 10"),
+        ({"event_source_arn": QUEUE, "maximum_batching_window_in_seconds": 301}, "mappings[0].maximum_batching_window_in_seconds: 301 is above the maximum 300"),
+        ({"event_source_arn": QUEUE, "batch_size": "10"}, "mappings[0].batch_size: must be an integer, not string '10'"),
+        ({"event_source_arn": QUEUE, "batchsize": 10}, "mappings[0].batchsize: unknown key"),
+        ({"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1}}, "mappings[0].scaling_config.maximum_concurrency: 1 is below the minimum 2"),
+        ({"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1001}}, "mappings[0].scaling_config.maximum_concurrency: 1001 is above the maximum 1000"),
+        ({"event_source_arn": QUEUE, "function_response_types": ["Partial"]}, "mappings[0].function_response_types: 'Partial' is not one of ReportBatchItemFailures"),
+        ({"event_source_arn": QUEUE, "starting_position": "LATEST"}, "mappings[0].starting_position: applies to Kinesis and DynamoDB streams only, not SQS"),
+        ({"event_source_arn": QUEUE, "enabled": "yes"}, "mappings[0].enabled: must be true or false"),
+        ({"event_source_arn": "arn:aws:s3:::bucket"}, "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is not an SQS queue, Kinesis stream or DynamoDB stream ARN"),
+        ({"event_source_arn": "orders"}, "mappings[0].event_source_arn: 'orders' is not an ARN"),
+        ({}, "mappings[0].event_source_arn: is required"),
+        ({"event_source_arn": QUEUE, "function": "nope"}, "mappings[0].function: 'nope' is not a [functions.*] entry (known: f)"),
+        ({"event_source_arn": STREAM}, "mappings[0].starting_position: is required"),
+        ({"event_source_arn": STREAM, "starting_position": "EARLIEST"}, "mappings[0].starting_position: 'EARLIEST' is not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP"),
+        ({"event_source_arn": DDB, "starting_position": "AT_TIMESTAMP", "starting_position_timestamp": 1}, "mappings[0].starting_position: 'AT_TIMESTAMP' is not one of TRIM_HORIZON, LATEST"),
+        ({"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"}, "mappings[0].starting_position_timestamp: is required when starting_position is AT_TIMESTAMP"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "parallelization_factor": 11}, "mappings[0].parallelization_factor: 11 is above the maximum 10"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_retry_attempts": -2}, "mappings[0].maximum_retry_attempts: -2 is below the minimum -1"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_record_age_in_seconds": 30}, "mappings[0].maximum_record_age_in_seconds: 30 is not allowed: use -1 (infinite) or 60..604800"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "tumbling_window_in_seconds": 901}, "mappings[0].tumbling_window_in_seconds: 901 is above the maximum 900"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "destination_config": {"on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}}}, "mappings[0].destination_config.on_failure.destination: 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue, SNS topic or S3 bucket ARN"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "scaling_config": {"maximum_concurrency": 5}}, "mappings[0].scaling_config: applies to SQS only"),
+        ({"event_source_arn": QUEUE, "filter_criteria": {"filters": [{"pattern": "{}"}] * 6}}, "mappings[0].filter_criteria.filters: has 6 filters; at most 5 are allowed"),
+    ],
+)
+def test_each_problem_names_the_key_and_the_rule(mapping: dict, expected: str) -> None:
+    problems = problems_of(mapping)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        ({"handler": "app.handle", "timeout": 901}, "functions.f.timeout: 901 is above the maximum 900"),
+        ({"handler": "app.handle", "timeout": 0}, "functions.f.timeout: 0 is below the minimum 1"),
+        ({"handler": "handle"}, "functions.f.handler: 'handle' is not module.function"),
+        ({}, "functions.f.handler: is required"),
+        ({"handler": "app.handle", "kind": "java"}, "functions.f.kind: 'java' is not one of python"),
+        ({"handler": "app.handle", "environment": {"A": 1}}, "functions.f.environment.A: must be a string, not integer"),
+        ({"handler": "app.handle", "memory": 128}, "functions.f.memory: unknown key"),
+    ],
+)
+def test_function_problems_name_the_key(function: dict, expected: str) -> None:
+    problems = problems_of({"event_source_arn": QUEUE}, functions={"f": function})
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        ({"daemon": {"http_address": "nope"}}, "daemon.http_address: 'nope' is not HOST:PORT"),
+        ({"daemon": {"log_format": "xml"}}, "daemon.log_format: 'xml' is not one of json, console"),
+        ({"daemon": {"regoin": "x"}}, "daemon.regoin: unknown key"),
+        ({"state": {"backend": "redis"}}, "state.backend: 'redis' is not one of sqlite"),
+        ({"extra": 1}, "extra: unknown key"),
+    ],
+)
+def test_top_level_problems_name_the_key(top: dict, expected: str) -> None:
+    problems = problems_of({"event_source_arn": QUEUE}, **top)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    problems = problems_of({"event_source_arn": QUEUE, "batch_size": 0, "maximum_batching_window_in_seconds": -1, "typo": 1})
+    assert len(problems) == 3
+
+
+def test_duplicate_mapping_names_are_rejected() -> None:
+    raw = {
+        "functions": {"f": {"handler": "app.handle"}},
+        "mappings": [{"name": "a", "function": "f", "event_source_arn": QUEUE}] * 2,
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.problems == ["mappings[1].name: 'a' is already used by mappings[0]"]
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[daemon\nregion = 1")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}: not valid TOML")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "esm", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_validate_accepts_the_example_config() -> None:
+    result = run_cli("validate", "-c", str(ROOT / "config.example.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[functions.f]\nhandler = "app.handle"\n'
+        '[[mappings]]\nfunction = "f"\nevent_source_arn = "arn:aws:sqs:us-east-1:1:q"\nbatch_size = 20000\n'
+    )
+    result = run_cli("validate", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("run", "-c", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "cannot read the config file" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -140,11 +140,14 @@ class RetryPolicy:
             reraise=True,
         )
         try:
-            return await retrying(fn)
+            async for attempt in retrying:
+                with attempt:
+                    return await fn()
         except (ClientError, BotoCoreError) as exc:
             if is_unavailable(exc):
                 raise SourceUnavailable(f"{operation}: {exc}") from exc
             raise
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
 class AwsClients:

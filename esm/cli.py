@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--messages", type=int, default=1000, help="messages to send (default 1000)")
     demo.add_argument("--port", type=int, default=0, help="port of the embedded endpoint")
+    demo.add_argument(
+        "--exit-when-drained", action="store_true", help="stop once every message was handled"
+    )
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(args.config)
@@ -39,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config)
     from esm.demo import run_demo
 
-    return run_demo(messages=args.messages, port=args.port)
+    return run_demo(messages=args.messages, port=args.port, exit_when_drained=args.exit_when_drained)
 
 
 def _load(path: str) -> Config | None:

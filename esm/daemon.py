@@ -22,6 +22,7 @@ from esm.filtering import FilterSet
 from esm.functions import Function, create_functions
 from esm.http_server import StatusServer
 from esm.observability import Metrics, get_logger
+from esm.state.base import CheckpointStore
 
 log = get_logger("esm.daemon")
 
@@ -69,10 +70,10 @@ class Daemon:
         self._stop_requested = anyio.Event()
         if self._stop_early:
             self._stop_requested.set()
+        enabled = [mapping for mapping in self.config.mappings if mapping.enabled]
+        store = await self._open_store() if any(m.source.kind != "sqs" for m in enabled) else None
         async with AwsClients(daemon, self.metrics) as aws:
-            self.runtimes = [
-                self._build(mapping, aws) for mapping in self.config.mappings if mapping.enabled
-            ]
+            self.runtimes = [self._build(mapping, aws, store) for mapping in enabled]
             server = StatusServer(daemon.http_host, daemon.http_port, self.metrics.registry, self.not_ready)
             async with anyio.create_task_group() as tg:
                 self.http_port = await tg.start(server.serve)
@@ -84,6 +85,8 @@ class Daemon:
                 tg.cancel_scope.cancel()
         for function in self.functions.values():
             await function.invoker.aclose()
+        if store is not None:
+            await store.close()
         log.info("daemon.stopped")
 
     async def _run_mappings(self) -> None:
@@ -110,11 +113,21 @@ class Daemon:
                 log.info("daemon.signal", signal=signal.Signals(signum).name)
                 self.request_stop()
 
-    def _build(self, mapping: MappingConfig, aws: AwsClients) -> MappingRuntime:
+    async def _open_store(self) -> CheckpointStore:
+        from esm.state.sqlite import SqliteCheckpointStore
+
+        return await SqliteCheckpointStore.open(self.config.state.path)
+
+    def _build(
+        self, mapping: MappingConfig, aws: AwsClients, store: CheckpointStore | None
+    ) -> MappingRuntime:
         function = self.functions[mapping.function]
         filters = FilterSet.compile(mapping.filter_patterns) if mapping.filter_patterns else None
         if mapping.source.kind == "sqs":
             from esm.sources.sqs import SqsMapping
 
             return SqsMapping(mapping, function, aws, self.metrics, filters)
-        raise NotImplementedError(f"{mapping.source.kind} mappings arrive with the streams issue")
+        from esm.sources.stream_mapping import StreamMapping
+
+        assert store is not None
+        return StreamMapping(mapping, function, aws, self.metrics, filters, store)

@@ -1,0 +1,152 @@
+"""A stream mapping at run time: discovers shards and runs one poller per shard.
+
+Shards are listed at start and every `SHARD_REFRESH_SECONDS` (and at once when a shard
+ends). Resharding follows Lambda: a child shard starts only after each of its parents is
+checkpointed at SHARD_END (a parent no longer listed has expired and does not block); a
+child starts at TRIM_HORIZON so nothing written to it is skipped. A shard with a stored
+checkpoint resumes right after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+from anyio.abc import TaskGroup
+
+from esm.aws import AwsClients
+from esm.config import MappingConfig
+from esm.destinations import create_destination
+from esm.filtering import FilterSet, dynamodb_filter_view, kinesis_filter_view
+from esm.functions import Function
+from esm.observability import Metrics, get_logger
+from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
+from esm.state.base import CheckpointStore
+
+log = get_logger("esm.streams")
+
+SHARD_REFRESH_SECONDS = 10.0
+ERROR_RETRY_SECONDS = 5.0
+
+
+class StreamMapping:
+    """One [[mappings]] entry whose source is a Kinesis stream or a DynamoDB stream."""
+
+    def __init__(
+        self,
+        config: MappingConfig,
+        function: Function,
+        aws: AwsClients,
+        metrics: Metrics,
+        filters: FilterSet | None,
+        store: CheckpointStore,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.ready = False
+        self._m_ready = metrics.ready.labels(config.name)
+        self._m_pollers = metrics.pollers.labels(config.name)
+        self._m_ready.set(0)
+        source = _create_source(config, aws)
+        destination_arn = config.on_failure_destination
+        self.ctx = ShardContext(
+            config=config,
+            source=source,
+            function=function,
+            store=store,
+            metrics=metrics,
+            filters=filters,
+            filter_view=kinesis_filter_view if source.family == "kinesis" else dynamodb_filter_view,
+            destination=create_destination(destination_arn, aws) if destination_arn else None,
+            mapping_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"esm:mapping:{config.name}")),
+        )
+        self.pollers: dict[str, ShardPoller] = {}
+        self._shard_finished = anyio.Event()
+        self._log = log.bind(mapping=config.name)
+
+    def stop(self) -> None:
+        self.ctx.stopping.set()
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self._m_ready.set(1 if ready else 0)
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                while not self.ctx.stopping.is_set():
+                    await self._refresh(tg)
+                    self._shard_finished = anyio.Event()
+                    with anyio.move_on_after(SHARD_REFRESH_SECONDS if self.ready else ERROR_RETRY_SECONDS):
+                        async with anyio.create_task_group() as waiters:
+                            waiters.start_soon(_wait_then_cancel, self.ctx.stopping, waiters)
+                            waiters.start_soon(_wait_then_cancel, self._shard_finished, waiters)
+        finally:
+            self._set_ready(False)
+            await self.ctx.source.aclose()
+            self._log.info("mapping.stopped")
+
+    async def _refresh(self, tg: TaskGroup) -> None:
+        try:
+            shards = await self.ctx.source.list_shards()
+            checkpoints = await self.ctx.store.all(self.config.name)
+        except Exception as exc:
+            self._set_ready(False)
+            self._log.error("mapping.source_unavailable", error=str(exc))
+            return
+        listed = {s.shard_id for s in shards}
+        for shard in shards:
+            if shard.shard_id in self.pollers:
+                continue
+            checkpoint = checkpoints.get(shard.shard_id)
+            if checkpoint is not None and checkpoint.shard_ended:
+                continue
+            waiting_for = [
+                p for p in shard.parent_ids
+                if p in listed and not (checkpoints.get(p) is not None and checkpoints[p].shard_ended)
+            ]
+            if waiting_for:
+                continue
+            position = self._start_position(shard, checkpoint.sequence_number if checkpoint else None)
+            poller = ShardPoller(self.ctx, shard, position)
+            self.pollers[shard.shard_id] = poller
+            tg.start_soon(self._run_poller, poller)
+        self._m_pollers.set(sum(1 for p in self.pollers.values() if not p.ended))
+        self._set_ready(True)
+
+    def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> Position:
+        if checkpoint is not None:
+            return Position("AFTER_SEQUENCE_NUMBER", checkpoint)
+        if shard.parent_ids:
+            return Position("TRIM_HORIZON")
+        kind = self.config.starting_position or "LATEST"
+        assert kind in ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
+        return Position(kind, timestamp=self.config.starting_position_timestamp)  # type: ignore[arg-type]
+
+    async def _run_poller(self, poller: ShardPoller) -> None:
+        try:
+            await poller.run()
+        except Exception as exc:
+            self._log.error("shard.failed", shard=poller.shard.shard_id, error=str(exc))
+            self._set_ready(False)
+            with anyio.move_on_after(ERROR_RETRY_SECONDS):
+                await self.ctx.stopping.wait()
+        if not poller.ended:
+            # Not at SHARD_END (stopped or failed): let the next refresh restart it from its checkpoint.
+            self.pollers.pop(poller.shard.shard_id, None)
+        self._shard_finished.set()
+
+
+async def _wait_then_cancel(event: anyio.Event, group: TaskGroup) -> None:
+    await event.wait()
+    group.cancel_scope.cancel()
+
+
+def _create_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
+    if config.source.kind == "kinesis":
+        from esm.sources.kinesis import KinesisSource
+
+        return KinesisSource(config.source, aws)
+    from esm.sources.dynamodb import DynamoDBStreamSource
+
+    return DynamoDBStreamSource(config.source, aws)

@@ -1,0 +1,489 @@
+"""Shard logic shared by Kinesis and DynamoDB Streams: read, lanes, retries, checkpoints.
+
+One `ShardPoller` per shard reads pages in order and hands records to
+`parallelization_factor` lanes by a stable hash of the partition key (Kinesis) or item key
+(DynamoDB), so records of one key keep their order. Each lane invokes one batch at a time
+and applies Lambda's error rules (spec section 3) to it, blocking only itself:
+
+- a function error retries the batch until it succeeds, `maximum_retry_attempts` is used
+  up, or its records are older than `maximum_record_age_in_seconds`;
+- `bisect_batch_on_function_error` splits a failed batch in halves first; splitting does
+  not use up the retry quota;
+- with ReportBatchItemFailures the records before the lowest reported sequence number are
+  done and the batch is retried from it (each such retry counts as an attempt);
+- throttles and unreachable functions are retried until the records expire, without using
+  up attempts;
+- a given-up batch goes to the on-failure destination (delivery retried until it succeeds,
+  never skipped) or is counted and logged as dropped.
+
+A record is checkpointed only when it and every record before it in the shard are done
+(`ShardProgress`). Stopping abandons batches that have not succeeded: they are read again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import anyio
+
+from esm.batch_response import judge
+from esm.batching import BatchBudget
+from esm.config import MappingConfig
+from esm.destinations import OnFailureDestination
+from esm.errors import DeliveryFailed
+from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
+from esm.filtering import FilterSet
+from esm.functions import Function
+from esm.observability import Metrics, get_logger
+from esm.shard_progress import ShardProgress
+from esm.state.base import Checkpoint, CheckpointStore
+
+log = get_logger("esm.streams")
+
+MAX_RECORDS_PER_READ = 10_000
+BUSY_POLL_INTERVAL = 0.2
+"""Kinesis allows 5 GetRecords calls per second per shard."""
+IDLE_POLL_INTERVAL = 0.25
+MAX_IDLE_POLL_INTERVAL = 1.0
+RETRY_BACKOFF = (0.1, 10.0)
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    event: dict[str, Any]
+    """The record exactly as the function receives it."""
+    sequence_number: str
+    key: str
+    arrival: float
+    size: int
+    index: int = 0
+
+
+@dataclass
+class ReadResult:
+    records: list[StreamRecord]
+    next_iterator: str | None
+    millis_behind: int | None
+
+
+@dataclass(frozen=True)
+class Position:
+    kind: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "AFTER_SEQUENCE_NUMBER"]
+    sequence_number: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard_id: str
+    parent_ids: tuple[str, ...]
+    closed: bool
+    """The shard has an ending sequence number: after its last record it is at SHARD_END."""
+
+
+class StreamSource(Protocol):
+    """What differs between Kinesis and DynamoDB Streams."""
+
+    family: Literal["kinesis", "dynamodb"]
+
+    async def list_shards(self) -> list[ShardInfo]: ...
+
+    async def iterator_at(self, shard_id: str, position: Position) -> str: ...
+
+    async def read(self, shard_id: str, iterator: str) -> ReadResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class ShardContext:
+    """What a shard poller shares with its mapping."""
+
+    config: MappingConfig
+    source: StreamSource
+    function: Function
+    store: CheckpointStore
+    metrics: Metrics
+    filters: FilterSet | None
+    filter_view: Any
+    destination: OnFailureDestination | None
+    mapping_uuid: str
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+
+
+class ShardPoller:
+    def __init__(self, ctx: ShardContext, shard: ShardInfo, start: Position) -> None:
+        self.ctx = ctx
+        self.shard = shard
+        self.start = start
+        self.progress = ShardProgress()
+        self.lanes = [Lane(self, i) for i in range(ctx.config.parallelization_factor)]
+        self.ended = False
+        self._saved: str | None = start.sequence_number
+        self._space = anyio.Event()
+        self._progressed = anyio.Event()
+        self._reading_done = False
+        self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
+        m = ctx.config.name
+        self._m_polled = ctx.metrics.polled.labels(m)
+        self._m_filtered = ctx.metrics.filtered_out.labels(m)
+        self._m_age = ctx.metrics.iterator_age.labels(m, shard.shard_id)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(lane.buffer) for lane in self.lanes)
+
+    @property
+    def buffer_limit(self) -> int:
+        return max(MAX_RECORDS_PER_READ, 2 * self.ctx.config.batch_size * len(self.lanes))
+
+    async def run(self) -> None:
+        """Read the shard to its end (or until stopped); checkpoint what is done."""
+        self._log.info("shard.started", position=self.start.kind, after=self.start.sequence_number)
+        async with anyio.create_task_group() as tg:
+            for lane in self.lanes:
+                tg.start_soon(lane.run)
+            tg.start_soon(self._checkpointer)
+            try:
+                await self._read_loop()
+            finally:
+                self._reading_done = True
+                for lane in self.lanes:
+                    lane.wake()
+                self.progressed()
+        await self._save(final=True)
+        self._log.info("shard.stopped", ended=self.ended, checkpoint=self._saved)
+
+    async def _read_loop(self) -> None:
+        ctx = self.ctx
+        iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
+        last_read: str | None = self.start.sequence_number
+        idle = IDLE_POLL_INTERVAL
+        while not ctx.stopping.is_set():
+            while self.buffered >= self.buffer_limit and not ctx.stopping.is_set():
+                self._space = anyio.Event()
+                with anyio.move_on_after(1):
+                    await self._space.wait()
+            if ctx.stopping.is_set():
+                return
+            started = time.monotonic()
+            try:
+                result = await ctx.source.read(self.shard.shard_id, iterator)
+            except ExpiredIterator:
+                position = (
+                    Position("AFTER_SEQUENCE_NUMBER", last_read) if last_read else self.start
+                )
+                self._log.info("shard.iterator_expired", renew_after=last_read)
+                iterator = await ctx.source.iterator_at(self.shard.shard_id, position)
+                continue
+            if result.records:
+                last_read = result.records[-1].sequence_number
+                self._accept(result.records)
+            self._report_age(result)
+            if result.next_iterator is None or (self.shard.closed and not result.records):
+                self.ended = True
+                return
+            iterator = result.next_iterator
+            caught_up = not result.records or result.millis_behind == 0
+            if caught_up:
+                delay, idle = idle, min(idle * 1.5, MAX_IDLE_POLL_INTERVAL)
+            else:
+                delay, idle = BUSY_POLL_INTERVAL - (time.monotonic() - started), IDLE_POLL_INTERVAL
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await ctx.stopping.wait()
+
+    def _accept(self, records: list[StreamRecord]) -> None:
+        """Register records for checkpointing; filtered-out ones are done at once."""
+        ctx = self.ctx
+        self._m_polled.inc(len(records))
+        first = self.progress.register(r.sequence_number for r in records)
+        for offset, record in enumerate(records):
+            record.index = first + offset
+        if ctx.filters is not None:
+            view = ctx.filter_view
+            passed = [r for r in records if ctx.filters.matches(view(r.event))]
+            if len(passed) < len(records):
+                keep = {r.index for r in passed}
+                self._m_filtered.inc(len(records) - len(passed))
+                self.progress.complete(r.index for r in records if r.index not in keep)
+                self.progressed()
+            records = passed
+        lanes = self.lanes
+        if len(lanes) == 1:
+            lanes[0].push(records)
+            return
+        split: list[list[StreamRecord]] = [[] for _ in lanes]
+        for record in records:
+            split[zlib.crc32(record.key.encode()) % len(lanes)].append(record)
+        for lane, part in zip(lanes, split, strict=True):
+            if part:
+                lane.push(part)
+
+    def _report_age(self, result: ReadResult) -> None:
+        if result.millis_behind is not None:
+            self._m_age.set(result.millis_behind / 1000)
+        elif result.records:
+            self._m_age.set(max(0.0, time.time() - result.records[-1].arrival))
+        else:
+            self._m_age.set(0)
+
+    def progressed(self) -> None:
+        self._progressed.set()
+
+    def space_freed(self) -> None:
+        self._space.set()
+
+    async def _checkpointer(self) -> None:
+        """Write the checkpoint after progress, coalescing bursts into one write."""
+        while True:
+            await self._progressed.wait()
+            self._progressed = anyio.Event()
+            await self._save()
+            if self._reading_done and all(lane.finished for lane in self.lanes):
+                return
+
+    async def _save(self, final: bool = False) -> None:
+        checkpoint = self.progress.checkpoint
+        ended = final and self.ended and self.progress.outstanding == 0 and not self.ctx.stopping.is_set()
+        if checkpoint == self._saved and not ended:
+            return
+        with anyio.CancelScope(shield=True):
+            await self.ctx.store.put(
+                self.ctx.config.name,
+                self.shard.shard_id,
+                Checkpoint(checkpoint or self._saved, shard_ended=ended),
+            )
+        self._saved = checkpoint or self._saved
+
+
+class ExpiredIterator(Exception):
+    """The shard iterator expired (Kinesis: 5 minutes); renew it from the last record read."""
+
+
+class Lane:
+    """Records of one shard whose keys hash here, invoked in order, one batch at a time."""
+
+    def __init__(self, poller: ShardPoller, index: int) -> None:
+        self.poller = poller
+        self.ctx = poller.ctx
+        self.index = index
+        self.buffer: deque[StreamRecord] = deque()
+        self.finished = False
+        self._wakeup = anyio.Event()
+        self._first_buffered_at = 0.0
+        self._log = poller._log.bind(lane=index)
+        m = self.ctx.config.name
+        metrics = self.ctx.metrics
+        self._m_invoked = metrics.invoked.labels(m)
+        self._m_failed = metrics.failed_invoke.labels(m)
+        self._m_batch = metrics.batch_size.labels(m)
+        self._m_in_flight = metrics.in_flight.labels(m)
+        self._m_dropped = metrics.dropped.labels(m)
+        self._m_delivered = metrics.on_failure_delivered.labels(m)
+        self._m_delivery_failures = metrics.destination_delivery_failures.labels(m)
+
+    def push(self, records: list[StreamRecord]) -> None:
+        if not self.buffer:
+            self._first_buffered_at = time.monotonic()
+        self.buffer.extend(records)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                self._m_in_flight.inc()
+                try:
+                    done = await self._handle(batch, 0)
+                finally:
+                    self._m_in_flight.dec()
+                if not done:
+                    return
+                self._complete(batch)
+        finally:
+            self.finished = True
+            self.poller.progressed()
+
+    def _complete(self, batch: Sequence[StreamRecord]) -> None:
+        self.poller.progress.complete(r.index for r in batch)
+        self.poller.progressed()
+
+    async def _next_batch(self) -> list[StreamRecord] | None:
+        """Wait for records, then take a batch: batch_size, the window, or 6 MB."""
+        config = self.ctx.config
+        window = config.maximum_batching_window_in_seconds
+        while True:
+            if self.ctx.stopping.is_set():
+                return None
+            if self.buffer:
+                deadline = self._first_buffered_at + window
+                remaining = deadline - time.monotonic()
+                if len(self.buffer) >= config.batch_size or remaining <= 0 or self.poller._reading_done:
+                    return self._take()
+                self._wakeup = anyio.Event()
+                with anyio.move_on_after(remaining):
+                    await self._wakeup.wait()
+                continue
+            if self.poller._reading_done:
+                return None
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    def _take(self) -> list[StreamRecord]:
+        budget = BatchBudget(self.ctx.config.batch_size)
+        batch: list[StreamRecord] = []
+        buffer = self.buffer
+        while buffer and budget.fits(buffer[0].size):
+            record = buffer.popleft()
+            budget.add(record.size)
+            batch.append(record)
+        self._first_buffered_at = time.monotonic()
+        self.poller.space_freed()
+        return batch
+
+    async def _handle(self, batch: list[StreamRecord], attempts: int) -> bool:
+        """Invoke until the batch is done or given up; False if stopping abandoned it."""
+        config = self.ctx.config
+        invocations = 0
+        while batch:
+            if self.ctx.stopping.is_set():
+                return False
+            expired, batch = self._split_expired(batch)
+            if expired:
+                if not await self._give_up(expired, "RecordAgeExceeded", max(invocations, 1), None):
+                    return False
+                self._complete(expired)
+                if not batch:
+                    return True
+            result = await self._invoke(batch)
+            invocations += 1
+            if result.throttled:
+                if not await self._pause(RETRY_BACKOFF[1]):
+                    return False
+                continue
+            ids = {r.sequence_number for r in batch}
+            verdict = judge(result, ids, config.report_batch_item_failures)
+            if verdict.failed_ids is not None and not verdict.failed_ids:
+                return True
+            self._m_failed.inc(len(batch))
+            function_error = "Unhandled" if result.failure is not None else None
+            if verdict.failed_ids is not None:
+                lowest = min(verdict.failed_ids, key=int)
+                cut = next(i for i, r in enumerate(batch) if r.sequence_number == lowest)
+                self._complete(batch[:cut])
+                batch = batch[cut:]
+                self._log.info("batch.partial_failure", retry_from=lowest, size=len(batch))
+            elif config.bisect_batch_on_function_error and len(batch) > 1:
+                half = len(batch) // 2
+                self._log.info("batch.bisected", size=len(batch), halves=[half, len(batch) - half])
+                for part in (batch[:half], batch[half:]):
+                    if not await self._handle(part, attempts):
+                        return False
+                    self._complete(part)
+                return True
+            attempts += 1
+            self._log.warning(
+                "batch.failed",
+                size=len(batch),
+                attempt=attempts,
+                reason=verdict.reason or "batchItemFailures",
+                error_type=result.failure.error_type if result.failure else None,
+            )
+            if 0 <= config.maximum_retry_attempts < attempts:
+                return await self._give_up(batch, "RetryAttemptsExhausted", invocations, function_error, result.request_id)
+            if not await self._pause(min(RETRY_BACKOFF[0] * 2 ** (attempts - 1), RETRY_BACKOFF[1])):
+                return False
+        return True
+
+    async def _invoke(self, batch: list[StreamRecord]) -> Any:
+        self._m_batch.observe(len(batch))
+        self._m_invoked.inc(len(batch))
+        return await self.ctx.function.invoke({"Records": [r.event for r in batch]})
+
+    def _split_expired(self, batch: list[StreamRecord]) -> tuple[list[StreamRecord], list[StreamRecord]]:
+        """Records older than maximum_record_age_in_seconds are given up without invoking."""
+        max_age = self.ctx.config.maximum_record_age_in_seconds
+        if max_age < 0:
+            return [], batch
+        oldest_allowed = time.time() - max_age
+        cut = 0
+        while cut < len(batch) and batch[cut].arrival < oldest_allowed:
+            cut += 1
+        return batch[:cut], batch[cut:]
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep before a retry; False if the daemon is stopping (the batch is abandoned)."""
+        with anyio.move_on_after(seconds):
+            await self.ctx.stopping.wait()
+        return not self.ctx.stopping.is_set()
+
+    async def _give_up(
+        self,
+        batch: list[StreamRecord],
+        condition: Literal["RetryAttemptsExhausted", "RecordAgeExceeded"],
+        invocations: int,
+        function_error: str | None,
+        request_id: str | None = None,
+    ) -> bool:
+        """Deliver the batch's on-failure record, retrying until it is accepted; or drop it."""
+        ctx = self.ctx
+        first, last = batch[0], batch[-1]
+        fields = dict(
+            condition=condition,
+            size=len(batch),
+            first_sequence_number=first.sequence_number,
+            last_sequence_number=last.sequence_number,
+        )
+        if ctx.destination is None:
+            self._m_dropped.inc(len(batch))
+            self._log.warning("batch.dropped", **fields)
+            return True
+        given_up = GivenUpBatch(
+            source=ctx.source.family,
+            shard_id=self.poller.shard.shard_id,
+            stream_arn=ctx.config.event_source_arn,
+            function_arn=ctx.function.arn,
+            start_sequence_number=first.sequence_number,
+            end_sequence_number=last.sequence_number,
+            first_arrival=first.arrival,
+            last_arrival=last.arrival,
+            batch_size=len(batch),
+            condition=condition,
+            approximate_invoke_count=invocations,
+            function_error=function_error,
+            request_id=request_id or str(uuid.uuid4()),
+            mapping_uuid=ctx.mapping_uuid,
+        )
+        now = datetime.now(UTC)
+        record = failure_record(given_up, now=now)
+        s3_object = None
+        if ctx.destination.arn.split(":")[2] == "s3":
+            payload = {"Records": [r.event for r in batch]}
+            s3_object = s3_failure_object(given_up, payload, now=now, object_uuid=str(uuid.uuid4()))
+        delay = RETRY_BACKOFF[0]
+        while True:
+            try:
+                await ctx.destination.deliver(record, s3_object)
+            except DeliveryFailed as exc:
+                self._m_delivery_failures.inc()
+                self._log.error("destination.delivery_failed", error=str(exc), retry_in=delay, **fields)
+                if not await self._pause(delay):
+                    return False
+                delay = min(delay * 2, 30.0)
+                continue
+            self._m_delivered.inc(len(batch))
+            self._log.info("destination.delivered", destination=ctx.destination.arn, **fields)
+            return True

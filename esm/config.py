@@ -8,6 +8,7 @@ each naming its key path and the rule (`mappings[0].batch_size: 20000 is above .
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from typing import Any, Literal, TypeVar
 
 from esm.arns import ArnError, SourceArn, parse_source_arn
 from esm.errors import ConfigError
+from esm.filtering import validate_pattern
 
 SourceKind = Literal["sqs", "kinesis", "dynamodb"]
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
-FUNCTION_KINDS = ("python",)
+FUNCTION_KINDS = ("python", "process", "http", "lambda")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_BACKENDS = ("sqlite",)
@@ -55,6 +57,19 @@ class FunctionConfig:
     memory_size: int = 128
     environment: Mapping[str, str] = field(default_factory=dict)
     reserved_concurrent_executions: int | None = None
+    command: tuple[str, ...] | None = None
+    """kind = "process": the execution environment's command (None: esm's built-in Python
+    runtime client running `handler`)."""
+    url: str | None = None
+    """kind = "http": where the event is POSTed."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    bearer_token_env: str | None = None
+    """kind = "http": the environment variable holding the bearer token (never the token)."""
+    verify_tls: bool = True
+    function_name: str | None = None
+    """kind = "lambda": function name or ARN, qualifier allowed (`name:alias`)."""
+    endpoint_url: str | None = None
+    """kind = "lambda": Lambda endpoint override (Runtime Interface Emulator, SAM local)."""
 
     @property
     def arn(self) -> str:
@@ -168,26 +183,172 @@ def _parse_state(t: _Table, base_dir: Path) -> StateConfig:
     return config
 
 
+_FUNCTION_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "python": ("handler", "code_path", "memory_size", "environment"),
+    "process": ("handler", "code_path", "memory_size", "environment", "command"),
+    "http": ("url", "headers", "bearer_token_env", "verify_tls"),
+    "lambda": ("function_name", "endpoint_url", "verify_tls"),
+}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LAMBDA_FUNCTION_NAME = re.compile(
+    r"(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?"
+    r"(\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?"
+)
+_LAMBDA_FUNCTION_NAME_MAX = 170
+_HOP_BY_HOP_HEADERS = frozenset(
+    {"content-length", "content-type", "host", "transfer-encoding", "connection"}
+)
+
+
 def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
     kind = t.choice("kind", FUNCTION_KINDS, "python")
-    handler = t.string("handler", "", required=True)
-    if handler and ("." not in handler or handler.startswith(".") or handler.endswith(".")):
-        t.problem("handler", f"{handler!r} is not module.function (as Lambda writes it)")
-    environment = t.string_map("environment")
-    config = FunctionConfig(
-        name=name,
-        kind=kind,
-        handler=handler,
-        code_path=base_dir / t.string("code_path", "."),
-        timeout=t.number("timeout", 3.0, 1, 900),
-        memory_size=t.integer("memory_size", 128, 128, 10240),
-        environment=environment,
-        reserved_concurrent_executions=t.optional_integer(
-            "reserved_concurrent_executions", 1, 1000
-        ),
-    )
+    _reject_keys_of_other_kinds(t, kind)
+    timeout = t.number("timeout", 3.0, 1, 900)
+    concurrency = t.optional_integer("reserved_concurrent_executions", 1, 1000)
+    if kind == "http":
+        config = _parse_http_function(name, t, timeout, concurrency)
+    elif kind == "lambda":
+        config = _parse_lambda_function(name, t, timeout, concurrency)
+    else:
+        command = _parse_command(t) if kind == "process" else None
+        # A custom runtime reads _HANDLER its own way; only esm's Python runtimes need
+        # module.function.
+        needs_module_function = command is None
+        handler = t.string("handler", "", required=needs_module_function)
+        if needs_module_function and handler and (
+            "." not in handler or handler.startswith(".") or handler.endswith(".")
+        ):
+            t.problem("handler", f"{handler!r} is not module.function (as Lambda writes it)")
+        config = FunctionConfig(
+            name=name,
+            kind=kind,
+            handler=handler,
+            code_path=base_dir / t.string("code_path", "."),
+            timeout=timeout,
+            memory_size=t.integer("memory_size", 128, 128, 10240),
+            environment=t.string_map("environment"),
+            reserved_concurrent_executions=concurrency,
+            command=command,
+        )
     t.finish()
     return config
+
+
+def _reject_keys_of_other_kinds(t: _Table, kind: str) -> None:
+    """A key of another kind is a mistake worth naming (not just "unknown key")."""
+    own = _FUNCTION_KEYS_BY_KIND.get(kind, ())
+    for key in t.raw:
+        if key in own:
+            continue
+        kinds = [k for k, keys in _FUNCTION_KEYS_BY_KIND.items() if key in keys]
+        if kinds:
+            t.consume(key)
+            t.problem(
+                key,
+                f"does not apply to kind = {kind!r} (it applies to kind "
+                + " or ".join(repr(k) for k in kinds)
+                + ")",
+            )
+
+
+def _parse_command(t: _Table) -> tuple[str, ...] | None:
+    value = t.consume("command")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) for v in value)
+        or not value[0]
+    ):
+        t.problem(
+            "command",
+            "must be a non-empty list of strings, e.g. [\"./bootstrap\"] or "
+            "[\"python\", \"-m\", \"awslambdaric\", \"app.handler\"]",
+        )
+        return None
+    return tuple(value)
+
+
+def _parse_http_function(
+    name: str, t: _Table, timeout: float, concurrency: int | None
+) -> FunctionConfig:
+    url = t.string("url", "", required=True)
+    if url and not _is_http_url(url):
+        t.problem("url", f"{url!r} is not an http:// or https:// URL with a host")
+    headers = t.string_map("headers")
+    for header in headers:
+        if not _HEADER_NAME.fullmatch(header):
+            t.problem("headers", f"{header!r} is not a valid HTTP header name")
+        elif header.lower() == "authorization":
+            t.problem(
+                "headers",
+                "Authorization must not be written in the config file; put the token in an "
+                "environment variable and name it in bearer_token_env",
+            )
+        elif header.lower() in _HOP_BY_HOP_HEADERS:
+            t.problem("headers", f"{header!r} is set by esm and cannot be overridden")
+    token_env = t.optional_string("bearer_token_env")
+    if token_env is not None and not _ENV_NAME.fullmatch(token_env):
+        t.problem(
+            "bearer_token_env",
+            f"{token_env!r} is not an environment variable name (the token itself never "
+            "belongs in the config file)",
+        )
+    return FunctionConfig(
+        name=name,
+        kind="http",
+        handler="",
+        code_path=Path("."),
+        timeout=timeout,
+        reserved_concurrent_executions=concurrency,
+        url=url,
+        headers=headers,
+        bearer_token_env=token_env,
+        verify_tls=t.boolean("verify_tls", True),
+    )
+
+
+def _parse_lambda_function(
+    name: str, t: _Table, timeout: float, concurrency: int | None
+) -> FunctionConfig:
+    function_name = t.string("function_name", "", required=True)
+    if function_name and (
+        len(function_name) > _LAMBDA_FUNCTION_NAME_MAX
+        or not _LAMBDA_FUNCTION_NAME.fullmatch(function_name)
+    ):
+        t.problem(
+            "function_name",
+            f"{function_name!r} is not a Lambda function name or ARN (name, name:qualifier, "
+            f"or arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER], at most "
+            f"{_LAMBDA_FUNCTION_NAME_MAX} characters)",
+        )
+    endpoint_url = t.optional_string("endpoint_url")
+    if endpoint_url is not None and not _is_http_url(endpoint_url):
+        t.problem("endpoint_url", f"{endpoint_url!r} is not an http:// or https:// URL with a host")
+    return FunctionConfig(
+        name=name,
+        kind="lambda",
+        handler="",
+        code_path=Path("."),
+        timeout=timeout,
+        reserved_concurrent_executions=concurrency,
+        function_name=function_name,
+        endpoint_url=endpoint_url,
+        verify_tls=t.boolean("verify_tls", True),
+    )
+
+
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _parse_mapping(
@@ -322,6 +483,8 @@ def _parse_filter_criteria(t: _Table) -> tuple[str, ...]:
         pattern = f.string("pattern", "", required=True)
         if len(pattern) > MAX_FILTER_PATTERN_CHARS:
             f.problem("pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}")
+        elif pattern and (problem := validate_pattern(pattern)) is not None:
+            f.problem("pattern", problem)
         f.finish()
         patterns.append(pattern)
     criteria.finish()

@@ -96,7 +96,11 @@ class StreamMapping:
             return
         listed = {s.shard_id for s in shards}
         for shard in shards:
-            if shard.shard_id in self.pollers:
+            running = self.pollers.get(shard.shard_id)
+            if running is not None:
+                # A shard closed by resharding after its poller started: tell the poller, so
+                # it ends once it has read everything (moto never returns a null iterator).
+                running.shard = shard
                 continue
             checkpoint = checkpoints.get(shard.shard_id)
             if checkpoint is not None and checkpoint.shard_ended:

@@ -16,12 +16,17 @@ and applies Lambda's error rules (spec section 3) to it, blocking only itself:
 - a given-up batch goes to the on-failure destination (delivery retried until it succeeds,
   never skipped) or is counted and logged as dropped.
 
+With `tumbling_window_in_seconds`, each lane keeps one window's state (esm.tumbling): a
+batch never spans two windows, and a window's records are checkpointed only after its
+final invocation succeeded.
+
 A record is checkpointed only when it and every record before it in the shard are done
 (`ShardProgress`). Stopping abandons batches that have not succeeded: they are read again.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 import zlib
@@ -33,7 +38,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from esm.batch_response import judge
+from esm.batch_response import BatchVerdict, judge
 from esm.batching import BatchBudget
 from esm.config import MappingConfig
 from esm.destinations import OnFailureDestination
@@ -41,9 +46,18 @@ from esm.errors import DeliveryFailed
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
 from esm.filtering import FilterSet
 from esm.functions import Function
+from esm.invocation import InvocationResult
 from esm.observability import Metrics, get_logger
 from esm.shard_progress import ShardProgress
 from esm.state.base import Checkpoint, CheckpointStore
+from esm.tumbling import (
+    Window,
+    WindowState,
+    returned_state,
+    state_too_large,
+    window_event,
+    window_of,
+)
 
 log = get_logger("esm.streams")
 
@@ -124,8 +138,9 @@ class ShardPoller:
         self.shard = shard
         self.start = start
         self.progress = ShardProgress()
-        self.lanes = [Lane(self, i) for i in range(ctx.config.parallelization_factor)]
         self.ended = False
+        self.caught_up = False
+        """The last read returned nothing new or said it was at the tip (MillisBehindLatest 0)."""
         self._saved: str | None = start.sequence_number
         self._space = anyio.Event()
         self._progressed = anyio.Event()
@@ -135,6 +150,7 @@ class ShardPoller:
         self._m_polled = ctx.metrics.polled.labels(m)
         self._m_filtered = ctx.metrics.filtered_out.labels(m)
         self._m_age = ctx.metrics.iterator_age.labels(m, shard.shard_id)
+        self.lanes = [Lane(self, i) for i in range(ctx.config.parallelization_factor)]
 
     @property
     def buffered(self) -> int:
@@ -191,8 +207,8 @@ class ShardPoller:
                 self.ended = True
                 return
             iterator = result.next_iterator
-            caught_up = not result.records or result.millis_behind == 0
-            if caught_up:
+            self.caught_up = not result.records or result.millis_behind == 0
+            if self.caught_up:
                 delay, idle = idle, min(idle * 1.5, MAX_IDLE_POLL_INTERVAL)
             else:
                 delay, idle = BUSY_POLL_INTERVAL - (time.monotonic() - started), IDLE_POLL_INTERVAL
@@ -264,6 +280,13 @@ class ShardPoller:
         self._saved = checkpoint or self._saved
 
 
+class _CloseWindow:
+    """Said by a lane's batch source when the open tumbling window is over."""
+
+
+CLOSE_WINDOW = _CloseWindow()
+
+
 class ExpiredIterator(Exception):
     """The shard iterator expired (Kinesis: 5 minutes); renew it from the last record read."""
 
@@ -279,6 +302,8 @@ class Lane:
         self.finished = False
         self._wakeup = anyio.Event()
         self._first_buffered_at = 0.0
+        self.window: WindowState | None = None
+        """The open tumbling window (tumbling_window_in_seconds > 0); one state per lane."""
         self._log = poller._log.bind(lane=index)
         m = self.ctx.config.name
         metrics = self.ctx.metrics
@@ -304,7 +329,14 @@ class Lane:
             while True:
                 batch = await self._next_batch()
                 if batch is None:
+                    if self.window is not None and self.poller.ended and not self.ctx.stopping.is_set():
+                        # The shard ended: its window is closed early; children start fresh.
+                        await self._close_window(terminated_early=True)
                     return
+                if isinstance(batch, _CloseWindow):
+                    if not await self._close_window(terminated_early=False):
+                        return
+                    continue
                 self._m_in_flight.inc()
                 try:
                     done = await self._handle(batch, 0)
@@ -312,7 +344,9 @@ class Lane:
                     self._m_in_flight.dec()
                 if not done:
                     return
-                self._complete(batch)
+                if self.window is not None and state_too_large(self.window.state):
+                    if not await self._close_window(terminated_early=True):
+                        return
         finally:
             self.finished = True
             self.poller.progressed()
@@ -321,41 +355,119 @@ class Lane:
         self.poller.progress.complete(r.index for r in batch)
         self.poller.progressed()
 
-    async def _next_batch(self) -> list[StreamRecord] | None:
-        """Wait for records, then take a batch: batch_size, the window, or 6 MB."""
+    def _succeeded(self, batch: Sequence[StreamRecord], response: Any) -> None:
+        """The function processed these records. Within a tumbling window they are held
+        back until the window's final invocation succeeded, then checkpointed together."""
+        if self.window is None:
+            self._complete(batch)
+            return
+        self.window.state = returned_state(response) or {}
+        self.window.indices.extend(r.index for r in batch)
+
+    async def _next_batch(self) -> list[StreamRecord] | _CloseWindow | None:
+        """Wait for records, then take a batch: batch_size, the window, or 6 MB; or say
+        that the open tumbling window is over."""
         config = self.ctx.config
         window = config.maximum_batching_window_in_seconds
         while True:
             if self.ctx.stopping.is_set():
                 return None
+            if self.window is not None and self._window_over():
+                return CLOSE_WINDOW
             if self.buffer:
                 deadline = self._first_buffered_at + window
                 remaining = deadline - time.monotonic()
                 if len(self.buffer) >= config.batch_size or remaining <= 0 or self.poller._reading_done:
                     return self._take()
-                self._wakeup = anyio.Event()
-                with anyio.move_on_after(remaining):
-                    await self._wakeup.wait()
+                await self._sleep_until_woken(remaining)
                 continue
             if self.poller._reading_done:
                 return None
-            self._wakeup = anyio.Event()
+            await self._sleep_until_woken(self._window_time_left())
+
+    async def _sleep_until_woken(self, seconds: float | None) -> None:
+        self._wakeup = anyio.Event()
+        with anyio.move_on_after(seconds if seconds is not None else math.inf):
             await self._wakeup.wait()
+
+    def _window_over(self) -> bool:
+        """A tumbling window ends when a record of a later window is next, or when its end
+        has passed while the shard is caught up (no record of it can still be unread)."""
+        assert self.window is not None
+        if self.buffer:
+            return self._window_of(self.buffer[0]) != self.window.window
+        return self.poller.caught_up and time.time() >= self.window.window.end
+
+    def _window_time_left(self) -> float | None:
+        if self.window is None:
+            return None
+        return max(0.05, self.window.window.end - time.time())
+
+    def _window_of(self, record: StreamRecord) -> Window:
+        return window_of(record.arrival, self.ctx.config.tumbling_window_in_seconds)
 
     def _take(self) -> list[StreamRecord]:
         budget = BatchBudget(self.ctx.config.batch_size)
         batch: list[StreamRecord] = []
         buffer = self.buffer
+        tumbling = self.ctx.config.tumbling_window_in_seconds > 0
+        window = self._window_of(buffer[0]) if tumbling else None
         while buffer and budget.fits(buffer[0].size):
+            if tumbling and self._window_of(buffer[0]) != window:
+                break  # a batch never spans two windows
             record = buffer.popleft()
             budget.add(record.size)
             batch.append(record)
+        if window is not None and self.window is None:
+            self.window = WindowState(window)
         self._first_buffered_at = time.monotonic()
         self.poller.space_freed()
         return batch
 
+    async def _close_window(self, *, terminated_early: bool) -> bool:
+        """The final invocation of a window: no records, the final state. Lambda retries it
+        until it succeeds (processing of the lane is suspended meanwhile); then the window's
+        records are checkpointed and the state dropped. False if stopping abandoned it."""
+        current = self.window
+        assert current is not None
+        event = window_event(
+            [],
+            current,
+            shard_id=self.poller.shard.shard_id,
+            stream_arn=self.ctx.config.event_source_arn,
+            final=True,
+            terminated_early=terminated_early,
+        )
+        attempts = 0
+        while True:
+            result = await self.ctx.function.invoke(event)
+            if result.ok:
+                break
+            attempts += 1
+            self._log.warning(
+                "window.final_invoke_failed",
+                window_start=event["window"]["start"],
+                attempt=attempts,
+                throttled=result.throttled,
+                error_type=result.failure.error_type if result.failure else None,
+            )
+            if not await self._pause(min(RETRY_BACKOFF[0] * 2 ** (attempts - 1), RETRY_BACKOFF[1])):
+                return False
+        self._log.info(
+            "window.closed",
+            window_start=event["window"]["start"],
+            records=len(current.indices),
+            terminated_early=terminated_early,
+        )
+        self.poller.progress.complete(current.indices)
+        self.poller.progressed()
+        # A state that outgrew its limit ends the window early; the same window goes on fresh.
+        self.window = WindowState(current.window) if terminated_early and not self.poller.ended else None
+        return True
+
     async def _handle(self, batch: list[StreamRecord], attempts: int) -> bool:
-        """Invoke until the batch is done or given up; False if stopping abandoned it."""
+        """Invoke until every record of the batch succeeded or was given up; False if
+        stopping abandoned it (nothing of what remains is checkpointed)."""
         config = self.ctx.config
         invocations = 0
         while batch:
@@ -365,7 +477,6 @@ class Lane:
             if expired:
                 if not await self._give_up(expired, "RecordAgeExceeded", max(invocations, 1), None):
                     return False
-                self._complete(expired)
                 if not batch:
                     return True
             result = await self._invoke(batch)
@@ -374,16 +485,16 @@ class Lane:
                 if not await self._pause(RETRY_BACKOFF[1]):
                     return False
                 continue
-            ids = {r.sequence_number for r in batch}
-            verdict = judge(result, ids, config.report_batch_item_failures)
+            verdict = self._judge(result, batch)
             if verdict.failed_ids is not None and not verdict.failed_ids:
+                self._succeeded(batch, result.response)
                 return True
             self._m_failed.inc(len(batch))
             function_error = "Unhandled" if result.failure is not None else None
             if verdict.failed_ids is not None:
                 lowest = min(verdict.failed_ids, key=int)
                 cut = next(i for i, r in enumerate(batch) if r.sequence_number == lowest)
-                self._complete(batch[:cut])
+                self._succeeded(batch[:cut], result.response)
                 batch = batch[cut:]
                 self._log.info("batch.partial_failure", retry_from=lowest, size=len(batch))
             elif config.bisect_batch_on_function_error and len(batch) > 1:
@@ -392,7 +503,6 @@ class Lane:
                 for part in (batch[:half], batch[half:]):
                     if not await self._handle(part, attempts):
                         return False
-                    self._complete(part)
                 return True
             attempts += 1
             self._log.warning(
@@ -403,15 +513,34 @@ class Lane:
                 error_type=result.failure.error_type if result.failure else None,
             )
             if 0 <= config.maximum_retry_attempts < attempts:
-                return await self._give_up(batch, "RetryAttemptsExhausted", invocations, function_error, result.request_id)
+                return await self._give_up(
+                    batch, "RetryAttemptsExhausted", invocations, function_error, result.request_id
+                )
             if not await self._pause(min(RETRY_BACKOFF[0] * 2 ** (attempts - 1), RETRY_BACKOFF[1])):
                 return False
         return True
 
-    async def _invoke(self, batch: list[StreamRecord]) -> Any:
+    def _judge(self, result: InvocationResult, batch: list[StreamRecord]) -> BatchVerdict:
+        """AWS's partial batch response rules; within a tumbling window a response without
+        a `state` object is a failed invocation."""
+        if self.window is not None and result.ok and returned_state(result.response) is None:
+            return BatchVerdict(None, "tumbling window response has no state object")
+        ids = {r.sequence_number for r in batch}
+        return judge(result, ids, self.ctx.config.report_batch_item_failures)
+
+    async def _invoke(self, batch: list[StreamRecord]) -> InvocationResult:
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
-        return await self.ctx.function.invoke({"Records": [r.event for r in batch]})
+        records = [r.event for r in batch]
+        if self.window is None:
+            return await self.ctx.function.invoke({"Records": records})
+        event = window_event(
+            records,
+            self.window,
+            shard_id=self.poller.shard.shard_id,
+            stream_arn=self.ctx.config.event_source_arn,
+        )
+        return await self.ctx.function.invoke(event)
 
     def _split_expired(self, batch: list[StreamRecord]) -> tuple[list[StreamRecord], list[StreamRecord]]:
         """Records older than maximum_record_age_in_seconds are given up without invoking."""
@@ -438,7 +567,8 @@ class Lane:
         function_error: str | None,
         request_id: str | None = None,
     ) -> bool:
-        """Deliver the batch's on-failure record, retrying until it is accepted; or drop it."""
+        """Deliver the batch's on-failure record, retrying until it is accepted, or drop it;
+        then the batch is done. False if stopping came first (nothing is checkpointed)."""
         ctx = self.ctx
         first, last = batch[0], batch[-1]
         fields = dict(
@@ -450,6 +580,7 @@ class Lane:
         if ctx.destination is None:
             self._m_dropped.inc(len(batch))
             self._log.warning("batch.dropped", **fields)
+            self._complete(batch)
             return True
         given_up = GivenUpBatch(
             source=ctx.source.family,
@@ -486,4 +617,5 @@ class Lane:
                 continue
             self._m_delivered.inc(len(batch))
             self._log.info("destination.delivered", destination=ctx.destination.arn, **fields)
+            self._complete(batch)
             return True

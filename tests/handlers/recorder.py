@@ -121,3 +121,71 @@ def slow_counted(event: dict[str, Any], context: Any) -> None:
     with CONCURRENCY:
         time.sleep(0.3)
     _record(event)
+
+
+def kinesis_data(record: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64decode(record["kinesis"]["data"]).decode()
+
+
+def stream_fail_on_poison(event: dict[str, Any], context: Any) -> None:
+    """Streams: raise when any record's data contains 'poison'."""
+    _record(event)
+    if any("poison" in kinesis_data(r) for r in event["Records"]):
+        raise ValueError("poison record in batch")
+
+
+def stream_report_failures(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Streams: report records whose data contains 'fail' (by sequence number)."""
+    _record(event)
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": r["kinesis"]["sequenceNumber"]}
+            for r in event["Records"]
+            if "fail" in kinesis_data(r)
+        ]
+    }
+
+
+def stream_fail_lane_of_key(event: dict[str, Any], context: Any) -> None:
+    """Streams: fail every batch that holds a record with partition key 'stuck'."""
+    _record(event)
+    if any(r["kinesis"]["partitionKey"] == "stuck" for r in event["Records"]):
+        raise RuntimeError("this key's lane is blocked")
+
+
+def stream_write_to_file(event: dict[str, Any], context: Any) -> None:
+    """For stream daemons run as subprocesses: append each record's data to RECORD_PATH."""
+    with open(os.environ["RECORD_PATH"], "a", encoding="utf-8") as f:
+        for r in event["Records"]:
+            f.write(kinesis_data(r) + "\n")
+    seconds = float(os.environ.get("HANDLER_SLEEP", "0"))
+    if seconds:
+        time.sleep(seconds)
+
+
+WINDOW_EVENTS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+
+def count_per_key_in_window(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Tumbling windows: count records per partition key; remember every invocation."""
+    with _lock:
+        WINDOW_EVENTS[event["eventSourceARN"]].append(event)
+    state = dict(event["state"])
+    for r in event["Records"]:
+        key = r["kinesis"]["partitionKey"]
+        state[key] = state.get(key, 0) + 1
+    return {"state": state}
+
+
+def window_events_for(arn: str) -> list[dict[str, Any]]:
+    with _lock:
+        return list(WINDOW_EVENTS[arn])
+
+
+def window_without_state(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Tumbling windows: forget to return `state` (Lambda counts that as a failure)."""
+    with _lock:
+        WINDOW_EVENTS[event["eventSourceARN"]].append(event)
+    return {"batchItemFailures": []}

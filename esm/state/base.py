@@ -1,0 +1,51 @@
+"""The checkpoint store interface: where stream mappings remember how far each shard got.
+
+Owns the shape of a checkpoint and the contract a backend keeps (a `put` that returned is
+durable). It must not decide *which* checkpoint to write: that arithmetic lives in
+`esm.shard_progress`, and the store stores whatever it is given, even a lower one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from esm.errors import EsmError
+
+
+class StateStoreError(EsmError):
+    """The checkpoint store cannot be opened or used (bad path, foreign file, newer schema)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Progress of one shard of one mapping.
+
+    `sequence_number` is the last record fully processed (every record up to it is done), so
+    a restart reads AFTER_SEQUENCE_NUMBER it; None means nothing is done yet. `shard_ended`
+    records that a closed shard was read to its end and all of it is done, which is what lets
+    its child shards start after a reshard (Lambda processes parents before children).
+    """
+
+    sequence_number: str | None
+    shard_ended: bool = False
+
+
+class CheckpointStore(Protocol):
+    """Checkpoints keyed by (mapping name, shard id)."""
+
+    async def get(self, mapping: str, shard_id: str) -> Checkpoint | None:
+        """The shard's checkpoint, or None when none was ever stored."""
+        ...
+
+    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+        """Store the checkpoint, replacing any earlier one; durable once this returns."""
+        ...
+
+    async def all(self, mapping: str) -> dict[str, Checkpoint]:
+        """Every stored checkpoint of one mapping, by shard id."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; calling it again is harmless."""
+        ...

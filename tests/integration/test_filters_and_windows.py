@@ -1,0 +1,134 @@
+"""FilterCriteria and tumbling windows through real mappings on a moto server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+
+import pytest
+import recorder
+from conftest import build_config, wait_until
+from test_kinesis_mapping import config_with_state, make_stream, put, stream_mapping
+from test_sqs_mapping import make_queue, mapping
+
+
+@pytest.fixture
+def kinesis(endpoint: str):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def test_sqs_filtered_out_messages_are_deleted_and_counted(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    url, arn = make_queue(sqs, f"filter-{unique}")
+    bodies = [json.dumps({"kind": "order", "n": i}) for i in range(5)]
+    bodies += [json.dumps({"kind": "refund", "n": i}) for i in range(3)] + ["not json"]
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    pattern = json.dumps({"body": {"kind": ["order"], "n": [{"numeric": [">=", 1]}]}})
+    config = build_config(
+        endpoint, {"f": {"handler": "recorder.record"}},
+        [mapping(arn, filter_criteria={"filters": [{"pattern": pattern}]})],
+    )
+    daemon = run_daemon(config)
+    name = f"m-filter-{unique}"
+    wait_until(lambda: f'esm_deleted_events_total{{mapping="{name}"}} 9.0' in daemon.get("/metrics")[1])
+    handled = sorted(json.loads(b)["n"] for b in recorder.bodies_for(arn))
+    assert handled == [1, 2, 3, 4]
+    _, metrics = daemon.get("/metrics")
+    assert f'esm_filtered_out_events_total{{mapping="{name}"}} 5.0' in metrics
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_kinesis_filter_matches_decoded_data_and_checkpoints_skipped_records(endpoint, kinesis, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+    name = f"kfilter-{unique}"
+    arn = make_stream(kinesis, name)
+    items = [("k", json.dumps({"city": "Seattle" if i % 3 == 0 else "Oslo", "i": i})) for i in range(30)]
+    seqs = put(kinesis, name, items)
+    pattern = json.dumps({"data": {"city": ["Seattle"]}})
+    config = config_with_state(
+        endpoint, tmp_path, {"f": {"handler": "recorder.record"}},
+        [stream_mapping(arn, filter_criteria={"filters": [{"pattern": pattern}]})],
+    )
+    run_daemon(config)
+
+    def checkpoint() -> str | None:
+        with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+            rows = db.execute("SELECT sequence_number FROM checkpoints").fetchall()
+        return rows[0][0] if rows else None
+
+    # The last record is filtered out, yet the checkpoint passes it: skipped counts as done.
+    wait_until(lambda: checkpoint() == seqs[-1])
+    handled = [json.loads(base64.b64decode(r["kinesis"]["data"]))["i"] for e in recorder.events_for(arn) for r in e["Records"]]
+    assert handled == list(range(0, 30, 3))
+
+
+def test_invalid_filter_pattern_is_a_config_error_naming_the_filter() -> None:
+    from esm.config import parse_config
+    from esm.errors import ConfigError
+
+    raw = {
+        "functions": {"f": {"handler": "recorder.record"}},
+        "mappings": [{
+            "function": "f",
+            "event_source_arn": "arn:aws:sqs:us-east-1:123456789012:q",
+            "filter_criteria": {"filters": [{"pattern": '{"body": {"a": ["x"]}}'}, {"pattern": '{"body": {"n": [{"numeric": [">"]}]}}'}]},
+        }],
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert caught.value.problems == [
+        'mappings[0].filter_criteria.filters[1].pattern: body.n: "numeric" needs a list of operator/number pairs, like [">", 0, "<=", 5]'
+    ]
+
+
+def test_tumbling_window_carries_state_and_ends_with_a_final_invoke(endpoint, kinesis, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+    name = f"window-{unique}"
+    arn = make_stream(kinesis, name, shards=2)
+    put(kinesis, name, [(f"key-{i % 4}", f"a{i}") for i in range(40)])
+    config = config_with_state(
+        endpoint, tmp_path, {"f": {"handler": "recorder.count_per_key_in_window"}},
+        [stream_mapping(arn, batch_size=5, tumbling_window_in_seconds=2)],
+    )
+    run_daemon(config)
+    # Each shard's window ends (wall clock past its end, shard caught up) with a final invoke.
+    finals = lambda: [e for e in recorder.window_events_for(arn) if e["isFinalInvokeForWindow"]]  # noqa: E731
+    wait_until(lambda: sum(sum(f["state"].values()) for f in finals()) >= 40, timeout=30)
+    events = recorder.window_events_for(arn)
+    for final in finals():
+        assert final["Records"] == []
+        assert final["isWindowTerminatedEarly"] is False
+        start = final["window"]["start"]
+        same_window = [e for e in events if e["shardId"] == final["shardId"] and e["window"]["start"] == start]
+        aggregates = [e for e in same_window if not e["isFinalInvokeForWindow"]]
+        # State is carried from one invocation to the next, starting empty.
+        assert aggregates[0]["state"] == {}
+        expected: dict[str, int] = {}
+        for event in aggregates:
+            assert event["state"] == expected
+            for r in event["Records"]:
+                expected[r["kinesis"]["partitionKey"]] = expected.get(r["kinesis"]["partitionKey"], 0) + 1
+        assert final["state"] == expected
+    first = events[0]
+    assert set(first) == {"Records", "window", "state", "shardId", "eventSourceARN", "isFinalInvokeForWindow", "isWindowTerminatedEarly"}
+    assert first["eventSourceARN"] == arn
+    start = time.mktime(time.strptime(first["window"]["start"], "%Y-%m-%dT%H:%M:%SZ"))
+    end = time.mktime(time.strptime(first["window"]["end"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert end - start == 2 and start % 2 == 0
+
+
+def test_tumbling_window_response_without_state_is_a_failure(endpoint, kinesis, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+    name = f"nostate-{unique}"
+    arn = make_stream(kinesis, name)
+    put(kinesis, name, [("k", "x")])
+    config = config_with_state(
+        endpoint, tmp_path, {"f": {"handler": "recorder.window_without_state"}},
+        [stream_mapping(arn, tumbling_window_in_seconds=60, maximum_retry_attempts=1)],
+    )
+    daemon = run_daemon(config)
+    wait_until(lambda: f'esm_dropped_events_total{{mapping="k-{name}"}} 1.0' in daemon.get("/metrics")[1])
+    assert len(recorder.window_events_for(arn)) == 2  # the first try and one retry

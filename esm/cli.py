@@ -1,4 +1,4 @@
-"""Command line: `esm run`, `esm validate`, `esm demo`.
+"""Command line: `esm run`, `esm validate`, `esm reload`, `esm demo`.
 
 Exit codes: 0 success, 2 invalid configuration (one line per problem, no traceback),
 1 the daemon could not start (e.g. a handler that cannot be imported).
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
@@ -27,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("-c", "--config", required=True, help="path of the TOML config file")
     validate = commands.add_parser("validate", help="check a config file and list every problem")
     validate.add_argument("-c", "--config", required=True, help="path of the TOML config file")
+    reload = commands.add_parser(
+        "reload", help="validate a config file, then ask the daemon serving it to re-read it"
+    )
+    reload.add_argument("-c", "--config", required=True, help="path of the TOML config file")
     demo = commands.add_parser(
         "demo", help="run esm on an embedded local SQS endpoint with a sample queue and handler"
     )
@@ -40,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args.config)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "reload":
+        return _reload(args.config)
     from esm.demo import run_demo
 
     return run_demo(messages=args.messages, port=args.port, exit_when_drained=args.exit_when_drained)
@@ -62,6 +71,25 @@ def _validate(path: str) -> int:
     return 0
 
 
+def _reload(path: str) -> int:
+    """The same checks as `validate`, then POST /-/reload to the daemon's http_address; the
+    daemon re-reads the file itself, so what it applies is what was validated here."""
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    daemon = config.daemon
+    host = "127.0.0.1" if daemon.http_host in ("0.0.0.0", "::", "") else daemon.http_host
+    url = f"http://{host}:{daemon.http_port}/-/reload"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            print(f"{path}: valid; {response.read().decode().strip()} at {url}")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"esm: no daemon answered at {url}: {exc}", file=sys.stderr)
+        return EXIT_START
+    return 0
+
+
 def _run(path: str) -> int:
     config = _load(path)
     if config is None:
@@ -70,7 +98,7 @@ def _run(path: str) -> int:
     from esm.daemon import Daemon
 
     try:
-        daemon = Daemon(config)
+        daemon = Daemon(config, config_path=Path(path))
     except EsmError as exc:
         print(f"esm: {exc}", file=sys.stderr)
         return EXIT_START

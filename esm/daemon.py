@@ -1,23 +1,33 @@
-"""The daemon: builds one runtime per enabled mapping, serves /metrics /healthz /readyz,
-and drains on SIGTERM.
+"""The daemon: runs one runtime per enabled mapping, serves /metrics /healthz /readyz,
+applies config reloads, and drains on SIGTERM.
 
 Shutdown follows Lambda's spirit and the at-least-once promise: the first SIGTERM/SIGINT
 stops every poller, lets in-flight batches finish (bounded by `drain_timeout`, by default
 the longest function timeout plus a margin), deletes or checkpoints what succeeded and
 returns. A second signal cancels everything at once; what was not deleted or checkpointed
 is simply delivered again.
+
+Reload (SIGHUP, `esm reload`, or `Daemon.reload`): mappings are compared by name. Added
+ones start; removed, disabled and changed ones stop the way SIGTERM stops them (in-flight
+batches finish, checkpoints stay), and changed ones start again with the new settings. A
+changed function restarts every mapping that uses it. `[daemon]` and `[state]` changes
+need a restart; reload says so in its log line and keeps the running values.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from esm.aws import AwsClients
-from esm.config import Config, MappingConfig
+from esm.config import Config, FunctionConfig, MappingConfig, load_config
+from esm.errors import ConfigError, EsmError
 from esm.filtering import FilterSet
 from esm.functions import Function, create_functions
 from esm.http_server import StatusServer
@@ -38,21 +48,57 @@ class MappingRuntime(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass
+class _Running:
+    """A mapping runtime and the event set when its `run` has returned."""
+
+    config: MappingConfig
+    runtime: MappingRuntime
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    started: list[str]
+    stopped: list[str]
+    restarted: list[str]
+    needs_restart: list[str]
+    """Top-level sections whose changes only a restart applies ([daemon], [state])."""
+
+
 class Daemon:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.functions: dict[str, Function] = create_functions(config.functions, self.metrics)
-        self.runtimes: list[MappingRuntime] = []
+        self.running: dict[str, _Running] = {}
         self.http_port: int | None = None
+        self.on_ready: Callable[[], None] | None = None
+        """Called once, when every enabled mapping first reports ready (systemd READY=1)."""
         self._stop_requested: anyio.Event | None = None
         self._stop_early = False
+        self._aws: AwsClients | None = None
+        self._store: CheckpointStore | None = None
+        self._mappings: TaskGroup | None = None
+        self._reload_lock = anyio.Lock()
+        self._reload_requested = anyio.Event()
+
+    @property
+    def runtimes(self) -> list[MappingRuntime]:
+        return [r.runtime for r in self.running.values()]
 
     def request_stop(self) -> None:
         """Begin the drain; safe to call before `run` has started (it then drains at once)."""
         self._stop_early = True
         if self._stop_requested is not None:
             self._stop_requested.set()
+
+    def request_reload(self) -> None:
+        """Re-read `config_path` soon (SIGHUP, POST /-/reload); errors are logged."""
+        self._reload_requested.set()
 
     def not_ready(self) -> list[str]:
         return [r.name for r in self.runtimes if not r.ready]
@@ -70,42 +116,145 @@ class Daemon:
         self._stop_requested = anyio.Event()
         if self._stop_early:
             self._stop_requested.set()
-        enabled = [mapping for mapping in self.config.mappings if mapping.enabled]
-        store = await self._open_store() if any(m.source.kind != "sqs" for m in enabled) else None
         async with AwsClients(daemon, self.metrics) as aws:
-            self.runtimes = [self._build(mapping, aws, store) for mapping in enabled]
-            server = StatusServer(daemon.http_host, daemon.http_port, self.metrics.registry, self.not_ready)
+            self._aws = aws
+            server = StatusServer(
+                daemon.http_host, daemon.http_port, self.metrics.registry, self.not_ready,
+                on_reload=self.request_reload if self.config_path is not None else None,
+            )
             async with anyio.create_task_group() as tg:
                 self.http_port = await tg.start(server.serve)
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
-                log.info("daemon.started", mappings=[r.name for r in self.runtimes])
+                tg.start_soon(self._watch_reload_requests)
+                tg.start_soon(self._watch_readiness)
                 task_status.started(self.http_port)
                 await self._run_mappings()
                 tg.cancel_scope.cancel()
         for function in self.functions.values():
             await function.invoker.aclose()
-        if store is not None:
-            await store.close()
+        if self._store is not None:
+            await self._store.close()
         log.info("daemon.stopped")
 
     async def _run_mappings(self) -> None:
         assert self._stop_requested is not None
         with anyio.CancelScope() as drain_scope:
             async with anyio.create_task_group() as mappings:
-                for runtime in self.runtimes:
-                    mappings.start_soon(runtime.run)
+                self._mappings = mappings
+                for mapping in self.config.mappings:
+                    if mapping.enabled:
+                        await self._start(mapping)
+                log.info("daemon.started", mappings=list(self.running))
                 await self._stop_requested.wait()
-                log.info("daemon.draining", timeout_s=self.drain_timeout)
-                drain_scope.deadline = anyio.current_time() + self.drain_timeout
-                for runtime in self.runtimes:
-                    runtime.stop()
+                async with self._reload_lock:
+                    log.info("daemon.draining", timeout_s=self.drain_timeout)
+                    drain_scope.deadline = anyio.current_time() + self.drain_timeout
+                    for running in self.running.values():
+                        running.runtime.stop()
         if drain_scope.cancelled_caught:
             log.warning("daemon.drain_timed_out", timeout_s=self.drain_timeout)
 
+    async def _start(self, mapping: MappingConfig) -> None:
+        assert self._mappings is not None and self._aws is not None
+        running = _Running(mapping, await self._build(mapping, self._aws))
+        self.running[mapping.name] = running
+        self._mappings.start_soon(self._run_one, running)
+
+    async def _run_one(self, running: _Running) -> None:
+        try:
+            await running.runtime.run()
+        finally:
+            running.finished.set()
+
+    async def _stop(self, name: str) -> None:
+        running = self.running.pop(name)
+        running.runtime.stop()
+        await running.finished.wait()
+
+    async def reload(self, new: Config) -> ReloadResult:
+        """Apply a validated config to the running daemon (see the module docstring)."""
+        async with self._reload_lock:
+            if self._stop_requested is not None and self._stop_requested.is_set():
+                return ReloadResult([], [], [], [])
+            old = self.config
+            changed_functions = _changed_functions(old.functions, new.functions)
+            wanted = {m.name: m for m in new.mappings if m.enabled}
+            restart = [
+                name for name, running in self.running.items()
+                if name in wanted
+                and (running.config != wanted[name] or running.config.function in changed_functions)
+            ]
+            stop = [name for name in self.running if name not in wanted]
+            async with anyio.create_task_group() as stopping:
+                for name in stop + restart:
+                    stopping.start_soon(self._stop, name)
+            for name in changed_functions:
+                if name in self.functions:
+                    await self.functions.pop(name).invoker.aclose()
+            self.functions.update(
+                create_functions({n: new.functions[n] for n in changed_functions if n in new.functions}, self.metrics)
+            )
+            self.config = Config(daemon=old.daemon, state=old.state, functions=new.functions, mappings=new.mappings)
+            start = [name for name in wanted if name not in self.running]
+            for name in start:
+                await self._start(wanted[name])
+            needs_restart = [
+                section for section, before, after in
+                (("daemon", old.daemon, new.daemon), ("state", old.state, new.state))
+                if before != after
+            ]
+            result = ReloadResult(
+                started=[n for n in start if n not in restart],
+                stopped=stop,
+                restarted=restart,
+                needs_restart=needs_restart,
+            )
+            log.info(
+                "daemon.reloaded",
+                started=result.started,
+                stopped=result.stopped,
+                restarted=result.restarted,
+                needs_restart=result.needs_restart,
+            )
+            return result
+
+    async def reload_from_file(self) -> ReloadResult | None:
+        """Re-read `config_path`; an invalid file is rejected and the running mappings go on."""
+        assert self.config_path is not None
+        try:
+            new = load_config(self.config_path)
+            return await self.reload(new)
+        except ConfigError as exc:
+            log.error("daemon.reload_rejected", problems=exc.problems)
+        except EsmError as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+        return None
+
+    async def _watch_reload_requests(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested = anyio.Event()
+            if self.config_path is None:
+                log.warning("daemon.reload_ignored", reason="the daemon was not started from a file")
+                continue
+            await self.reload_from_file()
+
+    async def _watch_readiness(self) -> None:
+        """Tell `on_ready` once every enabled mapping polls (systemd's READY=1)."""
+        while self.on_ready is not None:
+            if self.running and not self.not_ready():
+                self.on_ready()
+                return
+            await anyio.sleep(0.1)
+
     async def _watch_signals(self, everything: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("daemon.signal", signal="SIGHUP")
+                    self.request_reload()
+                    continue
                 if self._stop_early:
                     log.warning("daemon.exit_now", signal=signal.Signals(signum).name)
                     everything.cancel()
@@ -113,14 +262,15 @@ class Daemon:
                 log.info("daemon.signal", signal=signal.Signals(signum).name)
                 self.request_stop()
 
-    async def _open_store(self) -> CheckpointStore:
-        from esm.state.sqlite import SqliteCheckpointStore
+    async def _checkpoint_store(self) -> CheckpointStore:
+        """Opened on first use: SQS-only daemons never create a state file."""
+        if self._store is None:
+            from esm.state.sqlite import SqliteCheckpointStore
 
-        return await SqliteCheckpointStore.open(self.config.state.path)
+            self._store = await SqliteCheckpointStore.open(self.config.state.path)
+        return self._store
 
-    def _build(
-        self, mapping: MappingConfig, aws: AwsClients, store: CheckpointStore | None
-    ) -> MappingRuntime:
+    async def _build(self, mapping: MappingConfig, aws: AwsClients) -> MappingRuntime:
         function = self.functions[mapping.function]
         filters = FilterSet.compile(mapping.filter_patterns) if mapping.filter_patterns else None
         if mapping.source.kind == "sqs":
@@ -129,5 +279,11 @@ class Daemon:
             return SqsMapping(mapping, function, aws, self.metrics, filters)
         from esm.sources.stream_mapping import StreamMapping
 
-        assert store is not None
+        store = await self._checkpoint_store()
         return StreamMapping(mapping, function, aws, self.metrics, filters, store)
+
+
+def _changed_functions(
+    old: Mapping[str, FunctionConfig], new: Mapping[str, FunctionConfig]
+) -> set[str]:
+    return {name for name in set(old) | set(new) if old.get(name) != new.get(name)}

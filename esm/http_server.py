@@ -1,8 +1,11 @@
-"""The daemon's own HTTP endpoints: /metrics (Prometheus), /healthz (alive), /readyz.
+"""The daemon's own HTTP endpoints: /metrics (Prometheus), /healthz (alive), /readyz,
+and POST /-/reload.
 
-A minimal HTTP/1.1 server on anyio streams: three GET routes do not justify a web
-framework dependency. /readyz answers 200 only when every enabled mapping is polling, and
-lists the ones that are not.
+A minimal HTTP/1.1 server on anyio streams: four routes do not justify a web framework
+dependency. /readyz answers 200 only when every enabled mapping is polling, and lists the
+ones that are not. POST /-/reload only asks the daemon to re-read its own config file (it
+takes no body), so whoever can reach the address can at most trigger a reload; the
+address is loopback by default.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ class StatusServer:
         port: int,
         registry: CollectorRegistry,
         not_ready: Callable[[], list[str]],
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._not_ready = not_ready
+        self._on_reload = on_reload
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port (useful with port 0)."""
@@ -60,6 +65,11 @@ class StatusServer:
                 return
 
     def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if path == "/-/reload" and method == "POST":
+            if self._on_reload is None:
+                return "409 Conflict", "text/plain", b"this daemon was not started from a config file\n"
+            self._on_reload()
+            return "202 Accepted", "text/plain", b"reload requested\n"
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
         if path == "/metrics":

@@ -144,6 +144,7 @@ class SqsMapping:
                         "visibility timeout (AWS recommends 6 x the function timeout)"
                     )
                 self.queue_url = url
+                self._set_ready(True)
                 self._log.info("mapping.started", queue_url=url, fifo=self.fifo)
                 return
             except Exception as exc:

@@ -1,0 +1,147 @@
+"""An HTTP/1.1 fault proxy on loopback, between esm and the local AWS endpoint.
+
+It reads each request whole, then, by its current `mode`, forwards it on a fresh upstream
+connection or misbehaves: resets the connection, stalls, adds latency, goes silent
+(half-open), or answers a share of requests with a throttling error in the protocol of the
+service asked (AWS JSON `__type`, or a bare 503). It counts requests per second so a test
+can check that esm backs off instead of looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+THROTTLE_ERRORS = (
+    (400, b'{"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded for shard"}'),
+    (400, b'{"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded"}'),
+    (400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'),
+    (503, b'{"__type": "ServiceUnavailable", "message": "Service unavailable"}'),
+)
+
+
+@dataclass
+class FaultProxy:
+    upstream_host: str
+    upstream_port: int
+    seed: int = 0
+    mode: str = "pass"
+    """pass | reset | stall | latency | half_open | throttle"""
+    throttle_share: float = 0.5
+    latency_s: float = 2.0
+    requests: Counter[int] = field(default_factory=Counter)
+    """Requests seen per whole second (monotonic clock)."""
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    return
+                self.requests[int(time.monotonic())] += 1
+                if not await self._answer(request, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Handle one request; False when the client connection is gone."""
+        while self.mode == "stall":
+            await asyncio.sleep(0.05)
+        mode = self.mode
+        if mode == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        if mode == "half_open":
+            while self.mode == "half_open":
+                await asyncio.sleep(0.05)
+            writer.transport.abort()  # the peer "comes back" having forgotten the connection
+            return False
+        if mode == "latency":
+            await asyncio.sleep(self.latency_s)
+        if mode == "throttle" and self._random.random() < self.throttle_share:
+            status, body = self._random.choice(THROTTLE_ERRORS)
+            reason = b"Bad Request" if status == 400 else b"Service Unavailable"
+            writer.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(body), body)
+            )
+            await writer.drain()
+            return True
+        writer.write(await self._forward(request))
+        await writer.drain()
+        return True
+
+    async def _forward(self, request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+        try:
+            head, _, body = request.partition(b"\r\n\r\n")
+            lines = [
+                line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")
+            ]
+            writer.write(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+            response = await reader.read()
+        finally:
+            writer.close()
+        rhead, _, rbody = response.partition(b"\r\n\r\n")
+        rlines = [l for l in rhead.split(b"\r\n") if not l.lower().startswith(b"connection:")]
+        if not any(l.lower().startswith((b"content-length:", b"transfer-encoding:")) for l in rlines):
+            rlines.append(b"Content-Length: %d" % len(rbody))
+        return b"\r\n".join(rlines) + b"\r\n\r\n" + rbody
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length) if length else b""
+    return head + body

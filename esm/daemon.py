@@ -73,7 +73,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
-        self.functions: dict[str, Function] = create_functions(config.functions, self.metrics)
+        self.functions: dict[str, Function] = create_functions(
+            config.functions, self.metrics, config.daemon
+        )
         self.running: dict[str, _Running] = {}
         self.http_port: int | None = None
         self.on_ready: Callable[[], None] | None = None
@@ -193,7 +195,11 @@ class Daemon:
                 if name in self.functions:
                     await self.functions.pop(name).invoker.aclose()
             self.functions.update(
-                create_functions({n: new.functions[n] for n in changed_functions if n in new.functions}, self.metrics)
+                create_functions(
+                    {n: new.functions[n] for n in changed_functions if n in new.functions},
+                    self.metrics,
+                    old.daemon,
+                )
             )
             self.config = Config(daemon=old.daemon, state=old.state, functions=new.functions, mappings=new.mappings)
             start = [name for name in wanted if name not in self.running]

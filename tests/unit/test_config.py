@@ -159,3 +159,93 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot read the config file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- function kinds: process, http, lambda ---------------------------------------------
+
+
+def function_problems(section: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"functions": {"x": section}})
+    return info.value.problems
+
+
+def test_process_kind_defaults_to_the_built_in_client_and_takes_a_command() -> None:
+    functions = parse_config(
+        {
+            "functions": {
+                "default": {"kind": "process", "handler": "app.handle", "memory_size": 256},
+                "custom": {"kind": "process", "command": ["./bootstrap"], "handler": "function.handler"},
+                "bare": {"kind": "process", "command": ["./bootstrap"]},
+            }
+        }
+    ).functions
+    assert (functions["default"].command, functions["default"].memory_size) == (None, 256)
+    assert functions["custom"].command == ("./bootstrap",)
+    assert functions["bare"].handler == "", "a custom runtime may leave handler unset"
+
+
+def test_http_kind_keys_and_defaults() -> None:
+    f = parse_config(
+        {
+            "functions": {
+                "x": {
+                    "kind": "http",
+                    "url": "https://app.internal:8443/events",
+                    "headers": {"X-Tenant": "blue"},
+                    "bearer_token_env": "APP_TOKEN",
+                    "timeout": 30,
+                }
+            }
+        }
+    ).functions["x"]
+    assert (f.url, dict(f.headers), f.bearer_token_env, f.verify_tls, f.timeout) == (
+        "https://app.internal:8443/events",
+        {"X-Tenant": "blue"},
+        "APP_TOKEN",
+        True,
+        30.0,
+    )
+
+
+def test_lambda_kind_accepts_names_qualifiers_and_arns() -> None:
+    for name in ("orders", "orders:live", "orders:$LATEST", "arn:aws:lambda:eu-west-1:123456789012:function:orders:7"):
+        f = parse_config({"functions": {"x": {"kind": "lambda", "function_name": name}}}).functions["x"]
+        assert (f.function_name, f.endpoint_url) == (name, None)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"kind": "process"}, "functions.x.handler: is required"),
+        ({"kind": "process", "handler": "app"}, "functions.x.handler: 'app' is not module.function"),
+        ({"kind": "process", "handler": "a.b", "command": []}, "functions.x.command: must be a non-empty list of strings"),
+        ({"kind": "process", "handler": "a.b", "command": "./bootstrap"}, "functions.x.command: must be a non-empty list of strings"),
+        ({"kind": "process", "handler": "a.b", "memory_size": 64}, "functions.x.memory_size: 64 is below the minimum 128"),
+        ({"kind": "process", "handler": "a.b", "url": "http://x"}, "functions.x.url: does not apply to kind = 'process' (it applies to kind 'http')"),
+        ({"kind": "python", "handler": "a.b", "command": ["x"]}, "functions.x.command: does not apply to kind = 'python' (it applies to kind 'process')"),
+        ({"kind": "http"}, "functions.x.url: is required"),
+        ({"kind": "http", "url": "ftp://host/x"}, "functions.x.url: 'ftp://host/x' is not an http:// or https:// URL with a host"),
+        ({"kind": "http", "url": "http:///path"}, "functions.x.url: 'http:///path' is not an http:// or https:// URL"),
+        ({"kind": "http", "url": "http://h/", "headers": {"Authorization": "Bearer abc"}}, "functions.x.headers: Authorization must not be written in the config file"),
+        ({"kind": "http", "url": "http://h/", "headers": {"Bad Header": "v"}}, "functions.x.headers: 'Bad Header' is not a valid HTTP header name"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X-N": 1}}, "functions.x.headers.X-N: must be a string"),
+        ({"kind": "http", "url": "http://h/", "bearer_token_env": "Bearer abc123"}, "functions.x.bearer_token_env: 'Bearer abc123' is not an environment variable name"),
+        ({"kind": "http", "url": "http://h/", "verify_tls": "no"}, "functions.x.verify_tls: must be true or false"),
+        ({"kind": "http", "url": "http://h/", "handler": "a.b"}, "functions.x.handler: does not apply to kind = 'http'"),
+        ({"kind": "http", "url": "http://h/", "environment": {}}, "functions.x.environment: does not apply to kind = 'http'"),
+        ({"kind": "http", "url": "http://h/", "function_name": "f"}, "functions.x.function_name: does not apply to kind = 'http' (it applies to kind 'lambda')"),
+        ({"kind": "lambda"}, "functions.x.function_name: is required"),
+        ({"kind": "lambda", "function_name": "my function"}, "functions.x.function_name: 'my function' is not a Lambda function name or ARN"),
+        ({"kind": "lambda", "function_name": "f", "endpoint_url": "localhost:9000"}, "functions.x.endpoint_url: 'localhost:9000' is not an http:// or https:// URL"),
+        ({"kind": "lambda", "function_name": "f", "memory_size": 256}, "functions.x.memory_size: does not apply to kind = 'lambda'"),
+        ({"kind": "lambda", "function_name": "f", "url": "http://h/"}, "functions.x.url: does not apply to kind = 'lambda'"),
+        ({"kind": "lambda", "function_name": "f", "timeout": 901}, "functions.x.timeout: 901 is above the maximum 900"),
+        ({"kind": "lambda", "function_name": "f", "reserved_concurrent_executions": 0}, "functions.x.reserved_concurrent_executions: 0 is below the minimum 1"),
+        ({"kind": "container"}, "functions.x.kind: 'container' is not one of python, process, http, lambda"),
+        ({"kind": "http", "url": "http://h/", "typo": 1}, "functions.x.typo: unknown key"),
+    ],
+)
+def test_function_kind_problems_name_the_key(section: dict, expected: str) -> None:
+    problems = function_problems(section)
+    assert any(p.startswith(expected) for p in problems), problems

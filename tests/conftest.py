@@ -17,6 +17,8 @@ import pytest
 
 HANDLERS = Path(__file__).parent / "handlers"
 sys.path.insert(0, str(HANDLERS))
+# Helpers of the integration tests (make_queue, put, ...) serve the fault suite too.
+sys.path.insert(0, str(Path(__file__).parent / "integration"))
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -179,7 +179,7 @@ class AwsClients:
             if service not in self._clients:
                 self._clients[service] = await self._stack.enter_async_context(
                     self._session.create_client(
-                        service,  # type: ignore[call-overload]
+                        service,
                         region_name=self._daemon.region,
                         endpoint_url=self._daemon.endpoint_url,
                         config=self._config,

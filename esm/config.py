@@ -502,6 +502,7 @@ def _check_unique_names(mappings: tuple[MappingConfig, ...], problems: list[str]
 
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
 class _Table:
@@ -597,7 +598,7 @@ class _Table:
         checked = self._in_range(key, value, low, high)
         return default if checked is None else float(checked)
 
-    def _in_range(self, key: str, value: Any, low: float, high: float, what: str = "") -> Any:
+    def _in_range(self, key: str, value: N | None, low: float, high: float, what: str = "") -> N | None:
         if value is None:
             return None
         suffix = f" for {what}" if what else ""

@@ -105,7 +105,8 @@ class ShardInfo:
 class StreamSource(Protocol):
     """What differs between Kinesis and DynamoDB Streams."""
 
-    family: Literal["kinesis", "dynamodb"]
+    @property
+    def family(self) -> Literal["kinesis", "dynamodb"]: ...
 
     async def list_shards(self) -> list[ShardInfo]: ...
 

@@ -119,3 +119,17 @@ class Metrics:
             "esm_aws_call_retries", "AWS calls retried after a throttle or transient error.",
             ["operation"], registry=r,
         )
+        self.leases_held = Gauge(
+            "esm_leases_held", "Shard leases this worker holds (fleet mode).", m, registry=r
+        )
+        self.leases_taken = Counter(
+            "esm_leases_taken", "Shard leases this worker took (unowned, expired or stolen).",
+            m, registry=r,
+        )
+        self.leases_lost = Counter(
+            "esm_leases_lost", "Shard leases this worker lost to another or to expiry.", m, registry=r
+        )
+        self.worker_info = Gauge(
+            "esm_worker_info", "1, labelled with this worker's lease owner id (fleet mode).",
+            ["worker"], registry=r,
+        )

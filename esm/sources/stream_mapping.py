@@ -5,11 +5,18 @@ ends). Resharding follows Lambda: a child shard starts only after each of its pa
 checkpointed at SHARD_END (a parent no longer listed has expired and does not block); a
 child starts at TRIM_HORIZON so nothing written to it is skipped. A shard with a stored
 checkpoint resumes right after it.
+
+With the DynamoDB store (fleet mode, docs/fleet.md) a `LeaseCoordinator` decides which
+shards this worker reads: pollers run only for leases held here, each with its own
+`stopping` event, set at once when its lease is lost (the poller then stops and its
+checkpoint is refused). A graceful stop releases every lease after the pollers finished.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -22,6 +29,10 @@ from esm.functions import Function
 from esm.observability import Metrics, get_logger
 from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
 from esm.state.base import CheckpointStore
+from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease
+
+if TYPE_CHECKING:
+    from esm.leases import LeaseCoordinator
 
 log = get_logger("esm.streams")
 
@@ -63,6 +74,22 @@ class StreamMapping:
         self.pollers: dict[str, ShardPoller] = {}
         self._shard_finished = anyio.Event()
         self._log = log.bind(mapping=config.name)
+        self.leases: LeaseCoordinator | None = None
+        if isinstance(store, DynamoDBCheckpointStore):
+            from esm.leases import LeaseCoordinator
+
+            self._log = self._log.bind(worker=store.worker_id)
+            self.leases = LeaseCoordinator(
+                store,
+                config.name,
+                metrics,
+                initial_checkpoint=config.starting_position or "LATEST",
+                on_change=self._refresh_soon,
+                stopping=self.ctx.stopping,
+            )
+
+    def _refresh_soon(self) -> None:
+        self._shard_finished.set()
 
     def stop(self) -> None:
         self.ctx.stopping.set()
@@ -73,23 +100,43 @@ class StreamMapping:
 
     async def run(self) -> None:
         try:
-            async with anyio.create_task_group() as tg:
-                while not self.ctx.stopping.is_set():
-                    await self._refresh(tg)
-                    self._shard_finished = anyio.Event()
-                    with anyio.move_on_after(SHARD_REFRESH_SECONDS if self.ready else ERROR_RETRY_SECONDS):
-                        async with anyio.create_task_group() as waiters:
-                            waiters.start_soon(_wait_then_cancel, self.ctx.stopping, waiters)
-                            waiters.start_soon(_wait_then_cancel, self._shard_finished, waiters)
+            async with anyio.create_task_group() as coordination:
+                if self.leases is not None:
+                    # Renewals go on while the pollers drain; released once they are done.
+                    coordination.start_soon(self.leases.run)
+                try:
+                    await self._run_pollers()
+                finally:
+                    coordination.cancel_scope.cancel()
         finally:
+            if self.leases is not None:
+                await self.leases.release_all()
             self._set_ready(False)
             await self.ctx.source.aclose()
             self._log.info("mapping.stopped")
 
+    async def _run_pollers(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while not self.ctx.stopping.is_set():
+                self._shard_finished = anyio.Event()
+                await self._refresh(tg)
+                with anyio.move_on_after(SHARD_REFRESH_SECONDS if self.ready else ERROR_RETRY_SECONDS):
+                    async with anyio.create_task_group() as waiters:
+                        waiters.start_soon(_wait_then_cancel, self.ctx.stopping, waiters)
+                        waiters.start_soon(_wait_then_cancel, self._shard_finished, waiters)
+
     async def _refresh(self, tg: TaskGroup) -> None:
+        held: dict[str, HeldLease] | None = None
         try:
             shards = await self.ctx.source.list_shards()
-            checkpoints = await self.ctx.store.all(self.config.name)
+            if self.leases is None:
+                checkpoints = await self.ctx.store.all(self.config.name)
+            else:
+                leases = await self.leases.sync_shards(shards)
+                checkpoints = {lease.shard_id: lease.as_checkpoint() for lease in leases}
+                held = self.leases.held()
+                # What this worker holds is newer than the scan (it writes those itself).
+                checkpoints.update({s: h.lease.as_checkpoint() for s, h in held.items()})
         except Exception as exc:
             self._set_ready(False)
             self._log.error("mapping.source_unavailable", error=str(exc))
@@ -102,6 +149,8 @@ class StreamMapping:
                 # it ends once it has read everything (moto never returns a null iterator).
                 running.shard = shard
                 continue
+            if held is not None and shard.shard_id not in held:
+                continue
             checkpoint = checkpoints.get(shard.shard_id)
             if checkpoint is not None and checkpoint.shard_ended:
                 continue
@@ -112,9 +161,12 @@ class StreamMapping:
             if waiting_for:
                 continue
             position = self._start_position(shard, checkpoint.sequence_number if checkpoint else None)
-            poller = ShardPoller(self.ctx, shard, position)
+            lease = held.get(shard.shard_id) if held is not None else None
+            # Own stop per leased poller, so losing one lease stops only that shard.
+            ctx = self.ctx if lease is None else replace(self.ctx, stopping=anyio.Event())
+            poller = ShardPoller(ctx, shard, position)
             self.pollers[shard.shard_id] = poller
-            tg.start_soon(self._run_poller, poller)
+            tg.start_soon(self._run_poller, poller, lease)
         self._m_pollers.set(sum(1 for p in self.pollers.values() if not p.ended))
         self._set_ready(True)
 
@@ -127,18 +179,48 @@ class StreamMapping:
         assert kind in ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
         return Position(kind, timestamp=self.config.starting_position_timestamp)  # type: ignore[arg-type]
 
-    async def _run_poller(self, poller: ShardPoller) -> None:
+    async def _run_poller(self, poller: ShardPoller, lease: HeldLease | None = None) -> None:
         try:
-            await poller.run()
+            if lease is None:
+                await poller.run()
+            else:
+                await self._run_leased(poller, lease)
         except Exception as exc:
-            self._log.error("shard.failed", shard=poller.shard.shard_id, error=str(exc))
-            self._set_ready(False)
-            with anyio.move_on_after(ERROR_RETRY_SECONDS):
-                await self.ctx.stopping.wait()
+            if lease is not None and lease.lost.is_set():
+                self._log.warning("shard.lease_lost", shard=poller.shard.shard_id)
+                poller.ended = False
+            else:
+                self._log.error("shard.failed", shard=poller.shard.shard_id, error=str(exc))
+                self._set_ready(False)
+                with anyio.move_on_after(ERROR_RETRY_SECONDS):
+                    await self.ctx.stopping.wait()
+        if lease is not None and poller.ended and self.leases is not None:
+            # Checkpointed at SHARD_END: the lease no longer counts; children get theirs.
+            await self.leases.release(poller.shard.shard_id)
         if not poller.ended:
             # Not at SHARD_END (stopped or failed): let the next refresh restart it from its checkpoint.
             self.pollers.pop(poller.shard.shard_id, None)
         self._shard_finished.set()
+
+    async def _run_leased(self, poller: ShardPoller, lease: HeldLease) -> None:
+        """Run a poller while its lease is held. A lease stolen from a live worker waits two
+        renewal intervals first: the old owner notices at its next renewal and stops."""
+        async with anyio.create_task_group() as guard:
+            guard.start_soon(_stop_on_first, poller.ctx.stopping, self.ctx.stopping, lease.lost)
+            if lease.taken_from_live_owner and self.leases is not None:
+                with anyio.move_on_after(2 * self.leases.timings.renewal_interval):
+                    await poller.ctx.stopping.wait()
+            if not (poller.ctx.stopping.is_set() or lease.lost.is_set()):
+                await poller.run()
+            guard.cancel_scope.cancel()
+
+
+async def _stop_on_first(target: anyio.Event, *events: anyio.Event) -> None:
+    """Set `target` as soon as any of `events` is set."""
+    async with anyio.create_task_group() as group:
+        for event in events:
+            group.start_soon(_wait_then_cancel, event, group)
+    target.set()
 
 
 async def _wait_then_cancel(event: anyio.Event, group: TaskGroup) -> None:

@@ -17,6 +17,12 @@ class StateStoreError(EsmError):
     """The checkpoint store cannot be opened or used (bad path, foreign file, newer schema)."""
 
 
+class LeaseLost(EsmError):
+    """This worker no longer holds the shard's lease (another worker took it, or it was not
+    renewed within `failover_time`): the shard must stop at once and is never checkpointed
+    by this worker again. Only the DynamoDB store (fleet mode) raises it."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Progress of one shard of one mapping.
@@ -39,7 +45,10 @@ class CheckpointStore(Protocol):
         ...
 
     async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
-        """Store the checkpoint, replacing any earlier one; durable once this returns."""
+        """Store the checkpoint, replacing any earlier one; durable once this returns.
+
+        A leasing store (DynamoDB) raises `LeaseLost` instead when this worker does not
+        hold the shard's lease; nothing is written then."""
         ...
 
     async def all(self, mapping: str) -> dict[str, Checkpoint]:

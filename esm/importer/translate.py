@@ -1,0 +1,647 @@
+"""Template resources -> esm config tables: mappings from event source mappings and SAM events,
+functions from the functions they call.
+
+Owns which template property becomes which config key, SAM's `Globals`, and the report of
+every property esm cannot honour (nothing is dropped silently). Pure: no I/O; values come
+resolved from `intrinsics.Resolver`, and an unresolved one is written as its placeholder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esm.arns import ArnError, parse_source_arn
+from esm.importer.intrinsics import NO_VALUE, Resolver, Unresolved
+
+SAM_FUNCTION = "AWS::Serverless::Function"
+LAMBDA_FUNCTION = "AWS::Lambda::Function"
+EVENT_SOURCE_MAPPING = "AWS::Lambda::EventSourceMapping"
+_FUNCTION_TYPES = (SAM_FUNCTION, LAMBDA_FUNCTION)
+_SAM_EVENT_KINDS = {"SQS": "sqs", "Kinesis": "kinesis", "DynamoDB": "dynamodb"}
+_SOURCE_TYPES = {
+    "AWS::SQS::Queue": "sqs",
+    "AWS::Kinesis::Stream": "kinesis",
+    "AWS::DynamoDB::Table": "dynamodb",
+}
+_NESTED_STACKS = ("AWS::Serverless::Application", "AWS::CloudFormation::Stack")
+
+
+@dataclass
+class Translation:
+    functions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+    """One line per property, event or resource esm does not carry over, and why."""
+    placeholders: list[str] = field(default_factory=list)
+    """Key paths written as `<unresolved: ...>`."""
+    external_functions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Functions mappings name that the template does not define (written after the others)."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    template_dir: Path
+    output_dir: Path
+
+
+def translate(
+    template: Mapping[str, Any], resolver: Resolver, paths: Paths, lambda_kind: bool = False
+) -> Translation:
+    out = Translation()
+    resources: Mapping[str, Any] = template["Resources"]
+    globals_function = (template.get("Globals") or {}).get("Function") or {}
+    for key in sorted(set(template.get("Globals") or {}) - {"Function"}):
+        out.report.append(f"Globals.{key}: not used (esm only reads Globals.Function)")
+    wanted: list[str] = []
+    for logical_id, resource in resources.items():
+        if not isinstance(resource, Mapping):
+            continue
+        kind = resource.get("Type", "")
+        if not _included(logical_id, resource, resolver, out):
+            continue
+        properties = resource.get("Properties") or {}
+        if kind == SAM_FUNCTION:
+            properties = merge_globals(globals_function, properties)
+            for event_name, event in (properties.get("Events") or {}).items():
+                event_type = (event or {}).get("Type", "")
+                if event_type not in _SAM_EVENT_KINDS:
+                    out.report.append(
+                        f"{logical_id}.Events.{event_name}: event type {event_type!r} is not an "
+                        "event source mapping; esm does not run it"
+                    )
+                    continue
+                event_props = dict(event.get("Properties") or {})
+                arn_key = "Queue" if event_type == "SQS" else "Stream"
+                _add_mapping(
+                    out,
+                    resolver,
+                    f"{logical_id}{event_name}",
+                    logical_id,
+                    event_props.pop(arn_key, None),
+                    event_props,
+                    _SAM_EVENT_KINDS[event_type],
+                    f"{logical_id}.Events.{event_name}",
+                )
+                if logical_id not in wanted:
+                    wanted.append(logical_id)
+        elif kind == EVENT_SOURCE_MAPPING:
+            props = dict(properties)
+            source = props.pop("EventSourceArn", None)
+            function = _mapping_function(
+                props.pop("FunctionName", None), resources, resolver, out, logical_id
+            )
+            _add_mapping(
+                out,
+                resolver,
+                logical_id,
+                function,
+                source,
+                props,
+                _source_kind(source, resources, resolver, props),
+                logical_id,
+            )
+            if isinstance(function, str) and function in resources and function not in wanted:
+                wanted.append(function)
+        elif kind in _NESTED_STACKS:
+            out.report.append(
+                f"{logical_id}: nested stack ({kind}) not followed; import its template separately"
+            )
+    for logical_id in resources:
+        if logical_id in wanted:
+            resource = resources[logical_id]
+            properties = resource.get("Properties") or {}
+            if resource.get("Type") == SAM_FUNCTION:
+                properties = merge_globals(globals_function, properties)
+            out.functions[logical_id] = _function(
+                logical_id, resource.get("Type"), properties, resolver, paths, lambda_kind, out
+            )
+    for logical_id, resource in resources.items():
+        if (
+            isinstance(resource, Mapping)
+            and resource.get("Type") in _FUNCTION_TYPES
+            and logical_id not in wanted
+            and logical_id not in out.functions
+        ):
+            out.report.append(
+                f"{logical_id}: function without an SQS, Kinesis or DynamoDB event; not imported"
+            )
+    for name, entry in out.external_functions.items():
+        out.functions.setdefault(name, entry)
+    return out
+
+
+def merge_globals(
+    globals_function: Mapping[str, Any], properties: Mapping[str, Any]
+) -> dict[str, Any]:
+    """SAM's rules: maps merge (the function's keys win), lists are concatenated (globals
+    first), any other value of the function replaces the global one."""
+    merged: dict[str, Any] = dict(globals_function)
+    for key, value in properties.items():
+        if key in merged:
+            merged[key] = _merge_value(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_value(global_value: Any, value: Any) -> Any:
+    if _is_plain_map(global_value) and _is_plain_map(value):
+        return merge_globals(global_value, value)
+    if isinstance(global_value, list) and isinstance(value, list):
+        return global_value + value
+    return value
+
+
+def _is_plain_map(value: Any) -> bool:
+    """A map SAM merges, not an intrinsic (`{"Fn::If": ...}` replaces the global value)."""
+    if not isinstance(value, Mapping):
+        return False
+    if len(value) != 1:
+        return True
+    only = str(next(iter(value)))
+    return only != "Ref" and not only.startswith("Fn::")
+
+
+def _included(
+    logical_id: str, resource: Mapping[str, Any], resolver: Resolver, out: Translation
+) -> bool:
+    condition = resource.get("Condition")
+    if condition is None:
+        return True
+    outcome = resolver.condition(str(condition))
+    if isinstance(outcome, Unresolved):
+        if resource.get("Type") in (SAM_FUNCTION, EVENT_SOURCE_MAPPING):
+            out.report.append(
+                f"{logical_id}: Condition {condition} cannot be evaluated ({outcome.hint}); "
+                "imported as if true"
+            )
+        return True
+    return outcome
+
+
+# -- mappings -------------------------------------------------------------------------------
+
+
+def _integer(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def _text(value: Any) -> Any:
+    return value
+
+
+def _string_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+# CreateEventSourceMapping parameter -> config key, in the order they are written.
+_SCALARS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("Enabled", "enabled", _boolean),
+    ("BatchSize", "batch_size", _integer),
+    ("MaximumBatchingWindowInSeconds", "maximum_batching_window_in_seconds", _number),
+    ("StartingPosition", "starting_position", _text),
+    ("StartingPositionTimestamp", "starting_position_timestamp", _number),
+    ("ParallelizationFactor", "parallelization_factor", _integer),
+    ("BisectBatchOnFunctionError", "bisect_batch_on_function_error", _boolean),
+    ("MaximumRetryAttempts", "maximum_retry_attempts", _integer),
+    ("MaximumRecordAgeInSeconds", "maximum_record_age_in_seconds", _integer),
+    ("TumblingWindowInSeconds", "tumbling_window_in_seconds", _integer),
+    ("FunctionResponseTypes", "function_response_types", _string_list),
+)
+_STREAM_ONLY = (
+    "StartingPosition",
+    "StartingPositionTimestamp",
+    "ParallelizationFactor",
+    "BisectBatchOnFunctionError",
+    "MaximumRetryAttempts",
+    "MaximumRecordAgeInSeconds",
+    "TumblingWindowInSeconds",
+    "DestinationConfig",
+)
+_UNSUPPORTED_REASONS = {
+    "KmsKeyArn": "esm keeps no filter criteria encrypted at rest; the key is not used",
+    "MetricsConfig": "esm always exposes its metrics on /metrics",
+    "ProvisionedPollerConfig": "esm scales its own pollers",
+    "Tags": "esm mappings have no tags",
+    "Queues": "Amazon MQ sources are not supported",
+    "Topics": "Kafka sources are not supported",
+    "SourceAccessConfigurations": "MQ / Kafka / DocumentDB sources are not supported",
+    "SelfManagedEventSource": "self-managed Kafka is not supported",
+    "SelfManagedKafkaEventSourceConfig": "self-managed Kafka is not supported",
+    "AmazonManagedKafkaEventSourceConfig": "Amazon MSK is not supported",
+    "DocumentDBEventSourceConfig": "DocumentDB sources are not supported",
+}
+
+
+def _add_mapping(
+    out: Translation,
+    resolver: Resolver,
+    name: str,
+    function: str | Unresolved,
+    source: Any,
+    props: dict[str, Any],
+    kind: str,
+    where: str,
+) -> None:
+    for prop in list(props):
+        if resolver.resolve(props[prop]) is NO_VALUE:
+            del props[prop]
+    index = len(out.mappings)
+    path = f"mappings[{index}]"
+    entry: dict[str, Any] = {"name": name}
+    entry["function"] = _placeholder(out, f"{path}.function", function)
+    if source is None:
+        entry["event_source_arn"] = _placeholder(
+            out,
+            f"{path}.event_source_arn",
+            Unresolved(f"{where} without a source ARN", "add it to the template"),
+        )
+    else:
+        entry["event_source_arn"] = _placeholder(
+            out, f"{path}.event_source_arn", resolver.resolve(source)
+        )
+    for prop, config_key, convert in _SCALARS:
+        if prop not in props:
+            continue
+        raw = props.pop(prop)
+        if kind == "sqs" and prop in _STREAM_ONLY:
+            out.report.append(
+                f"{where}.{prop}: applies to Kinesis and DynamoDB streams only; "
+                "not carried over for SQS"
+            )
+            continue
+        value = resolver.resolve(raw)
+        if value is NO_VALUE:
+            continue
+        entry[config_key] = _placeholder(
+            out, f"{path}.{config_key}", value if isinstance(value, Unresolved) else convert(value)
+        )
+    if "FilterCriteria" in props:
+        criteria = resolver.resolve(props.pop("FilterCriteria"))
+        filters = []
+        for item in (criteria or {}).get("Filters") or [] if isinstance(criteria, dict) else []:
+            pattern = item.get("Pattern") if isinstance(item, dict) else None
+            if isinstance(pattern, dict | list):
+                pattern = json.dumps(pattern, separators=(",", ":"))
+            filters.append({"pattern": _placeholder(out, f"{path}.filter_criteria", pattern)})
+        if isinstance(criteria, Unresolved):
+            filters.append({"pattern": _placeholder(out, f"{path}.filter_criteria", criteria)})
+        if filters:
+            entry["filter_criteria"] = {"filters": filters}
+    if "DestinationConfig" in props:
+        config = resolver.resolve(props.pop("DestinationConfig"))
+        if kind == "sqs":
+            out.report.append(
+                f"{where}.DestinationConfig: applies to streams only; "
+                "for SQS use the queue's redrive policy"
+            )
+        elif isinstance(config, dict):
+            on_failure = config.get("OnFailure") or {}
+            for extra in sorted(set(config) - {"OnFailure"}):
+                out.report.append(
+                    f"{where}.DestinationConfig.{extra}: not supported "
+                    "(esm has on-failure destinations only)"
+                )
+            if isinstance(on_failure, dict) and "Destination" in on_failure:
+                destination = _placeholder(
+                    out,
+                    f"{path}.destination_config.on_failure.destination",
+                    on_failure["Destination"],
+                )
+                entry["destination_config"] = {"on_failure": {"destination": destination}}
+            if isinstance(on_failure, dict) and "Type" in on_failure:
+                out.report.append(
+                    f"{where}.DestinationConfig.OnFailure.Type: only used by SAM for IAM policies; "
+                    "esm infers the service from the destination ARN"
+                )
+        else:
+            entry["destination_config"] = {
+                "on_failure": {
+                    "destination": _placeholder(out, f"{path}.destination_config", config)
+                }
+            }
+    if "ScalingConfig" in props:
+        scaling = resolver.resolve(props.pop("ScalingConfig"))
+        if kind != "sqs":
+            out.report.append(
+                f"{where}.ScalingConfig: applies to SQS only; not carried over for streams"
+            )
+        elif isinstance(scaling, dict) and "MaximumConcurrency" in scaling:
+            entry["scaling_config"] = {
+                "maximum_concurrency": _placeholder(
+                    out,
+                    f"{path}.scaling_config.maximum_concurrency",
+                    _integer(scaling["MaximumConcurrency"]),
+                )
+            }
+    for prop in props:
+        reason = _UNSUPPORTED_REASONS.get(prop, "not supported by esm")
+        out.report.append(f"{where}.{prop}: not carried over ({reason})")
+    out.mappings.append(entry)
+
+
+def _placeholder(out: Translation, path: str, value: Any) -> Any:
+    if isinstance(value, Unresolved):
+        out.placeholders.append(path)
+        return value.placeholder()
+    return value
+
+
+def _source_kind(
+    source: Any, resources: Mapping[str, Any], resolver: Resolver, props: Mapping[str, Any]
+) -> str:
+    """Which service a mapping reads: from its ARN if known, else from the type of the
+    resource it refers to, else from whether it has a StartingPosition (streams need one)."""
+    resolved = resolver.resolve(source)
+    if isinstance(resolved, str):
+        try:
+            return parse_source_arn(resolved).kind
+        except ArnError:
+            pass
+    referenced = _referenced_resource(source)
+    if referenced is not None and referenced in resources:
+        kind = _SOURCE_TYPES.get(resources[referenced].get("Type", ""))
+        if kind:
+            return kind
+    return "kinesis" if "StartingPosition" in props else "sqs"
+
+
+def _referenced_resource(node: Any) -> str | None:
+    """The logical id a `Ref` / `Fn::GetAtt` / single-reference `Fn::Sub` points at."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    ((key, arg),) = node.items()
+    if key == "Ref":
+        return str(arg)
+    if key == "Fn::GetAtt":
+        return str(arg[0]) if isinstance(arg, list) else str(arg).split(".", 1)[0]
+    if key == "Fn::Sub":
+        text = arg[0] if isinstance(arg, list) else arg
+        found = re.findall(r"\$\{([A-Za-z0-9]+)(?:\.[A-Za-z.]+)?\}", str(text))
+        return found[0] if len(set(found)) == 1 else None
+    return None
+
+
+def _mapping_function(
+    node: Any, resources: Mapping[str, Any], resolver: Resolver, out: Translation, where: str
+) -> str | Unresolved:
+    """The [functions.*] name of an EventSourceMapping's FunctionName: the logical id of a
+    function in the template, or an entry of kind "lambda" for a function defined elsewhere."""
+    referenced = _referenced_resource(node)
+    if (
+        referenced is not None
+        and referenced in resources
+        and resources[referenced].get("Type") in _FUNCTION_TYPES
+    ):
+        return referenced
+    value = resolver.resolve(node)
+    if isinstance(value, Unresolved) or value is None:
+        return value or Unresolved(f"{where} without FunctionName", "add it to the template")
+    name = str(value)
+    for logical_id, resource in resources.items():
+        if (
+            resource.get("Type") in _FUNCTION_TYPES
+            and (resource.get("Properties") or {}).get("FunctionName") == name
+        ):
+            return logical_id
+    short = re.sub(r"[^A-Za-z0-9_-]", "-", name.split(":function:", 1)[-1])
+    if short not in out.external_functions:
+        out.external_functions[short] = {"kind": "lambda", "function_name": name}
+        out.report.append(
+            f"{where}.FunctionName: {name!r} is not defined in this template; "
+            f'[functions.{short}] invokes it in AWS Lambda (kind = "lambda")'
+        )
+    return short
+
+
+# -- functions ------------------------------------------------------------------------------
+
+_HONOURED_FUNCTION_PROPERTIES = frozenset(
+    {
+        "Runtime",
+        "Handler",
+        "CodeUri",
+        "Code",
+        "InlineCode",
+        "Timeout",
+        "MemorySize",
+        "Environment",
+        "ReservedConcurrentExecutions",
+        "Events",
+        "FunctionName",
+        "PackageType",
+    }
+)
+_FUNCTION_REASONS = {
+    "Role": "esm calls functions with its own credentials",
+    "Policies": "esm calls functions with its own credentials",
+    "Layers": "layers are not unpacked; put their code on code_path",
+    "VpcConfig": "functions run in esm's network",
+    "Architectures": "functions run on the host's architecture",
+    "Tracing": "X-Ray tracing is not supported",
+    "DeadLetterQueue": "asynchronous invocation settings do not apply to event source mappings",
+    "EventInvokeConfig": "asynchronous invocation settings do not apply to event source mappings",
+    "AutoPublishAlias": "esm runs the code as it is",
+    "EphemeralStorage": "functions use the host's temporary directory",
+    "FileSystemConfigs": "EFS mounts are not supported",
+    "ImageUri": "container images are not supported",
+    "ImageConfig": "container images are not supported",
+}
+_RIC = "the runtime interface client must be installed"
+
+
+def _process_command(runtime: str, handler: str) -> tuple[list[str] | None, str]:
+    """The execution environment's argv for a non-Python runtime, and a note for the report."""
+    if runtime.startswith("provided"):
+        return ["./bootstrap"], "custom runtime: runs ./bootstrap from code_path"
+    if runtime == "go1.x":
+        return [f"./{handler}"], "go1.x: runs the handler binary from code_path"
+    if runtime.startswith("nodejs"):
+        return ["npx", "aws-lambda-ric", handler], f"{_RIC} (npm install aws-lambda-ric)"
+    if runtime.startswith("ruby"):
+        return ["aws_lambda_ric", handler], f"{_RIC} (gem install aws_lambda_ric)"
+    if runtime.startswith("java"):
+        return (
+            [
+                "java",
+                "-cp",
+                "*:lib/*",
+                "com.amazonaws.services.lambda.runtime.api.client.AWSLambda",
+                handler,
+            ],
+            f"{_RIC} (com.amazonaws:aws-lambda-java-runtime-interface-client on the class path)",
+        )
+    return None, "no known bootstrap command"
+
+
+def _function(
+    logical_id: str,
+    resource_type: Any,
+    properties: Mapping[str, Any],
+    resolver: Resolver,
+    paths: Paths,
+    lambda_kind: bool,
+    out: Translation,
+) -> dict[str, Any]:
+    path = f"functions.{logical_id}"
+
+    def get(key: str) -> Any:
+        return resolver.resolve(properties.get(key))
+
+    runtime = get("Runtime")
+    handler = get("Handler")
+    entry: dict[str, Any] = {}
+    if lambda_kind:
+        name = get("FunctionName") if "FunctionName" in properties else resolver.ref(logical_id)
+        entry["kind"] = "lambda"
+        entry["function_name"] = _placeholder(out, f"{path}.function_name", name)
+    elif get("PackageType") == "Image":
+        out.report.append(
+            f"{logical_id}.PackageType: container images cannot run under esm; use --lambda, "
+            'or kind = "process" with the image\'s entrypoint as command'
+        )
+        entry["kind"] = "lambda"
+        entry["function_name"] = _placeholder(
+            out, f"{path}.function_name", resolver.ref(logical_id)
+        )
+    else:
+        runtime_text = runtime if isinstance(runtime, str) else ""
+        handler_value = (
+            _placeholder(out, f"{path}.handler", handler) if handler is not None else None
+        )
+        if runtime_text.startswith("python"):
+            entry["kind"] = "python"
+            if (
+                isinstance(handler_value, str)
+                and "/" in handler_value
+                and not isinstance(handler, Unresolved)
+            ):
+                # Lambda's Python runtime accepts `dir/module.function`; esm imports modules.
+                handler_value = handler_value.replace("/", ".")
+            if handler_value is not None:
+                entry["handler"] = handler_value
+        else:
+            command, note = _process_command(runtime_text, str(handler_value or ""))
+            entry["kind"] = "process"
+            if command is None:
+                command = [
+                    f"<unresolved: no bootstrap command known for runtime "
+                    f"{runtime_text or '(none)'} - set command>"
+                ]
+                out.placeholders.append(f"{path}.command")
+            out.report.append(
+                f'{logical_id}.Runtime: {runtime_text or "(none)"} runs as kind = "process"; {note}'
+            )
+            entry["command"] = command
+            if handler_value is not None:
+                entry["handler"] = handler_value
+        entry["code_path"] = _code_path(logical_id, resource_type, properties, resolver, paths, out)
+    timeout = get("Timeout")
+    if timeout is not None:
+        entry["timeout"] = _placeholder(out, f"{path}.timeout", _number(timeout))
+    memory = get("MemorySize")
+    if memory is not None:
+        if entry["kind"] == "lambda":
+            out.report.append(f"{logical_id}.MemorySize: set on the deployed function, not by esm")
+        else:
+            entry["memory_size"] = _placeholder(out, f"{path}.memory_size", _integer(memory))
+    environment = get("Environment")
+    if environment is not None:
+        variables = environment.get("Variables") if isinstance(environment, dict) else environment
+        if entry["kind"] == "lambda":
+            out.report.append(f"{logical_id}.Environment: set on the deployed function, not by esm")
+        elif isinstance(variables, dict):
+            env: dict[str, str] = {}
+            for name, value in variables.items():
+                if isinstance(value, Unresolved):
+                    out.report.append(
+                        f"{path}.environment.{name}: placeholder written ({value.hint}); "
+                        "esm validate does not check environment values"
+                    )
+                env[str(name)] = _placeholder(out, f"{path}.environment.{name}", _env_text(value))
+            entry["environment"] = env
+        else:
+            out.report.append(f"{logical_id}.Environment: cannot be evaluated; not carried over")
+    concurrency = get("ReservedConcurrentExecutions")
+    if concurrency is not None:
+        concurrency = _integer(concurrency)
+        if concurrency == 0:
+            out.report.append(
+                f"{logical_id}.ReservedConcurrentExecutions: 0 (the function is throttled in "
+                "Lambda) is not carried over; disable its mappings instead"
+            )
+        else:
+            entry["reserved_concurrent_executions"] = _placeholder(
+                out, f"{path}.reserved_concurrent_executions", concurrency
+            )
+    for prop in properties:
+        if prop not in _HONOURED_FUNCTION_PROPERTIES:
+            reason = _FUNCTION_REASONS.get(prop, "not supported by esm")
+            out.report.append(f"{logical_id}.{prop}: not carried over ({reason})")
+    return entry
+
+
+def _env_text(value: Any) -> Any:
+    if isinstance(value, Unresolved | str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _code_path(
+    logical_id: str,
+    resource_type: Any,
+    properties: Mapping[str, Any],
+    resolver: Resolver,
+    paths: Paths,
+    out: Translation,
+) -> str:
+    """code_path relative to the written config file: CodeUri (SAM) or a local Code path
+    (`aws cloudformation package` style) is relative to the template."""
+    key = "CodeUri" if resource_type == SAM_FUNCTION else "Code"
+    code = resolver.resolve(properties.get(key)) if key in properties else None
+    if "InlineCode" in properties or (isinstance(code, dict) and "ZipFile" in code):
+        out.report.append(
+            f"{logical_id}: inline code is not supported; write it to a file under code_path"
+        )
+        code = None
+    elif code is None and resource_type == SAM_FUNCTION:
+        code = "."
+    if not isinstance(code, str) or code.startswith("s3://"):
+        if code is not None or resource_type == LAMBDA_FUNCTION:
+            out.report.append(
+                f'{logical_id}.{key}: code is not a local path; code_path set to "." '
+                "(point it at the unpacked code)"
+            )
+        return "."
+    local = (paths.template_dir / code).resolve()
+    relative = os.path.relpath(local, paths.output_dir.resolve())
+    return Path(relative).as_posix()

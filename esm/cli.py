@@ -1,4 +1,4 @@
-"""Command line: `esm run`, `esm validate`, `esm reload`, `esm demo`.
+"""Command line: `esm run`, `esm validate`, `esm reload`, `esm demo`, `esm import`, `esm status`.
 
 Exit codes: 0 success, 2 invalid configuration (one line per problem, no traceback),
 1 the daemon could not start (e.g. a handler that cannot be imported).
@@ -35,14 +35,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reload.add_argument("-c", "--config", required=True, help="path of the TOML config file")
     demo = commands.add_parser(
-        "demo", help="run esm on an embedded local SQS endpoint with a sample queue and handler"
+        "demo",
+        help="run SQS, Kinesis and DynamoDB Streams mappings on an embedded local AWS endpoint, "
+        "with sample handlers and a live view",
     )
-    demo.add_argument("--messages", type=int, default=1000, help="messages to send (default 1000)")
+    demo.add_argument(
+        "--messages", type=int, default=1000,
+        help="events to produce per source first (DynamoDB: a fifth of it; default 1000)",
+    )
+    demo.add_argument(
+        "--rate", type=int, default=10, help="events per second per source after that (default 10)"
+    )
     demo.add_argument("--port", type=int, default=0, help="port of the embedded endpoint")
     demo.add_argument(
-        "--exit-when-drained", action="store_true", help="stop once every message was handled"
+        "--metrics-port", type=int, default=9464,
+        help="port of esm's /metrics on 127.0.0.1 (default 9464; 0: any free port)",
     )
+    demo.add_argument(
+        "--exit-when-drained", action="store_true",
+        help="produce one round, stop once every event was handled or given up",
+    )
+    imp = commands.add_parser(
+        "import", help="write an esm config from a SAM or CloudFormation template"
+    )
+    imp.add_argument("template", help="template file (YAML or JSON)")
+    imp.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="a template parameter, or a resource attribute such as OrdersQueueArn=arn:... "
+        "(repeatable)",
+    )
+    imp.add_argument("--stack-name", help="resolve ARNs from this deployed stack")
+    imp.add_argument(
+        "--endpoint-url", help="AWS endpoint for --stack-name; also written to [daemon]"
+    )
+    imp.add_argument("--region", help="AWS region; also written to [daemon]")
+    imp.add_argument(
+        "--lambda", dest="lambda_kind", action="store_true",
+        help="call the deployed functions (kind = \"lambda\") instead of running their code",
+    )
+    imp.add_argument("-o", "--output", help="config file to write (default: standard output)")
+    status = commands.add_parser(
+        "status", help="print each stream shard's owner, checkpoint and iterator age"
+    )
+    status.add_argument("-c", "--config", required=True, help="path of the TOML config file")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return _status(args.config)
+    if args.command == "import":
+        return _import(args)
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "run":
@@ -51,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reload(args.config)
     from esm.demo import run_demo
 
-    return run_demo(messages=args.messages, port=args.port, exit_when_drained=args.exit_when_drained)
+    return run_demo(
+        messages=args.messages, port=args.port, exit_when_drained=args.exit_when_drained,
+        rate=args.rate, metrics_port=args.metrics_port,
+    )
 
 
 def _load(path: str) -> Config | None:
@@ -61,6 +104,50 @@ def _load(path: str) -> Config | None:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
+
+
+def _import(args: argparse.Namespace) -> int:
+    from esm.importer import import_template
+
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"esm: --param {item!r} is not KEY=VALUE", file=sys.stderr)
+            return EXIT_CONFIG
+        params[key] = value
+    output = Path(args.output) if args.output else None
+    try:
+        result = import_template(
+            Path(args.template),
+            params,
+            output_dir=output.parent if output else Path.cwd(),
+            stack_name=args.stack_name,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            lambda_kind=args.lambda_kind,
+        )
+    except EsmError as exc:
+        print(f"esm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if output is None:
+        sys.stdout.write(result.text)
+    else:
+        output.write_text(result.text, encoding="utf-8")
+    for line in result.report:
+        print(f"esm import: {line}", file=sys.stderr)
+    if output is not None:
+        print(f"{output}: written; check it with esm validate -c {output}", file=sys.stderr)
+    return 0
+
+
+def _status(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    from esm.status import print_status
+
+    return print_status(config)
 
 
 def _validate(path: str) -> int:
@@ -96,21 +183,52 @@ def _run(path: str) -> int:
         return EXIT_CONFIG
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     from esm.daemon import Daemon
+    from esm.sd_notify import Notifier
 
+    notifier = Notifier.from_environment()
     try:
         daemon = Daemon(config, config_path=Path(path))
     except EsmError as exc:
         print(f"esm: {exc}", file=sys.stderr)
         return EXIT_START
+    if notifier.enabled:
+        # systemd Type=notify: READY=1 once every mapping polls, STOPPING=1 when the drain
+        # begins (with the drain's bound, so TimeoutStopSec cannot cut it short).
+        def ready() -> None:
+            notifier.ready(status=f"polling {len(daemon.running)} mappings")
+
+        def stopping() -> None:
+            notifier.stopping(extend_timeout=daemon.drain_timeout + 5, status="draining")
+
+        daemon.on_ready = ready
+        daemon.on_stopping = stopping
 
     async def serve() -> None:
-        await daemon.run(handle_signals=True)
+        async with anyio.create_task_group() as watchdog:
+            watchdog.start_soon(notifier.keep_alive)
+            await daemon.run(handle_signals=True)
+            watchdog.cancel_scope.cancel()
 
     try:
         anyio.run(serve)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        print(f"esm: {exc}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - only start-up failures are ours to explain
+        cause = _startup_failure(exc)
+        if cause is None:
+            raise
+        print(f"esm: {cause}", file=sys.stderr)
         return EXIT_START
     return 0
+
+
+def _startup_failure(exc: BaseException) -> BaseException | None:
+    """The OSError (address in use, ...) or EsmError (a missing lease table, ...) that
+    stopped the daemon, unwrapped from task groups; None for anything else (a bug)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, OSError | EsmError) else None

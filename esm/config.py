@@ -8,6 +8,7 @@ each naming its key path and the rule (`mappings[0].batch_size: 20000 is above .
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from esm.arns import ArnError, SourceArn, parse_source_arn
 from esm.errors import ConfigError
@@ -25,8 +27,10 @@ STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
 FUNCTION_KINDS = ("python", "process", "http", "lambda")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-STATE_BACKENDS = ("sqlite",)
+STATE_BACKENDS = ("sqlite", "dynamodb")
 MAX_FILTERS = 5
+UNRESOLVED_PREFIX = "<unresolved:"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 MAX_FILTER_PATTERN_CHARS = 4096
 
 
@@ -43,8 +47,16 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
+    """Where stream checkpoints live. `dynamodb` is also the lease table that lets several
+    workers share shards (docs/fleet.md); the lease timings only apply to it."""
+
     backend: str = "sqlite"
     path: Path = Path("esm-state.sqlite3")
+    table: str | None = None
+    create_table: bool = False
+    lease_renewal_interval: float = 2.0
+    failover_time: float = 10.0
+    max_leases_taken_per_cycle: int = 2
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8"]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -145,7 +159,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
     top.finish()
     _check_unique_names(mappings, problems)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # a key read twice is reported once
     return Config(daemon=daemon, state=state, functions=functions, mappings=mappings)
 
 
@@ -168,17 +182,40 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
 def _parse_address(t: _Table, key: str, default: str) -> tuple[str, int]:
     value = t.string(key, default)
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not host or not digits or not 0 <= int(port_text) <= 65535:
         t.problem(key, f"{value!r} is not HOST:PORT with a port from 0 to 65535")
         return "127.0.0.1", 0
     return host.strip("[]"), int(port_text)
 
 
 def _parse_state(t: _Table, base_dir: Path) -> StateConfig:
+    defaults = StateConfig()
+    backend = t.choice("backend", STATE_BACKENDS, defaults.backend)
     config = StateConfig(
-        backend=t.choice("backend", STATE_BACKENDS, "sqlite"),
+        backend=backend,
         path=base_dir / t.string("path", "esm-state.sqlite3"),
+        table=t.optional_string("table"),
+        create_table=t.boolean("create_table", defaults.create_table),
+        lease_renewal_interval=t.number(
+            "lease_renewal_interval", defaults.lease_renewal_interval, 0.2, 60
+        ),
+        failover_time=t.number("failover_time", defaults.failover_time, 1, 600),
+        max_leases_taken_per_cycle=t.integer(
+            "max_leases_taken_per_cycle", defaults.max_leases_taken_per_cycle, 1, 1000
+        ),
     )
+    if backend == "dynamodb" and not config.table:
+        t.problem("table", 'is required with backend = "dynamodb" (the lease table name)')
+    if (
+        config.failover_time <= config.lease_renewal_interval
+        and not {"failover_time", "lease_renewal_interval"} & t.problems_for
+    ):
+        t.problem(
+            "failover_time",
+            f"{config.failover_time} must exceed lease_renewal_interval"
+            f" ({config.lease_renewal_interval}), or live leases would expire",
+        )
     t.finish()
     return config
 
@@ -227,12 +264,31 @@ def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
             code_path=base_dir / t.string("code_path", "."),
             timeout=timeout,
             memory_size=t.integer("memory_size", 128, 128, 10240),
-            environment=t.string_map("environment"),
+            environment=_environment(t),
             reserved_concurrent_executions=concurrency,
             command=command,
         )
     t.finish()
     return config
+
+
+def _environment(t: _Table) -> dict[str, str]:
+    """Variables the OS can set: a name without `=` or NUL, a value without NUL."""
+    environment = t.string_map("environment")
+    for name, value in environment.items():
+        if not name or "=" in name or "\0" in name:
+            t.problem("environment", f"{_quoted_key(name)} is not a valid environment variable name")
+        elif "\0" in value:
+            t.problem("environment", f"{_quoted_key(name)}: a value may not contain a NUL character")
+    return environment
+
+
+def _quoted_key(key: str) -> str:
+    """A key as it is written in TOML: bare when it can be, quoted otherwise, so that a key
+    holding dots, brackets or newlines cannot make a problem line ambiguous."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    return '"' + key.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
 
 
 def _reject_keys_of_other_kinds(t: _Table, kind: str) -> None:
@@ -277,6 +333,9 @@ def _parse_http_function(
     url = t.string("url", "", required=True)
     if url and not _is_http_url(url):
         t.problem("url", f"{url!r} is not an http:// or https:// URL with a host")
+    elif "@" in urlsplit(url).netloc:
+        # Never echo the URL: it holds a secret, and problems end up in logs.
+        t.problem("url", "must not carry credentials (user:password@); use bearer_token_env")
     headers = t.string_map("headers")
     for header in headers:
         if not _HEADER_NAME.fullmatch(header):
@@ -341,8 +400,6 @@ def _parse_lambda_function(
 
 
 def _is_http_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -357,7 +414,7 @@ def _parse_mapping(
     name = t.string("name", f"mapping-{index}")
     function = t.string("function", "", required=True)
     if function and function not in functions:
-        known = ", ".join(sorted(functions)) or "none defined"
+        known = ", ".join(_quoted_key(f) for f in sorted(functions)) or "none defined"
         t.problem("function", f"{function!r} is not a [functions.*] entry (known: {known})")
     arn_text = t.string("event_source_arn", "", required=True)
     source: SourceArn | None = None
@@ -521,7 +578,7 @@ class _Table:
         self._seen: set[str] = set()
 
     def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        return f"{self.path}.{_quoted_key(key)}" if self.path else _quoted_key(key)
 
     def problem(self, key: str, message: str) -> None:
         self.problems_for.add(key)
@@ -529,7 +586,22 @@ class _Table:
 
     def consume(self, key: str) -> Any:
         self._seen.add(key)
-        return self.raw.get(key)
+        value = self.raw.get(key)
+        self._reject_placeholders(key, value)
+        return value
+
+    def _reject_placeholders(self, key: str, value: Any) -> None:
+        """`esm import` writes `<unresolved: ...>` where it could not resolve a value; such a
+        config must not run, whichever key (an ARN, an environment variable, a command)."""
+        if isinstance(value, str) and value.startswith(UNRESOLVED_PREFIX):
+            self.problem(key, f"{value} is a placeholder left by esm import: set the real value")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._reject_placeholders(f"{key}[{index}]", item)
+        elif isinstance(value, Mapping) and not isinstance(value, _Table):
+            for name, item in value.items():
+                if isinstance(item, str | list):
+                    self._reject_placeholders(f"{key}.{name}", item)
 
     def finish(self, ignore_unknown: bool = False) -> None:
         """Unknown keys are errors: a typo must never be silently ignored."""
@@ -601,6 +673,9 @@ class _Table:
     def _in_range(self, key: str, value: N | None, low: float, high: float, what: str = "") -> N | None:
         if value is None:
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problem(key, f"{value} is not a number from {low} to {high}")
+            return None
         suffix = f" for {what}" if what else ""
         if value < low:
             self.problem(key, f"{value} is below the minimum {low}{suffix}")
@@ -617,7 +692,11 @@ class _Table:
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
+            try:
+                return datetime.fromtimestamp(value, UTC)
+            except (OverflowError, ValueError, OSError):
+                self.problem(key, f"{value} is not a time in epoch seconds")
+                return None
         if isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value)

@@ -80,6 +80,8 @@ class Daemon:
         self.http_port: int | None = None
         self.on_ready: Callable[[], None] | None = None
         """Called once, when every enabled mapping first reports ready (systemd READY=1)."""
+        self.on_stopping: Callable[[], None] | None = None
+        """Called once, when the drain begins (systemd STOPPING=1)."""
         self._stop_requested: anyio.Event | None = None
         self._stop_early = False
         self._aws: AwsClients | None = None
@@ -87,13 +89,19 @@ class Daemon:
         self._mappings: TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self._reload_requested = anyio.Event()
+        self._mappings_started = anyio.Event()
 
     @property
     def runtimes(self) -> list[MappingRuntime]:
         return [r.runtime for r in self.running.values()]
 
     def request_stop(self) -> None:
-        """Begin the drain; safe to call before `run` has started (it then drains at once)."""
+        """Begin the drain; safe to call before `run` has started (it then drains at once).
+
+        The first request calls the `on_stopping` hook when one was set (systemd's
+        STOPPING=1, sent by `esm run`)."""
+        if not self._stop_early and self.on_stopping is not None:
+            self.on_stopping()
         self._stop_early = True
         if self._stop_requested is not None:
             self._stop_requested.set()
@@ -148,6 +156,7 @@ class Daemon:
                     if mapping.enabled:
                         await self._start(mapping)
                 log.info("daemon.started", mappings=list(self.running))
+                self._mappings_started.set()
                 await self._stop_requested.wait()
                 async with self._reload_lock:
                     log.info("daemon.draining", timeout_s=self.drain_timeout)
@@ -247,9 +256,11 @@ class Daemon:
             await self.reload_from_file()
 
     async def _watch_readiness(self) -> None:
-        """Tell `on_ready` once every enabled mapping polls (systemd's READY=1)."""
+        """Tell `on_ready` once every enabled mapping polls (systemd's READY=1); with no
+        enabled mapping that is at once."""
+        await self._mappings_started.wait()
         while self.on_ready is not None:
-            if self.running and not self.not_ready():
+            if not self.not_ready():
                 self.on_ready()
                 return
             await anyio.sleep(0.1)
@@ -269,11 +280,33 @@ class Daemon:
                 self.request_stop()
 
     async def _checkpoint_store(self) -> CheckpointStore:
-        """Opened on first use: SQS-only daemons never create a state file."""
+        """Opened on first use: SQS-only daemons never create a state file or lease table."""
         if self._store is None:
-            from esm.state.sqlite import SqliteCheckpointStore
+            state = self.config.state
+            if state.backend == "dynamodb":
+                import structlog
 
-            self._store = await SqliteCheckpointStore.open(self.config.state.path)
+                from esm.state.dynamodb import DynamoDBCheckpointStore, LeaseTimings
+
+                assert self._aws is not None and state.table is not None
+                store = await DynamoDBCheckpointStore.open(
+                    self._aws,
+                    state.table,
+                    create=state.create_table,
+                    timings=LeaseTimings(
+                        state.lease_renewal_interval,
+                        state.failover_time,
+                        state.max_leases_taken_per_cycle,
+                    ),
+                )
+                self.metrics.worker_info.labels(store.worker_id).set(1)
+                # Every log line of the mappings started from here names the worker.
+                structlog.contextvars.bind_contextvars(worker=store.worker_id)
+                self._store = store
+            else:
+                from esm.state.sqlite import SqliteCheckpointStore
+
+                self._store = await SqliteCheckpointStore.open(state.path)
         return self._store
 
     async def _build(self, mapping: MappingConfig, aws: AwsClients) -> MappingRuntime:

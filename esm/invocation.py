@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+MAX_RESPONSE_BYTES = 6_291_556
+"""Lambda's limit on a synchronous invocation's response (6 MB)."""
+
 
 @dataclass(frozen=True)
 class FunctionFailure:
@@ -28,6 +31,15 @@ class FunctionFailure:
             "errorType": self.error_type,
             "stackTrace": list(self.stack_trace),
         }
+
+
+def response_too_large() -> FunctionFailure:
+    """What Lambda reports for a response over MAX_RESPONSE_BYTES, whatever the kind."""
+    return FunctionFailure(
+        "Function.ResponseSizeTooLarge",
+        "Response payload size exceeded maximum allowed payload size "
+        f"({MAX_RESPONSE_BYTES} bytes).",
+    )
 
 
 @dataclass(frozen=True)

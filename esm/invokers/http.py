@@ -36,8 +36,13 @@ import orjson
 
 from esm.config import FunctionConfig
 from esm.errors import HandlerLoadError
-from esm.invocation import FunctionFailure, InvocationResult
-from esm.invokers.runtime_api import MAX_RESPONSE_BYTES, failure_from_error_body
+from esm.invocation import (
+    MAX_RESPONSE_BYTES,
+    FunctionFailure,
+    InvocationResult,
+    response_too_large,
+)
+from esm.invokers.runtime_api import failure_from_error_body
 from esm.observability import get_logger
 
 log = get_logger("esm.http")
@@ -137,15 +142,7 @@ class HttpInvoker:
         if status in THROTTLE_STATUSES:
             return InvocationResult(request_id, duration, throttled=True)
         if too_large:
-            return InvocationResult(
-                request_id,
-                duration,
-                failure=FunctionFailure(
-                    "Function.ResponseSizeTooLarge",
-                    "Response payload size exceeded maximum allowed payload size "
-                    f"({MAX_RESPONSE_BYTES} bytes).",
-                ),
-            )
+            return InvocationResult(request_id, duration, failure=response_too_large())
         if not 200 <= status < 300:
             return InvocationResult(request_id, duration, failure=_status_failure(status, body))
         if not body.strip():

@@ -26,7 +26,12 @@ import anyio.to_thread
 
 from esm.config import FunctionConfig
 from esm.errors import HandlerLoadError
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invocation import (
+    MAX_RESPONSE_BYTES,
+    FunctionFailure,
+    InvocationResult,
+    response_too_large,
+)
 
 DEFAULT_CONCURRENCY = 100
 
@@ -92,7 +97,11 @@ class PythonInvoker:
         with anyio.move_on_after(self.timeout) as scope:
             try:
                 response = await self._call(event, context)
-            except Exception as exc:  # the function's own error, reported as Lambda does
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a handler is its error too
+                # The function's own error, reported as Lambda does. SystemExit and
+                # KeyboardInterrupt raised by a handler end its invocation, not the daemon.
                 failure = _failure_from_exception(exc)
         duration = time.monotonic() - started
         if scope.cancelled_caught:
@@ -124,10 +133,14 @@ def _failure_from_exception(exc: BaseException) -> FunctionFailure:
 
 
 def _marshal(response: Any) -> tuple[Any, FunctionFailure | None]:
-    """Lambda serialises the return value to JSON; what cannot be serialised is an error."""
-    if response is None or isinstance(response, str | int | float | bool):
+    """Lambda serialises the return value to JSON: what cannot be serialised (wrong types,
+    nesting too deep) is Runtime.MarshalError, and more than 6 MB is too large."""
+    if response is None or isinstance(response, int | float | bool):
         return response, None
     try:
-        return json.loads(json.dumps(response)), None
-    except (TypeError, ValueError) as exc:
+        text = response if isinstance(response, str) else json.dumps(response)
+    except (TypeError, ValueError, RecursionError) as exc:
         return None, FunctionFailure("Runtime.MarshalError", f"Unable to marshal response: {exc}")
+    if len(text.encode()) > MAX_RESPONSE_BYTES:
+        return None, response_too_large()
+    return (response if isinstance(response, str) else json.loads(text)), None

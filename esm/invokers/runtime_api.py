@@ -32,10 +32,9 @@ import anyio
 import orjson
 from aiohttp import web
 
-from esm.invocation import FunctionFailure
+from esm.invocation import MAX_RESPONSE_BYTES, FunctionFailure, response_too_large
 
 API_PREFIX = "/2018-06-01/runtime"
-MAX_RESPONSE_BYTES = 6_291_556
 """Lambda's limit for a synchronous invocation's response payload."""
 ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
 MAX_ERROR_MESSAGE_CHARS = 65_536
@@ -195,13 +194,7 @@ class RuntimeApiEndpoint:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            invocation.finish(
-                failure=FunctionFailure(
-                    "Function.ResponseSizeTooLarge",
-                    "Response payload size exceeded maximum allowed payload size "
-                    f"({MAX_RESPONSE_BYTES} bytes).",
-                )
-            )
+            invocation.finish(failure=response_too_large())
             return _error_response(413, "RequestEntityTooLarge", "response payload too large")
         invocation.finish(response=body)
         return _accepted()

@@ -1,0 +1,450 @@
+"""Security review, as tests: who can reach what, and what never reaches the logs.
+
+- The daemon's /metrics /healthz /readyz /-/reload listen on loopback unless configured
+  otherwise; the Runtime API of `kind = "process"` environments listens on loopback only.
+- A full `esm run` at log level debug, with SQS, Kinesis and http-kind mappings whose
+  records, function environment, bearer token and AWS credentials hold planted secrets,
+  and whose batches fail (so every error path logs), prints none of the secrets.
+- The http kind verifies TLS certificates unless told not to; credentials in its URL are
+  never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import boto3
+import pytest
+from aiohttp import web
+from conftest import HANDLERS, free_port, wait_for_http, wait_until
+from fake_endpoints import serve
+
+from esm.config import DaemonConfig, parse_config
+from esm.errors import ConfigError
+from esm.functions import create_invoker
+from esm.invokers.runtime_api import InvocationChannel, RuntimeApiEndpoint
+
+SEED = 20261124
+REPO = Path(__file__).resolve().parents[2]
+LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
+
+
+# --- who can reach what --------------------------------------------------------------------
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) of sockets listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, _, port_hex = fields[1].partition(":")
+            if fields[3] == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this host that is not loopback, if it has one (no packet is sent:
+    connecting a UDP socket only picks the route)."""
+    candidates: set[str] = set()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1
+            candidates.add(s.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            candidates.add(str(info[4][0]))
+    except OSError:
+        pass
+    usable = sorted(a for a in candidates if not a.startswith("127.") and a != "0.0.0.0")
+    return usable[0] if usable else None
+
+
+def refuses(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
+def test_http_address_defaults_to_loopback() -> None:
+    config = parse_config({})
+    assert config.daemon.http_host == "127.0.0.1"
+    assert DaemonConfig().http_host == "127.0.0.1"
+
+
+@pytest.fixture
+def default_daemon(run_daemon):  # type: ignore[no-untyped-def]
+    """A daemon on the default http_address host, with an ephemeral port instead of 9464."""
+    config = parse_config({})
+    config = replace(config, daemon=replace(config.daemon, http_port=0))
+    return run_daemon(config)
+
+
+def test_daemon_endpoints_listen_on_loopback_only(default_daemon) -> None:  # type: ignore[no-untyped-def]
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp on this host to read listening sockets from")
+    assert default_daemon.get("/healthz") == (200, "ok\n")
+    addresses = listening_addresses(default_daemon.port)
+    assert addresses == [LOOPBACK_V4], addresses
+
+
+def test_daemon_endpoints_refuse_connections_to_other_addresses(default_daemon) -> None:  # type: ignore[no-untyped-def]
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to try")
+    assert default_daemon.get("/healthz")[0] == 200
+    assert refuses(address, default_daemon.port), (
+        f"{address}:{default_daemon.port} accepted a connection"
+    )
+
+
+def test_runtime_api_listens_on_loopback_only() -> None:
+    other = non_loopback_address()
+
+    async def check() -> tuple[str, list[str], bool | None]:
+        endpoint = RuntimeApiEndpoint(InvocationChannel(), None)
+        await endpoint.start()
+        try:
+            reachable_elsewhere = None if other is None else not refuses(other, endpoint.port)
+            return endpoint.address, listening_addresses(endpoint.port), reachable_elsewhere
+        finally:
+            await endpoint.aclose()
+
+    address, listening, reachable_elsewhere = anyio.run(check)
+    assert address.startswith("127.0.0.1:")
+    if Path("/proc/net/tcp").exists():
+        assert listening == [LOOPBACK_V4], listening
+    assert not reachable_elsewhere
+
+
+def test_tls_verification_is_on_by_default_in_config() -> None:
+    config = parse_config(
+        {
+            "functions": {
+                "h": {"kind": "http", "url": "https://app.example/invoke"},
+                "l": {"kind": "lambda", "function_name": "f"},
+            }
+        }
+    )
+    assert config.functions["h"].verify_tls is True
+    assert config.functions["l"].verify_tls is True
+
+
+@pytest.fixture
+def self_signed_server(tmp_path: Path) -> Iterator[tuple[str, list[Any]]]:
+    """An https endpoint with a self-signed certificate; yields its URL and the events it got."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    events: list[Any] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        events.append(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/invoke", handle)
+    with serve(app, ssl_context=context) as base:
+        yield f"{base}/invoke", events
+
+
+def test_http_kind_refuses_an_untrusted_certificate_by_default(self_signed_server) -> None:  # type: ignore[no-untyped-def]
+    url, events = self_signed_server
+    config = parse_config({"functions": {"h": {"kind": "http", "url": url, "timeout": 2}}})
+
+    async def call() -> Any:
+        invoker = create_invoker(config.functions["h"])
+        try:
+            return await invoker.invoke({"Records": []})
+        finally:
+            await invoker.aclose()
+
+    result = anyio.run(call)
+    assert not result.ok
+    assert events == [], "the event reached a server whose certificate is not trusted"
+
+
+def test_credentials_in_an_http_function_url_are_refused_without_echoing_them() -> None:
+    """A URL may not carry user:password (it would end up in logs); the problem line that
+    says so must not repeat the password either."""
+    secret = f"urlpass{random.Random(SEED).getrandbits(64):016x}"
+    url = f"http://esm:{secret}@127.0.0.1:{free_port()}/invoke"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"functions": {"h": {"kind": "http", "url": url, "timeout": 1}}})
+    assert raised.value.problems == [
+        "functions.h.url: must not carry credentials (user:password@); use bearer_token_env"
+    ]
+    assert secret not in str(raised.value)
+
+
+# --- planted secrets in a full run ---------------------------------------------------------
+
+
+class Secrets:
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        self.body = f"plantedbody{rng.getrandbits(64):016x}"
+        self.attribute = f"plantedattr{rng.getrandbits(64):016x}"
+        self.environment = f"plantedenv{rng.getrandbits(64):016x}"
+        self.bearer = f"plantedbearer{rng.getrandbits(64):016x}"
+        self.aws_secret_key = f"plantedaws{rng.getrandbits(64):016x}"
+        self.aws_session_token = f"plantedsession{rng.getrandbits(64):016x}"
+
+    def all(self) -> dict[str, str]:
+        return dict(vars(self))
+
+
+class Sidecar:
+    """The http-kind function: fails batches holding a `fail-` record, checks the token."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/invoke", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        event = await request.json()
+        labels = [r["body"].split("|", 1)[0] for r in event["Records"]]
+        with self._lock:
+            self.seen.extend((label, request.headers.get("Authorization", "")) for label in labels)
+        if any(label.startswith("fail-") for label in labels):
+            return web.Response(status=500, text="failed on purpose")
+        return web.json_response({"batchItemFailures": []})
+
+    def labels(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.seen)
+
+
+def forms(value: str) -> set[str]:
+    """How a secret could show up in a log: as is, or base64 at any alignment (Kinesis data)."""
+    out = {value}
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + value.encode()).decode()
+        out.add(encoded[4 if pad else 0 : -4])
+    return out
+
+
+def test_no_planted_secret_in_the_logs_of_a_full_debug_run(endpoint, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secrets = Secrets(SEED)
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+
+    def queue(name: str, **attributes: str) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "2", **attributes})[
+            "QueueUrl"
+        ]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        return url, arn
+
+    dlq_url, dlq_arn = queue(f"sec-dlq-{unique}")
+    redrive = {
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})
+    }
+    py_url, py_arn = queue(f"sec-py-{unique}", **redrive)
+    http_url, http_arn = queue(f"sec-http-{unique}", **redrive)
+    dest_url, dest_arn = queue(f"sec-dest-{unique}")
+    stream = f"sec-{unique}"
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    stream_arn = kinesis.describe_stream(StreamName=stream)["StreamDescription"]["StreamARN"]
+
+    labels = ["ok-1", "ok-2", "partial-1", "fail-1", "ok-3"]
+    for label in labels:
+        for url in (py_url, http_url):
+            sqs.send_message(
+                QueueUrl=url,
+                MessageBody=f"{label}|{secrets.body}",
+                MessageAttributes={
+                    "token": {"DataType": "String", "StringValue": secrets.attribute}
+                },
+            )
+    kinesis.put_records(
+        StreamName=stream,
+        Records=[
+            {"PartitionKey": label, "Data": f"{label}|{secrets.body}".encode()} for label in labels
+        ],
+    )
+
+    sidecar = Sidecar()
+    record_path = tmp_path / "records.txt"
+    port = free_port()
+    config = tmp_path / "esm.toml"
+    with serve(sidecar.app()) as sidecar_base:
+        config.write_text(
+            f"""
+[daemon]
+endpoint_url = "{endpoint}"
+http_address = "127.0.0.1:{port}"
+log_level = "debug"
+log_format = "json"
+[state]
+path = "{tmp_path / "state.sqlite3"}"
+[functions.py]
+handler = "hostile_handlers.secret_aware"
+code_path = "{HANDLERS}"
+timeout = 2
+environment = {{ RECORD_PATH = "{record_path}", ESM_PLANTED_TOKEN = "{secrets.environment}" }}
+[functions.sidecar]
+kind = "http"
+url = "{sidecar_base}/invoke"
+bearer_token_env = "ESM_PLANTED_BEARER"
+timeout = 2
+[[mappings]]
+name = "sqs-python"
+function = "py"
+event_source_arn = "{py_arn}"
+batch_size = 1
+function_response_types = ["ReportBatchItemFailures"]
+[[mappings]]
+name = "sqs-http"
+function = "sidecar"
+event_source_arn = "{http_arn}"
+batch_size = 1
+function_response_types = ["ReportBatchItemFailures"]
+[[mappings]]
+name = "kinesis-python"
+function = "py"
+event_source_arn = "{stream_arn}"
+starting_position = "TRIM_HORIZON"
+batch_size = 1
+maximum_retry_attempts = 0
+function_response_types = ["ReportBatchItemFailures"]
+destination_config = {{ on_failure = {{ destination = "{dest_arn}" }} }}
+"""
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEYID0000",
+            "AWS_SECRET_ACCESS_KEY": secrets.aws_secret_key,
+            "AWS_SESSION_TOKEN": secrets.aws_session_token,
+            "ESM_PLANTED_BEARER": secrets.bearer,
+        }
+        log_path = tmp_path / "esm.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "esm", "run", "-c", str(config)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmp_path,
+            )
+            try:
+                wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
+
+                def events() -> list[dict[str, Any]]:
+                    out = []
+                    for line in log_path.read_text().splitlines():
+                        with contextlib.suppress(ValueError):
+                            out.append(json.loads(line))
+                    return out
+
+                def dead_letters() -> int:
+                    attrs = sqs.get_queue_attributes(
+                        QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+                    )
+                    return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+                def done() -> bool:
+                    evs = events()
+                    delivered = [e for e in evs if e.get("event") == "destination.delivered"]
+                    handled = record_path.read_text().splitlines() if record_path.exists() else []
+                    # python: every SQS and Kinesis label; sidecar: every label; the failed and
+                    # partially failed messages of both queues dead-lettered; the failed and
+                    # partial Kinesis batches given up to the destination.
+                    return (
+                        len(handled) >= 2 * len(labels)
+                        and {label for label, _ in sidecar.labels()} == set(labels)
+                        and dead_letters() >= 3
+                        and len(delivered) >= 2
+                    ) or proc.poll() is not None
+
+                wait_until(done, timeout=40)
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+    output = log_path.read_text()
+
+    # The run exercised what it should: debug on, every error path, env and token applied.
+    logged = {e.get("event") for e in events()}
+    assert {"batch.failed", "batch.error", "destination.delivered", "batch.succeeded"} <= logged, (
+        logged
+    )
+    assert '"level": "debug"' in output
+    digest = hashlib.sha256(secrets.environment.encode()).hexdigest()[:16]
+    handled = record_path.read_text().splitlines()
+    assert handled and all(line.endswith(digest) for line in handled), handled
+    assert {auth for _, auth in sidecar.labels()} == {f"Bearer {secrets.bearer}"}
+
+    leaks = {
+        name: sorted(
+            {line[:300] for line in output.splitlines() if any(f in line for f in forms(value))}
+        )
+        for name, value in secrets.all().items()
+    }
+    leaks = {name: lines for name, lines in leaks.items() if lines}
+    assert not leaks, "planted secrets in the daemon's output:\n" + json.dumps(leaks, indent=2)

@@ -18,7 +18,6 @@ from conftest import build_config, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "esm-dashboard.json"
-DOCS = ROOT / "docs" / "deploy.md"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
@@ -224,12 +223,12 @@ def test_dashboard_uses_its_datasource_variable_everywhere() -> None:
 
 
 def metrics_section() -> tuple[Path, str]:
-    """The "Metrics and alerts" section: in the README once merged, docs/deploy.md before."""
+    """The README's "Metrics and alerts" section."""
     heading = re.compile(r"^## Metrics and alerts$", re.M)
-    for path in (ROOT / "README.md", DOCS):
-        if path.exists() and (match := heading.search(text := path.read_text())):
-            return path, re.split(r"^## ", text[match.end() :], maxsplit=1, flags=re.M)[0]
-    raise AssertionError("no '## Metrics and alerts' section in README.md or docs/deploy.md")
+    path = ROOT / "README.md"
+    match = heading.search(text := path.read_text())
+    assert match, "no '## Metrics and alerts' section in README.md"
+    return path, re.split(r"^## ", text[match.end() :], maxsplit=1, flags=re.M)[0]
 
 
 def test_docs_list_every_metric_esm_exports() -> None:

@@ -30,7 +30,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_BACKENDS = ("sqlite", "dynamodb")
 MAX_FILTERS = 5
 UNRESOLVED_PREFIX = "<unresolved:"
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]+")
+"""Bare keys, plus the dots and brackets of paths esm composes (`filters[1].pattern`)."""
 MAX_FILTER_PATTERN_CHARS = 4096
 
 
@@ -284,8 +285,8 @@ def _environment(t: _Table) -> dict[str, str]:
 
 
 def _quoted_key(key: str) -> str:
-    """A key as it is written in TOML: bare when it can be, quoted otherwise, so that a key
-    holding dots, brackets or newlines cannot make a problem line ambiguous."""
+    """A key as written in TOML: bare when it can be, quoted and escaped otherwise, so that
+    a key holding spaces, quotes or newlines keeps its problem on one unambiguous line."""
     if _BARE_KEY.fullmatch(key):
         return key
     return '"' + key.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'

@@ -146,3 +146,18 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # typ
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def stored_checkpoint(path: Path) -> str | None:
+    """The only stored checkpoint of a sqlite state file, or None while there is none yet
+    (read-only, so a test never creates the file before the daemon does)."""
+    import sqlite3
+
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        try:
+            rows = db.execute("SELECT sequence_number FROM checkpoints").fetchall()
+        except sqlite3.OperationalError:  # the daemon has not created its table yet
+            return None
+    return rows[0][0] if rows else None

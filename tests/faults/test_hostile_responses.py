@@ -14,7 +14,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -25,7 +24,7 @@ import anyio
 import boto3
 import hostile_handlers
 import pytest
-from conftest import HANDLERS, build_config, free_port, wait_for_http, wait_until
+from conftest import HANDLERS, build_config, free_port, stored_checkpoint, wait_for_http, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -394,9 +393,7 @@ def test_sqs_hostile_responses_keep_messages_and_the_daemon(endpoint, sqs, uniqu
 
 
 def _checkpoint(path: Path) -> str | None:
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT sequence_number FROM checkpoints").fetchall()
-    return rows[0][0] if rows else None
+    return stored_checkpoint(path)
 
 
 def test_kinesis_hostile_responses_are_retried_then_given_up_and_counted(

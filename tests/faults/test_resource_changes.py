@@ -8,7 +8,7 @@ import sqlite3
 
 import boto3
 import recorder
-from conftest import build_config, wait_until
+from conftest import wait_until
 from test_kinesis_mapping import config_with_state, datas, make_stream, put, stream_mapping
 from test_sqs_mapping import make_queue, mapping
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 
 import pytest
 import recorder
-from conftest import build_config, wait_until
+from conftest import build_config, stored_checkpoint, wait_until
 from test_kinesis_mapping import config_with_state, make_stream, put, stream_mapping
 from test_sqs_mapping import make_queue, mapping
 
@@ -57,9 +56,7 @@ def test_kinesis_filter_matches_decoded_data_and_checkpoints_skipped_records(end
     run_daemon(config)
 
     def checkpoint() -> str | None:
-        with sqlite3.connect(tmp_path / "state.sqlite3") as db:
-            rows = db.execute("SELECT sequence_number FROM checkpoints").fetchall()
-        return rows[0][0] if rows else None
+        return stored_checkpoint(tmp_path / "state.sqlite3")
 
     # The last record is filtered out, yet the checkpoint passes it: skipped counts as done.
     wait_until(lambda: checkpoint() == seqs[-1])

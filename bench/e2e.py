@@ -1,0 +1,318 @@
+"""Figures 2 and 3, end to end: esm's daemon vs a naive single-loop boto3 consumer, both
+draining the same data from the same local endpoint in the same run.
+
+Streams: a 4-shard Kinesis stream preloaded once; both sides read it from TRIM_HORIZON
+(reading does not consume), so they see the same records. The naive consumer is one
+loop: GetRecords (Limit 10,000) -> handler -> next iterator, round robin over the shards.
+
+SQS: a queue is loaded, drained by one side, loaded again with the same bodies, drained by
+the other. The naive consumer is one loop: ReceiveMessage (10, long poll) -> handler ->
+DeleteMessageBatch. esm runs with `maximum_concurrency` 10.
+
+esm runs as its real daemon (`esm.daemon.Daemon`, aiobotocore, in-process Python handler)
+in this process; the clock starts when the daemon starts and stops when the handler has
+seen every record. The handler is the same counting no-op on both sides.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from bench.endpoints import ACCOUNT, REGION, Endpoint, boto3_client
+from bench.harness import esm_config, handlers, measure, proc_cpu_seconds, quiet_esm_logging
+
+Log = Callable[[str], None]
+
+
+def with_endpoint_cpu(endpoint: Endpoint, drain: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one side's drain and note the endpoint's CPU meanwhile (in % of one core): a side
+    that finds the endpoint near 100% is measuring the endpoint, not itself."""
+    cpu0, wall0 = proc_cpu_seconds(endpoint.pid), time.perf_counter()
+    result = drain()
+    wall = time.perf_counter() - wall0
+    used = proc_cpu_seconds(endpoint.pid) - cpu0
+    result["endpoint_cpu_percent"] = 100 * used / wall if wall > 0 else float("nan")
+    result["cpu_percent"] = 100 * result["cpu_s"] / wall if wall > 0 else float("nan")
+    return result
+
+
+def body(i: int) -> bytes:
+    return orjson.dumps({"type": "order", "id": i, "amount": 12.5})
+
+
+# --- esm side ------------------------------------------------------------------------------
+
+
+async def _daemon_until(config: Any, expected: int, timeout: float) -> dict[str, Any]:
+    from esm.daemon import Daemon
+
+    h = handlers()
+    h.reset()
+    daemon = Daemon(config)
+    with measure() as span:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.move_on_after(timeout):
+                while expected > h.RECORDS:
+                    await anyio.sleep(0.005)
+            drained_wall = span.elapsed() if expected <= h.RECORDS else None
+            daemon.request_stop()
+    return {
+        "seconds": drained_wall if drained_wall is not None else float("nan"),
+        "delivered": h.RECORDS,
+        "invocations": h.BATCHES,
+        "cpu_s": span.cpu,
+        "timed_out": drained_wall is None,
+    }
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def prepare_stream(endpoint: Endpoint, name: str, shards: int, records: int, log: Log) -> float:
+    """Create the stream and load it with `records` small records from 4 writer threads."""
+    client = boto3_client("kinesis", endpoint)
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(
+        StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
+    )
+    started = time.perf_counter()
+    chunks = [range(s, min(s + 500, records)) for s in range(0, records, 500)]
+    writers = 1 if endpoint.name == "moto" else 4  # moto loses records under concurrent writes
+
+    def write(part: list[range]) -> int:
+        c = boto3_client("kinesis", endpoint)
+        written = 0
+        for chunk in part:
+            entries = [{"Data": body(i), "PartitionKey": f"pk-{i}"} for i in chunk]
+            for _ in range(10):
+                response = c.put_records(StreamName=name, Records=entries)
+                if not response.get("FailedRecordCount"):
+                    break
+                entries = [
+                    e for e, r in zip(entries, response["Records"], strict=True) if "ErrorCode" in r
+                ]
+            written += len(chunk)
+        return written
+
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        written = sum(pool.map(write, [chunks[w::writers] for w in range(writers)]))
+    seconds = time.perf_counter() - started
+    log(
+        f"  loaded {written:,} records into {shards} shards of {name} on {endpoint.name} "
+        f"in {seconds:.1f} s"
+    )
+    return seconds
+
+
+def naive_kinesis_drain(
+    endpoint: Endpoint, name: str, expected: int, timeout: float
+) -> dict[str, Any]:
+    """One loop, round robin over the shards: GetRecords -> handler -> next iterator."""
+    h = handlers()
+    h.reset()
+    with measure() as span:
+        client = boto3_client("kinesis", endpoint)
+        deadline = time.monotonic() + timeout
+        shards = client.list_shards(StreamName=name)["Shards"]
+        iterators = {
+            s["ShardId"]: client.get_shard_iterator(
+                StreamName=name, ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            for s in shards
+        }
+        while expected > h.RECORDS and iterators and time.monotonic() < deadline:
+            for shard_id, iterator in list(iterators.items()):
+                response = client.get_records(ShardIterator=iterator, Limit=10_000)
+                if response["Records"]:
+                    h.count({"Records": response["Records"]}, None)
+                if response.get("NextShardIterator"):
+                    iterators[shard_id] = response["NextShardIterator"]
+                else:
+                    del iterators[shard_id]
+    done = expected <= h.RECORDS
+    return {
+        "seconds": span.wall if done else float("nan"),
+        "delivered": h.RECORDS,
+        "invocations": h.BATCHES,
+        "cpu_s": span.cpu,
+        "timed_out": not done,
+    }
+
+
+def esm_kinesis_drain(
+    endpoint: Endpoint, name: str, expected: int, batch_size: int, timeout: float
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
+        config = esm_config(
+            [
+                {
+                    "name": f"drain-{batch_size}",
+                    "function": "bench",
+                    "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}",
+                    "starting_position": "TRIM_HORIZON",
+                    "batch_size": batch_size,
+                }
+            ],
+            endpoint=endpoint.url,
+            state_path=Path(state_dir) / "state.sqlite3",
+        )
+        return anyio.run(_daemon_until, config, expected, timeout)
+
+
+def run_streams(
+    endpoint: Endpoint,
+    records: int,
+    shards: int = 4,
+    batch_sizes: tuple[int, ...] = (10_000, 100),
+    timeout: float = 120,
+    log: Log = print,
+) -> dict[str, Any]:
+    name = f"bench-drain-{int(time.time())}"
+    load_s = prepare_stream(endpoint, name, shards, records, log)
+    naive = with_endpoint_cpu(
+        endpoint, lambda: naive_kinesis_drain(endpoint, name, records, timeout)
+    )
+    log(f"  naive boto3 loop: {_rate(naive, records)}")
+    esm_runs = {}
+    with quiet_esm_logging():
+        for batch_size in batch_sizes:
+            result = with_endpoint_cpu(
+                endpoint,
+                lambda b=batch_size: esm_kinesis_drain(endpoint, name, records, b, timeout),  # type: ignore[misc]
+            )
+            esm_runs[str(batch_size)] = result
+            log(
+                f"  esm batch_size {batch_size}: {_rate(result, records)}  "
+                f"({_ratio(naive, result):.2f}x naive)"
+            )
+    return {
+        "endpoint": endpoint.name,
+        "shards": shards,
+        "records": records,
+        "load_s": load_s,
+        "naive": naive,
+        "esm": esm_runs,
+        "ratio": {k: _ratio(naive, v) for k, v in esm_runs.items()},
+    }
+
+
+# --- SQS -----------------------------------------------------------------------------------
+
+
+def load_queue(endpoint: Endpoint, url: str, count: int) -> float:
+    client = boto3_client("sqs", endpoint)
+    started = time.perf_counter()
+    for start in range(0, count, 10):
+        entries = [
+            {"Id": str(i), "MessageBody": body(start + i).decode()}
+            for i in range(min(10, count - start))
+        ]
+        client.send_message_batch(QueueUrl=url, Entries=entries)
+    return time.perf_counter() - started
+
+
+def naive_sqs_drain(endpoint: Endpoint, url: str, expected: int, timeout: float) -> dict[str, Any]:
+    """One loop: ReceiveMessage -> handler -> DeleteMessageBatch."""
+    h = handlers()
+    h.reset()
+    with measure() as span:
+        client = boto3_client("sqs", endpoint)
+        deadline = time.monotonic() + timeout
+        while expected > h.RECORDS and time.monotonic() < deadline:
+            messages = (
+                client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                    "Messages"
+                )
+                or []
+            )
+            if not messages:
+                continue
+            h.count({"Records": messages}, None)
+            client.delete_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
+    done = expected <= h.RECORDS
+    return {
+        "seconds": span.wall if done else float("nan"),
+        "delivered": h.RECORDS,
+        "invocations": h.BATCHES,
+        "cpu_s": span.cpu,
+        "timed_out": not done,
+    }
+
+
+def esm_sqs_drain(
+    endpoint: Endpoint, queue: str, expected: int, concurrency: int, timeout: float
+) -> dict[str, Any]:
+    config = esm_config(
+        [
+            {
+                "name": "drain-sqs",
+                "function": "bench",
+                "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}",
+                "batch_size": 10,
+                "scaling_config": {"maximum_concurrency": concurrency},
+            }
+        ],
+        endpoint=endpoint.url,
+    )
+    return anyio.run(_daemon_until, config, expected, timeout)
+
+
+def run_sqs(
+    endpoint: Endpoint, messages: int, concurrency: int = 10, timeout: float = 180, log: Log = print
+) -> dict[str, Any]:
+    client = boto3_client("sqs", endpoint)
+    queue = f"bench-drain-{int(time.time())}"
+    url = client.create_queue(QueueName=queue, Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
+    load_s = load_queue(endpoint, url, messages)
+    log(f"  loaded {messages:,} messages into {queue} on {endpoint.name} in {load_s:.1f} s")
+    naive = with_endpoint_cpu(endpoint, lambda: naive_sqs_drain(endpoint, url, messages, timeout))
+    log(f"  naive boto3 loop: {_rate(naive, messages)}")
+    client.purge_queue(QueueUrl=url)
+    load_queue(endpoint, url, messages)
+    with quiet_esm_logging():
+        esm = with_endpoint_cpu(
+            endpoint, lambda: esm_sqs_drain(endpoint, queue, messages, concurrency, timeout)
+        )
+    ratio = _ratio(naive, esm)
+    log(f"  esm maximum_concurrency {concurrency}: {_rate(esm, messages)}  ({ratio:.2f}x naive)")
+    return {
+        "endpoint": endpoint.name,
+        "messages": messages,
+        "maximum_concurrency": concurrency,
+        "load_s": load_s,
+        "naive": naive,
+        "esm": esm,
+        "ratio": ratio,
+    }
+
+
+def _rate(result: dict[str, Any], records: int) -> str:
+    if result["timed_out"]:
+        return f"TIMED OUT after delivering {result['delivered']:,}"
+    result["records_per_s"] = records / result["seconds"]
+    return (
+        f"{result['seconds']:.2f} s, {result['records_per_s']:,.0f} records/s "
+        f"(consumer CPU {result['cpu_percent']:.0f}%, "
+        f"endpoint CPU {result['endpoint_cpu_percent']:.0f}% of a core)"
+    )
+
+
+def _ratio(naive: dict[str, Any], esm: dict[str, Any]) -> float:
+    if naive["timed_out"] or esm["timed_out"]:
+        return float("nan")
+    return float(naive["seconds"] / esm["seconds"])

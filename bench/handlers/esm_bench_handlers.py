@@ -1,0 +1,43 @@
+"""Handlers the benchmarks invoke in-process (code_path = bench/handlers).
+
+`count` is the no-op handler of the throughput figures: it only adds the batch's size to a
+counter (one lock per batch) so a run can check that every record arrived. `stamp` notes
+the time it started and the records it got, for the latency figure. Both are sync, as
+most Lambda Python handlers are, so esm runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+_lock = threading.Lock()
+RECORDS = 0
+BATCHES = 0
+STAMPS: list[tuple[float, list[dict[str, Any]]]] = []
+
+
+def reset() -> None:
+    global RECORDS, BATCHES
+    with _lock:
+        RECORDS = 0
+        BATCHES = 0
+        STAMPS.clear()
+
+
+def count(event: dict[str, Any], context: Any) -> None:
+    global RECORDS, BATCHES
+    n = len(event["Records"])
+    with _lock:
+        RECORDS += n
+        BATCHES += 1
+
+
+def noop(event: dict[str, Any], context: Any) -> None:
+    return None
+
+
+def stamp(event: dict[str, Any], context: Any) -> None:
+    started = time.time()
+    STAMPS.append((started, event["Records"]))

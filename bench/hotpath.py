@@ -1,0 +1,402 @@
+"""Figure 1, pure overhead: esm's real hot path fed from memory, no network at all.
+
+Kinesis-shaped: `MemoryKinesisSource` implements the `StreamSource` protocol
+(esm/sources/streams.py) over pre-serialised GetRecords bodies. Its `read` does what
+`KinesisSource.read` does after the HTTP call: the retry policy wrapper, then
+`esm.events.kinesis.parse_get_records` on the raw body (so JSON parsing and Lambda event
+shaping are measured), then `StreamRecord`s. Real `ShardPoller`s and `Lane`s run on it with
+a real `SqliteCheckpointStore` (WAL, synchronous=FULL) and a real in-process Python
+function (`esm.functions.Function` + `PythonInvoker`, a sync no-op handler).
+
+SQS-shaped: a real `SqsMapping` runs on `MemorySqsClient`, which answers ReceiveMessage
+with botocore-shaped messages (what aiobotocore hands esm after parsing) and acknowledges
+DeleteMessageBatch. Measured: receivers and scaling, `sqs_record` shaping, the per-message
+size (`orjson.dumps`), batch budgets, the filter, the invoke, partial-batch judging, delete
+entry building and result bookkeeping, metrics and logs. Not measured: HTTP, SigV4,
+botocore's request serialisation and response parsing (see BENCHMARKS.md for their cost).
+
+Both feed a filter that every record passes, so each record is filtered and invoked.
+Kinesis's pacing of 5 reads per second per shard (`BUSY_POLL_INTERVAL`) is set to 0 here so
+the figure is bound by CPU, not by a sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from bench.harness import esm_config, handlers, measure, quiet_esm_logging
+
+STREAM_ARN = "arn:aws:kinesis:us-east-1:000000000000:stream/bench"
+QUEUE_ARN = "arn:aws:sqs:us-east-1:000000000000:bench"
+REGION = "us-east-1"
+PAGE_RECORDS = 10_000
+EMPTY_RECEIVE_FLOOR = 0.001
+FIRST_SEQUENCE = 49590338271490256608559692538361571095921575989136588898
+KINESIS_FILTER = '{"data": {"type": ["order", "refund"]}}'
+SQS_FILTER = '{"body": {"type": ["order", "refund"]}}'
+
+
+def payload(i: int) -> bytes:
+    """A small JSON record (~70 bytes) of the kind filters look at."""
+    return orjson.dumps(
+        {"type": "order" if i % 4 else "refund", "id": i, "amount": 12.5, "currency": "EUR"}
+    )
+
+
+# --- Kinesis-shaped ------------------------------------------------------------------------
+
+
+def kinesis_pages(
+    shards: int, records: int, page_records: int = PAGE_RECORDS
+) -> dict[str, list[bytes]]:
+    """Raw GetRecords bodies per shard, as the Kinesis API sends them (Data in base64)."""
+    now = time.time()
+    pages: dict[str, list[bytes]] = {}
+    per_shard = records // shards
+    for s in range(shards):
+        shard_id = f"shardId-{s:012d}"
+        items = [
+            {
+                "SequenceNumber": str(FIRST_SEQUENCE + i),
+                "ApproximateArrivalTimestamp": now,
+                "Data": base64.b64encode(payload(i)).decode(),
+                "PartitionKey": f"pk-{i % 1000}",
+            }
+            for i in range(per_shard)
+        ]
+        bodies = []
+        for start in range(0, len(items), page_records):
+            chunk = items[start : start + page_records]
+            last = start + page_records >= len(items)
+            bodies.append(
+                orjson.dumps(
+                    {
+                        "Records": chunk,
+                        "NextShardIterator": None if last else f"{shard_id}/{len(bodies) + 1}",
+                        "MillisBehindLatest": 0 if last else 1000,
+                    }
+                )
+            )
+        pages[shard_id] = bodies
+    return pages
+
+
+class MemoryKinesisSource:
+    """A `StreamSource` over pre-serialised GetRecords bodies; every shard is closed, so a
+    poller reads it to the end and stops, as at SHARD_END."""
+
+    family = "kinesis"
+
+    def __init__(self, pages: dict[str, list[bytes]]) -> None:
+        from esm.aws import RetryPolicy
+
+        self.pages = pages
+        self.retry = RetryPolicy()
+        self.reads = 0
+
+    async def list_shards(self) -> list[Any]:
+        from esm.sources.streams import ShardInfo
+
+        return [ShardInfo(shard_id, (), True) for shard_id in self.pages]
+
+    async def iterator_at(self, shard_id: str, position: Any) -> str:
+        return f"{shard_id}/0"
+
+    async def _get_records(self, shard_id: str, index: int) -> bytes:
+        self.reads += 1
+        return self.pages[shard_id][index]
+
+    async def read(self, shard_id: str, iterator: str) -> Any:
+        from esm.events.kinesis import parse_get_records
+        from esm.sources.streams import ReadResult, StreamRecord
+
+        index = int(iterator.rsplit("/", 1)[1])
+        raw = await self.retry.call("GetRecords", lambda: self._get_records(shard_id, index))
+        page = parse_get_records(raw, shard_id=shard_id, stream_arn=STREAM_ARN, region=REGION)
+        records = [
+            StreamRecord(event, seq, key, arrival, size)
+            for event, seq, key, arrival, size in zip(
+                page.records,
+                page.sequence_numbers,
+                page.partition_keys,
+                page.arrival_times,
+                page.sizes,
+                strict=True,
+            )
+        ]
+        return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _run_kinesis(
+    pages: dict[str, list[bytes]], batch_size: int, state_dir: Path, filtered: bool
+) -> dict[str, Any]:
+    import esm.sources.streams as streams
+    from esm.filtering import FilterSet, kinesis_filter_view
+    from esm.functions import create_functions
+    from esm.observability import Metrics
+    from esm.sources.streams import Position, ShardContext, ShardPoller
+    from esm.state.sqlite import SqliteCheckpointStore
+
+    config = esm_config(
+        [
+            {
+                "name": "hot-kinesis",
+                "function": "bench",
+                "event_source_arn": STREAM_ARN,
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": batch_size,
+                **(
+                    {"filter_criteria": {"filters": [{"pattern": KINESIS_FILTER}]}}
+                    if filtered
+                    else {}
+                ),
+            }
+        ]
+    )
+    mapping = config.mappings[0]
+    metrics = Metrics()
+    function = create_functions(config.functions, metrics)["bench"]
+    store = await SqliteCheckpointStore.open(state_dir / "state.sqlite3")
+    source = MemoryKinesisSource(pages)
+    ctx = ShardContext(
+        config=mapping,
+        source=source,  # type: ignore[arg-type]
+        function=function,
+        store=store,
+        metrics=metrics,
+        filters=FilterSet.compile(mapping.filter_patterns) if mapping.filter_patterns else None,
+        filter_view=kinesis_filter_view,
+        destination=None,
+        mapping_uuid="bench",
+    )
+    saved_interval = streams.BUSY_POLL_INTERVAL
+    streams.BUSY_POLL_INTERVAL = 0.0
+    try:
+        pollers = [
+            ShardPoller(ctx, shard, Position("TRIM_HORIZON"))
+            for shard in await source.list_shards()
+        ]
+        with measure() as span:
+            async with anyio.create_task_group() as tg:
+                for poller in pollers:
+                    tg.start_soon(poller.run)
+        checkpoints = await store.all(mapping.name)
+    finally:
+        streams.BUSY_POLL_INTERVAL = saved_interval
+        await store.close()
+    ended = all(c.shard_ended for c in checkpoints.values()) and len(checkpoints) == len(pages)
+    return {
+        "wall_s": span.wall,
+        "cpu_s": span.cpu,
+        "gc_s": span.gc,
+        "reads": source.reads,
+        "all_checkpointed": ended,
+    }
+
+
+# --- SQS-shaped ----------------------------------------------------------------------------
+
+
+def sqs_messages(count: int) -> list[dict[str, Any]]:
+    """ReceiveMessage messages as aiobotocore returns them (botocore's parsed shape)."""
+    now_ms = str(int(time.time() * 1000))
+    messages = []
+    for i in range(count):
+        body = payload(i).decode()
+        messages.append(
+            {
+                "MessageId": f"{i:08d}-5c1b-4f4e-9d6a-1f0e2b3c4d5e",
+                "ReceiptHandle": f"AQEB{i:012d}" + "x" * 160,
+                "MD5OfBody": "5d41402abc4b2a76b9719d911017c592",
+                "Body": body,
+                "Attributes": {
+                    "SenderId": "000000000000",
+                    "SentTimestamp": now_ms,
+                    "ApproximateReceiveCount": "1",
+                    "ApproximateFirstReceiveTimestamp": now_ms,
+                },
+            }
+        )
+    return messages
+
+
+class MemorySqsClient:
+    """The aiobotocore SQS client calls `SqsMapping` makes, answered from memory. Receives
+    return at once while messages are left; an empty receive waits like a long poll."""
+
+    def __init__(self, messages: list[dict[str, Any]], visibility_timeout: int = 300) -> None:
+        self.messages = messages
+        self.position = 0
+        self.deleted = 0
+        self.receives = 0
+        self.empty_receives = 0
+        self.visibility_timeout = visibility_timeout
+        self.drained = anyio.Event()
+
+    async def get_queue_url(self, **kwargs: Any) -> dict[str, Any]:
+        return {"QueueUrl": "http://memory/000000000000/bench"}
+
+    async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        return {"Attributes": {"VisibilityTimeout": str(self.visibility_timeout)}}
+
+    async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.receives += 1
+        want = kwargs.get("MaxNumberOfMessages", 1)
+        start = self.position
+        if start >= len(self.messages):
+            self.empty_receives += 1
+            # An empty receive takes at least a loopback round trip, however short the poll.
+            await anyio.sleep(max(EMPTY_RECEIVE_FLOOR, kwargs.get("WaitTimeSeconds", 0)))
+            return {}
+        self.position = start + want
+        return {"Messages": self.messages[start : start + want]}
+
+    async def delete_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        entries = kwargs["Entries"]
+        self.deleted += len(entries)
+        if self.deleted >= len(self.messages):
+            self.drained.set()
+        return {"Successful": [{"Id": e["Id"]} for e in entries], "Failed": []}
+
+    async def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+        return {"Successful": [{"Id": e["Id"]} for e in kwargs["Entries"]], "Failed": []}
+
+
+class MemoryAws:
+    """Stands in for `esm.aws.AwsClients`: the real retry policy, an in-memory client."""
+
+    def __init__(self, client: MemorySqsClient) -> None:
+        from esm.aws import RetryPolicy
+
+        self.retry = RetryPolicy()
+        self._client = client
+
+    async def client(self, service: str) -> MemorySqsClient:
+        return self._client
+
+
+async def _run_sqs(
+    messages: list[dict[str, Any]], batch_size: int, filtered: bool, concurrency: int
+) -> dict[str, Any]:
+    from esm.filtering import FilterSet
+    from esm.functions import create_functions
+    from esm.observability import Metrics
+    from esm.sources.sqs import SqsMapping
+
+    config = esm_config(
+        [
+            {
+                "name": "hot-sqs",
+                "function": "bench",
+                "event_source_arn": QUEUE_ARN,
+                "batch_size": batch_size,
+                "maximum_batching_window_in_seconds": 0 if batch_size <= 10 else 1,
+                "scaling_config": {"maximum_concurrency": concurrency},
+                **({"filter_criteria": {"filters": [{"pattern": SQS_FILTER}]}} if filtered else {}),
+            }
+        ]
+    )
+    mapping_config = config.mappings[0]
+    metrics = Metrics()
+    function = create_functions(config.functions, metrics)["bench"]
+    client = MemorySqsClient(messages)
+    filters = (
+        FilterSet.compile(mapping_config.filter_patterns)
+        if mapping_config.filter_patterns
+        else None
+    )
+    mapping = SqsMapping(mapping_config, function, MemoryAws(client), metrics, filters)  # type: ignore[arg-type]
+    with measure() as span:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping.run)
+            with anyio.move_on_after(600):
+                await client.drained.wait()
+            mapping.stop()
+    return {
+        "wall_s": span.wall,
+        "cpu_s": span.cpu,
+        "gc_s": span.gc,
+        "receives": client.receives,
+        "empty_receives": client.empty_receives,
+        "deleted": client.deleted,
+    }
+
+
+# --- the figure ----------------------------------------------------------------------------
+
+
+def run_cell(
+    shape: str,
+    records: int,
+    batch_size: int,
+    *,
+    filtered: bool = True,
+    concurrency: int = 10,
+    profiler: Any = None,
+) -> dict[str, Any]:
+    """One measurement: `records` records of one shape through esm at one batch size.
+    A `profiler` (pyinstrument's) is started once the input is built, stopped at the end."""
+    h = handlers()
+    h.reset()
+    if shape == "kinesis":
+        pages = kinesis_pages(4, records)
+        with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
+            if profiler is not None:
+                profiler.start()
+            result = anyio.run(_run_kinesis, pages, batch_size, Path(state_dir), filtered)
+    else:
+        messages = sqs_messages(records)
+        if profiler is not None:
+            profiler.start()
+        result = anyio.run(_run_sqs, messages, batch_size, filtered, concurrency)
+    if profiler is not None:
+        profiler.stop()
+    delivered = h.RECORDS
+    result.update(
+        shape=shape,
+        batch_size=batch_size,
+        records=records,
+        delivered=delivered,
+        batches=h.BATCHES,
+        filtered=filtered,
+        records_per_s=records / result["wall_s"],
+        records_per_cpu_s=records / result["cpu_s"] if result["cpu_s"] > 0 else float("nan"),
+        gc_share=result["gc_s"] / result["cpu_s"] if result["cpu_s"] > 0 else float("nan"),
+    )
+    return result
+
+
+def run(
+    records: int,
+    batch_sizes: tuple[int, ...] = (100, 1_000, 10_000),
+    repeats: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every shape x batch size; the median of `repeats` runs by records per CPU-second."""
+    cells = []
+    with quiet_esm_logging():
+        for shape in ("kinesis", "sqs"):
+            for batch_size in batch_sizes:
+                runs = [run_cell(shape, records, batch_size) for _ in range(repeats)]
+                runs.sort(key=lambda r: r["records_per_cpu_s"])
+                best = runs[len(runs) // 2]
+                best["repeats"] = repeats
+                cells.append(best)
+                log(
+                    f"  hot path {shape:7} batch {batch_size:>6}: "
+                    f"{best['records_per_s']:>9,.0f} rec/s, "
+                    f"{best['records_per_cpu_s']:>9,.0f} rec/CPU-s "
+                    f"(delivered {best['delivered']:,})"
+                )
+    return {"records": records, "cells": cells}

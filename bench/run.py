@@ -1,0 +1,466 @@
+"""esm benchmarks: one entry point, one table, one JSON file per run.
+
+    python -m bench            # the full run (about 8 minutes on 2 cores)
+    python -m bench --quick    # every figure on tiny inputs (< 60 s); what the smoke test runs
+    python -m bench --phases hot_path,latency --profile
+
+Writes bench/results/<date>-<commit>.json (quick runs: ...-quick.json) and prints a table of
+every figure against its target. Each comparison runs both sides in this run, on the same
+endpoint and the same data, and reports their ratio. Nothing here is a test: the test
+suite never asserts on these numbers. BENCHMARKS.md explains each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import endpoints  # noqa: E402
+from bench.harness import BENCH_DIR  # noqa: E402
+
+RESULTS_DIR = BENCH_DIR / "results"
+PHASES = ("hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
+
+TARGETS = {
+    "hot_path_records_per_cpu_s": 200_000,
+    "e2e_ratio": 3.0,
+    "latency_p50_ms_sqs": 50,
+    "latency_p50_ms_kinesis": 300,
+    "idle_shards_rss_mb": 300,
+    "idle_shards_cpu_percent": 5,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each phase is; --quick shrinks every one so the whole run stays under 60 s."""
+
+    hot_records: int
+    hot_repeats: int
+    stream_records: int
+    sqs_messages: int
+    sqs_moto_messages: int
+    latency_events: int
+    idle_shards: int
+    idle_queues: int
+    scale_warmup: float
+    scale_window: float
+    phase_timeout: float
+
+
+FULL = Sizes(200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
+QUICK = Sizes(10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
+
+
+def git_commit() -> tuple[str, bool]:
+    root = BENCH_DIR.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "nogit", False
+    return commit or "nogit", dirty
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+def phase_hot_path(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import hotpath
+
+    _log(f"[hot_path] {sizes.hot_records:,} records per cell, median of {sizes.hot_repeats}")
+    result = hotpath.run(sizes.hot_records, repeats=sizes.hot_repeats, log=_log)
+    if args.profile:
+        result["profiles"] = profile_hot_path(sizes, args.out)
+    return result
+
+
+def profile_hot_path(sizes: Sizes, out: Path) -> dict[str, str]:
+    """pyinstrument text profiles of one Kinesis and one SQS cell at batch size 1,000."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        _log("  --profile needs pyinstrument: .venv/bin/pip install pyinstrument")
+        return {}
+    from bench import hotpath
+    from bench.harness import quiet_esm_logging
+
+    paths = {}
+    with quiet_esm_logging():
+        for shape in ("kinesis", "sqs"):
+            profiler = Profiler(interval=0.0005)
+            hotpath.run_cell(shape, sizes.hot_records, 1_000, profiler=profiler)
+            path = out / f"profile-{shape}-1000.txt"
+            path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+            paths[shape] = str(path)
+            _log(f"  profile of the {shape} hot path: {path}")
+    return paths
+
+
+def phase_streams_e2e(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import e2e
+
+    _log(
+        f"[streams_e2e] {sizes.stream_records:,} records, 4 shards, "
+        "on kinesalite (or moto) and bench.fake_kinesis"
+    )
+    runs = {}
+    with endpoints.start_kinesis_endpoint(args.kinesis_endpoint) as endpoint:
+        runs[endpoint.name] = e2e.run_streams(
+            endpoint, sizes.stream_records, timeout=sizes.phase_timeout, log=_log
+        )
+    with endpoints.start_fake_kinesis() as endpoint:
+        runs[endpoint.name] = e2e.run_streams(
+            endpoint, sizes.stream_records, timeout=sizes.phase_timeout, log=_log
+        )
+    return runs
+
+
+def phase_sqs_e2e(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import e2e
+
+    _log(
+        f"[sqs_e2e] {sizes.sqs_messages:,} messages on bench.fake_sqs, "
+        f"{sizes.sqs_moto_messages:,} on moto"
+    )
+    with endpoints.start_fake_sqs() as endpoint:
+        fast = e2e.run_sqs(endpoint, sizes.sqs_messages, timeout=sizes.phase_timeout, log=_log)
+    with endpoints.start_moto() as endpoint:
+        moto = e2e.run_sqs(endpoint, sizes.sqs_moto_messages, timeout=sizes.phase_timeout, log=_log)
+    return {"fake_sqs": fast, "moto": moto}
+
+
+def phase_latency(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import latency
+
+    _log(f"[latency] {sizes.latency_events:,} events each, batching window 0")
+    with endpoints.start_moto() as endpoint:
+        sqs = latency.run_sqs(endpoint, sizes.latency_events, timeout=sizes.phase_timeout, log=_log)
+    with endpoints.start_kinesis_endpoint(args.kinesis_endpoint) as endpoint:
+        kinesis = latency.run_kinesis(
+            endpoint, sizes.latency_events, timeout=sizes.phase_timeout, log=_log
+        )
+    return {"sqs": sqs, "kinesis": kinesis}
+
+
+def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import scale
+
+    _log(
+        f"[scale] {sizes.idle_shards:,} idle shards, {sizes.idle_queues} idle queues; "
+        f"{sizes.scale_window:g} s window after {sizes.scale_warmup:g} s warm-up"
+    )
+    with endpoints.start_fake_kinesis() as endpoint:
+        kinesis = scale.run_kinesis(
+            endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window, log=_log
+        )
+    with endpoints.start_kinesis_endpoint(
+        args.kinesis_endpoint, shard_limit=sizes.idle_shards + 100
+    ) as endpoint:
+        second = scale.run_kinesis(
+            endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log
+        )
+    with endpoints.start_moto() as endpoint:
+        sqs = scale.run_sqs(
+            endpoint, sizes.idle_queues, sizes.scale_warmup, sizes.scale_window, log=_log
+        )
+    return {"kinesis": kinesis, f"kinesis_{second['endpoint']}": second, "sqs": sqs}
+
+
+RUNNERS: dict[str, Callable[[Sizes, argparse.Namespace], dict[str, Any]]] = {
+    "hot_path": phase_hot_path,
+    "streams_e2e": phase_streams_e2e,
+    "sqs_e2e": phase_sqs_e2e,
+    "latency": phase_latency,
+    "scale": phase_scale,
+}
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def _num(value: Any, fmt: str = ",.0f", suffix: str = "") -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "n/a"
+    return f"{value:{fmt}}{suffix}"
+
+
+def _verdict(value: Any, target: float, higher_is_better: bool) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return "meets" if ok else "MISSES"
+
+
+def _cpu_note(naive: dict[str, Any], esm: dict[str, Any]) -> str:
+    """CPU in % of one core, consumer/endpoint, for each side: who was the bottleneck."""
+
+    def pair(side: dict[str, Any]) -> str:
+        consumer = _num(side.get("cpu_percent"), ".0f")
+        return f"{consumer}/{_num(side.get('endpoint_cpu_percent'), '.0f')}%"
+
+    return f"CPU consumer/endpoint: naive {pair(naive)}, esm {pair(esm)}"
+
+
+def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per figure: what, esm, baseline, ratio, target, verdict."""
+    rows: list[dict[str, str]] = []
+
+    def row(
+        figure: str,
+        esm: str,
+        baseline: str = "",
+        ratio: str = "",
+        target: str = "",
+        verdict: str = "",
+        note: str = "",
+    ) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "esm": esm,
+                "baseline": baseline,
+                "ratio": ratio,
+                "target": target,
+                "verdict": verdict,
+                "note": note,
+            }
+        )
+
+    hot = results.get("hot_path")
+    if isinstance(hot, dict) and "cells" in hot:
+        goal = TARGETS["hot_path_records_per_cpu_s"]
+        for cell in hot["cells"]:
+            row(
+                f"1 hot path {cell['shape']}, batch {cell['batch_size']:,} (records/CPU-s)",
+                _num(cell["records_per_cpu_s"]),
+                "",
+                "",
+                f">= {goal:,}",
+                _verdict(cell["records_per_cpu_s"], goal, True),
+                f"wall {_num(cell['records_per_s'])} rec/s; "
+                f"GC {_num(100 * cell.get('gc_share', float('nan')), '.0f', '%')} of CPU",
+            )
+    for streams in (results.get("streams_e2e") or {}).values():
+        if not isinstance(streams, dict) or "esm" not in streams:
+            continue
+        naive = streams["naive"]
+        for batch_size, run in streams["esm"].items():
+            row(
+                f"2 streams drain {streams['records']:,} rec/{streams['shards']} shards, "
+                f"esm batch {int(batch_size):,} ({streams['endpoint']})",
+                _num(run.get("seconds"), ".2f", " s"),
+                f"naive {_num(naive.get('seconds'), '.2f', ' s')}",
+                _num(streams["ratio"][batch_size], ".2f", "x"),
+                f">= {TARGETS['e2e_ratio']:g}x",
+                _verdict(streams["ratio"][batch_size], TARGETS["e2e_ratio"], True),
+                _cpu_note(naive, run),
+            )
+    sqs = results.get("sqs_e2e")
+    if isinstance(sqs, dict):
+        for name in ("fake_sqs", "moto"):
+            run = sqs.get(name)
+            if not isinstance(run, dict) or "esm" not in run:
+                continue
+            row(
+                f"3 SQS drain {run['messages']:,} msgs, "
+                f"esm max_concurrency {run['maximum_concurrency']} ({name})",
+                _num(run["esm"].get("seconds"), ".2f", " s"),
+                f"naive {_num(run['naive'].get('seconds'), '.2f', ' s')}",
+                _num(run["ratio"], ".2f", "x"),
+                f">= {TARGETS['e2e_ratio']:g}x",
+                _verdict(run["ratio"], TARGETS["e2e_ratio"], True),
+                _cpu_note(run["naive"], run["esm"]),
+            )
+    latency = results.get("latency")
+    if isinstance(latency, dict):
+        for name, key in (("sqs", "latency_p50_ms_sqs"), ("kinesis", "latency_p50_ms_kinesis")):
+            s = latency.get(name)
+            if not isinstance(s, dict) or "p50_ms" not in s:
+                continue
+            row(
+                f"4 latency {name} p50/p95/p99, {s['received']:,} events ({s['endpoint']})",
+                "/".join(_num(s[k], ".0f") for k in ("p50_ms", "p95_ms", "p99_ms")) + " ms",
+                "",
+                "",
+                f"p50 <= {TARGETS[key]} ms",
+                _verdict(s["p50_ms"], TARGETS[key], False),
+            )
+    scale = results.get("scale")
+    if isinstance(scale, dict):
+        for key in sorted(name for name in scale if name.startswith("kinesis")):
+            k = scale[key]
+            if not isinstance(k, dict) or "rss_mb_max" not in k:
+                continue
+            row(
+                f"5 {k['shards']:,} idle shards: RSS ({k['endpoint']})",
+                _num(k["rss_mb_max"], ".0f", " MB"),
+                "",
+                "",
+                f"< {TARGETS['idle_shards_rss_mb']} MB",
+                _verdict(k["rss_mb_max"], TARGETS["idle_shards_rss_mb"], False),
+            )
+            per_read = k.get("cpu_us_per_get_records")
+            row(
+                f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({k['endpoint']})",
+                _num(k["cpu_percent"], ".1f", "%"),
+                "",
+                "",
+                f"< {TARGETS['idle_shards_cpu_percent']}% of a core",
+                _verdict(k["cpu_percent"], TARGETS["idle_shards_cpu_percent"], False),
+                f"endpoint {_num(k['endpoint_cpu_percent'], '.0f', '%')} of a core"
+                + (
+                    f"; {_num(k['get_records_per_s'])} GetRecords/s, {_num(per_read)} us CPU each"
+                    if per_read
+                    else ""
+                ),
+            )
+        q = scale.get("sqs")
+        if isinstance(q, dict) and "rss_mb_max" in q:
+            row(
+                f"5 {q['queues']} idle SQS queues: RSS / CPU ({q['endpoint']})",
+                f"{_num(q['rss_mb_max'], '.0f', ' MB')} / {_num(q['cpu_percent'], '.1f', '%')}",
+                "",
+                "",
+                "",
+                "",
+            )
+    for phase, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            row(f"{phase}: FAILED", value["error"].splitlines()[-1][:60])
+    return rows
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    columns = ("figure", "esm", "baseline", "ratio", "target", "verdict", "note")
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    lines = [
+        " | ".join(c.ljust(widths[c]) for c in columns),
+        "-|-".join("-" * widths[c] for c in columns),
+    ]
+    lines += [" | ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny inputs; every figure in under 60 s"
+    )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory for the JSON (default bench/results)",
+    )
+    parser.add_argument(
+        "--kinesis-endpoint",
+        choices=("auto", "kinesalite", "moto"),
+        default="auto",
+        help="auto: kinesalite when node is here (installed into bench/node_modules), else moto",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also write pyinstrument profiles of the hot path"
+    )
+    args = parser.parse_args(argv)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in RUNNERS]
+    if unknown:
+        parser.error(f"unknown phases {unknown}; choose from {', '.join(PHASES)}")
+    sizes = QUICK if args.quick else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    endpoints.use_local_credentials()
+
+    commit, dirty = git_commit()
+    started = time.time()
+    results: dict[str, Any] = {
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "commit": commit,
+            "dirty": dirty,
+            "quick": args.quick,
+            "phases": phases,
+            "sizes": sizes.__dict__,
+            "machine": {
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "load_average_at_start": os.getloadavg(),
+            },
+        },
+        "targets": TARGETS,
+    }
+    failed = False
+    for phase in phases:
+        phase_started = time.monotonic()
+        try:
+            results[phase] = RUNNERS[phase](sizes, args)
+        except Exception:
+            failed = True
+            results[phase] = {"error": traceback.format_exc()}
+            _log(f"[{phase}] FAILED:\n{results[phase]['error']}")
+        if isinstance(results[phase], dict):
+            results[phase]["phase_seconds"] = time.monotonic() - phase_started
+            results[phase]["load_average_after"] = os.getloadavg()
+    results["meta"]["seconds"] = time.time() - started
+    results["table"] = table_rows(results)
+
+    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    suffix = "-quick" if args.quick else ""
+    path = args.out / f"{day}-{commit}{suffix}.json"
+    path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    print()
+    print(format_table(results["table"]))
+    print(f"\nwrote {path} ({results['meta']['seconds']:.0f} s)")
+    return 1 if failed else 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Figure 5, scale: idle sources in one esm process, measured from outside.
+
+esm runs as its real CLI (`python -m esm run -c esm.toml`) in its own process, so the figures
+are that process alone: RSS (/proc/PID/statm) sampled every second and CPU (utime + stime
+from /proc/PID/stat) over the window, after a warm-up in which every shard poller has
+started (read from the daemon's /metrics: `esm_pollers`). The endpoint's own CPU over the
+same window is reported beside it, since the two share the machine's cores.
+
+Kinesis: one mapping on one stream of N shards (1,000 by default), starting at LATEST,
+nothing written; on bench.fake_kinesis (which counts the GetRecords calls it serves, so the
+figure also gives esm's CPU per poll) and on kinesalite (its shard limit raised). kinesalite
+needs most of a core to answer 1,000 shards polled once a second, so there the poll rate
+is partly the endpoint's. SQS: 100 mappings on 100 empty
+queues (moto), each with its one long-polling receiver.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.endpoints import ACCOUNT, REGION, Endpoint, boto3_client, endpoint_calls, free_port
+from bench.harness import BENCH_DIR, HANDLERS_DIR, proc_cpu_seconds, proc_rss_bytes
+
+Log = Callable[[str], None]
+
+
+def _toml(endpoint: Endpoint, http_port: int, state: Path, mappings: list[dict[str, Any]]) -> str:
+    lines = [
+        "[daemon]",
+        f'endpoint_url = "{endpoint.url}"',
+        f'http_address = "127.0.0.1:{http_port}"',
+        f'region = "{REGION}"',
+        'log_format = "json"',
+        'log_level = "info"',
+        "",
+        "[state]",
+        f'path = "{state}"',
+        "",
+        "[functions.bench]",
+        'handler = "esm_bench_handlers.count"',
+        f'code_path = "{HANDLERS_DIR}"',
+        "",
+    ]
+    for mapping in mappings:
+        lines.append("[[mappings]]")
+        for key, value in mapping.items():
+            lines.append(f"{key} = {value!r}".replace("'", '"'))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pollers(http_port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("esm_pollers{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _observe(
+    endpoint: Endpoint,
+    mappings: list[dict[str, Any]],
+    expect_pollers: int,
+    warmup: float,
+    window: float,
+    log: Log,
+    esm_command: list[str] | None = None,
+) -> dict[str, Any]:
+    """`esm_command` replaces `python -m esm` (e.g. to try a change); "-c CONFIG" is appended."""
+    with tempfile.TemporaryDirectory(prefix="esm-bench-scale-") as tmp:
+        http_port = free_port()
+        config = Path(tmp) / "esm.toml"
+        config.write_text(_toml(endpoint, http_port, Path(tmp) / "state.sqlite3", mappings))
+        stderr = open(Path(tmp) / "esm.log", "wb")  # noqa: SIM115 - closed below
+        command = esm_command or [sys.executable, "-m", "esm", "run"]
+        proc = subprocess.Popen(
+            [*command, "-c", str(config)],
+            cwd=str(BENCH_DIR.parent),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            started = time.monotonic()
+            pollers = -1.0
+            while time.monotonic() - started < 120:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"esm exited with {proc.returncode}: see {config.parent}/esm.log"
+                    )
+                pollers = _pollers(http_port)
+                if pollers >= expect_pollers:
+                    break
+                time.sleep(0.5)
+            startup_s = time.monotonic() - started
+            time.sleep(warmup)
+            rss: list[int] = []
+            calls0 = endpoint_calls(endpoint)
+            cpu0, ep_cpu0, t0 = (
+                proc_cpu_seconds(proc.pid),
+                proc_cpu_seconds(endpoint.pid),
+                time.monotonic(),
+            )
+            while time.monotonic() - t0 < window:
+                rss.append(proc_rss_bytes(proc.pid))
+                time.sleep(min(1.0, max(0.0, window - (time.monotonic() - t0))))
+            elapsed = time.monotonic() - t0
+            cpu = proc_cpu_seconds(proc.pid) - cpu0
+            ep_cpu = proc_cpu_seconds(endpoint.pid) - ep_cpu0
+            calls1 = endpoint_calls(endpoint)
+            rss.append(proc_rss_bytes(proc.pid))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            stderr.close()
+    reads = None
+    if calls0 is not None and calls1 is not None:
+        reads = calls1.get("GetRecords", 0) - calls0.get("GetRecords", 0)
+    return {
+        "get_records_per_s": reads / elapsed if reads is not None else None,
+        "cpu_us_per_get_records": 1e6 * cpu / reads if reads else None,
+        "pollers": pollers,
+        "startup_s": startup_s,
+        "window_s": elapsed,
+        "rss_mb_max": max(rss) / 2**20,
+        "rss_mb_last": rss[-1] / 2**20,
+        "cpu_percent": 100 * cpu / elapsed,
+        "endpoint_cpu_percent": 100 * ep_cpu / elapsed,
+    }
+
+
+def run_kinesis(
+    endpoint: Endpoint,
+    shards: int,
+    warmup: float = 10,
+    window: float = 60,
+    log: Log = print,
+    esm_command: list[str] | None = None,
+) -> dict[str, Any]:
+    client = boto3_client("kinesis", endpoint)
+    stream = f"bench-idle-{int(time.time())}"
+    client.create_stream(StreamName=stream, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(
+        StreamName=stream, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+    )
+    mappings = [
+        {
+            "name": "idle-shards",
+            "function": "bench",
+            "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}",
+            "starting_position": "LATEST",
+        }
+    ]
+    result = _observe(endpoint, mappings, shards, warmup, window, log, esm_command) | {
+        "shards": shards,
+        "endpoint": endpoint.name,
+    }
+    reads = ""
+    if result["get_records_per_s"] is not None:
+        reads = (
+            f", {result['get_records_per_s']:,.0f} GetRecords/s at "
+            f"{result['cpu_us_per_get_records'] or float('nan'):.0f} us of esm CPU each"
+        )
+    log(
+        f"  {shards:,} idle shards on {endpoint.name}: RSS {result['rss_mb_max']:.0f} MB, "
+        f"CPU {result['cpu_percent']:.1f}% of a core "
+        f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "
+        f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s{reads}"
+    )
+    return result
+
+
+def run_sqs(
+    endpoint: Endpoint, queues: int, warmup: float = 10, window: float = 60, log: Log = print
+) -> dict[str, Any]:
+    client = boto3_client("sqs", endpoint)
+    prefix = f"bench-idle-{int(time.time())}"
+    mappings = []
+    for i in range(queues):
+        name = f"{prefix}-{i}"
+        client.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "60"})
+        mappings.append(
+            {
+                "name": name,
+                "function": "bench",
+                "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
+            }
+        )
+    result = _observe(endpoint, mappings, queues, warmup, window, log) | {
+        "queues": queues,
+        "endpoint": endpoint.name,
+    }
+    log(
+        f"  {queues:,} idle queues on {endpoint.name}: RSS {result['rss_mb_max']:.0f} MB, "
+        f"CPU {result['cpu_percent']:.1f}% of a core "
+        f"(endpoint {result['endpoint_cpu_percent']:.0f}%)"
+    )
+    return result

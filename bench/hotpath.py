@@ -349,6 +349,9 @@ def run_cell(
     A `profiler` (pyinstrument's) is started once the input is built, stopped at the end."""
     h = handlers()
     h.reset()
+    from esm.daemon import tune_garbage_collector
+
+    tune_garbage_collector()  # what `esm run` does at start, so the figure is the daemon's
     if shape == "kinesis":
         pages = kinesis_pages(4, records)
         with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:

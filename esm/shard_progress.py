@@ -33,10 +33,19 @@ class ShardProgress:
         """Mark records done (idempotent), then advance over the done prefix."""
         first = self._first
         done = self._done
+        pending = self._pending
+        indices = list(indices)
+        count = len(indices)
+        if count and indices[0] == first and indices == list(range(first, first + count)):
+            # The common case (one lane, batches in order): the very next records, done.
+            for _ in range(count - 1):
+                pending.popleft()
+            self._checkpoint = pending.popleft()
+            first += count
+            indices = []
         for index in indices:
             if index >= first:
                 done.add(index)
-        pending = self._pending
         while first in done:
             done.discard(first)
             self._checkpoint = pending.popleft()

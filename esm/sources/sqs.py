@@ -13,6 +13,7 @@ receivers whose receive comes back empty, never exceeding `maximum_concurrency`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,7 +226,9 @@ class SqsMapping:
             remaining = deadline - time.monotonic()
             if batch and remaining <= 0:
                 break
-            wait = LONG_POLL_SECONDS if not batch else int(min(LONG_POLL_SECONDS, remaining))
+            # Whole seconds, rounded up: rounding down made the window's last second a loop
+            # of short polls (each one a billed request on AWS).
+            wait = LONG_POLL_SECONDS if not batch else math.ceil(min(LONG_POLL_SECONDS, remaining))
             want = min(10, config.batch_size - budget.count)
             response = await self.aws.retry.call(
                 "ReceiveMessage",

@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from esm.batch_response import BatchVerdict, judge
-from esm.batching import BatchBudget
+from esm.batching import BatchBudget, fitting_prefix
 from esm.config import MappingConfig
 from esm.destinations import OnFailureDestination
 from esm.errors import DeliveryFailed
@@ -141,7 +141,7 @@ class ShardPoller:
         self.progress = ShardProgress()
         self.ended = False
         self.caught_up = False
-        """The last read returned nothing new or said it was at the tip (MillisBehindLatest 0)."""
+        """The last read returned nothing: no record written before it is still unread."""
         self._saved: str | None = start.sequence_number
         self._space = anyio.Event()
         self._progressed = anyio.Event()
@@ -208,7 +208,10 @@ class ShardPoller:
                 self.ended = True
                 return
             iterator = result.next_iterator
-            self.caught_up = not result.records or result.millis_behind == 0
+            # Records came: more may follow at once (a full page, or a busy shard whose
+            # MillisBehindLatest some endpoints always report as 0), so only the per-shard
+            # read rate limits the next read. An empty read backs off, up to once a second.
+            self.caught_up = not result.records
             if self.caught_up:
                 delay, idle = idle, min(idle * 1.5, MAX_IDLE_POLL_INTERVAL)
             else:
@@ -408,21 +411,28 @@ class Lane:
         return window_of(record.arrival, self.ctx.config.tumbling_window_in_seconds)
 
     def _take(self) -> list[StreamRecord]:
+        buffer = self.buffer
+        if self.ctx.config.tumbling_window_in_seconds > 0:
+            batch = self._take_within_window()
+        else:
+            count = fitting_prefix((r.size for r in buffer), self.ctx.config.batch_size)
+            batch = [buffer.popleft() for _ in range(count)]
+        self._first_buffered_at = time.monotonic()
+        self.poller.space_freed()
+        return batch
+
+    def _take_within_window(self) -> list[StreamRecord]:
+        """A batch never spans two tumbling windows; the first batch opens the window."""
         budget = BatchBudget(self.ctx.config.batch_size)
         batch: list[StreamRecord] = []
         buffer = self.buffer
-        tumbling = self.ctx.config.tumbling_window_in_seconds > 0
-        window = self._window_of(buffer[0]) if tumbling else None
-        while buffer and budget.fits(buffer[0].size):
-            if tumbling and self._window_of(buffer[0]) != window:
-                break  # a batch never spans two windows
+        window = self._window_of(buffer[0])
+        while buffer and budget.fits(buffer[0].size) and self._window_of(buffer[0]) == window:
             record = buffer.popleft()
             budget.add(record.size)
             batch.append(record)
-        if window is not None and self.window is None:
+        if self.window is None:
             self.window = WindowState(window)
-        self._first_buffered_at = time.monotonic()
-        self.poller.space_freed()
         return batch
 
     async def _close_window(self, *, terminated_early: bool) -> bool:

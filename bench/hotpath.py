@@ -115,24 +115,11 @@ class MemoryKinesisSource:
         return self.pages[shard_id][index]
 
     async def read(self, shard_id: str, iterator: str) -> Any:
-        from esm.events.kinesis import parse_get_records
-        from esm.sources.streams import ReadResult, StreamRecord
+        from esm.sources.kinesis import read_result
 
         index = int(iterator.rsplit("/", 1)[1])
         raw = await self.retry.call("GetRecords", lambda: self._get_records(shard_id, index))
-        page = parse_get_records(raw, shard_id=shard_id, stream_arn=STREAM_ARN, region=REGION)
-        records = [
-            StreamRecord(event, seq, key, arrival, size)
-            for event, seq, key, arrival, size in zip(
-                page.records,
-                page.sequence_numbers,
-                page.partition_keys,
-                page.arrival_times,
-                page.sizes,
-                strict=True,
-            )
-        ]
-        return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)
+        return read_result(raw, shard_id=shard_id, stream_arn=STREAM_ARN, region=REGION)
 
     async def aclose(self) -> None:
         return None

@@ -81,26 +81,32 @@ class KinesisSource:
     async def read(self, shard_id: str, iterator: str) -> ReadResult:
         payload = {"ShardIterator": iterator, "Limit": MAX_RECORDS_PER_READ}
         try:
-            raw = await self.aws.retry.call("GetRecords", lambda: self.api.call("GetRecords", payload))
+            raw = await self.aws.retry.call(
+                "GetRecords", lambda: self.api.call("GetRecords", payload)
+            )
         except ClientError as exc:
             if error_code(exc) == "ExpiredIteratorException":
                 raise ExpiredIterator(str(exc)) from exc
             raise
-        page = parse_get_records(
-            raw, shard_id=shard_id, stream_arn=self.source.arn, region=self.source.region
-        )
-        records = [
-            StreamRecord(event, seq, key, arrival, size)
-            for event, seq, key, arrival, size in zip(
-                page.records,
-                page.sequence_numbers,
-                page.partition_keys,
-                page.arrival_times,
-                page.sizes,
-                strict=True,
-            )
-        ]
-        return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)
+        source = self.source
+        return read_result(raw, shard_id=shard_id, stream_arn=source.arn, region=source.region)
 
     async def aclose(self) -> None:
         await self.api.aclose()
+
+
+def read_result(raw: bytes, *, shard_id: str, stream_arn: str, region: str) -> ReadResult:
+    """A raw GetRecords body as the shard poller's ReadResult (also the benchmark's input)."""
+    page = parse_get_records(raw, shard_id=shard_id, stream_arn=stream_arn, region=region)
+    records = [
+        StreamRecord(event, seq, key, arrival, size)
+        for event, seq, key, arrival, size in zip(
+            page.records,
+            page.sequence_numbers,
+            page.partition_keys,
+            page.arrival_times,
+            page.sizes,
+            strict=True,
+        )
+    ]
+    return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)

@@ -2,8 +2,9 @@
 
 It reads each request whole, then, by its current `mode`, forwards it on a fresh upstream
 connection or misbehaves: resets the connection, stalls, adds latency, goes silent
-(half-open), or answers a share of requests with a throttling error in the protocol of the
-service asked (AWS JSON `__type`, or a bare 503). It counts requests per second so a test
+(half-open), answers a share of requests with a throttling error in the protocol of the
+service asked (AWS JSON `__type`, or a bare 503), or rejects every request's credentials
+as AWS does when a key is revoked (moto itself accepts any credentials). It counts requests per second so a test
 can check that esm backs off instead of looping.
 """
 
@@ -32,7 +33,7 @@ class FaultProxy:
     upstream_port: int
     seed: int = 0
     mode: str = "pass"
-    """pass | reset | stall | latency | half_open | throttle"""
+    """pass | reset | stall | latency | half_open | throttle | deny (credentials rejected)"""
     throttle_share: float = 0.5
     latency_s: float = 2.0
     requests: Counter[int] = field(default_factory=Counter)
@@ -108,6 +109,14 @@ class FaultProxy:
             writer.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: application/x-amz-json-1.1\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(body), body)
+            )
+            await writer.drain()
+            return True
+        if mode == "deny":
+            body = b'{"__type": "UnrecognizedClientException", "message": "The security token included in the request is invalid."}'
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             await writer.drain()
             return True

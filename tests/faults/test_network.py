@@ -6,6 +6,7 @@ and ready again after; under throttling it backs off (bounded request rate) and 
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urlparse
 
@@ -95,3 +96,17 @@ def test_throttling_storm_backs_off_and_completes(endpoint, proxy, unique, tmp_p
     assert busiest < 100, proxy.requests
     _, metrics = daemon.get("/metrics")
     assert "esm_aws_call_retries_total" in metrics
+
+
+def test_credentials_that_stop_working_turn_mappings_not_ready_until_they_work_again(endpoint, proxy, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+    queue_arn, stream_arn, everything = setup_sources(endpoint, unique, messages=5, records=5)
+    record_path, config = config_for(proxy.url, tmp_path, queue_arn, stream_arn)
+    daemon = run_daemon(config)
+    wait_until(lambda: everything <= handled(record_path), timeout=30)
+    proxy.mode = "deny"
+    wait_until(lambda: daemon.get("/readyz")[0] == 503 and set(json.loads(daemon.get("/readyz")[1])["not_ready"]) == {"q", "k"}, timeout=90)
+    _, metrics = daemon.get("/metrics")
+    assert 'esm_mapping_ready{mapping="q"} 0.0' in metrics and 'esm_mapping_ready{mapping="k"} 0.0' in metrics
+    assert daemon.get("/healthz")[0] == 200  # the daemon itself lives on
+    proxy.mode = "pass"
+    wait_until(lambda: daemon.get("/readyz")[0] == 200, timeout=60)

@@ -223,12 +223,15 @@ def _run(path: str) -> int:
 
 
 def _startup_failure(exc: BaseException) -> BaseException | None:
-    """The OSError (address in use, ...) or EsmError (a missing lease table, ...) that
-    stopped the daemon, unwrapped from task groups; None for anything else (a bug)."""
+    """The OSError (address in use, ...), EsmError (a missing lease table, ...) or AWS
+    error (an unreachable endpoint while opening the lease table, ...) that stopped the
+    daemon, unwrapped from task groups; None for anything else (a bug)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             found = _startup_failure(inner)
             if found is not None:
                 return found
         return None
-    return exc if isinstance(exc, OSError | EsmError) else None
+    return exc if isinstance(exc, OSError | EsmError | BotoCoreError | ClientError) else None

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import json
 import os
 import random
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -34,7 +32,7 @@ import boto3
 import pytest
 from aiohttp import web
 from conftest import HANDLERS, free_port, wait_for_http, wait_until
-from fake_endpoints import serve
+from fake_endpoints import self_signed_tls, serve
 
 from esm.config import DaemonConfig, parse_config
 from esm.errors import ConfigError
@@ -159,35 +157,7 @@ def test_tls_verification_is_on_by_default_in_config() -> None:
 @pytest.fixture
 def self_signed_server(tmp_path: Path) -> Iterator[tuple[str, list[Any]]]:
     """An https endpoint with a self-signed certificate; yields its URL and the events it got."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
+    context = self_signed_tls(tmp_path)
     events: list[Any] = []
 
     async def handle(request: web.Request) -> web.Response:

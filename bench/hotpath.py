@@ -219,8 +219,9 @@ def sqs_messages(count: int) -> list[dict[str, Any]]:
 
 
 class MemorySqsClient:
-    """The aiobotocore SQS client calls `SqsMapping` makes, answered from memory. Receives
-    return at once while messages are left; an empty receive waits like a long poll."""
+    """The SQS calls `SqsMapping` makes (queue lookup through aiobotocore, per-batch calls
+    through the raw JSON API), answered from memory. Receives return at once while messages
+    are left; an empty receive waits like a long poll."""
 
     def __init__(self, messages: list[dict[str, Any]], visibility_timeout: int = 300) -> None:
         self.messages = messages
@@ -258,6 +259,19 @@ class MemorySqsClient:
 
     async def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
         return {"Successful": [{"Id": e["Id"]} for e in kwargs["Entries"]], "Failed": []}
+
+    async def call(self, operation: str, payload: dict[str, Any]) -> bytes:
+        """The per-batch calls as `SqsMapping` makes them (esm.aws_json's raw JSON API):
+        answered with the JSON protocol's body, which esm parses with orjson as it would."""
+        methods = {
+            "ReceiveMessage": self.receive_message,
+            "DeleteMessageBatch": self.delete_message_batch,
+            "ChangeMessageVisibilityBatch": self.change_message_visibility_batch,
+        }
+        return orjson.dumps(await methods[operation](**payload))
+
+    async def aclose(self) -> None:
+        return None
 
 
 class MemoryAws:
@@ -303,7 +317,7 @@ async def _run_sqs(
         if mapping_config.filter_patterns
         else None
     )
-    mapping = SqsMapping(mapping_config, function, MemoryAws(client), metrics, filters)  # type: ignore[arg-type]
+    mapping = SqsMapping(mapping_config, function, MemoryAws(client), metrics, filters, client)  # type: ignore[arg-type]
     with measure() as span:
         async with anyio.create_task_group() as tg:
             tg.start_soon(mapping.run)

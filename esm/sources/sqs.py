@@ -24,7 +24,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from esm.aws import AwsClients
-from esm.aws_json import JsonApi
+from esm.aws_json import JsonApi, RawJsonApi
 from esm.batch_response import judge
 from esm.batching import BatchBudget
 from esm.config import MappingConfig
@@ -72,7 +72,10 @@ class SqsMapping:
         aws: AwsClients,
         metrics: Metrics,
         filters: FilterSet | None,
+        api: RawJsonApi | None = None,
     ) -> None:
+        """`api` serves the per-batch calls (receive, delete, release); by default the
+        queue's endpoint through esm.aws_json."""
         self.config = config
         self.name = config.name
         self.function = function
@@ -85,7 +88,7 @@ class SqsMapping:
         self.ready = False
         self.queue_url = ""
         self._poll_scope = anyio.CancelScope()
-        self._api = JsonApi(
+        self._api: RawJsonApi = api or JsonApi(
             aws,
             client_service="sqs",
             signing_name="sqs",

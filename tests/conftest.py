@@ -161,3 +161,17 @@ def stored_checkpoint(path: Path) -> str | None:
         except sqlite3.OperationalError:  # the daemon has not created its table yet
             return None
     return rows[0][0] if rows else None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:  # type: ignore[type-arg]
+    """SIGTERM a daemon subprocess if it still runs; SIGKILL it when it outlives `timeout`."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

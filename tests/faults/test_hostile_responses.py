@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -24,7 +23,15 @@ import anyio
 import boto3
 import hostile_handlers
 import pytest
-from conftest import HANDLERS, build_config, free_port, stored_checkpoint, wait_for_http, wait_until
+from conftest import (
+    HANDLERS,
+    build_config,
+    free_port,
+    stop_process,
+    stored_checkpoint,
+    wait_for_http,
+    wait_until,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -572,13 +579,7 @@ batch_size = 1
                 + log_path.read_text()[-2000:]
             )
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout=20)
     output = log_path.read_text()
     assert "Traceback" not in output
     failed = [json.loads(line) for line in output.splitlines() if '"batch.failed"' in line]

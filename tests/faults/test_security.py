@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import anyio
 import boto3
 import pytest
 from aiohttp import web
-from conftest import HANDLERS, free_port, wait_for_http, wait_until
+from conftest import HANDLERS, free_port, stop_process, wait_for_http, wait_until
 from fake_endpoints import self_signed_tls, serve
 
 from esm.config import DaemonConfig, parse_config
@@ -390,13 +389,7 @@ destination_config = {{ on_failure = {{ destination = "{dest_arn}" }} }}
                 wait_until(done, timeout=40)
                 assert proc.poll() is None, log_path.read_text()[-3000:]
             finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc, timeout=30)
     output = log_path.read_text()
 
     # The run exercised what it should: debug on, every error path, env and token applied.

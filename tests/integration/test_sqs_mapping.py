@@ -103,7 +103,10 @@ def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daem
     wait_until(lambda: len(recorder.bodies_for(arn)) >= 60)
     bodies = recorder.bodies_for(arn)
     for group in ("a", "b", "c"):
-        assert [b for b in bodies if b.startswith(group)] == [f"{group}-{i}" for i in range(20)]
+        # First deliveries are in order. A message may come twice (SQS is at-least-once,
+        # and moto's threaded server can hand one FIFO message to two concurrent receives).
+        first_deliveries = list(dict.fromkeys(b for b in bodies if b.startswith(group)))
+        assert first_deliveries == [f"{group}-{i}" for i in range(20)]
     record = recorder.events_for(arn)[0]["Records"][0]
     assert record["attributes"]["MessageGroupId"] in ("a", "b", "c")
     assert "MessageDeduplicationId" in record["attributes"]

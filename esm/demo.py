@@ -129,10 +129,10 @@ def run_demo(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        # Ctrl-C in the terminal reaches the whole process group: the endpoint ignores it, so
-        # esm drains against a running endpoint, which is stopped after that. (Closing the
-        # terminal still stops both.)
-        preexec_fn=_ignore_sigint,
+        # Ctrl-C in the terminal reaches the foreground process group. moto's server installs
+        # its own SIGINT handler (so ignoring the signal is undone); in a group of its own it
+        # never sees Ctrl-C, esm drains against a running endpoint and stops it afterwards.
+        process_group=0,
     )
     try:
         _wait_for(f"{endpoint}/moto-api/")
@@ -148,10 +148,6 @@ def run_demo(
         server.terminate()
         server.wait(timeout=10)
         signal.signal(signal.SIGINT, previous)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _local_credentials(environ: MutableMapping[str, str]) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from esm.arns import ArnError, SourceArn, parse_source_arn
 from esm.errors import ConfigError
+from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND
 from esm.filtering import validate_pattern
 
 SourceKind = Literal["sqs", "kinesis", "dynamodb"]
@@ -44,6 +45,8 @@ class DaemonConfig:
     log_format: str = "json"
     log_level: str = "info"
     drain_timeout: float = 910.0
+    idle_shard_reads_per_second: float = DEFAULT_IDLE_SHARD_READS_PER_SECOND
+    """GetRecords calls per second shared by all caught-up shards (esm.idle_pacing)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,9 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
         log_format=t.choice("log_format", LOG_FORMATS, defaults.log_format),
         log_level=t.choice("log_level", LOG_LEVELS, defaults.log_level),
         drain_timeout=t.number("drain_timeout", defaults.drain_timeout, 0, 3600),
+        idle_shard_reads_per_second=t.number(
+            "idle_shard_reads_per_second", defaults.idle_shard_reads_per_second, 1, 100_000
+        ),
     )
     t.finish()
     return config

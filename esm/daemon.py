@@ -32,6 +32,7 @@ from esm.errors import ConfigError, EsmError
 from esm.filtering import FilterSet
 from esm.functions import Function, create_functions
 from esm.http_server import StatusServer
+from esm.idle_pacing import IdleReadPacer
 from esm.observability import Metrics, get_logger
 from esm.state.base import CheckpointStore
 
@@ -78,6 +79,7 @@ class Daemon:
             config.functions, self.metrics, config.daemon
         )
         self.running: dict[str, _Running] = {}
+        self.idle_pacer = IdleReadPacer(config.daemon.idle_shard_reads_per_second)
         self.http_port: int | None = None
         self.on_ready: Callable[[], None] | None = None
         """Called once, when every enabled mapping first reports ready (systemd READY=1)."""
@@ -321,7 +323,9 @@ class Daemon:
         from esm.sources.stream_mapping import StreamMapping
 
         store = await self._checkpoint_store()
-        return StreamMapping(mapping, function, aws, self.metrics, filters, store)
+        return StreamMapping(
+            mapping, function, aws, self.metrics, filters, store, self.idle_pacer
+        )
 
 
 def tune_garbage_collector() -> None:

@@ -26,6 +26,7 @@ from esm.config import MappingConfig
 from esm.destinations import create_destination
 from esm.filtering import FilterSet, dynamodb_filter_view, kinesis_filter_view
 from esm.functions import Function
+from esm.idle_pacing import IdleReadPacer
 from esm.observability import Metrics, get_logger
 from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
 from esm.state.base import CheckpointStore
@@ -51,6 +52,7 @@ class StreamMapping:
         metrics: Metrics,
         filters: FilterSet | None,
         store: CheckpointStore,
+        idle_pacer: IdleReadPacer,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -70,6 +72,7 @@ class StreamMapping:
             filter_view=kinesis_filter_view if source.family == "kinesis" else dynamodb_filter_view,
             destination=create_destination(destination_arn, aws) if destination_arn else None,
             mapping_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"esm:mapping:{config.name}")),
+            idle_pacer=idle_pacer,
         )
         self.pollers: dict[str, ShardPoller] = {}
         self._shard_finished = anyio.Event()

@@ -46,6 +46,7 @@ from esm.errors import DeliveryFailed
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
 from esm.filtering import FilterSet
 from esm.functions import Function
+from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND, IdleReadPacer, ShardPacing
 from esm.invocation import InvocationResult
 from esm.observability import Metrics, get_logger
 from esm.shard_progress import ShardProgress
@@ -64,8 +65,6 @@ log = get_logger("esm.streams")
 MAX_RECORDS_PER_READ = 10_000
 BUSY_POLL_INTERVAL = 0.2
 """Kinesis allows 5 GetRecords calls per second per shard."""
-IDLE_POLL_INTERVAL = 0.25
-MAX_IDLE_POLL_INTERVAL = 1.0
 RETRY_BACKOFF = (0.1, 10.0)
 
 
@@ -131,6 +130,10 @@ class ShardContext:
     destination: OnFailureDestination | None
     mapping_uuid: str
     stopping: anyio.Event = field(default_factory=anyio.Event)
+    idle_pacer: IdleReadPacer = field(
+        default_factory=lambda: IdleReadPacer(DEFAULT_IDLE_SHARD_READS_PER_SECOND)
+    )
+    """Shared by every mapping of the daemon: one budget of reads for caught-up shards."""
 
 
 class ShardPoller:
@@ -179,10 +182,16 @@ class ShardPoller:
         self._log.info("shard.stopped", ended=self.ended, checkpoint=self._saved)
 
     async def _read_loop(self) -> None:
+        pacing = self.ctx.idle_pacer.shard()
+        try:
+            await self._read_until_end(pacing)
+        finally:
+            pacing.stop()  # a stopped poller no longer shares the idle read budget
+
+    async def _read_until_end(self, pacing: ShardPacing) -> None:
         ctx = self.ctx
         iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
         last_read: str | None = self.start.sequence_number
-        idle = IDLE_POLL_INTERVAL
         while not ctx.stopping.is_set():
             while self.buffered >= self.buffer_limit and not ctx.stopping.is_set():
                 self._space = anyio.Event()
@@ -210,12 +219,13 @@ class ShardPoller:
             iterator = result.next_iterator
             # Records came: more may follow at once (a full page, or a busy shard whose
             # MillisBehindLatest some endpoints always report as 0), so only the per-shard
-            # read rate limits the next read. An empty read backs off, up to once a second.
+            # read rate limits the next read. An empty read backs off (esm.idle_pacing).
             self.caught_up = not result.records
             if self.caught_up:
-                delay, idle = idle, min(idle * 1.5, MAX_IDLE_POLL_INTERVAL)
+                delay = pacing.after_empty_read()
             else:
-                delay, idle = BUSY_POLL_INTERVAL - (time.monotonic() - started), IDLE_POLL_INTERVAL
+                pacing.after_records()
+                delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await ctx.stopping.wait()

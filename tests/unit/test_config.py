@@ -100,6 +100,7 @@ def test_function_problems_name_the_key(function: dict, expected: str) -> None:
         ({"daemon": {"http_address": "nope"}}, "daemon.http_address: 'nope' is not HOST:PORT"),
         ({"daemon": {"log_format": "xml"}}, "daemon.log_format: 'xml' is not one of json, console"),
         ({"daemon": {"regoin": "x"}}, "daemon.regoin: unknown key"),
+        ({"daemon": {"idle_shard_reads_per_second": 0}}, "daemon.idle_shard_reads_per_second: 0 is below the minimum 1"),
         ({"state": {"backend": "redis"}}, "state.backend: 'redis' is not one of sqlite"),
         ({"extra": 1}, "extra: unknown key"),
     ],

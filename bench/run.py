@@ -187,6 +187,10 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
         kinesis = scale.run_kinesis(
             endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window, log=_log
         )
+        lambda_pace = scale.run_kinesis(
+            endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log,
+            lambda_pace=True,
+        )
     with endpoints.start_kinesis_endpoint(
         args.kinesis_endpoint, shard_limit=sizes.idle_shards + 100
     ) as endpoint:
@@ -197,7 +201,12 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
         sqs = scale.run_sqs(
             endpoint, sizes.idle_queues, sizes.scale_warmup, sizes.scale_window, log=_log
         )
-    return {"kinesis": kinesis, f"kinesis_{second['endpoint']}": second, "sqs": sqs}
+    return {
+        "kinesis": kinesis,
+        "kinesis_lambda_pace": lambda_pace,
+        f"kinesis_{second['endpoint']}": second,
+        "sqs": sqs,
+    }
 
 
 RUNNERS: dict[str, Callable[[Sizes, argparse.Namespace], dict[str, Any]]] = {
@@ -325,8 +334,9 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             k = scale[key]
             if not isinstance(k, dict) or "rss_mb_max" not in k:
                 continue
+            where = k["endpoint"] + (", every shard once a second" if k.get("pace") == "lambda" else "")
             row(
-                f"5 {k['shards']:,} idle shards: RSS ({k['endpoint']})",
+                f"5 {k['shards']:,} idle shards: RSS ({where})",
                 _num(k["rss_mb_max"], ".0f", " MB"),
                 "",
                 "",
@@ -335,7 +345,7 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             )
             per_read = k.get("cpu_us_per_get_records")
             row(
-                f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({k['endpoint']})",
+                f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({where})",
                 _num(k["cpu_percent"], ".1f", "%"),
                 "",
                 "",

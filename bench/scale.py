@@ -31,9 +31,16 @@ from bench.harness import BENCH_DIR, HANDLERS_DIR, proc_cpu_seconds, proc_rss_by
 Log = Callable[[str], None]
 
 
-def _toml(endpoint: Endpoint, http_port: int, state: Path, mappings: list[dict[str, Any]]) -> str:
+def _toml(
+    endpoint: Endpoint,
+    http_port: int,
+    state: Path,
+    mappings: list[dict[str, Any]],
+    daemon: dict[str, Any] | None = None,
+) -> str:
     lines = [
         "[daemon]",
+        *(f"{key} = {value!r}" for key, value in (daemon or {}).items()),
         f'endpoint_url = "{endpoint.url}"',
         f'http_address = "127.0.0.1:{http_port}"',
         f'region = "{REGION}"',
@@ -77,12 +84,16 @@ def _observe(
     window: float,
     log: Log,
     esm_command: list[str] | None = None,
+    daemon: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`esm_command` replaces `python -m esm` (e.g. to try a change); "-c CONFIG" is appended."""
+    """`esm_command` replaces `python -m esm` (e.g. to try a change); "-c CONFIG" is appended.
+    `daemon` adds keys to the config's [daemon] table."""
     with tempfile.TemporaryDirectory(prefix="esm-bench-scale-") as tmp:
         http_port = free_port()
         config = Path(tmp) / "esm.toml"
-        config.write_text(_toml(endpoint, http_port, Path(tmp) / "state.sqlite3", mappings))
+        config.write_text(
+            _toml(endpoint, http_port, Path(tmp) / "state.sqlite3", mappings, daemon)
+        )
         stderr = open(Path(tmp) / "esm.log", "wb")  # noqa: SIM115 - closed below
         command = esm_command or [sys.executable, "-m", "esm", "run"]
         proc = subprocess.Popen(
@@ -151,7 +162,10 @@ def run_kinesis(
     window: float = 60,
     log: Log = print,
     esm_command: list[str] | None = None,
+    lambda_pace: bool = False,
 ) -> dict[str, Any]:
+    """`lambda_pace`: every idle shard read once a second, as Lambda does (the idle read
+    budget raised to the shard count): the baseline for esm's shared budget."""
     client = boto3_client("kinesis", endpoint)
     stream = f"bench-idle-{int(time.time())}"
     client.create_stream(StreamName=stream, ShardCount=shards)
@@ -166,9 +180,11 @@ def run_kinesis(
             "starting_position": "LATEST",
         }
     ]
-    result = _observe(endpoint, mappings, shards, warmup, window, log, esm_command) | {
+    daemon = {"idle_shard_reads_per_second": shards} if lambda_pace else None
+    result = _observe(endpoint, mappings, shards, warmup, window, log, esm_command, daemon) | {
         "shards": shards,
         "endpoint": endpoint.name,
+        "pace": "lambda" if lambda_pace else "budget",
     }
     reads = ""
     if result["get_records_per_s"] is not None:
@@ -177,7 +193,7 @@ def run_kinesis(
             f"{result['cpu_us_per_get_records'] or float('nan'):.0f} us of esm CPU each"
         )
     log(
-        f"  {shards:,} idle shards on {endpoint.name}: RSS {result['rss_mb_max']:.0f} MB, "
+        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}: RSS {result['rss_mb_max']:.0f} MB, "
         f"CPU {result['cpu_percent']:.1f}% of a core "
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "
         f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s{reads}"

@@ -24,11 +24,14 @@ host process can follow them:
 - the process does not inherit esm's environment, except PATH, HOME, LANG, LC_ALL and
   the AWS credential variables (standing in for an execution role's credentials); the
   function's `environment` is applied on top, then the variables Lambda reserves;
-- its stdout and stderr are forwarded line by line as `function.log` events.
+- its stdout and stderr are forwarded line by line as `function.log` events;
+- an environment left idle for IDLE_LIFETIME seconds is stopped, as Lambda reclaims idle
+  environments (it doesn't say when; minutes, not hours): a burst's extra environments
+  don't hold their memory for good, and the next invocation after a quiet spell starts cold.
 
 Process handling is callback-driven (an asyncio SubprocessProtocol), so no task outlives
 the call that needs it: an invocation waits for its own outcome, and `aclose()` kills
-every environment. The asyncio backend is required (as for aiobotocore).
+every environment (and waits for the stopping of idle ones already under way). The asyncio backend is required (as for aiobotocore).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ DEFAULT_CONCURRENCY = 10
 INIT_TIMEOUT = 10.0
 """Seconds a runtime has to ask for its event (Lambda's init phase limit)."""
 KILL_WAIT = 5.0
+IDLE_LIFETIME = 600.0
+"""Seconds an environment may wait unused before it is stopped."""
 MAX_LOG_LINE = 16_384
 INHERITED_VARIABLES = (
     "PATH",
@@ -144,6 +149,8 @@ class Environment:
         self.returncode: int | None = None
         self.invocations = 0
         self.discarded = False
+        self.retirement: asyncio.TimerHandle | None = None
+        """Set while idle: stops the environment when it stays unused too long."""
 
     @property
     def alive(self) -> bool:
@@ -176,7 +183,9 @@ class Environment:
 class ProcessInvoker:
     """A pool of execution environments for one function."""
 
-    def __init__(self, function: FunctionConfig, region: str) -> None:
+    def __init__(
+        self, function: FunctionConfig, region: str, idle_lifetime: float = IDLE_LIFETIME
+    ) -> None:
         self.function = function
         self.name = function.name
         self.arn = function.arn
@@ -186,8 +195,10 @@ class ProcessInvoker:
         self.code_path = Path(function.code_path).resolve()
         self.region = region
         self._slots = anyio.CapacityLimiter(self.concurrency)
+        self.idle_lifetime = idle_lifetime
         self._idle: list[Environment] = []
         self._environments: set[Environment] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
         self._log = log.bind(function=self.name)
 
@@ -208,7 +219,7 @@ class ProcessInvoker:
                 reusable = await self._run(environment, invocation)
             finally:
                 if reusable and not self._closed:
-                    self._idle.append(environment)
+                    self._park(environment)
                 else:
                     with anyio.CancelScope(shield=True):
                         await self._discard(environment)
@@ -252,9 +263,27 @@ class ProcessInvoker:
             return False
         return environment.alive and environment.channel.init_failure is None
 
+    def _park(self, environment: Environment) -> None:
+        """Keep a warm environment for the next invocation, until it idles too long."""
+        self._idle.append(environment)
+        environment.retirement = asyncio.get_running_loop().call_later(
+            self.idle_lifetime, self._retire, environment
+        )
+
+    def _retire(self, environment: Environment) -> None:
+        if environment not in self._idle or self._closed:
+            return
+        self._idle.remove(environment)
+        environment.log.info("environment.idle_expired", idle_s=self.idle_lifetime)
+        task = asyncio.get_running_loop().create_task(self._discard(environment))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def _take(self) -> Environment:
         while self._idle:
-            environment = self._idle.pop()
+            environment = self._idle.pop()  # the most recently used: the others may retire
+            if environment.retirement is not None:
+                environment.retirement.cancel()
             if environment.alive:
                 return environment
             await self._discard(environment)
@@ -355,12 +384,17 @@ class ProcessInvoker:
         """Kill every environment (the daemon calls this at shutdown)."""
         self._closed = True
         environments = list(self._environments)
+        for environment in self._idle:
+            if environment.retirement is not None:
+                environment.retirement.cancel()
         self._idle.clear()
         for environment in environments:
             environment.kill()
         with anyio.CancelScope(shield=True):
             for environment in environments:
                 await self._discard(environment)
+            if self._retiring:
+                await asyncio.gather(*self._retiring)
 
 
 def _result(invocation: Invocation, started: float) -> InvocationResult:

@@ -227,6 +227,22 @@ async def test_warm_environment_is_reused_and_survives_a_handler_exception() -> 
 
 
 @pytest.mark.anyio
+async def test_an_environment_idle_past_its_lifetime_is_stopped_and_the_next_call_starts_cold() -> None:
+    invoker = ProcessInvoker(function_config(handler="process_app.behave"), "us-east-1", idle_lifetime=0.5)
+    try:
+        first = await invoker.invoke({})
+        pid = first.response["pid"]
+        with anyio.fail_after(30):
+            while alive(pid):
+                await anyio.sleep(0.05)
+        second = await invoker.invoke({})
+    finally:
+        await invoker.aclose()
+    assert first.ok and second.ok
+    assert second.response["pid"] != pid
+
+
+@pytest.mark.anyio
 async def test_crashing_environment_is_a_function_error_and_is_replaced() -> None:
     invoker = process_invoker(handler="process_app.behave")
     try:

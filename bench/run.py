@@ -330,11 +330,14 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             )
     scale = results.get("scale")
     if isinstance(scale, dict):
+        paced = scale.get("kinesis_lambda_pace")
         for key in sorted(name for name in scale if name.startswith("kinesis")):
             k = scale[key]
-            if not isinstance(k, dict) or "rss_mb_max" not in k:
+            if key == "kinesis_lambda_pace" or not isinstance(k, dict) or "rss_mb_max" not in k:
                 continue
-            where = k["endpoint"] + (", every shard once a second" if k.get("pace") == "lambda" else "")
+            # The baseline: the same shards read once a second each, as Lambda reads them.
+            baseline = paced if key == "kinesis" and isinstance(paced, dict) and "cpu_percent" in paced else None
+            where = k["endpoint"]
             row(
                 f"5 {k['shards']:,} idle shards: RSS ({where})",
                 _num(k["rss_mb_max"], ".0f", " MB"),
@@ -347,8 +350,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             row(
                 f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({where})",
                 _num(k["cpu_percent"], ".1f", "%"),
-                "",
-                "",
+                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard" if baseline else "",
+                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less" if baseline and k["cpu_percent"] else "",
                 f"< {TARGETS['idle_shards_cpu_percent']}% of a core",
                 _verdict(k["cpu_percent"], TARGETS["idle_shards_cpu_percent"], False),
                 f"endpoint {_num(k['endpoint_cpu_percent'], '.0f', '%')} of a core"

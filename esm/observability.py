@@ -99,6 +99,16 @@ class Metrics:
             ["mapping", "shard"],
             registry=r,
         )
+        self.caught_up_shards = Gauge(
+            "esm_caught_up_shards",
+            "Shards of every mapping whose last read was empty (they share the idle read budget).",
+            registry=r,
+        )
+        self.idle_read_interval = Gauge(
+            "esm_idle_shard_read_interval_seconds",
+            "Seconds between reads of each caught-up shard under the idle read budget.",
+            registry=r,
+        )
         f = ["function"]
         self.invocations = Counter("esm_function_invocations", "Function invocations.", f, registry=r)
         self.errors = Counter("esm_function_errors", "Invocations that failed.", f, registry=r)

@@ -47,6 +47,9 @@ def test_idle_shards_share_the_read_budget_and_still_deliver(endpoint, unique, t
         # Lambda's pace would be SHARDS reads a second (~96 here). The budget allows
         # BUDGET a second; each shard may also straddle the window's edges once.
         assert reads <= BUDGET * WINDOW_S + 2 * SHARDS, proxy.requests
+        _, metrics = daemon.get("/metrics")
+        assert f"esm_caught_up_shards {float(SHARDS)}" in metrics
+        assert f"esm_idle_shard_read_interval_seconds {SHARDS / BUDGET}" in metrics
         # A quiet shard is still read: a record written now is delivered.
         kinesis.put_record(StreamName=name, PartitionKey="late", Data=b"late-record")
         wait_until(lambda: "late-record" in handled(record_path), timeout=60)

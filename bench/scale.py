@@ -4,7 +4,9 @@ esm runs as its real CLI (`python -m esm run -c esm.toml`) in its own process, s
 are that process alone: RSS (/proc/PID/statm) sampled every second and CPU (utime + stime
 from /proc/PID/stat) over the window, after a warm-up in which every shard poller has
 started (read from the daemon's /metrics: `esm_pollers`). The endpoint's own CPU over the
-same window is reported beside it, since the two share the machine's cores.
+same window is reported beside it, since the two share the machine's cores. For Kinesis the
+warm-up starts once every shard is caught up (`esm_caught_up_shards`): until then shards
+are read several times a second each, which on kinesalite lasts tens of seconds.
 
 Kinesis: one mapping on one stream of N shards (1,000 by default), starting at LATEST,
 nothing written; on bench.fake_kinesis (which counts the GetRecords calls it serves, so the
@@ -63,7 +65,8 @@ def _toml(
     return "\n".join(lines)
 
 
-def _pollers(http_port: int) -> float:
+def _metric(http_port: int, prefix: str) -> float:
+    """The sum of the series starting with `prefix` on esm's /metrics (-1 if unreachable)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
             text = response.read().decode()
@@ -71,9 +74,13 @@ def _pollers(http_port: int) -> float:
         return -1
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("esm_pollers{"):
+        if line.startswith(prefix):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _pollers(http_port: int) -> float:
+    return _metric(http_port, "esm_pollers{")
 
 
 def _observe(
@@ -85,6 +92,7 @@ def _observe(
     log: Log,
     esm_command: list[str] | None = None,
     daemon: dict[str, Any] | None = None,
+    family: str = "kinesis",
 ) -> dict[str, Any]:
     """`esm_command` replaces `python -m esm` (e.g. to try a change); "-c CONFIG" is appended.
     `daemon` adds keys to the config's [daemon] table."""
@@ -115,6 +123,14 @@ def _observe(
                     break
                 time.sleep(0.5)
             startup_s = time.monotonic() - started
+            if family == "kinesis":
+                # Every shard's first reads (0.25 s .. 1 s apart) must be over, or the
+                # window measures start-up: on kinesalite they take tens of seconds.
+                while time.monotonic() - started < 180:
+                    if _metric(http_port, "esm_caught_up_shards ") >= expect_pollers:
+                        break
+                    time.sleep(0.5)
+            caught_up_s = time.monotonic() - started
             time.sleep(warmup)
             rss: list[int] = []
             calls0 = endpoint_calls(endpoint)
@@ -147,6 +163,7 @@ def _observe(
         "cpu_us_per_get_records": 1e6 * cpu / reads if reads else None,
         "pollers": pollers,
         "startup_s": startup_s,
+        "caught_up_s": caught_up_s,
         "window_s": elapsed,
         "rss_mb_max": max(rss) / 2**20,
         "rss_mb_last": rss[-1] / 2**20,
@@ -196,7 +213,8 @@ def run_kinesis(
         f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}: RSS {result['rss_mb_max']:.0f} MB, "
         f"CPU {result['cpu_percent']:.1f}% of a core "
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "
-        f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s{reads}"
+        f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s, "
+        f"all caught up after {result['caught_up_s']:.1f} s{reads}"
     )
     return result
 
@@ -217,7 +235,7 @@ def run_sqs(
                 "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
             }
         )
-    result = _observe(endpoint, mappings, queues, warmup, window, log) | {
+    result = _observe(endpoint, mappings, queues, warmup, window, log, family="sqs") | {
         "queues": queues,
         "endpoint": endpoint.name,
     }

@@ -97,16 +97,7 @@ class KinesisSource:
 
 def read_result(raw: bytes, *, shard_id: str, stream_arn: str, region: str) -> ReadResult:
     """A raw GetRecords body as the shard poller's ReadResult (also the benchmark's input)."""
-    page = parse_get_records(raw, shard_id=shard_id, stream_arn=stream_arn, region=region)
-    records = [
-        StreamRecord(event, seq, key, arrival, size)
-        for event, seq, key, arrival, size in zip(
-            page.records,
-            page.sequence_numbers,
-            page.partition_keys,
-            page.arrival_times,
-            page.sizes,
-            strict=True,
-        )
-    ]
-    return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)
+    page = parse_get_records(
+        raw, shard_id=shard_id, stream_arn=stream_arn, region=region, record=StreamRecord
+    )
+    return ReadResult(page.records, page.next_shard_iterator, page.millis_behind_latest)

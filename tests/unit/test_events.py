@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import re
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ import orjson
 from esm.events.dynamodb import parse_get_records as parse_dynamodb
 from esm.events.kinesis import parse_get_records as parse_kinesis
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
+from esm.sources.streams import StreamRecord
 
 STREAM = "arn:aws:kinesis:us-east-2:123456789012:stream/lambda-stream"
 DDB_STREAM = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2015-06-27T00:48:05.899"
@@ -27,8 +30,9 @@ def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> No
         "NextShardIterator": "next",
         "MillisBehindLatest": 1200,
     })
-    page = parse_kinesis(body, shard_id="shardId-000000000006", stream_arn=STREAM, region="us-east-2")
-    assert page.records == [{
+    page = parse_kinesis(body, shard_id="shardId-000000000006", stream_arn=STREAM, region="us-east-2",
+                         record=StreamRecord)
+    assert [r.event for r in page.records] == [{
         "kinesis": {
             "kinesisSchemaVersion": "1.0",
             "partitionKey": "1",
@@ -45,13 +49,39 @@ def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> No
         "eventSourceARN": STREAM,
     }]
     assert (page.next_shard_iterator, page.millis_behind_latest) == ("next", 1200)
-    # The size estimate covers the serialised record (it feeds the 6 MB cap).
-    assert page.sizes[0] >= len(orjson.dumps(page.records[0]))
+    (record,) = page.records
+    assert (record.sequence_number, record.key, record.arrival) == (
+        "49590338271490256608559692538361571095921575989136588898", "1", 1545084650.987)
+    # The size covers the serialised record (it feeds the 6 MB cap).
+    assert record.size >= len(orjson.dumps(record.event))
+
+
+def kinesis_item(sequence_number: int, partition_key: str, data: bytes, arrival: float | int) -> dict[str, object]:
+    return {"SequenceNumber": str(sequence_number), "ApproximateArrivalTimestamp": arrival,
+            "Data": base64.b64encode(data).decode(), "PartitionKey": partition_key}
+
+
+def test_kinesis_record_sizes_never_fall_short_of_the_serialised_record() -> None:
+    """The 6 MB cap adds these sizes up: for any key, data and timestamp (escapes,
+    non-ASCII, long floats, integers) a size is at least the record's JSON length."""
+    keys = ["1", "pk-7", 'quote"and\\backslash', "tab\tnewline\n\x01", "clé-ü", "鍵" * 256, "😀"]
+    arrivals: list[float | int] = [1545084650.987, 0, 1545084650, -2.2250738585072014e-308, 1e300]
+    for keys_in_page in ([keys[0], keys[1]], keys):
+        items = [kinesis_item(49590338271490256608559692538361571095921575989136588898 + i, key,
+                              b"x" * i, arrival)
+                 for i, (key, arrival) in enumerate(itertools.product(keys_in_page, arrivals))]
+        page = parse_kinesis(orjson.dumps({"Records": items}), shard_id="shardId-000000000006",
+                             stream_arn=STREAM, region="us-east-2", record=StreamRecord)
+        assert len(page.records) == len(items)
+        for record in page.records:
+            exact = len(orjson.dumps(record.event))
+            assert exact <= record.size <= exact + 32
+            assert type(record.event["kinesis"]["approximateArrivalTimestamp"]) is float
 
 
 def test_closed_kinesis_shard_has_no_next_iterator() -> None:
     page = parse_kinesis(b'{"Records": [], "NextShardIterator": null, "MillisBehindLatest": 0}',
-                         shard_id="s", stream_arn=STREAM, region="us-east-2")
+                         shard_id="s", stream_arn=STREAM, region="us-east-2", record=StreamRecord)
     assert page.records == [] and page.next_shard_iterator is None
 
 

@@ -142,11 +142,18 @@ class _Invalid(Exception):
 class FilterSet:
     """The compiled filters of one mapping; a record passes if any filter matches."""
 
-    __slots__ = ("_matchers", "patterns")
+    __slots__ = ("_matchers", "fields", "patterns")
 
-    def __init__(self, matchers: Sequence[Matcher], patterns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        matchers: Sequence[Matcher],
+        patterns: Sequence[str],
+        fields: frozenset[str] | None = None,
+    ) -> None:
         self._matchers = tuple(matchers)
         self.patterns = tuple(patterns)
+        self.fields = fields
+        """The record-level fields the patterns read (None: unknown, views stay whole)."""
 
     @classmethod
     def compile(cls, patterns: Sequence[str]) -> FilterSet:
@@ -160,12 +167,15 @@ class FilterSet:
                 None, f"has {len(patterns)} filters; at most {MAX_FILTERS} are allowed"
             )
         matchers = []
+        fields: set[str] = set()
         for index, text in enumerate(patterns):
             try:
-                matchers.append(_compile_pattern(text))
+                matcher, named = _compile_pattern(text)
             except _Invalid as exc:
                 raise FilterPatternError(index, str(exc)) from None
-        return cls(matchers, patterns)
+            matchers.append(matcher)
+            fields |= named
+        return cls(matchers, patterns, frozenset(fields))
 
     def matches(self, view: Mapping[str, Any]) -> bool:
         """True if any pattern matches the view (every record passes when there are none,
@@ -173,6 +183,20 @@ class FilterSet:
         if not self._matchers:
             return True
         return _first_true(self._matchers, view)
+
+    def predicate(self, view: View) -> Callable[[dict[str, Any]], bool]:
+        """`record -> matches(view(record))`, made once per poller for the per-record path.
+
+        A pattern reads only the record-level fields it names, so the view is narrowed to
+        those (`narrow_view`): the same verdicts without copying or decoding the rest."""
+        narrowed = view if self.fields is None else narrow_view(view, self.fields)
+        matchers = self._matchers
+        if not matchers:
+            return _always
+        if len(matchers) == 1:
+            (matcher,) = matchers
+            return lambda record: matcher(narrowed(record))
+        return lambda record: _first_true(matchers, narrowed(record))
 
     def __repr__(self) -> str:
         return f"FilterSet({list(self.patterns)!r})"
@@ -224,21 +248,97 @@ def dynamodb_filter_view(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+View = Callable[[dict[str, Any]], Mapping[str, Any]]
+"""What patterns see of a record (one of the views above)."""
+
+
+def narrow_view(view: View, fields: frozenset[str]) -> View:
+    """`view` restricted to the record-level fields that patterns name.
+
+    A compiled pattern looks a record up only by the fields it names, so the narrowed
+    view gives every pattern the same verdict; it skips copying the other fields and,
+    unless a pattern names `data` (Kinesis) or `body` (SQS), decoding and parsing it."""
+    if view is kinesis_filter_view:
+        return _narrow_kinesis_view(fields)
+    if view is sqs_filter_view:
+        return _narrow_sqs_view(fields)
+    return view
+
+
+def _narrow_kinesis_view(fields: frozenset[str]) -> View:
+    if fields == {"data"}:
+
+        def data_only(event: dict[str, Any]) -> Mapping[str, Any]:
+            kinesis = event.get("kinesis")
+            if type(kinesis) is dict and "data" in kinesis:
+                return {"data": _decode_kinesis_data(kinesis["data"])}
+            return kinesis_filter_view(event)
+
+        return data_only
+    names = tuple(fields)
+
+    def named(event: dict[str, Any]) -> Mapping[str, Any]:
+        kinesis = event.get("kinesis")
+        if type(kinesis) is not dict:
+            return kinesis_filter_view(event)
+        view = {name: kinesis[name] for name in names if name in kinesis}
+        if "data" in view:
+            view["data"] = _decode_kinesis_data(view["data"])
+        return view
+
+    return named
+
+
+def _narrow_sqs_view(fields: frozenset[str]) -> View:
+    if fields == {"body"}:
+
+        def body_only(record: dict[str, Any]) -> Mapping[str, Any]:
+            if "body" not in record:
+                return {}
+            body = record["body"]
+            if type(body) is str:
+                parsed = _parse_json_container(body)
+                if parsed is not None:
+                    return {"body": parsed}
+            return {"body": body}
+
+        return body_only
+    names = tuple(fields)
+
+    def named(record: dict[str, Any]) -> Mapping[str, Any]:
+        view = {name: record[name] for name in names if name in record}
+        body = view.get("body")
+        if type(body) is str:
+            parsed = _parse_json_container(body)
+            if parsed is not None:
+                view["body"] = parsed
+        return view
+
+    return named
+
+
 def _parse_json_container(text: str | bytes) -> Any:
     """The parsed JSON object or array, or None; plain text is rejected before orjson so
     the common plain-text body costs no exception."""
-    head = text.lstrip()[:1]
-    if head not in ("{", "[", b"{", b"["):
-        return None
+    head = text[:1]
+    if head not in _OPENERS:
+        head = text.lstrip()[:1]
+        if head not in _OPENERS:
+            return None
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-    return value if isinstance(value, dict | list) else None
+    kind = type(value)
+    return value if kind is dict or kind is list else None
+
+
+_OPENERS: Final = frozenset({"{", "[", b"{", b"["})
+"""The first character of a JSON object or array, as text and as bytes."""
 
 
 def _decode_kinesis_data(data: Any) -> Any:
-    if not isinstance(data, str):
+    if type(data) is not str and not isinstance(data, str):
         return _OPAQUE
     try:
         # a2b_base64 in strict mode is b64decode(validate=True) without its per-call regex.
@@ -252,7 +352,8 @@ def _decode_kinesis_data(data: Any) -> Any:
 # --- compiling --------------------------------------------------------------------------
 
 
-def _compile_pattern(text: str) -> Matcher:
+def _compile_pattern(text: str) -> tuple[Matcher, frozenset[str]]:
+    """The pattern's matcher and the record-level fields it reads."""
     if not isinstance(text, str):
         raise _Invalid("", f"must be a JSON string, got {type(text).__name__}")
     if len(text) > MAX_PATTERN_CHARS:
@@ -265,7 +366,16 @@ def _compile_pattern(text: str) -> Matcher:
         raise _Invalid("", f"must be a JSON object, got {_describe(pattern)}")
     if not pattern:
         raise _Invalid("", "is empty; name at least one field to match")
-    return _compile_object(pattern, "", top=True)
+    return _compile_object(pattern, "", top=True), _named_fields(pattern)
+
+
+def _named_fields(pattern: dict[str, Any]) -> frozenset[str]:
+    """The fields an object pattern looks up in the object it matches: its own keys and
+    those of its `$or` branches, which match the same object (called on a valid pattern)."""
+    names = {key for key in pattern if key != "$or"}
+    for branch in pattern.get("$or", ()):
+        names |= _named_fields(branch)
+    return frozenset(names)
 
 
 def _compile_object(pattern: dict[str, Any], path: str, *, top: bool = False) -> Matcher:

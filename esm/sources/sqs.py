@@ -81,6 +81,7 @@ class SqsMapping:
         self.function = function
         self.aws = aws
         self.filters = filters
+        self._passes = filters.predicate(sqs_filter_view) if filters is not None else None
         self.fifo = config.source.name.endswith(".fifo")
         self.max_receivers = (
             config.maximum_concurrency or function.concurrency or DEFAULT_MAXIMUM_CONCURRENCY
@@ -301,13 +302,13 @@ class SqsMapping:
 
     def _filter(self, batch: list[Received]) -> tuple[list[Received], list[Received]]:
         """Split into messages that pass FilterCriteria and filtered-out ones (to delete)."""
-        if self.filters is None:
+        passes = self._passes
+        if passes is None:
             return batch, []
         passed: list[Received] = []
         filtered: list[Received] = []
         for message in batch:
-            matches = self.filters.matches(sqs_filter_view(message.record))
-            (passed if matches else filtered).append(message)
+            (passed if passes(message.record) else filtered).append(message)
         return passed, filtered
 
     async def _invoke(self, batch: list[Received]) -> set[str]:

@@ -154,6 +154,7 @@ class ShardPoller:
         self._m_polled = ctx.metrics.polled.labels(m)
         self._m_filtered = ctx.metrics.filtered_out.labels(m)
         self._m_age = ctx.metrics.iterator_age.labels(m, shard.shard_id)
+        self._passes = ctx.filters.predicate(ctx.filter_view) if ctx.filters is not None else None
         self.lanes = [Lane(self, i) for i in range(ctx.config.parallelization_factor)]
 
     @property
@@ -232,14 +233,13 @@ class ShardPoller:
 
     def _accept(self, records: list[StreamRecord]) -> None:
         """Register records for checkpointing; filtered-out ones are done at once."""
-        ctx = self.ctx
         self._m_polled.inc(len(records))
         first = self.progress.register(r.sequence_number for r in records)
         for offset, record in enumerate(records):
             record.index = first + offset
-        if ctx.filters is not None:
-            view = ctx.filter_view
-            passed = [r for r in records if ctx.filters.matches(view(r.event))]
+        passes = self._passes
+        if passes is not None:
+            passed = [r for r in records if passes(r.event)]
             if len(passed) < len(records):
                 keep = {r.index for r in passed}
                 self._m_filtered.inc(len(records) - len(passed))

@@ -717,6 +717,67 @@ def test_dynamodb_view_is_the_record() -> None:
     assert dynamodb_filter_view(record) is record
 
 
+def test_predicate_matches_like_the_whole_view() -> None:
+    """The per-record predicate narrows the view to the fields patterns name; every
+    verdict must stay the one the whole view gives."""
+    sqs_records = [
+        sqs_record(json.dumps(ORDER)),
+        sqs_record("  " + json.dumps(ORDER)),
+        sqs_record("plain text"),
+        sqs_record("42"),
+        sqs_record("{nope"),
+        sqs_record(json.dumps([ORDER, {"RequestCode": "BBBB"}])),
+        sqs_record(json.dumps(ORDER), MessageGroupId="g1"),
+        {k: v for k, v in sqs_record("x").items() if k != "body"},
+    ]
+    kinesis_records = [
+        kinesis_record(json.dumps(ORDER).encode()),
+        kinesis_record(b"  " + json.dumps([ORDER]).encode(), partition_key="2"),
+        kinesis_record(b"not json"),
+        kinesis_record(b"\xff\xfe binary"),
+        kinesis_record(b"42"),
+        {**kinesis_record(b"{}"), "kinesis": {**kinesis_record(b"{}")["kinesis"], "data": "%%%"}},
+        {**kinesis_record(b"{}"), "kinesis": {"partitionKey": "1"}},
+        {"eventSource": "aws:kinesis"},
+    ]
+    sqs_patterns = [
+        {"body": {"RequestCode": ["AAAA"]}},
+        {"body": ["plain text"]},
+        {"body": [{"prefix": "pl"}]},
+        {"body": [{"exists": False}]},
+        {"body": ["42"]},
+        {"attributes": {"MessageGroupId": ["g1"]}},
+        {"body": {"RequestCode": ["AAAA"]}, "attributes": {"SenderId": [{"exists": True}]}},
+        {"$or": [{"body": {"RequestCode": ["BBBB"]}}, {"messageId": [{"prefix": "059"}]}]},
+        {"missing": [{"exists": False}]},
+    ]
+    kinesis_patterns = [
+        {"data": {"RequestCode": ["AAAA"]}},
+        {"data": [{"exists": False}]},
+        {"data": [{"exists": True}]},
+        {"partitionKey": ["2"]},
+        {"partitionKey": ["1"], "data": {"RecordNumber": [{"numeric": [">", 1000]}]}},
+        {"$or": [{"data": {"RequestCode": ["BBBB"]}}, {"partitionKey": ["1"]}]},
+        {"eventSource": ["aws:kinesis"]},
+    ]
+    for view, records, patterns in (
+        (sqs_filter_view, sqs_records, sqs_patterns),
+        (kinesis_filter_view, kinesis_records, kinesis_patterns),
+        (dynamodb_filter_view, [ddb_record({"n": {"N": "5"}})], [{"eventName": ["INSERT"]}]),
+    ):
+        for count in (1, 2):
+            for first in range(len(patterns)):
+                chosen = [json.dumps(p) for p in (patterns + patterns)[first : first + count]]
+                filters = FilterSet.compile(chosen)
+                passes = filters.predicate(view)
+                for record in records:
+                    assert passes(record) is filters.matches(view(record)), (chosen, record)
+
+
+def test_predicate_without_filters_passes_everything() -> None:
+    assert FilterSet.compile([]).predicate(sqs_filter_view)(sqs_record("x"))
+
+
 # --- properties ---------------------------------------------------------------------------
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])
@@ -790,6 +851,20 @@ def test_kinesis_view_never_mutates_the_record(data: bytes) -> None:
     before = copy.deepcopy(record)
     kinesis_filter_view(record)
     assert record == before
+
+
+@given(record=RECORDS, first=SIMPLE_PATTERNS, second=SIMPLE_PATTERNS, use_or=st.booleans())
+def test_predicate_agrees_with_the_whole_view(
+    record: dict[str, Any], first: dict[str, Any], second: dict[str, Any], use_or: bool
+) -> None:
+    body = sqs_record(json.dumps(record))
+    data = kinesis_record(json.dumps(record).encode())
+    for pattern in ({"$or": [first, second]} if use_or else first, {"body": first}, {"data": first}):
+        filters = FilterSet.compile([json.dumps(pattern)])
+        assert filters.predicate(sqs_filter_view)(body) is filters.matches(sqs_filter_view(body))
+        assert filters.predicate(kinesis_filter_view)(data) is filters.matches(
+            kinesis_filter_view(data)
+        )
 
 
 @given(

@@ -7,50 +7,57 @@ filtered out, or given up as configured), so a restart from it never skips a rec
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
+
+COMPACT_AFTER = 4096
+"""Done sequence numbers are dropped from the front of the list in chunks of at least this."""
 
 
 class ShardProgress:
     """Records are registered in read order and completed in any order."""
 
     def __init__(self) -> None:
-        self._pending: deque[str] = deque()
+        self._pending: list[str] = []
+        """Sequence numbers of the records from index `_base` on, in read order."""
+        self._base = 0
         self._first = 0
-        self._next = 0
+        """The first record not done yet."""
         self._done: set[int] = set()
+        """Records done out of order, all after `_first`."""
         self._checkpoint: str | None = None
 
     def register(self, sequence_numbers: Iterable[str]) -> int:
         """Add records in read order; returns the index given to the first of them."""
-        start = self._next
-        before = len(self._pending)
+        start = self._base + len(self._pending)
         self._pending.extend(sequence_numbers)
-        self._next += len(self._pending) - before
         return start
 
     def complete(self, indices: Iterable[int]) -> None:
-        """Mark records done (idempotent), then advance over the done prefix."""
+        """Mark records done (idempotent), then advance over the done prefix.
+
+        A `range` that covers the first record not done (one lane, batches in order: the
+        common case) moves the checkpoint in one step."""
         first = self._first
         done = self._done
-        pending = self._pending
-        indices = list(indices)
-        count = len(indices)
-        if count and indices[0] == first and indices == list(range(first, first + count)):
-            # The common case (one lane, batches in order): the very next records, done.
-            for _ in range(count - 1):
-                pending.popleft()
-            self._checkpoint = pending.popleft()
-            first += count
-            indices = []
-        for index in indices:
-            if index >= first:
-                done.add(index)
+        if type(indices) is range and indices.step == 1 and indices.start <= first < indices.stop:
+            first = indices.stop
+            if done:
+                done.difference_update(range(self._first, first))
+        else:
+            for index in indices:
+                if index >= first:
+                    done.add(index)
         while first in done:
             done.discard(first)
-            self._checkpoint = pending.popleft()
             first += 1
+        if first == self._first:
+            return
         self._first = first
+        self._checkpoint = self._pending[first - 1 - self._base]
+        behind = first - self._base
+        if behind >= COMPACT_AFTER and 2 * behind >= len(self._pending):
+            del self._pending[:behind]
+            self._base = first
 
     @property
     def checkpoint(self) -> str | None:
@@ -60,4 +67,4 @@ class ShardProgress:
     @property
     def outstanding(self) -> int:
         """Records registered but not yet behind the checkpoint."""
-        return len(self._pending)
+        return self._base + len(self._pending) - self._first

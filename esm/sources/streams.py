@@ -34,12 +34,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice, repeat, starmap
+from operator import attrgetter
 from typing import Any, Literal, Protocol
 
 import anyio
 
 from esm.batch_response import BatchVerdict, judge
-from esm.batching import BatchBudget, fitting_prefix
+from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget, fitting_prefix
 from esm.config import MappingConfig
 from esm.destinations import OnFailureDestination
 from esm.errors import DeliveryFailed
@@ -234,7 +236,7 @@ class ShardPoller:
     def _accept(self, records: list[StreamRecord]) -> None:
         """Register records for checkpointing; filtered-out ones are done at once."""
         self._m_polled.inc(len(records))
-        first = self.progress.register(r.sequence_number for r in records)
+        first = self.progress.register(map(_sequence_number, records))
         for offset, record in enumerate(records):
             record.index = first + offset
         passes = self._passes
@@ -292,6 +294,24 @@ class ShardPoller:
                 Checkpoint(checkpoint or self._saved, shard_ended=ended),
             )
         self._saved = checkpoint or self._saved
+
+
+_sequence_number = attrgetter("sequence_number")
+_size = attrgetter("size")
+
+
+def _take_prefix(buffer: deque[StreamRecord], batch_size: int) -> list[StreamRecord]:
+    """Pop the next batch off a lane's buffer: batch_size records, or fewer when 6 MB
+    is reached. Summing the sizes and popping run in C when the whole prefix fits,
+    the usual case; only a prefix near the cap is cut record by record."""
+    count = min(batch_size, len(buffer))
+    if ENVELOPE_BYTES + sum(map(_size, islice(buffer, count))) + count - 1 > MAX_PAYLOAD_BYTES:
+        count = fitting_prefix(map(_size, buffer), batch_size)
+    if count == len(buffer):
+        batch = list(buffer)
+        buffer.clear()
+        return batch
+    return list(starmap(buffer.popleft, repeat((), count)))
 
 
 class _CloseWindow:
@@ -366,7 +386,12 @@ class Lane:
             self.poller.progressed()
 
     def _complete(self, batch: Sequence[StreamRecord]) -> None:
-        self.poller.progress.complete(r.index for r in batch)
+        progress = self.poller.progress
+        if batch and batch[-1].index - batch[0].index == len(batch) - 1:
+            # A lane's records are in read order, so this batch is one run of indices.
+            progress.complete(range(batch[0].index, batch[-1].index + 1))
+        else:
+            progress.complete(r.index for r in batch)
         self.poller.progressed()
 
     def _succeeded(self, batch: Sequence[StreamRecord], response: Any) -> None:
@@ -425,8 +450,7 @@ class Lane:
         if self.ctx.config.tumbling_window_in_seconds > 0:
             batch = self._take_within_window()
         else:
-            count = fitting_prefix((r.size for r in buffer), self.ctx.config.batch_size)
-            batch = [buffer.popleft() for _ in range(count)]
+            batch = _take_prefix(buffer, self.ctx.config.batch_size)
         self._first_buffered_at = time.monotonic()
         self.poller.space_freed()
         return batch
@@ -546,8 +570,9 @@ class Lane:
         a `state` object is a failed invocation."""
         if self.window is not None and result.ok and returned_state(result.response) is None:
             return BatchVerdict(None, "tumbling window response has no state object")
-        ids = {r.sequence_number for r in batch}
-        return judge(result, ids, self.ctx.config.report_batch_item_failures)
+        report = self.ctx.config.report_batch_item_failures
+        ids = {r.sequence_number for r in batch} if report else frozenset[str]()
+        return judge(result, ids, report)
 
     async def _invoke(self, batch: list[StreamRecord]) -> InvocationResult:
         self._m_batch.observe(len(batch))

@@ -50,3 +50,44 @@ def test_checkpoint_is_the_longest_done_prefix(case: tuple[int, list[int], int])
     expected = None if prefix == 0 else str(100 + prefix - 1)
     assert progress.checkpoint == expected
     assert progress.outstanding == n - prefix
+
+
+@given(
+    st.integers(min_value=1, max_value=40).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.tuples(st.integers(0, n), st.integers(0, n), st.booleans()), max_size=12
+            ),
+        )
+    )
+)
+def test_ranges_and_lists_complete_alike(case: tuple[int, list[tuple[int, int, bool]]]) -> None:
+    """A batch completes as a range (the fast path) or as a list of indices: same result."""
+    n, steps = case
+    as_ranges, as_lists = ShardProgress(), ShardProgress()
+    for progress in (as_ranges, as_lists):
+        progress.register(str(100 + i) for i in range(n))
+    done: set[int] = set()
+    for a, b, use_range in steps:
+        start, stop = min(a, b), max(a, b)
+        as_ranges.complete(range(start, stop) if use_range else list(range(start, stop)))
+        as_lists.complete(list(range(start, stop)))
+        done.update(range(start, stop))
+        prefix = 0
+        while prefix in done:
+            prefix += 1
+        expected = None if prefix == 0 else str(100 + prefix - 1)
+        assert as_ranges.checkpoint == as_lists.checkpoint == expected
+        assert as_ranges.outstanding == as_lists.outstanding == n - prefix
+
+
+def test_a_long_run_of_batches_keeps_its_checkpoint_right() -> None:
+    progress = ShardProgress()
+    for page in range(5):
+        start = progress.register(str(10_000 * page + i) for i in range(3000))
+        assert start == 3000 * page
+        for batch in range(0, 3000, 700):
+            progress.complete(range(start + batch, start + min(batch + 700, 3000)))
+            assert progress.checkpoint == str(10_000 * page + min(batch + 700, 3000) - 1)
+    assert progress.outstanding == 0

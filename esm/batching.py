@@ -7,7 +7,7 @@ synchronous invoke limit). Pure logic; sources call it while they read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -35,6 +35,26 @@ class BatchBudget:
     def add(self, record_bytes: int) -> None:
         self.count += 1
         self.size += record_bytes + (1 if self.count > 1 else 0)
+
+    def add_fitting(self, sizes: Sequence[int]) -> int:
+        """Add the leading records of these sizes that fit (`fits`, then `add`, in order,
+        up to the first that does not); returns how many. Records that all fit, the
+        usual case, are added at once."""
+        count = len(sizes)
+        total = sum(sizes) + count - (0 if self.count else 1)
+        if count and self.count + count <= self.batch_size and (
+            self.size + total <= self.max_bytes or (self.count == 0 and count == 1)
+        ):
+            self.count += count
+            self.size += total
+            return count
+        taken = 0
+        for record_bytes in sizes:
+            if not self.fits(record_bytes):
+                break
+            self.add(record_bytes)
+            taken += 1
+        return taken
 
     @property
     def full(self) -> bool:

@@ -24,22 +24,34 @@ FORWARDED_ATTRIBUTES = (
 
 
 def sqs_record(message: Mapping[str, Any], *, queue_arn: str, region: str) -> dict[str, Any]:
-    attributes = message.get("Attributes") or {}
+    message_attributes = message.get("MessageAttributes")
     return {
         "messageId": message["MessageId"],
         "receiptHandle": message["ReceiptHandle"],
         "body": message.get("Body", ""),
-        "attributes": {k: attributes[k] for k in FORWARDED_ATTRIBUTES if k in attributes},
+        "attributes": _forwarded(message.get("Attributes")),
         "messageAttributes": {
-            name: _message_attribute(value)
-            for name, value in (message.get("MessageAttributes") or {}).items()
-        },
+            name: _message_attribute(value) for name, value in message_attributes.items()
+        }
+        if message_attributes
+        else {},
         "md5OfMessageAttributes": message.get("MD5OfMessageAttributes"),
         "md5OfBody": message.get("MD5OfBody"),
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
         "awsRegion": region,
     }
+
+
+def _forwarded(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The system attributes Lambda forwards, in its order (a plain loop: this runs per
+    message, and is cheaper than a filtered comprehension)."""
+    forwarded: dict[str, Any] = {}
+    if attributes:
+        for name in FORWARDED_ATTRIBUTES:
+            if name in attributes:
+                forwarded[name] = attributes[name]
+    return forwarded
 
 
 def _message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,20 +42,19 @@ SCALE_UP_INTERVAL = 0.2
 RESOLVE_RETRY_SECONDS = 10.0
 RECEIVE_ERROR_BACKOFF = (1.0, 30.0)
 DELETE_ATTEMPTS = 3
+_ENTRY_IDS = tuple(str(i) for i in range(10))
+"""Batch entry ids, one per message of a DeleteMessageBatch call."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Received:
+    """A received message: its Lambda record, the record's JSON size, and the ids the
+    per-message paths (judging, deleting) read as plain attributes."""
+
     record: dict[str, Any]
     size: int
-
-    @property
-    def message_id(self) -> str:
-        return str(self.record["messageId"])
-
-    @property
-    def receipt_handle(self) -> str:
-        return str(self.record["receiptHandle"])
+    message_id: str
+    receipt_handle: str
 
     @property
     def group_id(self) -> str | None:
@@ -83,6 +82,8 @@ class SqsMapping:
         self.filters = filters
         self._passes = filters.predicate(sqs_filter_view) if filters is not None else None
         self.fifo = config.source.name.endswith(".fifo")
+        self._queue_arn = config.event_source_arn
+        self._region = config.source.region
         self.max_receivers = (
             config.maximum_concurrency or function.concurrency or DEFAULT_MAXIMUM_CONCURRENCY
         )
@@ -266,22 +267,20 @@ class SqsMapping:
             messages = response.get("Messages") or []
             if not batch and messages:
                 deadline = time.monotonic() + config.maximum_batching_window_in_seconds
-            for message in messages:
-                item = self._received(message)
-                if budget.fits(item.size) and not carry:
-                    budget.add(item.size)
-                    batch.append(item)
-                else:
-                    carry.append(item)
+            items = [self._received(message) for message in messages]
+            # What does not fit, and everything after it, waits for the next batch.
+            taken = 0 if carry else budget.add_fitting([item.size for item in items])
+            batch.extend(items[:taken])
+            carry.extend(items[taken:])
             if config.maximum_batching_window_in_seconds == 0 or (not messages and not batch):
                 break
         return batch, budget.full or bool(carry)
 
     def _received(self, message: dict[str, Any]) -> Received:
-        record = sqs_record(
-            message, queue_arn=self.config.event_source_arn, region=self.config.source.region
+        record = sqs_record(message, queue_arn=self._queue_arn, region=self._region)
+        return Received(
+            record, len(orjson.dumps(record)), record["messageId"], record["receiptHandle"]
         )
-        return Received(record, len(orjson.dumps(record)))
 
     async def _process(self, batch: list[Received], done: anyio.Event) -> None:
         """Filter, invoke, and delete exactly what Lambda would delete."""
@@ -292,7 +291,10 @@ class SqsMapping:
             self._m_filtered.inc(len(to_delete))
             if passed:
                 failed_ids = await self._invoke(passed)
-                to_delete.extend(m for m in passed if m.message_id not in failed_ids)
+                if failed_ids:
+                    to_delete.extend(m for m in passed if m.message_id not in failed_ids)
+                else:
+                    to_delete.extend(passed)
             await self._delete(to_delete)
         except Exception:
             self._log.exception("sqs.batch_crashed", size=len(batch))
@@ -313,12 +315,12 @@ class SqsMapping:
 
     async def _invoke(self, batch: list[Received]) -> set[str]:
         """Invoke once; return the ids of messages that must stay in the queue."""
-        ids = [m.message_id for m in batch]
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
         result = await self.function.invoke({"Records": [m.record for m in batch]})
-        verdict = judge(result, set(ids), self.config.report_batch_item_failures)
-        failed = set(ids) if verdict.failed_ids is None else set(verdict.failed_ids)
+        ids = {m.message_id for m in batch}
+        verdict = judge(result, ids, self.config.report_batch_item_failures)
+        failed = ids if verdict.failed_ids is None else set(verdict.failed_ids)
         if self.fifo and failed:
             failed = _with_rest_of_groups(batch, failed)
         if failed:
@@ -346,7 +348,7 @@ class SqsMapping:
         """DeleteMessageBatch in tens; entries that fail are retried, then left to reappear
         (at-least-once: a message whose delete failed is delivered again, never lost)."""
         for start in range(0, len(messages), 10):
-            pending = {str(i): m for i, m in enumerate(messages[start : start + 10])}
+            pending = dict(zip(_ENTRY_IDS, messages[start : start + 10], strict=False))
             for _ in range(DELETE_ATTEMPTS):
                 entries = [{"Id": i, "ReceiptHandle": m.receipt_handle} for i, m in pending.items()]
                 try:
@@ -356,9 +358,10 @@ class SqsMapping:
                 except Exception as exc:
                     self._log.warning("sqs.delete_failed", count=len(pending), error=str(exc))
                     continue
+                before = len(pending)
                 for entry in response.get("Successful") or []:
                     pending.pop(entry["Id"], None)
-                    self._m_deleted.inc()
+                self._m_deleted.inc(before - len(pending))  # once per response, not per message
                 if not pending:
                     break
                 codes = sorted({e.get("Code", "") for e in response.get("Failed") or []})

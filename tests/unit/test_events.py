@@ -13,6 +13,7 @@ import orjson
 from esm.events.dynamodb import parse_get_records as parse_dynamodb
 from esm.events.kinesis import parse_get_records as parse_kinesis
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
+from esm.events.sqs import sqs_record
 from esm.sources.streams import StreamRecord
 
 STREAM = "arn:aws:kinesis:us-east-2:123456789012:stream/lambda-stream"
@@ -105,6 +106,95 @@ def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None
     other = parse_dynamodb(orjson.dumps({"Records": [{**item, "dynamodb": {**item["dynamodb"], "Keys": {"Id": {"N": "101"}}}}]}),
                            stream_arn=DDB_STREAM, region="us-east-1")
     assert other.keys_hashes == page.keys_hashes
+
+
+QUEUE = "arn:aws:sqs:us-east-2:123456789012:my-queue"
+
+
+def test_sqs_record_matches_the_lambda_example() -> None:
+    message = {
+        "MessageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+        "ReceiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+        "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "Body": "Test message.",
+        "Attributes": {
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1545082649185",
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1545082649183",
+        },
+    }
+    record = sqs_record(message, queue_arn=QUEUE, region="us-east-2")
+    assert record == {
+        "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+        "body": "Test message.",
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1545082649183",
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1545082649185",
+        },
+        "messageAttributes": {},
+        "md5OfMessageAttributes": None,
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": QUEUE,
+        "awsRegion": "us-east-2",
+    }
+    # Key order is AWS's, whatever order the queue sent the attributes in.
+    assert list(record["attributes"]) == [
+        "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp"]
+
+
+def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> None:
+    message = {
+        "MessageId": "11d6ee51-4cc7-4302-9e22-7cd8afdaadf5",
+        "ReceiptHandle": "AQEBBX8nesZEXmkhsmZeyIE8iQAMig7qw...",
+        "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "MD5OfMessageAttributes": "c6a2f3b1a4c1bd1ea5d0b4f1d5c1a0e2",
+        "Body": "Test message.",
+        "Attributes": {
+            "MessageGroupId": "1",
+            "SequenceNumber": "18849496460467696128",
+            "MessageDeduplicationId": "1",
+            "DeadLetterQueueSourceArn": "arn:aws:sqs:us-east-2:123456789012:source.fifo",
+            "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1573251510774",
+            "SenderId": "AIDAIO23YVJENQZJOL4VO",
+            "ApproximateFirstReceiveTimestamp": "1573251510774",
+        },
+        "MessageAttributes": {
+            "Author": {"DataType": "String", "StringValue": "John Grisham"},
+            "Blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+            "Tags": {"DataType": "String", "StringListValues": ["a", "b"]},
+        },
+    }
+    record = sqs_record(message, queue_arn=QUEUE + ".fifo", region="us-east-2")
+    assert record["attributes"] == {
+        "ApproximateReceiveCount": "1",
+        "SentTimestamp": "1573251510774",
+        "SenderId": "AIDAIO23YVJENQZJOL4VO",
+        "ApproximateFirstReceiveTimestamp": "1573251510774",
+        "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "SequenceNumber": "18849496460467696128",
+        "MessageGroupId": "1",
+        "MessageDeduplicationId": "1",
+    }
+    assert list(record["attributes"]) == [
+        "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp",
+        "AWSTraceHeader", "SequenceNumber", "MessageGroupId", "MessageDeduplicationId"]
+    assert record["messageAttributes"] == {
+        "Author": {"stringValue": "John Grisham", "stringListValues": [], "binaryListValues": [],
+                   "dataType": "String"},
+        "Blob": {"binaryValue": "AAE=", "stringListValues": [], "binaryListValues": [],
+                 "dataType": "Binary"},
+        "Tags": {"stringListValues": ["a", "b"], "binaryListValues": [], "dataType": "String"},
+    }
+    assert record["md5OfMessageAttributes"] == "c6a2f3b1a4c1bd1ea5d0b4f1d5c1a0e2"
+    minimal = sqs_record({"MessageId": "m", "ReceiptHandle": "r"}, queue_arn=QUEUE, region="us-east-2")
+    assert (minimal["body"], minimal["attributes"], minimal["messageAttributes"]) == ("", {}, {})
 
 
 def given_up(**overrides: object) -> GivenUpBatch:

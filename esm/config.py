@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from esm.arns import ArnError, SourceArn, parse_source_arn
 from esm.errors import ConfigError
-from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND
 from esm.filtering import validate_pattern
+from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND
 
 SourceKind = Literal["sqs", "kinesis", "dynamodb"]
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")

@@ -70,7 +70,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -142,18 +142,22 @@ class _Invalid(Exception):
 class FilterSet:
     """The compiled filters of one mapping; a record passes if any filter matches."""
 
-    __slots__ = ("_matchers", "fields", "patterns")
+    __slots__ = ("_matchers", "_single_fields", "fields", "patterns")
 
     def __init__(
         self,
         matchers: Sequence[Matcher],
         patterns: Sequence[str],
         fields: frozenset[str] | None = None,
+        single_fields: Sequence[tuple[str, Matcher]] | None = None,
     ) -> None:
         self._matchers = tuple(matchers)
         self.patterns = tuple(patterns)
         self.fields = fields
         """The record-level fields the patterns read (None: unknown, views stay whole)."""
+        self._single_fields = tuple(single_fields) if single_fields is not None else None
+        """Per pattern, its one field and that field's matcher, when every pattern names
+        one record-level field and no `$or` (the usual `{"body": {...}}`); else None."""
 
     @classmethod
     def compile(cls, patterns: Sequence[str]) -> FilterSet:
@@ -166,16 +170,19 @@ class FilterSet:
             raise FilterPatternError(
                 None, f"has {len(patterns)} filters; at most {MAX_FILTERS} are allowed"
             )
-        matchers = []
-        fields: set[str] = set()
+        compiled = []
         for index, text in enumerate(patterns):
             try:
-                matcher, named = _compile_pattern(text)
+                compiled.append(_compile_pattern(text))
             except _Invalid as exc:
                 raise FilterPatternError(index, str(exc)) from None
-            matchers.append(matcher)
-            fields |= named
-        return cls(matchers, patterns, frozenset(fields))
+        singles = [c.single for c in compiled]
+        return cls(
+            [c.matcher for c in compiled],
+            patterns,
+            frozenset().union(*(c.fields for c in compiled)),
+            None if None in singles else [single for single in singles if single is not None],
+        )
 
     def matches(self, view: Mapping[str, Any]) -> bool:
         """True if any pattern matches the view (every record passes when there are none,
@@ -188,11 +195,21 @@ class FilterSet:
         """`record -> matches(view(record))`, made once per poller for the per-record path.
 
         A pattern reads only the record-level fields it names, so the view is narrowed to
-        those (`narrow_view`): the same verdicts without copying or decoding the rest."""
-        narrowed = view if self.fields is None else narrow_view(view, self.fields)
+        those (`narrow_view`): the same verdicts without copying or decoding the rest.
+        When every pattern names the same single field, only that field's value is
+        computed (`field_reader`) and handed to the patterns' matchers for it."""
         matchers = self._matchers
         if not matchers:
             return _always
+        singles = self._single_fields
+        if singles and len({name for name, _ in singles}) == 1:
+            read = field_reader(view, singles[0][0])
+            children = tuple(child for _, child in singles)
+            if len(children) == 1:
+                (child,) = children
+                return lambda record: child(read(record))
+            return lambda record: _first_true(children, read(record))
+        narrowed = view if self.fields is None else narrow_view(view, self.fields)
         if len(matchers) == 1:
             (matcher,) = matchers
             return lambda record: matcher(narrowed(record))
@@ -263,6 +280,39 @@ def narrow_view(view: View, fields: frozenset[str]) -> View:
     if view is sqs_filter_view:
         return _narrow_sqs_view(fields)
     return view
+
+
+def field_reader(view: View, name: str) -> Callable[[dict[str, Any]], Any]:
+    """`record -> view(record).get(name, <missing>)`: one field of the view, computed
+    without building the view (Kinesis `data` and SQS `body` decoded and parsed)."""
+    if view is kinesis_filter_view and name == "data":
+        return _kinesis_data
+    if view is sqs_filter_view and name == "body":
+        return _sqs_body
+    narrowed = narrow_view(view, frozenset({name}))
+    return lambda record: narrowed(record).get(name, _MISSING)
+
+
+def _kinesis_data(event: dict[str, Any]) -> Any:
+    """`data` as the Kinesis view holds it."""
+    kinesis = event.get("kinesis")
+    if type(kinesis) is not dict:
+        return kinesis_filter_view(event).get("data", _MISSING)
+    if "data" not in kinesis:
+        return _MISSING
+    return _decode_kinesis_data(kinesis["data"])
+
+
+def _sqs_body(record: dict[str, Any]) -> Any:
+    """`body` as the SQS view holds it."""
+    if "body" not in record:
+        return _MISSING
+    body = record["body"]
+    if type(body) is str:
+        parsed = _parse_json_container(body)
+        if parsed is not None:
+            return parsed
+    return body
 
 
 def _narrow_kinesis_view(fields: frozenset[str]) -> View:
@@ -338,6 +388,8 @@ _OPENERS: Final = frozenset({"{", "[", b"{", b"["})
 
 
 def _decode_kinesis_data(data: Any) -> Any:
+    """The parsed JSON object or array in base64 `data`, else opaque (this runs per
+    record: `_parse_json_container`'s test is repeated here to save a call)."""
     if type(data) is not str and not isinstance(data, str):
         return _OPAQUE
     try:
@@ -345,15 +397,29 @@ def _decode_kinesis_data(data: Any) -> Any:
         raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         return _OPAQUE
-    parsed = _parse_json_container(raw)
-    return _OPAQUE if parsed is None else parsed
+    head = raw[:1]
+    if head != b"{" and head != b"[" and raw.lstrip()[:1] not in _OPENERS:
+        return _OPAQUE
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _OPAQUE
+    kind = type(value)
+    return value if kind is dict or kind is list else _OPAQUE
 
 
 # --- compiling --------------------------------------------------------------------------
 
 
-def _compile_pattern(text: str) -> tuple[Matcher, frozenset[str]]:
-    """The pattern's matcher and the record-level fields it reads."""
+class _Compiled(NamedTuple):
+    matcher: Matcher
+    fields: frozenset[str]
+    """The record-level fields the pattern reads."""
+    single: tuple[str, Matcher] | None
+    """The pattern's one field and its matcher, when it names one field and no `$or`."""
+
+
+def _compile_pattern(text: str) -> _Compiled:
     if not isinstance(text, str):
         raise _Invalid("", f"must be a JSON string, got {type(text).__name__}")
     if len(text) > MAX_PATTERN_CHARS:
@@ -366,7 +432,11 @@ def _compile_pattern(text: str) -> tuple[Matcher, frozenset[str]]:
         raise _Invalid("", f"must be a JSON object, got {_describe(pattern)}")
     if not pattern:
         raise _Invalid("", "is empty; name at least one field to match")
-    return _compile_object(pattern, "", top=True), _named_fields(pattern)
+    if len(pattern) == 1 and "$or" not in pattern:
+        ((name, value),) = pattern.items()
+        child = _compile_field(value, name, top=True)
+        return _Compiled(_object_matcher(((name, child),), ()), frozenset({name}), (name, child))
+    return _Compiled(_compile_object(pattern, "", top=True), _named_fields(pattern), None)
 
 
 def _named_fields(pattern: dict[str, Any]) -> frozenset[str]:

@@ -68,6 +68,8 @@ MAX_RECORDS_PER_READ = 10_000
 BUSY_POLL_INTERVAL = 0.2
 """Kinesis allows 5 GetRecords calls per second per shard."""
 RETRY_BACKOFF = (0.1, 10.0)
+WINDOW_END_READ_DELAY = 0.05
+"""How long after a tumbling window's end a quiet shard is read to close the window."""
 
 
 @dataclass(slots=True)
@@ -147,6 +149,9 @@ class ShardPoller:
         self.ended = False
         self.caught_up = False
         """The last read returned nothing: no record written before it is still unread."""
+        self.caught_up_since = 0.0
+        """Wall-clock time the last (empty) read was sent: records that arrived before it
+        have all been read."""
         self._saved: str | None = start.sequence_number
         self._space = anyio.Event()
         self._progressed = anyio.Event()
@@ -202,7 +207,7 @@ class ShardPoller:
                     await self._space.wait()
             if ctx.stopping.is_set():
                 return
-            started = time.monotonic()
+            started, sent_at = time.monotonic(), time.time()
             try:
                 result = await ctx.source.read(self.shard.shard_id, iterator)
             except ExpiredIterator:
@@ -225,13 +230,25 @@ class ShardPoller:
             # read rate limits the next read. An empty read backs off (esm.idle_pacing).
             self.caught_up = not result.records
             if self.caught_up:
-                delay = pacing.after_empty_read()
+                self.caught_up_since = sent_at
+                delay = min(pacing.after_empty_read(), self._until_a_window_ends())
             else:
                 pacing.after_records()
                 delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await ctx.stopping.wait()
+
+    def _until_a_window_ends(self) -> float:
+        """Seconds until just after the end of a lane's open tumbling window: a window
+        closes only after a read sent past its end came back empty (see Lane._window_over),
+        so a quiet shard is read then, however long its idle wait."""
+        ends = [lane.window.window.end for lane in self.lanes if lane.window is not None]
+        if not ends:
+            return math.inf
+        for lane in self.lanes:
+            lane.wake()  # a lane waiting for this read to close its window
+        return max(0.0, min(ends) - time.time()) + WINDOW_END_READ_DELAY
 
     def _accept(self, records: list[StreamRecord]) -> None:
         """Register records for checkpointing; filtered-out ones are done at once."""
@@ -430,12 +447,13 @@ class Lane:
             await self._wakeup.wait()
 
     def _window_over(self) -> bool:
-        """A tumbling window ends when a record of a later window is next, or when its end
-        has passed while the shard is caught up (no record of it can still be unread)."""
+        """A tumbling window ends when a record of a later window is next, or when a read
+        sent after its end came back empty (no record of it can still be unread)."""
         assert self.window is not None
         if self.buffer:
             return self._window_of(self.buffer[0]) != self.window.window
-        return self.poller.caught_up and time.time() >= self.window.window.end
+        poller = self.poller
+        return poller.caught_up and poller.caught_up_since >= self.window.window.end
 
     def _window_time_left(self) -> float | None:
         if self.window is None:

@@ -118,6 +118,37 @@ def test_tumbling_window_carries_state_and_ends_with_a_final_invoke(endpoint, ki
     assert end - start == 2 and start % 2 == 0
 
 
+def test_a_record_written_just_before_a_quiet_shards_window_ends_joins_that_window(endpoint, kinesis, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+    """With an idle read budget of 1 read/s shared by 8 caught-up shards, each is read about
+    every 8 s. A window must not close until a read sent after its end came back empty, or a
+    record that arrived between the last read and the end would open the window again."""
+    from conftest import HANDLERS
+
+    from esm.config import parse_config
+
+    name = f"quiet-window-{unique}"
+    arn = make_stream(kinesis, name, shards=8)
+    window = 12
+    config = parse_config({
+        "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0", "idle_shard_reads_per_second": 1},
+        "state": {"path": str(tmp_path / "state.sqlite3")},
+        "functions": {"f": {"handler": "recorder.count_per_key_in_window", "code_path": str(HANDLERS)}},
+        "mappings": [stream_mapping(arn, tumbling_window_in_seconds=window)],
+    })
+    daemon = run_daemon(config)
+    wait_until(lambda: daemon.get("/readyz")[0] == 200, timeout=30)
+    # One record early in a window, the shard goes quiet (its reads ~8 s apart once the
+    # record was read, at most ~10.5 s into the window), then one more 1 s before the end.
+    time.sleep(window - time.time() % window + 0.5)
+    put(kinesis, name, [("k", "early")])
+    time.sleep(window - time.time() % window - 1.0)
+    put(kinesis, name, [("k", "late")])
+    finals = lambda: [e for e in recorder.window_events_for(arn) if e["isFinalInvokeForWindow"]]  # noqa: E731
+    wait_until(lambda: sum(sum(f["state"].values()) for f in finals()) >= 2, timeout=30)
+    time.sleep(2)  # a wrongly reopened window would end with a second final invoke by now
+    assert [(f["window"]["start"], f["state"]) for f in finals()] == [(finals()[0]["window"]["start"], {"k": 2})]
+
+
 def test_tumbling_window_response_without_state_is_a_failure(endpoint, kinesis, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
     name = f"nostate-{unique}"
     arn = make_stream(kinesis, name)

@@ -31,7 +31,8 @@ host process can follow them:
 
 Process handling is callback-driven (an asyncio SubprocessProtocol), so no task outlives
 the call that needs it: an invocation waits for its own outcome, and `aclose()` kills
-every environment (and waits for the stopping of idle ones already under way). The asyncio backend is required (as for aiobotocore).
+every environment (and waits for the stopping of idle ones already under way). The
+asyncio backend is required (as for aiobotocore).
 """
 
 from __future__ import annotations

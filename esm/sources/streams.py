@@ -242,13 +242,17 @@ class ShardPoller:
     def _until_a_window_ends(self) -> float:
         """Seconds until just after the end of a lane's open tumbling window: a window
         closes only after a read sent past its end came back empty (see Lane._window_over),
-        so a quiet shard is read then, however long its idle wait."""
+        so a quiet shard is read then, however long its idle wait. Once such a read was
+        sent, the window no longer counts here (its final invocation may take retries)."""
         ends = [lane.window.window.end for lane in self.lanes if lane.window is not None]
         if not ends:
             return math.inf
         for lane in self.lanes:
-            lane.wake()  # a lane waiting for this read to close its window
-        return max(0.0, min(ends) - time.time()) + WINDOW_END_READ_DELAY
+            lane.wake()  # a lane may be waiting for this read to close its window
+        unconfirmed = [end for end in ends if end > self.caught_up_since]
+        if not unconfirmed:
+            return math.inf
+        return max(0.0, min(unconfirmed) - time.time()) + WINDOW_END_READ_DELAY
 
     def _accept(self, records: list[StreamRecord]) -> None:
         """Register records for checkpointing; filtered-out ones are done at once."""

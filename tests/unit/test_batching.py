@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget, fitting_prefix
+from esm.sources.streams import StreamRecord, _take_prefix
 
 SIZES = st.lists(st.integers(1, 3_000), max_size=30)
 LIMITS = st.tuples(st.integers(1, 12), st.integers(ENVELOPE_BYTES, 20_000))
@@ -45,3 +48,14 @@ def test_a_record_larger_than_the_cap_still_forms_a_batch_of_one() -> None:
     budget = BatchBudget(10)
     assert budget.add_fitting([MAX_PAYLOAD_BYTES + 1, 1]) == 1
     assert budget.add_fitting([1]) == 0
+
+
+@given(sizes=st.lists(st.integers(1, 3 * MAX_PAYLOAD_BYTES // 4), min_size=1, max_size=30),
+       batch_size=st.integers(1, 12))
+def test_a_lane_takes_the_batch_the_budget_rule_allows(sizes: list[int], batch_size: int) -> None:
+    """Lanes pop their next batch in bulk (`_take_prefix`): the same records, in order."""
+    records = deque(StreamRecord({}, str(i), "k", 0.0, size, i) for i, size in enumerate(sizes))
+    batch = _take_prefix(records, batch_size)
+    expected = fitting_prefix(sizes, batch_size)
+    assert [r.index for r in batch] == list(range(expected))
+    assert [r.index for r in records] == list(range(expected, len(sizes)))

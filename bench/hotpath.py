@@ -225,9 +225,14 @@ class MemorySqsClient:
     front, as a server stores it: a ReceiveMessage body is those bytes joined, so the
     stand-in's own serialising is not counted as esm's CPU (esm still parses every body)."""
 
-    def __init__(self, messages: list[dict[str, Any]], visibility_timeout: int = 300) -> None:
+    def __init__(
+        self,
+        messages: list[dict[str, Any]],
+        serialised: list[bytes] | None = None,
+        visibility_timeout: int = 300,
+    ) -> None:
         self.messages = messages
-        self._serialised = [orjson.dumps(message) for message in messages]
+        self._serialised = serialised or [orjson.dumps(message) for message in messages]
         self._operations = {
             "ReceiveMessage": self.receive_message,
             "DeleteMessageBatch": self.delete_message_batch,
@@ -292,7 +297,11 @@ class MemoryAws:
 
 
 async def _run_sqs(
-    messages: list[dict[str, Any]], batch_size: int, filtered: bool, concurrency: int
+    messages: list[dict[str, Any]],
+    serialised: list[bytes],
+    batch_size: int,
+    filtered: bool,
+    concurrency: int,
 ) -> dict[str, Any]:
     from esm.filtering import FilterSet
     from esm.functions import create_functions
@@ -315,7 +324,7 @@ async def _run_sqs(
     mapping_config = config.mappings[0]
     metrics = Metrics()
     function = create_functions(config.functions, metrics)["bench"]
-    client = MemorySqsClient(messages)
+    client = MemorySqsClient(messages, serialised)
     filters = (
         FilterSet.compile(mapping_config.filter_patterns)
         if mapping_config.filter_patterns
@@ -365,9 +374,10 @@ def run_cell(
             result = anyio.run(_run_kinesis, pages, batch_size, Path(state_dir), filtered)
     else:
         messages = sqs_messages(records)
+        serialised = [orjson.dumps(message) for message in messages]  # the queue's contents
         if profiler is not None:
             profiler.start()
-        result = anyio.run(_run_sqs, messages, batch_size, filtered, concurrency)
+        result = anyio.run(_run_sqs, messages, serialised, batch_size, filtered, concurrency)
     if profiler is not None:
         profiler.stop()
     delivered = h.RECORDS

@@ -52,7 +52,7 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class StateConfig:
     """Where stream checkpoints live. `dynamodb` is also the lease table that lets several
-    workers share shards (docs/fleet.md); the lease timings only apply to it."""
+    workers share shards (README "Running a fleet"); the lease timings only apply to it."""
 
     backend: str = "sqlite"
     path: Path = Path("esm-state.sqlite3")

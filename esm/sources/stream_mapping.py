@@ -6,7 +6,7 @@ checkpointed at SHARD_END (a parent no longer listed has expired and does not bl
 child starts at TRIM_HORIZON so nothing written to it is skipped. A shard with a stored
 checkpoint resumes right after it.
 
-With the DynamoDB store (fleet mode, docs/fleet.md) a `LeaseCoordinator` decides which
+With the DynamoDB store (fleet mode, README "Running a fleet") a `LeaseCoordinator` decides which
 shards this worker reads: pollers run only for leases held here, each with its own
 `stopping` event, set at once when its lease is lost (the poller then stops and its
 checkpoint is refused). A graceful stop releases every lease after the pollers finished.

@@ -175,3 +175,14 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:  # type: ignor
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def make_table_with_stream(ddb, name: str, key: str = "id", key_type: str = "S", view: str = "NEW_IMAGE") -> str:  # type: ignore[no-untyped-def]
+    """An on-demand table keyed by `key`, with a stream of `view`; returns the stream ARN."""
+    return str(ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": key_type}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": view},
+    )["TableDescription"]["LatestStreamArn"])

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import boto3
-from conftest import HANDLERS, free_port, wait_for_http, wait_until
+from conftest import HANDLERS, free_port, make_table_with_stream, wait_for_http, wait_until
 
 SEED = 20261124
 KILLS = 20
@@ -68,13 +68,7 @@ def produce(endpoint: str, unique: str) -> tuple[dict[str, str], dict[str, list[
     for start in range(0, len(sent["kinesis"]), 500):
         chunk = sent["kinesis"][start : start + 500]
         kinesis.put_records(StreamName=stream, Records=[{"PartitionKey": f"p{d[1:]}", "Data": d.encode()} for d in chunk])
-    table = ddb.create_table(
-        TableName=f"crash-{unique}",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-    )["TableDescription"]
+    table_stream_arn = make_table_with_stream(ddb, f"crash-{unique}")
     sent["dynamodb"] = [f"d{i}" for i in range(300)]
     for item in sent["dynamodb"]:
         ddb.put_item(TableName=f"crash-{unique}", Item={"id": {"S": item}})
@@ -83,7 +77,7 @@ def produce(endpoint: str, unique: str) -> tuple[dict[str, str], dict[str, list[
     sent["sqs"] = [f"s{i}" for i in range(400)]
     for start in range(0, len(sent["sqs"]), 10):
         sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(sent["sqs"][start : start + 10])])
-    return {"kinesis": kinesis_arn, "dynamodb": table["LatestStreamArn"], "sqs": sqs_arn}, sent
+    return {"kinesis": kinesis_arn, "dynamodb": table_stream_arn, "sqs": sqs_arn}, sent
 
 
 def test_sigkill_at_random_moments_loses_nothing(endpoint, unique, tmp_path):  # type: ignore[no-untyped-def]

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import boto3
 import recorder
-from conftest import wait_until
+from conftest import make_table_with_stream, wait_until
 from test_kinesis_mapping import config_with_state
 
 
 def test_insert_modify_remove_arrive_as_lambda_records(endpoint, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
     ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
     table = f"t-{unique}"
-    description = ddb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "N"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )["TableDescription"]
-    stream_arn = description["LatestStreamArn"]
+    stream_arn = make_table_with_stream(ddb, table, key="Id", key_type="N", view="NEW_AND_OLD_IMAGES")
     ddb.put_item(TableName=table, Item={"Id": {"N": "101"}, "Message": {"S": "New item!"}})
     ddb.put_item(TableName=table, Item={"Id": {"N": "101"}, "Message": {"S": "Changed"}})
     ddb.delete_item(TableName=table, Key={"Id": {"N": "101"}})

@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import HANDLERS, wait_until
+from conftest import HANDLERS, make_table_with_stream, wait_until
 from test_sqs_mapping import make_queue, receive_all
 
 from esm.config import Config, parse_config
@@ -98,13 +98,7 @@ def test_kinesis_batch_processor_retries_from_the_first_failed_record(endpoint, 
 def test_dynamodb_batch_processor_retries_from_the_first_failed_record(endpoint, unique, tmp_path, run_daemon, kind):  # type: ignore[no-untyped-def]
     ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
     table = f"pt-{unique}"
-    stream_arn = ddb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-    )["TableDescription"]["LatestStreamArn"]
+    stream_arn = make_table_with_stream(ddb, table)
     for item_id in ["ok-1", "flaky-2", "ok-3"]:
         ddb.put_item(TableName=table, Item={"id": {"S": item_id}})
     run_daemon(config(endpoint, tmp_path, kind, "dynamodb_handler", {

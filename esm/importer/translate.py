@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from esm.arns import ArnError, parse_source_arn
+from esm.build import BUILD_DIR
 from esm.importer.intrinsics import NO_VALUE, Resolver, Unresolved
 
 SAM_FUNCTION = "AWS::Serverless::Function"
 LAMBDA_FUNCTION = "AWS::Lambda::Function"
 _LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
-BUILD_DIR = ".esm-build"
-"""Where `esm build` puts each function's package, beside the config (`sam build`'s .aws-sam)."""
 EVENT_SOURCE_MAPPING = "AWS::Lambda::EventSourceMapping"
 _FUNCTION_TYPES = (SAM_FUNCTION, LAMBDA_FUNCTION)
 _SAM_EVENT_KINDS = {"SQS": "sqs", "Kinesis": "kinesis", "DynamoDB": "dynamodb"}

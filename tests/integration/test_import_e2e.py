@@ -188,8 +188,8 @@ def test_multi_function_sam_app_runs_unchanged_under_import_build_run(
         assert (tmp_path / ".esm-build" / function / "order_keys.py").is_file()  # the layer
     # The one change a user may need: a free port for /readyz, so parallel runs don't collide.
     port = free_port()
-    text = config.read_text().replace("[daemon]\n", f'[daemon]\nhttp_address = "127.0.0.1:{port}"\n')
-    config.write_text(text)
+    address = f'http_address = "127.0.0.1:{port}"\n'
+    config.write_text(config.read_text().replace("[daemon]\n", f"[daemon]\n{address}"))
     for i in range(5):
         sqs.send_message(
             QueueUrl=orders_url, MessageBody=json.dumps({"id": f"o{i}", "qty": 1000 + i})

@@ -245,3 +245,79 @@ def _in_queue(sqs, url: str) -> int:  # type: ignore[no-untyped-def]
     return int(attributes["ApproximateNumberOfMessages"]) + int(
         attributes["ApproximateNumberOfMessagesNotVisible"]
     )
+
+
+def _queue(sqs, name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return url, arn
+
+
+def _lines(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_built_requirements_run_as_processes_each_with_its_own_code(
+    endpoint, sqs, unique, tmp_path
+):  # type: ignore[no-untyped-def]
+    """esm build + two `app.handler` functions with third-party requirements, as processes
+    (their handlers make no AWS call, so this holds whatever the functions' endpoint is)."""
+    table_url, table_arn = _queue(sqs, f"table-{unique}")
+    count_url, count_arn = _queue(sqs, f"count-{unique}")
+    out = tmp_path / "handled.jsonl"
+    config = tmp_path / "esm.toml"
+    imported = _esm(
+        "import", str(APPS / "report_app" / "template.yaml"),
+        "--param", f"TableQueueArn={table_arn}", "--param", f"CountQueueArn={count_arn}",
+        "--param", f"OutFile={out}", "--endpoint-url", endpoint, "--region", "us-east-1",
+        "-o", str(config), cwd=tmp_path,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    built = _esm("build", "-c", str(config), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    port = free_port()
+    address = f'http_address = "127.0.0.1:{port}"\n'
+    config.write_text(config.read_text().replace("[daemon]\n", f"[daemon]\n{address}"))
+    sqs.send_message(QueueUrl=table_url, MessageBody="abc")
+    sqs.send_message(QueueUrl=count_url, MessageBody="1234567")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esm", "run", "-c", str(config)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        done = _poll(lambda: len(_lines(out)) >= 2, timeout=30)
+    finally:
+        stop_process(proc, timeout=30)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert done, "\n".join(stderr.splitlines()[-30:])
+    by = {line["by"]: line for line in _lines(out)}
+    assert by["table"]["line"] == "abc  3"  # tabulate, from .esm-build/TableFunction
+    assert by["count"]["line"] == "1,234,567"  # humanize, from .esm-build/CountFunction
+    assert by["table"]["only_table"] == "yes" and by["count"]["only_table"] is None
+    assert by["table"]["pid"] != by["count"]["pid"]
+
+
+def test_inline_code_template_runs(endpoint, sqs, unique, run_daemon, tmp_path):  # type: ignore[no-untyped-def]
+    url, arn = _queue(sqs, f"inline-{unique}")
+    out = tmp_path / "handled.txt"
+    config = tmp_path / "esm.toml"
+    assert (
+        main(
+            [
+                "import", str(TEMPLATES / "inline_sqs.yaml"),
+                "--param", f"JobsQueueArn={arn}", "--param", f"OutFile={out}",
+                "--endpoint-url", endpoint, "--region", "us-east-1", "-o", str(config),
+            ]
+        )  # fmt: skip
+        == 0
+    )
+    assert (tmp_path / "inline" / "InlineFunction" / "index.py").is_file()
+    loaded = load_config(config)
+    loaded = dataclasses.replace(loaded, daemon=dataclasses.replace(loaded.daemon, http_port=0))
+    for i in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job-{i}")
+    run_daemon(loaded)
+    wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 3)
+    assert sorted(out.read_text().splitlines()) == ["job-0", "job-1", "job-2"]

@@ -126,15 +126,23 @@ def load_manifest(path: Path) -> list[FunctionBuild]:
 # -- requirements ---------------------------------------------------------------------------
 
 
-def read_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> list[Requirement]:
-    """The requirements of a requirements.txt (following `-r other.txt`); pip's options
-    (`--index-url`, `-e`, ...) are left to pip. A line packaging cannot read is an error
-    naming the file and line."""
+def read_requirements(path: Path) -> list[Requirement]:
+    """The named requirements of a requirements.txt (see `parse_requirements`)."""
+    return parse_requirements(path)[0]
+
+
+def parse_requirements(
+    path: Path, _seen: frozenset[Path] = frozenset()
+) -> tuple[list[Requirement], list[str]]:
+    """A requirements.txt as pip reads it: (named requirements, local paths and URLs), with
+    `-r other.txt` followed; pip's options (`--index-url`, `-e`, ...) are left to pip. A line
+    that is none of these is an error naming the file and line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise BuildError(f"{path}: cannot read it ({exc.strerror})") from None
     found: list[Requirement] = []
+    others: list[str] = []
     for number, raw in enumerate(lines, start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if not line:
@@ -143,15 +151,21 @@ def read_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> list[
         if include:
             nested = (path.parent / include.group(1)).resolve()
             if nested not in _seen:
-                found.extend(read_requirements(nested, _seen | {path.resolve()}))
+                more, more_others = parse_requirements(nested, _seen | {path.resolve()})
+                found.extend(more)
+                others.extend(more_others)
             continue
         if line.startswith("-"):
+            continue
+        if "://" in line or line.startswith((".", "/")):
+            # A local project or a URL: pip resolves it; relative to the file, as pip does.
+            others.append(line if "://" in line else str((path.parent / line).resolve()))
             continue
         try:
             found.append(Requirement(line))
         except InvalidRequirement as exc:
             raise BuildError(f"{path}:{number}: {line!r} is not a requirement ({exc})") from None
-    return found
+    return found, others
 
 
 def installed_version(name: str) -> str | None:
@@ -198,7 +212,8 @@ def build_function(function: FunctionBuild) -> str:
     in_process = function.kind == "python"
     to_install: list[str] = []
     if in_process:
-        wanted = [r for path in requirement_files for r in read_requirements(path)]
+        parsed = [parse_requirements(path) for path in requirement_files]
+        wanted = [r for named, _ in parsed for r in named]
         conflicts = in_process_conflicts(wanted)
         if conflicts:
             raise BuildError(
@@ -207,6 +222,7 @@ def build_function(function: FunctionBuild) -> str:
                 'interpreter; nothing was installed: use kind = "process" for it, or relax them'
             )
         to_install = [str(r) for r in missing_in_process(wanted)]
+        to_install += [other for _, others in parsed for other in others]
     shutil.rmtree(function.package, ignore_errors=True)
     function.package.mkdir(parents=True)
     for layer in function.layers:
@@ -287,7 +303,7 @@ def _check_no_shadowing(function: FunctionBuild) -> None:
         name = dist.metadata["Name"]
         version = installed_version(name) if name else None
         if version is not None and version != dist.version:
-            clashes.append(f"{name} {dist.version} (esm runs {version})")
+            clashes.append(f"{name} {dist.version} (esm runs {name} {version})")
     if clashes:
         shutil.rmtree(function.package, ignore_errors=True)
         raise BuildError(

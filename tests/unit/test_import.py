@@ -680,3 +680,23 @@ def test_pip_failure_names_the_requirement_pip_stopped_at() -> None:
 
 def test_build_of_a_config_without_its_manifest_is_a_clear_error(tmp_path: Path) -> None:
     assert main(["build", "-c", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_build_refuses_a_dependency_that_would_shadow_esms_own_in_process(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A local project named like one of esm's distributions, in another version: pip installs
+    it into the package, which comes first on the shared sys.path, so it is refused."""
+    project = tmp_path / "vendored-yaml"
+    (project / "src" / "yaml_shadow").mkdir(parents=True)
+    (project / "src" / "yaml_shadow" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "PyYAML"\nversion = "0.0.1"\n'
+    )
+    config = imported_single_function(tmp_path, "../vendored-yaml\n")
+    capsys.readouterr()
+    assert main(["build", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "function Fn: its requirements bring PyYAML 0.0.1 (esm runs PyYAML " in err
+    assert not (config.parent / ".esm-build" / "Fn").exists()

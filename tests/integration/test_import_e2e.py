@@ -213,7 +213,7 @@ def test_multi_function_sam_app_runs_unchanged_under_import_build_run(
         delivered = _poll(lambda: audit_messages() and len(audited) >= 5, timeout=60)
         items = ddb.scan(TableName=table)["Items"]
         # The poison order failed alone (partial batch response) and stays in the queue.
-        left = _poll(lambda: _in_queue(sqs, orders_url) == 1, timeout=30)
+        left = delivered and _poll(lambda: _in_queue(sqs, orders_url) == 1, timeout=30)
     finally:
         stop_process(proc, timeout=30)
     stderr = proc.stderr.read() if proc.stderr else ""

@@ -107,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "build",
         help="install each imported function's requirements.txt and layers into "
         ".esm-build/<function>/ (its code_path), like sam build",
+        description=f"Reads {BUILD_MANIFEST} (written by esm import beside the config) and "
+        "makes .esm-build/<function>/ afresh for each function in it: its layers' Python "
+        "content, then its code, then pip install -r requirements.txt --target, with esm's "
+        "interpreter and the machine's pip configuration. An in-process function "
+        '(kind = "python") gets only what esm\'s environment lacks; a requirement that '
+        "conflicts with esm's own is refused. Exit 1 if a function failed (the others are "
+        "still built).",
     )
     build.add_argument("-c", "--config", required=True, help="the config esm import wrote")
     status = commands.add_parser(

@@ -606,6 +606,11 @@ def _function(
         if runtime_text.startswith("python"):
             layers = _layers(source, resolver, resources, paths, out)
             build = _build_entry(logical_id, entry["kind"], local, layers, paths)
+            if local is None and layers:
+                out.report.append(
+                    f"{logical_id}.Layers: not carried over (the function's code is not local, "
+                    "so esm build has no package to put them in)"
+                )
             if build is not None:
                 out.builds[logical_id] = build
                 entry["code_path"] = build["package"]

@@ -531,8 +531,20 @@ def test_layers_not_in_the_template_or_without_python_are_reported(tmp_path: Pat
       ContentUri: s3://bucket/layer.zip
 """,
     )  # fmt: skip
+    (tmp_path / "local" / "python").mkdir(parents=True)
+    template = sam_template(
+        tmp_path,
+        template.read_text().split("Resources:\n", 1)[1],
+        sam_function(
+            "InS3", "arn:aws:sqs:us-east-1:123456789012:q2", code="s3://bucket/code.zip",
+            extra="      Layers:\n        - !Ref Local\n",
+        ),
+        "\n  Local:\n    Type: AWS::Serverless::LayerVersion\n"
+        "    Properties:\n      ContentUri: local/\n",
+    )  # fmt: skip
     result = import_template(template, {}, output_dir=tmp_path)
     text = "\n".join(result.report)
+    assert "InS3.Layers: not carried over (the function's code is not local" in text
     assert "Fn.Layers: not carried over (arn:aws:lambda:us-east-1:1:layer:x:1 is not a" in text
     assert "Fn.Layers: not carried over (Bare has no python/ directory" in text
     assert "Fn.Layers: not carried over (Remote.ContentUri is not a local path" in text

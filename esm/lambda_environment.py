@@ -25,7 +25,7 @@ stack expects: their AWS_ENDPOINT_URL or credentials win), never the per-functio
 
 from __future__ import annotations
 
-import os
+import random
 import sys
 import time
 from collections.abc import Mapping
@@ -121,7 +121,5 @@ def environment(
 
 def trace_id() -> str:
     """An X-Ray trace header (`_X_AMZN_TRACE_ID`), as Lambda passes one to every invocation."""
-    return (
-        f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};"
-        f"Parent={os.urandom(8).hex()};Sampled=0"
-    )
+    bits = random.getrandbits  # an identifier, not a secret: no system call per invocation
+    return f"Root=1-{int(time.time()):08x}-{bits(96):024x};Parent={bits(64):016x};Sampled=0"

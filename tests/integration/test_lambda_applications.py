@@ -320,3 +320,21 @@ def test_lambda_kind_without_endpoint_url_invokes_through_the_daemon_endpoint(  
     wait_until(lambda: queue_depth(sqs, url) == 0)  # invoked on moto, succeeded, deleted
     assert _metric(daemon, 'esm_function_invocations_total{function="f"}') >= 1
     assert _metric(daemon, 'esm_function_throttles_total{function="f"}') == 0
+
+
+@pytest.mark.anyio
+async def test_the_documented_limit_an_import_at_invocation_time_is_shared() -> None:
+    """README "kind = python": a name first imported at invocation time is looked up on the
+    one sys.path (the code_path of the function loaded last comes first), then is in the one
+    sys.modules for every function. The process kind gives each its own."""
+
+    def lazy(app: str, kind: str) -> dict[str, Any]:
+        return function(app, app, kind, handler="lazy_app.lambda_handler")
+
+    def both(kind: str) -> dict[str, FunctionConfig]:
+        return functions({"a": lazy("lazy_a", kind), "b": lazy("lazy_b", kind)})
+
+    shared = await invoke_each(both("python"))
+    assert [shared[n][0].response["helper"] for n in ("a", "b")] == ["lazy_b", "lazy_b"]
+    own = await invoke_each(both("process"))
+    assert [own[n][0].response["helper"] for n in ("a", "b")] == ["lazy_a", "lazy_b"]

@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from esm import lambda_environment
 from esm.config import DaemonConfig, FunctionConfig
@@ -284,6 +285,7 @@ class PythonInvoker:
         self._handler: Callable[..., Any] | None = None
         self._is_async = False
         self._init_error: HandlerLoadError | None = None
+        self._init_lock = anyio.Lock()
         self._log = log.bind(function=self.name)
         self._slots = anyio.CapacityLimiter(
             function.reserved_concurrent_executions or DEFAULT_CONCURRENCY
@@ -311,6 +313,15 @@ class PythonInvoker:
         self._is_async = inspect.iscoroutinefunction(handler)
         return handler
 
+    async def _init_again(self) -> Callable[..., Any] | None:
+        """After an init error, each invocation runs the init again (one at a time), in a
+        worker thread: a slow failing import must not stall the daemon's event loop."""
+        async with self._init_lock:
+            if self._handler is None:
+                importlib.invalidate_caches()  # files added since (a dependency installed)
+                await anyio.to_thread.run_sync(self._load)
+        return self._handler
+
     @property
     def hung_threads(self) -> int:
         """Handler threads still running an invocation that timed out."""
@@ -330,7 +341,7 @@ class PythonInvoker:
     async def invoke(self, event: dict[str, Any]) -> InvocationResult:
         request_id = str(uuid.uuid4())
         started = time.monotonic()
-        handler = self._handler or self._load()
+        handler = self._handler or await self._init_again()
         if handler is None:
             assert self._init_error is not None
             return InvocationResult(

@@ -338,3 +338,25 @@ async def test_the_documented_limit_an_import_at_invocation_time_is_shared() -> 
     assert [shared[n][0].response["helper"] for n in ("a", "b")] == ["lazy_b", "lazy_b"]
     own = await invoke_each(both("process"))
     assert [own[n][0].response["helper"] for n in ("a", "b")] == ["lazy_a", "lazy_b"]
+
+
+@pytest.mark.anyio
+async def test_after_an_init_error_the_next_invocation_runs_the_init_again(tmp_path: Path) -> None:
+    """As on Lambda, a failed init is retried by the next invocation (here: once the missing
+    dependency exists), without a restart."""
+    (tmp_path / "late_app.py").write_text(
+        "import late_dependency\n\ndef handler(event, context):\n    return late_dependency.VALUE\n"
+    )
+    config = functions(
+        {"late": {"handler": "late_app.handler", "code_path": str(tmp_path)}}
+    )["late"]
+    invoker = create_invoker(config)
+    try:
+        failed = await invoker.invoke({})
+        assert failed.failure is not None
+        assert failed.failure.error_type == "Runtime.ImportModuleError"
+        (tmp_path / "late_dependency.py").write_text("VALUE = 'ready'\n")
+        result = await invoker.invoke({})
+        assert result.failure is None and result.response == "ready"
+    finally:
+        await invoker.aclose()

@@ -102,56 +102,49 @@ class FunctionModules:
     """Loads each function's handler module by file, so same-named modules of different
     code_paths (every `sam init` app has `app.py`) each run their own code.
 
-    One interpreter has one sys.modules, so the limit is this: while a function's module is
-    imported (its init), the modules other functions' inits loaded from their code_paths
-    are hidden from sys.modules, so its own `import utils` finds its own `utils.py`. After
-    the import the first function to load a name keeps it in sys.modules; the modules of
-    later ones stay bound in their importers. An import run at invocation time (inside
-    the handler body) goes through the shared sys.modules: a contested name gives the
-    first-loaded function's module. Functions naming the same file share its module."""
+    One interpreter has one sys.modules and one sys.path, so the limit is this (README
+    "kind = python"): while a function's module is imported (its init), modules of the
+    same name from elsewhere and every module loaded from another function's code_path are
+    hidden from sys.modules, so its own `import utils` finds its own `utils.py`, and the
+    modules it binds stay its own. Afterwards the hidden modules come back: a contested
+    name stays with the function that loaded it first, which is what an import run at
+    invocation time then gets. Functions naming the same file share its module."""
 
     def __init__(self) -> None:
-        self._local: dict[Path, dict[str, ModuleType]] = {}
-        """Modules each code_path's imports loaded from that code_path."""
+        self._code_paths: list[str] = []
 
     def load(self, module_name: str, code_path: Path) -> ModuleType:
+        root = str(code_path)
+        if root not in self._code_paths:
+            self._code_paths.append(root)
         origin = _find_origin(module_name, code_path)
         existing = sys.modules.get(module_name)
         if origin is None or (existing is not None and _module_file(existing) == origin):
             # Not in code_path (an installed package, a layer on sys.path), or already
             # loaded from this very file: Python's own import, as Lambda does.
-            if str(code_path) not in sys.path:
-                sys.path.insert(0, str(code_path))
+            if root not in sys.path:
+                sys.path.insert(0, root)
             return importlib.import_module(module_name)
-        if str(code_path) in sys.path:
-            sys.path.remove(str(code_path))
-        sys.path.insert(0, str(code_path))
-        hidden = self._hide_others(code_path, module_name)
-        before = set(sys.modules)
+        if root in sys.path:
+            sys.path.remove(root)
+        sys.path.insert(0, root)
+        hidden = self._hide_others(root, module_name)
         try:
-            module = importlib.import_module(module_name)
+            return importlib.import_module(module_name)
         finally:
-            loaded = {n: sys.modules[n] for n in set(sys.modules) - before if n in sys.modules}
-            own = {n: m for n, m in loaded.items() if _is_under(_module_file(m), code_path)}
-            self._local.setdefault(code_path, {}).update(own)
-            for name, previous in hidden.items():
-                sys.modules[name] = previous  # the first to load a name keeps it
-        return module
+            sys.modules.update(hidden)  # the first to load a name keeps it
 
-    def _hide_others(self, code_path: Path, module_name: str) -> dict[str, ModuleType]:
-        hidden: dict[str, ModuleType] = {}
-        for other, modules in self._local.items():
-            if other == code_path:
-                continue
-            for name, module in modules.items():
-                mine = _is_under(_module_file(module), code_path)
-                if sys.modules.get(name) is module and not mine:
-                    hidden[name] = sys.modules.pop(name)
+    def _hide_others(self, root: str, module_name: str) -> dict[str, ModuleType]:
+        others = tuple(p + os.sep for p in self._code_paths if p != root)
         top = module_name.partition(".")[0]
-        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-            module = sys.modules[name]
-            if not _is_under(_module_file(module), code_path):
-                hidden[name] = sys.modules.pop(name)  # same name, another file
+        hidden: dict[str, ModuleType] = {}
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if not isinstance(file, str) or file.startswith(root + os.sep):
+                continue
+            same_name = name == top or name.startswith(top + ".")
+            if same_name or (file.startswith(others) and not file.startswith(_LIBRARY_PREFIXES)):
+                hidden[name] = sys.modules.pop(name)
         return hidden
 
 
@@ -179,19 +172,15 @@ def _module_file(module: ModuleType) -> Path | None:
         return None
 
 
-def _is_under(file: Path | None, code_path: Path) -> bool:
-    """A module from the function's own code, not an installed library that happens to
-    live below code_path (a virtualenv inside the project)."""
-    if file is None or not file.is_relative_to(code_path):
-        return False
-    return not any(file.is_relative_to(prefix) for prefix in _LIBRARY_PREFIXES)
-
-
 _LIBRARY_PREFIXES = tuple(
-    Path(p).resolve()
-    for p in {sys.prefix, sys.base_prefix, *sysconfig.get_paths().values()}
-    if p
+    {
+        os.path.join(path, "")
+        for p in {sys.prefix, sys.base_prefix, *sysconfig.get_paths().values()}
+        if p
+        for path in (p, os.path.realpath(p))
+    }
 )
+"""Installed libraries are shared, even when a virtualenv lives below a code_path."""
 _MODULES = FunctionModules()
 
 

@@ -360,3 +360,22 @@ async def test_after_an_init_error_the_next_invocation_runs_the_init_again(tmp_p
         assert result.failure is None and result.response == "ready"
     finally:
         await invoker.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_function_loaded_through_a_plain_import_first_still_isolates_the_next() -> None:
+    """Function A's app and utils are already in sys.modules under their plain names (the
+    first to load a name keeps it); function B's init must still get B's own utils."""
+    configs = functions({"orders": function("orders", "orders")})
+    first = await invoke_each(configs)  # orders' app/utils now hold the plain names
+    assert first["orders"][0].response["utils"] == "orders-utils"
+    both = functions(
+        {"orders": function("orders", "orders"), "payments": function("p", "payments")}
+    )
+    results = await invoke_each(both)
+    assert results["payments"][0].response == {
+        "app": "payments",
+        "utils": "payments-utils",
+        "file": str((APPS / "payments" / "app.py").resolve()),
+    }
+    assert results["orders"][0].response["utils"] == "orders-utils"

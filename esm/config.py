@@ -47,6 +47,8 @@ class DaemonConfig:
     drain_timeout: float = 910.0
     idle_shard_reads_per_second: float = DEFAULT_IDLE_SHARD_READS_PER_SECOND
     """GetRecords calls per second shared by all caught-up shards (esm.idle_pacing)."""
+    functions_use_endpoint_url: bool = True
+    """Give handlers AWS_ENDPOINT_URL = endpoint_url (esm.lambda_environment)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
     )
     top.finish()
     _check_unique_names(mappings, problems)
+    _check_in_process_environments(functions, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # a key read twice is reported once
     return Config(daemon=daemon, state=state, functions=functions, mappings=mappings)
@@ -180,6 +183,9 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
         drain_timeout=t.number("drain_timeout", defaults.drain_timeout, 0, 3600),
         idle_shard_reads_per_second=t.number(
             "idle_shard_reads_per_second", defaults.idle_shard_reads_per_second, 1, 100_000
+        ),
+        functions_use_endpoint_url=t.boolean(
+            "functions_use_endpoint_url", defaults.functions_use_endpoint_url
         ),
     )
     t.finish()
@@ -567,6 +573,25 @@ def _check_unique_names(mappings: tuple[MappingConfig, ...], problems: list[str]
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
+
+
+def _check_in_process_environments(
+    functions: Mapping[str, FunctionConfig], problems: list[str]
+) -> None:
+    """In-process functions share one os.environ, so their `environment` tables must agree:
+    on Lambda each function has its own, and a silently shared value is the wrong one."""
+    seen: dict[str, tuple[str, str]] = {}
+    for function in functions.values():
+        if function.kind != "python":
+            continue
+        for variable, value in function.environment.items():
+            first = seen.setdefault(variable, (function.name, value))
+            if first[1] != value:
+                problems.append(
+                    f"functions.{_quoted_key(first[0])} and functions.{_quoted_key(function.name)}:"
+                    f" environment.{_quoted_key(variable)} differs, but in-process functions"
+                    ' share one environment; use kind = "process" for one of them'
+                )
 
 
 class _Table:

@@ -116,7 +116,12 @@ class Daemon:
         self._reload_requested.set()
 
     def not_ready(self) -> list[str]:
-        return [r.name for r in self.runtimes if not r.ready]
+        """Mappings not polling, then unhealthy functions as `function NAME: why`."""
+        waiting = [r.name for r in self.runtimes if not r.ready]
+        for name, function in self.functions.items():
+            if (reason := function.unhealthy) is not None:
+                waiting.append(f"function {name}: {reason}")
+        return waiting
 
     @property
     def drain_timeout(self) -> float:

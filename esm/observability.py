@@ -125,6 +125,13 @@ class Metrics:
         self.concurrent = Gauge(
             "esm_function_concurrent_executions", "Invocations running now.", f, registry=r
         )
+        self.hung_threads = Gauge(
+            "esm_function_hung_threads",
+            "In-process handler threads still running invocations that timed out; at the"
+            " limit the function is unhealthy and its invocations are throttled.",
+            f,
+            registry=r,
+        )
         self.aws_retries = Counter(
             "esm_aws_call_retries", "AWS calls retried after a throttle or transient error.",
             ["operation"], registry=r,

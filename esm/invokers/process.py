@@ -56,7 +56,8 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from esm.config import FunctionConfig
+from esm import lambda_environment
+from esm.config import DaemonConfig, FunctionConfig
 from esm.invocation import FunctionFailure, InvocationResult
 from esm.invokers.runtime_api import Invocation, InvocationChannel, RuntimeApiEndpoint
 from esm.observability import get_logger
@@ -185,9 +186,15 @@ class ProcessInvoker:
     """A pool of execution environments for one function."""
 
     def __init__(
-        self, function: FunctionConfig, region: str, idle_lifetime: float = IDLE_LIFETIME
+        self,
+        function: FunctionConfig,
+        region: str,
+        idle_lifetime: float = IDLE_LIFETIME,
+        daemon: DaemonConfig | None = None,
     ) -> None:
         self.function = function
+        self.daemon = daemon
+        """Feeds the Lambda environment (esm.lambda_environment): endpoint, credentials."""
         self.name = function.name
         self.arn = function.arn
         self.timeout = function.timeout
@@ -332,28 +339,26 @@ class ProcessInvoker:
         return environment
 
     def _environment_variables(self, env_id: str, api_address: str, tmpdir: str) -> dict[str, str]:
+        """Lambda's environment (esm.lambda_environment) plus what this host adds: the
+        inherited variables, TZ, TMPDIR and the environment's Runtime API address."""
+        inherited = {k: os.environ[k] for k in INHERITED_VARIABLES if k in os.environ}
+        inherited.setdefault("PATH", os.defpath)
+        inherited.update({"TZ": ":UTC", "PYTHONUNBUFFERED": "1"})
         function = self.function
-        variables = {k: os.environ[k] for k in INHERITED_VARIABLES if k in os.environ}
-        variables.setdefault("PATH", os.defpath)
-        variables.update(
-            {
-                "AWS_REGION": self.region,
-                "AWS_DEFAULT_REGION": self.region,
-                "TZ": ":UTC",
-                "PYTHONUNBUFFERED": "1",
-            }
+        variables = lambda_environment.environment(
+            function,
+            self.daemon,
+            region=self.region,
+            inherited=inherited,
+            log_stream=f"esm/{env_id}",
+            execution_env=(
+                lambda_environment.python_execution_env() if function.command is None else None
+            ),
         )
-        variables.update(function.environment)
         variables.update(
             {
                 "AWS_LAMBDA_RUNTIME_API": api_address,
-                "_HANDLER": function.handler,
                 "LAMBDA_TASK_ROOT": str(self.code_path),
-                "AWS_LAMBDA_FUNCTION_NAME": function.name,
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_size),
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
-                "AWS_LAMBDA_LOG_STREAM_NAME": f"esm/{env_id}",
                 "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
                 "TMPDIR": tmpdir,
             }

@@ -37,8 +37,8 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]+")
 """Bare keys, plus the dots and brackets of paths esm composes (`filters[1].pattern`)."""
 MAX_FILTER_PATTERN_CHARS = 4096
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-"""Largest config file esm reads (4 MiB, ~15,000 mappings): a larger file is refused before
-it is parsed, so a hostile or runaway file cannot stall a reload or exhaust memory."""
+"""Largest config file esm reads (4 MiB: ~30,000 short mappings, which validate in ~1.5 s);
+a larger file is refused unparsed, so a runaway file cannot stall a reload or exhaust memory."""
 MAX_NESTING = 16
 """Deepest nesting of tables and arrays esm accepts; its schema needs five levels
 (`mappings[0].destination_config.on_failure.destination`)."""
@@ -235,7 +235,7 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
     host, port = _parse_address(t, "http_address", f"{defaults.http_host}:{defaults.http_port}")
     config = DaemonConfig(
         region=t.string("region", defaults.region),
-        endpoint_url=t.optional_string("endpoint_url"),
+        endpoint_url=_endpoint_url(t),
         http_host=host,
         http_port=port,
         log_format=t.choice("log_format", LOG_FORMATS, defaults.log_format),
@@ -453,9 +453,7 @@ def _parse_lambda_function(
             f"or arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER], at most "
             f"{_LAMBDA_FUNCTION_NAME_MAX} characters)",
         )
-    endpoint_url = t.optional_string("endpoint_url")
-    if endpoint_url is not None and not _is_http_url(endpoint_url):
-        t.problem("endpoint_url", f"{endpoint_url!r} is not an http:// or https:// URL with a host")
+    endpoint_url = _endpoint_url(t)
     return FunctionConfig(
         name=name,
         kind="lambda",
@@ -467,6 +465,35 @@ def _parse_lambda_function(
         endpoint_url=endpoint_url,
         verify_tls=t.boolean("verify_tls", True),
     )
+
+
+def _endpoint_url(t: _Table) -> str | None:
+    """An AWS endpoint override botocore can use: http(s)://HOST[:PORT][/PATH]. Credentials,
+    a query or a fragment cannot work there (botocore signs and sends them as they are, and
+    every call then fails with an opaque error), so they are refused here, naming the key."""
+    url = t.optional_string("endpoint_url")
+    if url is None:
+        return None
+    if not _is_http_url(url) or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        # A URL that does not parse may still hold a password: echo only its scheme.
+        shown = repr(url) if "@" not in url else "the value"
+        t.problem("endpoint_url", f"{shown} is not an http:// or https:// URL with a host")
+        return None
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Never echo the URL: it holds a secret, and problems end up in logs.
+        t.problem(
+            "endpoint_url",
+            "must not carry credentials (user:password@): AWS calls are signed with the "
+            "credential chain (AWS_ACCESS_KEY_ID, a profile, a role)",
+        )
+    elif parts.query or url.endswith("?"):
+        t.problem("endpoint_url", f"{url!r} must not have a query (?...): use http(s)://HOST:PORT")
+    elif parts.fragment or "#" in url:
+        t.problem("endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT")
+    else:
+        return url
+    return None
 
 
 def _is_http_url(url: str) -> bool:

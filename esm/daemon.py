@@ -81,7 +81,7 @@ class Daemon:
         self.running: dict[str, _Running] = {}
         self.idle_pacer = IdleReadPacer(config.daemon.idle_shard_reads_per_second)
         self.metrics.caught_up_shards.set_function(lambda: self.idle_pacer.caught_up)
-        self.metrics.idle_read_interval.set_function(self.idle_pacer.shared_interval)
+        self.metrics.idle_read_interval.set_function(self.idle_pacer.longest_wait)
         self.http_port: int | None = None
         self.on_ready: Callable[[], None] | None = None
         """Called once, when every enabled mapping first reports ready (systemd READY=1)."""

@@ -142,7 +142,8 @@ class Metrics:
         )
         self.idle_read_interval = Gauge(
             "esm_idle_shard_read_interval_seconds",
-            "Seconds between reads of each caught-up shard under the idle read budget.",
+            "Longest pause between two reads of a caught-up shard under the idle read budget"
+            " (shared interval, jitter and tick alignment included).",
             registry=r,
         )
         f = ["function"]

@@ -783,7 +783,8 @@ def test_hostile_files_never_take_a_running_daemon_down(
 ) -> None:
     """Each hostile file, sent by SIGHUP or POST /-/reload, is one `daemon.reload_rejected`
     line; the daemon keeps handling its mapping, applies the next valid file, and drains on
-    SIGTERM (exit 0). Before the fix the deeply nested file ended the daemon at once."""
+    SIGTERM (exit 0). Before the fix the deeply nested file ended the daemon at once, and a
+    handler that could not load left its mappings stopped."""
     from test_sqs_mapping import make_queue
 
     url_a, arn_a = make_queue(sqs, f"cfg-a-{unique}", VisibilityTimeout="2")
@@ -792,14 +793,14 @@ def test_hostile_files_never_take_a_running_daemon_down(
     config = tmp_path / "esm.toml"
     port = free_port()
 
-    def valid(*arns: str) -> str:
+    def valid(*arns: str, handler: str = "recorder.write_to_file") -> str:
         mappings = "".join(
             f'[[mappings]]\nname = "m{i}"\nfunction = "w"\nevent_source_arn = "{arn}"\n'
             for i, arn in enumerate(arns)
         )
         return (
             f'[daemon]\nendpoint_url = "{endpoint}"\nhttp_address = "127.0.0.1:{port}"\n'
-            f'[functions.w]\nhandler = "recorder.write_to_file"\ncode_path = "{HANDLERS}"\n'
+            f'[functions.w]\nhandler = "{handler}"\ncode_path = "{HANDLERS}"\n'
             f'timeout = 1\nenvironment = {{ RECORD_PATH = "{record_path}" }}\n{mappings}'
         )
 
@@ -850,6 +851,12 @@ def test_hostile_files_never_take_a_running_daemon_down(
             sqs.send_message(QueueUrl=url_a, MessageBody=f"after {what}")
             wait_until(lambda w=what: f"after {w}" in handled())
         config.rmdir()
+        # A valid file whose changed handler cannot be imported: nothing stops or changes.
+        config.write_text(valid(arn_a, arn_b, handler="no_such_module.handle"))
+        reload(by_signal=True)
+        wait_until(lambda: "daemon.reload_failed" in logged())
+        sqs.send_message(QueueUrl=url_a, MessageBody="after a handler that cannot load")
+        wait_until(lambda: "after a handler that cannot load" in handled())
         config.write_text(valid(arn_a, arn_b))
         reload(by_signal=True)
         sqs.send_message(QueueUrl=url_b, MessageBody="new mapping")

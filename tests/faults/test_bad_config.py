@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -401,11 +402,18 @@ def documents(draw: st.DrawFn) -> bytes:
 # --- checking what esm printed -------------------------------------------------------------
 
 
+def written(key: str) -> str:
+    """A key as esm writes it in a key path: bare when TOML allows, else quoted and escaped."""
+    if re.fullmatch(r"[A-Za-z0-9_.\[\]-]+", key):
+        return key
+    return '"' + key.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
 def key_paths(node: Any, prefix: str = "") -> set[str]:
     """Every key path of a parsed document, written the way esm writes them."""
     paths: set[str] = set()
     children = (
-        [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()]
+        [(f"{prefix}.{written(k)}" if prefix else written(k), v) for k, v in node.items()]
         if isinstance(node, dict)
         else [(f"{prefix}[{i}]", v) for i, v in enumerate(node)]
         if isinstance(node, list)
@@ -708,11 +716,11 @@ def test_environment_that_cannot_be_set_is_a_config_problem(
 def test_one_line_per_problem_even_for_key_names_with_newlines(tmp_path: Path) -> None:
     """Key names are user text: a newline in one must not split a problem over two lines."""
     path = tmp_path / "esm.toml"
-    path.write_text('[functions."bad\\nname"]\nkind = "java"\n', encoding="utf-8")
+    path.write_text('[functions."bad\\nname"]\nkind = "java"\ntimeout = 0\n', encoding="utf-8")
     code, _, err = validate_in_process(path)
     assert code == 2
     lines = err.splitlines()
-    assert len(lines) == 2, f"expected 2 problems (kind, handler) on 2 lines, got:\n{err}"
+    assert len(lines) == 2, f"expected 2 problems (kind, timeout) on 2 lines, got:\n{err}"
     assert all(line.startswith("functions.") for line in lines), err
 
 

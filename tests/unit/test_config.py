@@ -169,6 +169,17 @@ def test_placeholders_are_reported_once_whatever_the_key() -> None:
     )
 
 
+def test_an_unknown_kind_is_one_line_not_a_cascade() -> None:
+    """Checking the keys against the default kind said "url: does not apply to kind
+    'python'" and "handler: is required" for a mistyped kind = "htp"."""
+    functions = {"f": {"kind": "htp", "url": "http://127.0.0.1:8080/", "typo": 1}}
+    problems = problems_of({"event_source_arn": QUEUE}, functions)
+    assert problems == [
+        "functions.f.kind: 'htp' is not one of python, process, http, lambda",
+        "functions.f.typo: unknown key",
+    ]
+
+
 def test_duplicate_names_count_mappings_with_other_problems() -> None:
     raw = {
         "functions": {"f": {"handler": "app.handle"}},

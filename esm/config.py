@@ -179,25 +179,34 @@ def _parse_toml(path: Path, text: str) -> dict[str, Any]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (int's str limit)
+        reason = str(exc).split(";")[0]
+        raise ConfigError([f"{path}: not valid TOML ({reason})"]) from None
     except RecursionError:
         # tomllib recurses once per nested array or inline table.
         raise ConfigError(
             [f"{path}: nested more than {MAX_NESTING} levels deep (arrays or inline tables)"]
         ) from None
-    deepest = _too_deep(raw)
-    if deepest is not None:
-        raise ConfigError([f"{path}: nested more than {MAX_NESTING} levels deep at {deepest}"])
+    problem = _document_problem(raw)
+    if problem is not None:
+        raise ConfigError([problem.replace("<file>", str(path), 1)])
     return raw
 
 
-def _too_deep(raw: Mapping[str, Any]) -> str | None:
-    """The key path of the first value nested deeper than MAX_NESTING, or None. Iterative, so
-    that the check itself cannot exhaust the stack."""
+_INT64 = range(-(2**63), 2**63)
+
+
+def _document_problem(raw: Mapping[str, Any]) -> str | None:
+    """The first value nested deeper than MAX_NESTING, or integer outside TOML's 64-bit range
+    (which the TOML spec says to refuse, and which could not even be printed in a problem
+    line past 4,300 digits). Iterative, so that the check cannot exhaust the stack."""
     stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
     while stack:
         node, path, depth = stack.pop()
         if depth > MAX_NESTING:
-            return path or "config"
+            return f"<file>: nested more than {MAX_NESTING} levels deep at {path}"
+        if isinstance(node, int) and not isinstance(node, bool) and node not in _INT64:
+            return f"{path}: integer outside TOML's 64-bit range (-2^63 to 2^63-1)"
         if isinstance(node, Mapping):
             for key, child in node.items():
                 child_path = f"{path}.{_quoted_key(key)}" if path else _quoted_key(key)

@@ -749,6 +749,28 @@ def test_deeply_nested_file_is_one_line_without_traceback(tmp_path: Path, shape:
     assert result.returncode == 2 and result.stderr == err
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9" * 5000, "{path}: not valid TOML (Exceeds the limit (4300 digits)"),
+        ("0x" + "f" * 4000, "daemon.drain_timeout: integer outside TOML's 64-bit range"),
+        ("9223372036854775808", "daemon.drain_timeout: integer outside TOML's 64-bit range"),
+    ],
+    ids=["5000-digits", "4000-hex-digits", "2^63"],
+)
+def test_integers_beyond_64_bits_are_one_line_without_traceback(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    """tomllib raised ValueError on 5,000 decimal digits; a 4,000-digit hex integer parsed
+    but could not be printed in its problem line (ValueError again)."""
+    path, _ = write_config(tmp_path, daemon=f"drain_timeout = {value}")
+    result = esm("validate", "-c", str(path))
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected.format(path=path)), result.stderr[:500]
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_file_above_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
     from esm.config import MAX_CONFIG_BYTES
 

@@ -379,12 +379,16 @@ def deeply_nested(shape: str, depth: int) -> str:
 @st.composite
 def documents(draw: st.DrawFn) -> bytes:
     """The bytes of a config file: a rendered document, random bytes, or a spliced one."""
-    kind = draw(st.sampled_from(["toml", "toml", "toml", "bytes", "spliced", "deep"]))
+    kind = draw(st.sampled_from(["toml", "toml", "toml", "bytes", "spliced", "deep", "huge"]))
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     rendered = toml_document(draw(config_documents())).encode()
     if kind == "toml":
         return rendered
+    if kind == "huge":  # an integer past 64 bits, decimal (tomllib's digit limit) or hex
+        digits = draw(st.integers(19, 6000))
+        number = draw(st.sampled_from(["9" * digits, "0x" + "f" * digits, "-" + "9" * digits]))
+        return rendered + f"\nhuge = {number}\n".encode()
     if kind == "deep":
         return rendered + deeply_nested(
             draw(st.sampled_from(NESTINGS)), draw(st.integers(10, 2000))

@@ -144,7 +144,9 @@ def test_a_bad_arn_does_not_hide_the_mappings_other_problems() -> None:
         ("not-an-arn", "mappings[0].batch_size: 20000 is above the maximum 10000"),
     ],
 )
-def test_a_bad_arn_is_reported_once_beside_the_kinds_other_problems(arn: str, expected: str) -> None:
+def test_a_bad_arn_is_reported_once_beside_the_kinds_other_problems(
+    arn: str, expected: str
+) -> None:
     problems = problems_of({"event_source_arn": arn, "batch_size": 20000, "typo": 1})
     assert [p for p in problems if p.startswith("mappings[0].event_source_arn")] == [
         next(p for p in problems if "event_source_arn" in p)
@@ -191,7 +193,8 @@ def test_duplicate_names_count_mappings_with_other_problems() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert info.value.problems == [
-        "mappings[0].event_source_arn: 'bad' is not an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)",
+        "mappings[0].event_source_arn: 'bad' is not an ARN "
+        "(arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)",
         "mappings[1].name: 'a' is already used by mappings[0]",
     ]
 
@@ -211,14 +214,25 @@ def test_duplicate_names_count_mappings_with_other_problems() -> None:
 def test_endpoint_urls_that_cannot_work_are_refused(url: str, expected: str) -> None:
     """`user:pass@` passed validate and left every mapping unavailable with an opaque
     aiohttp error; a secret in the URL is never echoed."""
-    functions = {"f": {"handler": "app.handle"}, "l": {"kind": "lambda", "function_name": "x", "endpoint_url": url}}
+    functions = {
+        "f": {"handler": "app.handle"},
+        "l": {"kind": "lambda", "function_name": "x", "endpoint_url": url},
+    }
     problems = problems_of({"event_source_arn": QUEUE}, functions, daemon={"endpoint_url": url})
     for key in ("daemon.endpoint_url", "functions.l.endpoint_url"):
         assert any(p.startswith(f"{key}: ") and expected in p for p in problems), problems
     assert not any("secret" in p for p in problems), problems
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:4566", "https://sqs.eu-west-1.amazonaws.com", "http://[::1]:4566/", "http://localstack:4566/prefix"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4566",
+        "https://sqs.eu-west-1.amazonaws.com",
+        "http://[::1]:4566/",
+        "http://localstack:4566/prefix",
+    ],
+)
 def test_endpoint_urls_that_work_are_kept(url: str) -> None:
     config = parse_config({"daemon": {"endpoint_url": url}})
     assert config.daemon.endpoint_url == url
@@ -236,7 +250,8 @@ def test_config_file_size_and_nesting_are_bounded(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(deep)
     assert info.value.problems == [
-        f"{deep}: nested more than {MAX_NESTING} levels deep at " + ".".join(["a"] * (MAX_NESTING + 1))
+        f"{deep}: nested more than {MAX_NESTING} levels deep at "
+        + ".".join(["a"] * (MAX_NESTING + 1))
     ]
     fine = tmp_path / "fine.toml"
     fine.write_text("[" + ".".join(["a"] * MAX_NESTING) + "]\n")

@@ -11,7 +11,9 @@ Reload (SIGHUP, `esm reload`, or `Daemon.reload`): mappings are compared by name
 ones start; removed, disabled and changed ones stop the way SIGTERM stops them (in-flight
 batches finish, checkpoints stay), and changed ones start again with the new settings. A
 changed function restarts every mapping that uses it. `[daemon]` and `[state]` changes
-need a restart; reload says so in its log line and keeps the running values.
+need a restart; reload says so in its log line and keeps the running values. A reload never
+takes the daemon down: a file that cannot be loaded, or a function that cannot be created,
+is one log line and the running configuration stays.
 """
 
 from __future__ import annotations

@@ -181,9 +181,12 @@ def test_functions_use_endpoint_url_is_a_daemon_boolean() -> None:
 
 @pytest.mark.parametrize("kind", ["python", "process"])
 def test_module_level_client_puts_items_in_the_moto_table(  # type: ignore[no-untyped-def]
-    kind, endpoint, unique, run_daemon, monkeypatch
+    kind, endpoint, unique, monkeypatch, run_daemon
 ) -> None:
-    """Only `[daemon] region` and endpoint_url are configured: boto3.resource("dynamodb")
+    """(monkeypatch before run_daemon: the daemon, and the environment it restores when its
+    last in-process function closes, are torn down before monkeypatch restores the test's.)
+
+    Only `[daemon] region` and endpoint_url are configured: boto3.resource("dynamodb")
     at import time finds its region, and put_item lands in the table on moto (in-process
     this used to stop the daemon with "You must specify a region"; as a process the call
     went to real AWS because AWS_ENDPOINT_URL was dropped)."""

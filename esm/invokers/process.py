@@ -22,9 +22,9 @@ host process can follow them:
   MemoryError, Node "allocation failed"). Not RLIMIT_AS (address space): V8 reserves
   about 1 GB of address space it never touches, so Node could not even start under
   Lambda's 128 MB default that way (it hung before its first /invocation/next);
-- the runtime gets no CAP_SYS_PTRACE when esm runs as root (dropped from its bounding
-  set before exec), so it cannot read the non-dumpable daemon's /proc/<pid>/environ or
-  mem (see `protect_daemon`);
+- when esm runs as root, the runtime starts with no capability (its bounding set is
+  emptied before exec; it keeps uid 0), so it cannot read the non-dumpable daemon's
+  /proc/<pid>/environ, maps or mem (see `protect_daemon`);
 - each environment gets its own temporary directory as TMPDIR (removed with it); /tmp
   itself is shared with the host;
 - the process does not inherit esm's environment, except PATH, HOME, LANG, LC_ALL and
@@ -83,7 +83,6 @@ EXIT_OUTPUT_WAIT = 0.2
 STDERR_TAIL_LINES = 5
 STDERR_TAIL_CHARS = 1000
 """How much of a dead environment's stderr goes into its error message."""
-CAP_SYS_PTRACE = 19
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 INHERITED_VARIABLES = (
@@ -468,19 +467,31 @@ def _limits(memory_mb: int) -> Callable[[], None]:
     with esm (the last two on Linux only)."""
     limit = memory_mb * 1024 * 1024
     prctl = _prctl()
+    capabilities = range(_last_capability() + 1) if os.geteuid() == 0 else range(0)
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-            if os.geteuid() == 0:  # fails harmlessly without CAP_SETPCAP
-                prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)
+            # Root: empty the bounding set, so the runtime starts with no capability, as
+            # Lambda's do (CAP_SYS_PTRACE alone is not enough: /proc/<esm>/environ stays
+            # readable to a root process holding the others).
+            for capability in capabilities:
+                prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)
 
     return apply
 
 
 PR_SET_PDEATHSIG = 1
 """prctl(PR_SET_PDEATHSIG, SIGKILL): environments do not outlive a killed daemon."""
+
+
+def _last_capability() -> int:
+    """The highest capability number this kernel knows (CAP_LAST_CAP)."""
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return 40
 
 
 def _prctl() -> Callable[..., int] | None:
@@ -503,7 +514,7 @@ def protect_daemon() -> bool:
     Then /proc/<esm pid>/environ, mem, maps and fd are closed to processes of the same
     uid, which is what environments are: a hostile function cannot read the daemon's
     environment or memory (http bearer tokens, credentials). A root environment could
-    still, with CAP_SYS_PTRACE, which `_limits` drops. Children are dumpable again after
+    still with its capabilities, which `_limits` drops. Children are dumpable again after
     exec. True when it took effect (Linux).
     """
     prctl = _prctl()

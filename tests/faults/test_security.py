@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -427,36 +428,45 @@ def test_a_process_function_cannot_read_the_daemons_environment_or_memory(  # ty
 ):
     """The function greps /proc/<daemon>/environ and every readable region of
     /proc/<daemon>/mem for the http function's bearer token, as an attacker would: the
-    daemon is non-dumpable (and the environment has no CAP_SYS_PTRACE under root)."""
+    daemon is non-dumpable (and a root environment has no capability). The token, moved
+    out of the daemon's environment at start-up, still authenticates after a reload."""
     secrets = Secrets(SEED + 1)
     sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
     arns = {}
     urls = {}
     for name in ("snoop", "sidecar"):
-        urls[name] = sqs.create_queue(QueueName=f"{name}-{unique}")["QueueUrl"]
+        # A receive cut short by the reload may still take a message: back in 5 s.
+        urls[name] = sqs.create_queue(
+            QueueName=f"{name}-{unique}", Attributes={"VisibilityTimeout": "5"}
+        )["QueueUrl"]
         arns[name] = sqs.get_queue_attributes(QueueUrl=urls[name], AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
     record_path = tmp_path / "snoop.jsonl"
     port = free_port()
     config = tmp_path / "esm.toml"
-    config.write_text(
-        f"""
+    sidecar = Sidecar()
+
+    def write_config(sidecar_base: str, sidecar_timeout: int) -> None:
+        config.write_text(
+            f"""
 [daemon]
 endpoint_url = "{endpoint}"
 http_address = "127.0.0.1:{port}"
+log_format = "json"
 [state]
 path = "{tmp_path / "state.sqlite3"}"
 [functions.snoop]
 kind = "process"
 handler = "snooping_handlers.read_daemon_secrets"
 code_path = "{HANDLERS}"
-timeout = 20
+timeout = 5
 environment = {{ RECORD_PATH = "{record_path}" }}
 [functions.sidecar]
 kind = "http"
-url = "http://127.0.0.1:{free_port()}/invoke"
+url = "{sidecar_base}/invoke"
 bearer_token_env = "ESM_PLANTED_BEARER"
+timeout = {sidecar_timeout}
 [[mappings]]
 name = "snoop"
 function = "snoop"
@@ -466,10 +476,12 @@ name = "sidecar"
 function = "sidecar"
 event_source_arn = "{arns["sidecar"]}"
 """
-    )
+        )
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "ESM_PLANTED_BEARER": secrets.bearer}
     log_path = tmp_path / "esm.log"
-    with log_path.open("wb") as log_file:
+    with serve(sidecar.app()) as sidecar_base, log_path.open("wb") as log_file:
+        write_config(sidecar_base, 2)
         proc = subprocess.Popen(
             [sys.executable, "-m", "esm", "run", "-c", str(config)],
             stdout=log_file,
@@ -479,10 +491,18 @@ event_source_arn = "{arns["sidecar"]}"
         )
         try:
             wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
-            # A message on the sidecar's queue: its invoker (and token) are in use.
-            sqs.send_message(QueueUrl=urls["sidecar"], MessageBody="x")
+            # The sidecar's invoker (and token) are in use while the function snoops.
+            sqs.send_message(QueueUrl=urls["sidecar"], MessageBody="before-reload")
+            wait_until(lambda: sidecar.labels() or proc.poll() is not None, timeout=20)
             sqs.send_message(QueueUrl=urls["snoop"], MessageBody="snoop")
             wait_until(lambda: read_records(record_path) or proc.poll() is not None, timeout=40)
+            # A reload that rebuilds the sidecar function finds the token in memory.
+            write_config(sidecar_base, 3)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
+            urllib.request.urlopen(request, timeout=5).close()
+            wait_until(lambda: '"daemon.reloaded"' in log_path.read_text(), timeout=20)
+            sqs.send_message(QueueUrl=urls["sidecar"], MessageBody="after-reload")
+            wait_until(lambda: len(sidecar.labels()) >= 2 or proc.poll() is not None, timeout=30)
             assert proc.poll() is None, log_path.read_text()[-3000:]
         finally:
             stop_process(proc, timeout=30)
@@ -492,6 +512,11 @@ event_source_arn = "{arns["sidecar"]}"
     assert report["environ"] == "PermissionError", report
     assert report["maps"] == "PermissionError", report
     assert report["mem"] == "no maps" and report["mem_scanned"] == 0, report
+    assert sidecar.labels() == [
+        ("before-reload", f"Bearer {secrets.bearer}"),
+        ("after-reload", f"Bearer {secrets.bearer}"),
+    ]
+    assert '"restarted": ["sidecar"]' in log_path.read_text()
 
 
 def test_a_process_function_cannot_take_another_functions_events(  # type: ignore[no-untyped-def]

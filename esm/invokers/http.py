@@ -74,13 +74,14 @@ def retain_secrets(functions: Mapping[str, FunctionConfig]) -> list[str]:
 
 
 def secret(name: str, environ: dict[str, str] | None = None) -> str:
-    """A token by variable name: from `environ` if given, else retained, else os.environ
-    (then retained too: a variable first named by a reload leaves the environment as well)."""
+    """A token by variable name: from `environ` if given, else os.environ, else retained.
+
+    A variable first named by a reload is read from os.environ and stays there (only the
+    names known at start-up are moved, before any function runs).
+    """
     if environ is not None:
         return environ.get(name, "")
-    if name in os.environ:
-        _secrets[name] = os.environ.pop(name)
-    return _secrets.get(name, "")
+    return os.environ.get(name) or _secrets.get(name, "")
 
 
 class HttpInvoker:

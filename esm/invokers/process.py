@@ -511,7 +511,7 @@ def _prctl() -> Callable[..., int] | None:
 def protect_daemon() -> bool:
     """Make esm's own process non-dumpable (prctl PR_SET_DUMPABLE 0), once at start-up.
 
-    Then /proc/<esm pid>/environ, mem, maps and fd are closed to processes of the same
+    Then /proc/<esm pid>/environ, mem, maps and fd links are closed to processes of the same
     uid, which is what environments are: a hostile function cannot read the daemon's
     environment or memory (http bearer tokens, credentials). A root environment could
     still with its capabilities, which `_limits` drops. Children are dumpable again after

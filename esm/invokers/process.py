@@ -177,6 +177,7 @@ class Environment:
         """Whether the runtime ever asked for an event (its init phase is over)."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.discarded = False
+        self.killed = False
         self.retirement: asyncio.TimerHandle | None = None
         """Set while idle: stops the environment when it stays unused too long."""
 
@@ -187,7 +188,7 @@ class Environment:
     def on_exit(self) -> None:
         self.returncode = self.transport.get_returncode() if self.transport is not None else None
         self.exited.set()
-        if not self.discarded:
+        if not self.discarded and not self.killed:  # esm's own kills are logged elsewhere
             self.log.warning(
                 "environment.exited",
                 returncode=self.returncode,
@@ -215,6 +216,7 @@ class Environment:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a bootstrap's children too)."""
+        self.killed = True
         if self.pid and not self.exited.is_set():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -463,8 +465,8 @@ def _result(invocation: Invocation, started: float) -> InvocationResult:
 
 
 def _limits(memory_mb: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: memory limit, no ptrace capability, die
-    with esm (the last two on Linux only)."""
+    """Runs in the child between fork and exec: memory limit, die with esm and, under
+    root, no capability (the last two on Linux only)."""
     limit = memory_mb * 1024 * 1024
     prctl = _prctl()
     capabilities = range(_last_capability() + 1) if os.geteuid() == 0 else range(0)

@@ -21,17 +21,20 @@ Threat model: the endpoint binds loopback only, so nothing off the host reaches 
 process on the host can connect to a loopback port, though (and find it in
 /proc/net/tcp), and Lambda's Runtime API has no authentication of its own: in Lambda it
 is reachable only inside the sandbox. So each endpoint answers only its own
-environment: every new connection is traced, through /proc/net/tcp and /proc/<pid>/fd,
-to the process holding the client's socket, which must belong to the environment's
-session (the environment is started with setsid, so its process id is the session id
-every child inherits). Any other client gets 403 and never sees an event. A path secret
-in AWS_LAMBDA_RUNTIME_API would not do: Node's aws-lambda-ric refuses anything but
-host:port there. The check needs Linux's /proc; elsewhere every client is refused.
+environment: every new connection is traced, through the kernel's sock_diag (or
+/proc/net/tcp) and /proc/<pid>/fd, to the process holding the client's socket, which
+must belong to the environment's session (the environment is started with setsid, so
+its process id is the session id every child inherits). Any other client gets 403 and
+never sees an event. A path secret in AWS_LAMBDA_RUNTIME_API would not do: Node's
+aws-lambda-ric refuses anything but host:port there. The check needs Linux's /proc;
+elsewhere every client is refused.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -52,6 +55,9 @@ MAX_ERROR_MESSAGE_CHARS = 65_536
 OWNER_WAIT = 5.0
 """Seconds a request may wait for esm to learn which process it started (fork/exec)."""
 PROC = Path("/proc")
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
 
 
 class Invocation:
@@ -285,27 +291,70 @@ class RuntimeApiEndpoint:
 
 def client_in_session(client_port: int, server_port: int, session: int) -> bool:
     """Whether the socket 127.0.0.1:client_port -> 127.0.0.1:server_port is held open by a
-    process of `session`: its inode from /proc/net/tcp, then the session's processes'
-    file descriptors. False when anything cannot be read (refuse, never guess)."""
+    process of `session`: its inode (sock_diag, else /proc/net/tcp), then the session
+    leader's file descriptors, then its other processes'. False when anything cannot be
+    read (refuse, never guess)."""
     inode = _socket_inode(client_port, server_port)
     if inode is None:
         return False
     target = f"socket:[{inode}]"
-    for pid in _session_members(session):
+    if _holds(session, target):  # most runtimes connect from their first process
+        return True
+    return any(_holds(pid, target) for pid in _session_members(session)[1:])
+
+
+def _holds(pid: int, target: str) -> bool:
+    """Whether one of `pid`'s file descriptors is `target` (socket:[inode])."""
+    try:
+        descriptors = os.listdir(PROC / str(pid) / "fd")
+    except OSError:
+        return False
+    for fd in descriptors:
         try:
-            descriptors = os.listdir(PROC / str(pid) / "fd")
+            if os.readlink(PROC / str(pid) / "fd" / fd) == target:
+                return True
         except OSError:
             continue
-        for fd in descriptors:
-            try:
-                if os.readlink(PROC / str(pid) / "fd" / fd) == target:
-                    return True
-            except OSError:
-                continue
     return False
 
 
 def _socket_inode(client_port: int, server_port: int) -> str | None:
+    """The client socket's inode: asked of the kernel (sock_diag), else read off
+    /proc/net/tcp (one line per socket on the host: ~8 ms with 3,000 of them)."""
+    inode = _sock_diag_inode(client_port, server_port)
+    return str(inode) if inode else _proc_net_tcp_inode(client_port, server_port)
+
+
+def _sock_diag_inode(client_port: int, server_port: int) -> int | None:
+    """One NETLINK_SOCK_DIAG request for exactly 127.0.0.1:client -> 127.0.0.1:server
+    (inet_diag_req_v2 by socket id; struct layouts of linux/inet_diag.h)."""
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    sockid = (
+        struct.pack("!HH", client_port, server_port)
+        + loopback
+        + loopback
+        + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+    )
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    body = request + sockid
+    header = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(header + body)
+            reply = nl.recv(65536)
+    except (OSError, AttributeError):
+        return None
+    if len(reply) < 88:
+        return None
+    _, kind, _, _, _ = struct.unpack_from("=IHHII", reply)
+    if kind != SOCK_DIAG_BY_FAMILY:
+        return None
+    (inode,) = struct.unpack_from("=I", reply, 84)
+    return int(inode)
+
+
+def _proc_net_tcp_inode(client_port: int, server_port: int) -> str | None:
     local = f"0100007F:{client_port:04X}"
     remote = f"0100007F:{server_port:04X}"
     try:

@@ -16,10 +16,10 @@ there as JSON, like an invocation:
 
 Requests carry the static `headers`, `Authorization: Bearer <token>` when
 `bearer_token_env` names an environment variable (the token is never in the config file
-and never logged). `retain_secrets` moves every such variable out of esm's environment
-into memory at start-up, so no child process inherits it and os.environ does not show
-it; reloads find it there, and Lambda's `Lambda-Runtime-Aws-Request-Id`,
-`Lambda-Runtime-Deadline-Ms` and `Lambda-Runtime-Invoked-Function-Arn`. TLS certificates
+and never logged), and Lambda's `Lambda-Runtime-Aws-Request-Id`,
+`Lambda-Runtime-Deadline-Ms` and `Lambda-Runtime-Invoked-Function-Arn`. `esm run` moves
+every such variable out of its environment into memory at start-up (`retain_secrets`):
+no child process inherits it, and a reload still finds it. TLS certificates
 are verified unless `verify_tls = false`. The client session is created on the first
 invocation and closed by `aclose()`.
 """

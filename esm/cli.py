@@ -280,6 +280,7 @@ def _run(path: str) -> int:
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.daemon.log_format, config.daemon.log_level)
+    _protect_secrets(config)
     from esm.daemon import Daemon
     from esm.sd_notify import Notifier
 
@@ -318,6 +319,20 @@ def _run(path: str) -> int:
         print(f"esm: {cause}", file=sys.stderr)
         return EXIT_START
     return 0
+
+
+def _protect_secrets(config: Config) -> None:
+    """Before any function runs: esm's memory and /proc/<pid>/environ closed to same-uid
+    processes (a hostile `kind = "process"` function), http tokens out of os.environ."""
+    from esm.invokers.http import retain_secrets
+    from esm.invokers.process import protect_daemon
+    from esm.observability import get_logger
+
+    get_logger("esm.cli").info(
+        "daemon.secrets_protected",
+        non_dumpable=protect_daemon(),
+        retained=retain_secrets(config.functions),
+    )
 
 
 def _startup_failure(exc: BaseException) -> BaseException | None:

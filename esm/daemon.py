@@ -43,7 +43,11 @@ DRAIN_MARGIN_SECONDS = 5.0
 
 class MappingRuntime(Protocol):
     name: str
-    ready: bool
+
+    @property
+    def ready(self) -> bool:
+        """Polling, and positioned: a record sent to the source from now on is delivered."""
+        ...
 
     async def run(self) -> None: ...
 
@@ -116,6 +120,10 @@ class Daemon:
         self._reload_requested.set()
 
     def not_ready(self) -> list[str]:
+        """Mappings not yet positioned; before they are started, every enabled one (the
+        HTTP server answers /readyz from the start)."""
+        if not self._mappings_started.is_set():
+            return [m.name for m in self.config.mappings if m.enabled]
         return [r.name for r in self.runtimes if not r.ready]
 
     @property

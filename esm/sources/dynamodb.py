@@ -42,7 +42,9 @@ class DynamoDBStreamSource:
             for shard in description.get("Shards", []):
                 parent = shard.get("ParentShardId")
                 closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
-                shards.append(ShardInfo(shard["ShardId"], (parent,) if parent else (), closed))
+                parents = (parent,) if parent else ()
+                # The stream ARN carries the stream label, new for each stream of the table.
+                shards.append(ShardInfo(shard["ShardId"], parents, closed, self.source.arn))
             last = description.get("LastEvaluatedShardId")
             if not last:
                 return shards

@@ -15,6 +15,7 @@ checkpoint is refused). A graceful stop releases every lease after the pollers f
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from esm.functions import Function
 from esm.idle_pacing import IdleReadPacer
 from esm.observability import Metrics, get_logger
 from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
-from esm.state.base import CheckpointStore
+from esm.state.base import Checkpoint, CheckpointStore
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class StreamMapping:
     ) -> None:
         self.config = config
         self.name = config.name
-        self.ready = False
+        self._listed = False
+        """The last shard listing succeeded (and its pollers were started)."""
         self._m_ready = metrics.ready.labels(config.name)
         self._m_pollers = metrics.pollers.labels(config.name)
         self._m_ready.set(0)
@@ -97,9 +99,21 @@ class StreamMapping:
     def stop(self) -> None:
         self.ctx.stopping.set()
 
-    def _set_ready(self, ready: bool) -> None:
-        self.ready = ready
-        self._m_ready.set(1 if ready else 0)
+    @property
+    def ready(self) -> bool:
+        """Listed, and every shard poller it runs has its first iterator: a record put
+        after readiness is read even from LATEST (a LATEST iterator taken later would
+        start after it)."""
+        return self._listed and all(
+            p.positioned or p.ended or p.ctx.stopping.is_set() for p in self.pollers.values()
+        )
+
+    def _set_ready(self, listed: bool) -> None:
+        self._listed = listed
+        self._publish_ready()
+
+    def _publish_ready(self) -> None:
+        self._m_ready.set(1 if self.ready else 0)
 
     async def run(self) -> None:
         try:
@@ -123,7 +137,8 @@ class StreamMapping:
             while not self.ctx.stopping.is_set():
                 self._shard_finished = anyio.Event()
                 await self._refresh(tg)
-                with anyio.move_on_after(SHARD_REFRESH_SECONDS if self.ready else ERROR_RETRY_SECONDS):
+                wait = SHARD_REFRESH_SECONDS if self._listed else ERROR_RETRY_SECONDS
+                with anyio.move_on_after(wait):
                     async with anyio.create_task_group() as waiters:
                         waiters.start_soon(_wait_then_cancel, self.ctx.stopping, waiters)
                         waiters.start_soon(_wait_then_cancel, self._shard_finished, waiters)
@@ -145,9 +160,14 @@ class StreamMapping:
             self._log.error("mapping.source_unavailable", error=str(exc))
             return
         listed = {s.shard_id for s in shards}
+        checkpoints = self._of_current_incarnation(shards, checkpoints)
         for shard in shards:
             running = self.pollers.get(shard.shard_id)
             if running is not None:
+                if not _same_incarnation(running.shard, shard):
+                    # The stream was created again: stop; the restart begins it afresh.
+                    running.ctx.stopping.set()
+                    continue
                 # A shard closed by resharding after its poller started: tell the poller, so
                 # it ends once it has read everything (moto never returns a null iterator).
                 running.shard = shard
@@ -163,15 +183,52 @@ class StreamMapping:
             ]
             if waiting_for:
                 continue
-            position = self._start_position(shard, checkpoint.sequence_number if checkpoint else None)
+            position = self._start_position(
+                shard, checkpoint.sequence_number if checkpoint else None
+            )
             lease = held.get(shard.shard_id) if held is not None else None
-            # Own stop per leased poller, so losing one lease stops only that shard.
-            ctx = self.ctx if lease is None else replace(self.ctx, stopping=anyio.Event())
-            poller = ShardPoller(ctx, shard, position)
+            # Own stop per poller, so losing one lease (or one shard's stream) stops only it.
+            ctx = replace(self.ctx, stopping=anyio.Event())
+            poller = ShardPoller(
+                ctx,
+                shard,
+                position,
+                on_positioned=self._publish_ready,
+                still_owned=None if lease is None else self._lease_check(shard.shard_id),
+            )
             self.pollers[shard.shard_id] = poller
             tg.start_soon(self._run_poller, poller, lease)
         self._m_pollers.set(sum(1 for p in self.pollers.values() if not p.ended))
         self._set_ready(True)
+
+    def _of_current_incarnation(
+        self, shards: list[ShardInfo], checkpoints: dict[str, Checkpoint]
+    ) -> dict[str, Checkpoint]:
+        """Drop checkpoints taken on an earlier stream of the same name (same shard ids,
+        sequence numbers started over): those shards start at `starting_position`, and the
+        warning names each one once, when its poller starts."""
+        current = dict(checkpoints)
+        for shard in shards:
+            checkpoint = current.get(shard.shard_id)
+            if checkpoint is None or checkpoint.matches(shard.incarnation):
+                continue
+            del current[shard.shard_id]
+            if shard.shard_id not in self.pollers:
+                self._log.warning(
+                    "shard.new_incarnation",
+                    shard=shard.shard_id,
+                    stored=checkpoint.incarnation,
+                    current=shard.incarnation,
+                    checkpoint=checkpoint.sequence_number,
+                    starting_position=self.config.starting_position or "LATEST",
+                )
+        return current
+
+    def _lease_check(self, shard_id: str) -> Callable[[], bool]:
+        store = self.ctx.store
+        assert isinstance(store, DynamoDBCheckpointStore)
+        name = self.config.name
+        return lambda: store.still_held(name, shard_id)
 
     def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> Position:
         if checkpoint is not None:
@@ -184,10 +241,7 @@ class StreamMapping:
 
     async def _run_poller(self, poller: ShardPoller, lease: HeldLease | None = None) -> None:
         try:
-            if lease is None:
-                await poller.run()
-            else:
-                await self._run_leased(poller, lease)
+            await self._run_guarded(poller, lease)
         except Exception as exc:
             if lease is not None and lease.lost.is_set():
                 self._log.warning("shard.lease_lost", shard=poller.shard.shard_id)
@@ -203,19 +257,26 @@ class StreamMapping:
         if not poller.ended:
             # Not at SHARD_END (stopped or failed): let the next refresh restart it from its checkpoint.
             self.pollers.pop(poller.shard.shard_id, None)
+        self._publish_ready()
         self._shard_finished.set()
 
-    async def _run_leased(self, poller: ShardPoller, lease: HeldLease) -> None:
-        """Run a poller while its lease is held. A lease stolen from a live worker waits two
-        renewal intervals first: the old owner notices at its next renewal and stops."""
+    async def _run_guarded(self, poller: ShardPoller, lease: HeldLease | None) -> None:
+        """Run a poller until it ends, the mapping stops, or (fleet) its lease is lost. A
+        lease stolen from a live worker waits two renewal intervals first: the old owner
+        notices at its next renewal and stops."""
+        stop_on = (self.ctx.stopping,) if lease is None else (self.ctx.stopping, lease.lost)
         async with anyio.create_task_group() as guard:
-            guard.start_soon(_stop_on_first, poller.ctx.stopping, self.ctx.stopping, lease.lost)
-            if lease.taken_from_live_owner and self.leases is not None:
+            guard.start_soon(_stop_on_first, poller.ctx.stopping, *stop_on)
+            if lease is not None and lease.taken_from_live_owner and self.leases is not None:
                 with anyio.move_on_after(2 * self.leases.timings.renewal_interval):
                     await poller.ctx.stopping.wait()
-            if not (poller.ctx.stopping.is_set() or lease.lost.is_set()):
+            if not poller.ctx.stopping.is_set():
                 await poller.run()
             guard.cancel_scope.cancel()
+
+
+def _same_incarnation(running: ShardInfo, listed: ShardInfo) -> bool:
+    return running.incarnation is None or running.incarnation == listed.incarnation
 
 
 async def _stop_on_first(target: anyio.Event, *events: anyio.Event) -> None:

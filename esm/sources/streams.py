@@ -31,7 +31,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice, repeat, starmap
@@ -103,6 +103,11 @@ class ShardInfo:
     parent_ids: tuple[str, ...]
     closed: bool
     """The shard has an ending sequence number: after its last record it is at SHARD_END."""
+    incarnation: str | None = None
+    """Which stream this shard belongs to: a stream deleted and created again under the same
+    name has shards with the same ids whose sequence numbers start over (Kinesis: the
+    stream's creation time; DynamoDB: the stream ARN, whose label is new for a new stream).
+    A checkpoint of another incarnation is not resumed from."""
 
 
 class StreamSource(Protocol):
@@ -141,10 +146,21 @@ class ShardContext:
 
 
 class ShardPoller:
-    def __init__(self, ctx: ShardContext, shard: ShardInfo, start: Position) -> None:
+    def __init__(
+        self,
+        ctx: ShardContext,
+        shard: ShardInfo,
+        start: Position,
+        on_positioned: Callable[[], None] | None = None,
+        still_owned: Callable[[], bool] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.shard = shard
         self.start = start
+        self.positioned = False
+        """The first iterator is in hand: every record put from now on will be read."""
+        self._on_positioned = on_positioned
+        self._still_owned = still_owned
         self.progress = ShardProgress()
         self.ended = False
         self.caught_up = False
@@ -199,6 +215,9 @@ class ShardPoller:
     async def _read_until_end(self, pacing: ShardPacing) -> None:
         ctx = self.ctx
         iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
+        self.positioned = True
+        if self._on_positioned is not None:
+            self._on_positioned()
         last_read: str | None = self.start.sequence_number
         while not ctx.stopping.is_set():
             while self.buffered >= self.buffer_limit and not ctx.stopping.is_set():
@@ -291,6 +310,16 @@ class ShardPoller:
     def progressed(self) -> None:
         self._progressed.set()
 
+    def owned(self) -> bool:
+        """Checked before every invocation (fleet mode): is this worker's lease still fresh?
+        When not, the shard stops here, so a stalled worker never invokes a batch that its
+        successor may already have handled (out of order)."""
+        if self._still_owned is None or self._still_owned():
+            return True
+        self._log.warning("shard.stopped_not_owned")
+        self.ctx.stopping.set()
+        return False
+
     def space_freed(self) -> None:
         self._space.set()
 
@@ -312,7 +341,7 @@ class ShardPoller:
             await self.ctx.store.put(
                 self.ctx.config.name,
                 self.shard.shard_id,
-                Checkpoint(checkpoint or self._saved, shard_ended=ended),
+                Checkpoint(checkpoint or self._saved, ended, self.shard.incarnation),
             )
         self._saved = checkpoint or self._saved
 
@@ -507,6 +536,8 @@ class Lane:
         )
         attempts = 0
         while True:
+            if not self.poller.owned():
+                return False
             result = await self.ctx.function.invoke(event)
             if result.ok:
                 break
@@ -546,6 +577,8 @@ class Lane:
                     return False
                 if not batch:
                     return True
+            if not self.poller.owned():
+                return False
             result = await self._invoke(batch)
             invocations += 1
             if result.throttled:
@@ -674,6 +707,8 @@ class Lane:
             s3_object = s3_failure_object(given_up, payload, now=now, object_uuid=str(uuid.uuid4()))
         delay = RETRY_BACKOFF[0]
         while True:
+            if not self.poller.owned():
+                return False
             try:
                 await ctx.destination.deliver(record, s3_object)
             except DeliveryFailed as exc:

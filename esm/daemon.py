@@ -330,7 +330,7 @@ class Daemon:
             from esm.sources.sqs import SqsMapping
 
             return SqsMapping(mapping, function, aws, self.metrics, filters)
-        from esm.sources.stream_mapping import StreamMapping
+        from esm.sources.streams import StreamMapping
 
         store = await self._checkpoint_store()
         return StreamMapping(

@@ -2,7 +2,7 @@
 
 Owns the shape of a checkpoint and the contract a backend keeps (a `put` that returned is
 durable). It must not decide *which* checkpoint to write: that arithmetic lives in
-`esm.shard_progress`, and the store stores whatever it is given, even a lower one.
+`esm.sources.streams.progress`, and the store stores whatever it is given, even a lower one.
 """
 
 from __future__ import annotations

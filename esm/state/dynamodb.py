@@ -1,7 +1,7 @@
 """The DynamoDB checkpoint store: one lease table shared by a fleet of esm workers.
 
 Owns the lease table's shape and every conditional write to it (create, renew, take,
-release, checkpoint). It must not decide *which* leases to take: that is `esm.leases`.
+release, checkpoint). It must not decide *which* leases to take: that is `esm.sources.streams.leases`.
 
 The table follows the Kinesis Client Library's lease table, so people moving from KCL
 recognise it. One item per (mapping, shard):
@@ -386,7 +386,7 @@ class LeaseTimings:
 class DynamoDBCheckpointStore:
     """A `CheckpointStore` on the lease table; `put` only succeeds for leases held here.
 
-    `held` is this worker's view of its leases, kept by `esm.leases.LeaseCoordinator`."""
+    `held` is this worker's view of its leases, kept by `esm.sources.streams.leases.LeaseCoordinator`."""
 
     def __init__(
         self, table: LeaseTable, worker_id: str, timings: LeaseTimings | None = None

@@ -29,12 +29,14 @@ from esm.filtering import FilterSet, dynamodb_filter_view, kinesis_filter_view
 from esm.functions import Function
 from esm.idle_pacing import IdleReadPacer
 from esm.observability import Metrics, get_logger
-from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
+from esm.sources.streams.context import ShardContext
+from esm.sources.streams.poller import ShardPoller
+from esm.sources.streams.records import Position, ShardInfo, StreamSource
 from esm.state.base import Checkpoint, CheckpointStore
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease
 
 if TYPE_CHECKING:
-    from esm.leases import LeaseCoordinator
+    from esm.sources.streams.leases import LeaseCoordinator
 
 log = get_logger("esm.streams")
 
@@ -62,7 +64,7 @@ class StreamMapping:
         self._m_ready = metrics.ready.labels(config.name)
         self._m_pollers = metrics.pollers.labels(config.name)
         self._m_ready.set(0)
-        source = _create_source(config, aws)
+        source = open_source(config, aws)
         destination_arn = config.on_failure_destination
         self.ctx = ShardContext(
             config=config,
@@ -81,7 +83,7 @@ class StreamMapping:
         self._log = log.bind(mapping=config.name)
         self.leases: LeaseCoordinator | None = None
         if isinstance(store, DynamoDBCheckpointStore):
-            from esm.leases import LeaseCoordinator
+            from esm.sources.streams.leases import LeaseCoordinator
 
             self._log = self._log.bind(worker=store.worker_id)
             self.leases = LeaseCoordinator(
@@ -178,8 +180,7 @@ class StreamMapping:
             if checkpoint is not None and checkpoint.shard_ended:
                 continue
             waiting_for = [
-                p for p in shard.parent_ids
-                if p in listed and not (checkpoints.get(p) is not None and checkpoints[p].shard_ended)
+                p for p in shard.parent_ids if p in listed and not _ended(checkpoints.get(p))
             ]
             if waiting_for:
                 continue
@@ -255,7 +256,8 @@ class StreamMapping:
             # Checkpointed at SHARD_END: the lease no longer counts; children get theirs.
             await self.leases.release(poller.shard.shard_id)
         if not poller.ended:
-            # Not at SHARD_END (stopped or failed): let the next refresh restart it from its checkpoint.
+            # Not at SHARD_END (stopped or failed): the next refresh restarts it from its
+            # checkpoint.
             self.pollers.pop(poller.shard.shard_id, None)
         self._publish_ready()
         self._shard_finished.set()
@@ -275,6 +277,10 @@ class StreamMapping:
             guard.cancel_scope.cancel()
 
 
+def _ended(checkpoint: Checkpoint | None) -> bool:
+    return checkpoint is not None and checkpoint.shard_ended
+
+
 def _same_incarnation(running: ShardInfo, listed: ShardInfo) -> bool:
     return running.incarnation is None or running.incarnation == listed.incarnation
 
@@ -292,11 +298,13 @@ async def _wait_then_cancel(event: anyio.Event, group: TaskGroup) -> None:
     group.cancel_scope.cancel()
 
 
-def _create_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
+def open_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
+    """The Kinesis or DynamoDB Streams adapter of a stream mapping (also `esm status`);
+    the caller closes it with `aclose`."""
     if config.source.kind == "kinesis":
-        from esm.sources.kinesis import KinesisSource
+        from esm.sources.streams.kinesis import KinesisSource
 
         return KinesisSource(config.source, aws)
-    from esm.sources.dynamodb import DynamoDBStreamSource
+    from esm.sources.streams.dynamodb import DynamoDBStreamSource
 
     return DynamoDBStreamSource(config.source, aws)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import anyio
 
 from esm.observability import Metrics, get_logger
-from esm.sources.streams import ShardInfo
+from esm.sources.streams.records import ShardInfo
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease, Lease, lease_key
 
 log = get_logger("esm.leases")

@@ -11,7 +11,7 @@ from esm.arns import SourceArn
 from esm.aws import AwsClients, error_code
 from esm.aws_json import JsonApi
 from esm.events.kinesis import parse_get_records
-from esm.sources.streams import (
+from esm.sources.streams.records import (
     MAX_RECORDS_PER_READ,
     ExpiredIterator,
     Position,

@@ -271,6 +271,27 @@ def test_a_worker_stalled_past_failover_time_invokes_nothing_after_it_resumes(fl
     assert stalled.stop(signal.SIGTERM) == 0
 
 
+def test_a_stream_created_again_resets_its_lease_and_every_new_record_is_handled(fleet, kinesis, dynamodb):  # type: ignore[no-untyped-def]
+    f = fleet(1)
+    stream = f.arn.rsplit("/", 1)[1]
+    worker = f.start()
+    old = records(0, 30)
+    put(kinesis, stream, old)
+    wait_until(lambda: {d for _, d in old} <= set(f.handled()), timeout=30, interval=0.2)
+    wait_until(lambda: leases(dynamodb, f.table)["shardId-000000000000"]["checkpoint"] == "30", timeout=30, interval=0.2)
+    assert worker.stop(signal.SIGTERM) == 0
+
+    kinesis.delete_stream(StreamName=stream)
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    new = [(f"key-{i}", f"new:{i}") for i in range(7)]
+    put(kinesis, stream, new)  # sequence numbers 1-7: the old checkpoint (30) would skip them all
+    worker = f.start()
+    wait_until(lambda: {d for _, d in new} <= set(f.handled()), timeout=30, interval=0.2)
+    assert worker.stop(signal.SIGTERM) == 0
+    warnings = [line for line in worker.log.read_text().splitlines() if "shard.new_incarnation" in line]
+    assert len(warnings) == 1 and '"warning"' in warnings[0] and "shardId-000000000000" in warnings[0]
+
+
 def test_resharding_while_two_workers_run(fleet, kinesis, dynamodb):  # type: ignore[no-untyped-def]
     f = fleet(2)
     stream = f.arn.rsplit("/", 1)[1]

@@ -4,12 +4,17 @@ Shards are listed at start and every `SHARD_REFRESH_SECONDS` (and at once when a
 ends). Resharding follows Lambda: a child shard starts only after each of its parents is
 checkpointed at SHARD_END (a parent no longer listed has expired and does not block); a
 child starts at TRIM_HORIZON so nothing written to it is skipped. A shard with a stored
-checkpoint resumes right after it.
+checkpoint resumes right after it, unless the checkpoint was taken on another incarnation of
+the stream (deleted and created again: same shard ids, sequence numbers start over); then it
+starts at `starting_position` with one warning.
 
-With the DynamoDB store (fleet mode, README "Running a fleet") a `LeaseCoordinator` decides which
-shards this worker reads: pollers run only for leases held here, each with its own
-`stopping` event, set at once when its lease is lost (the poller then stops and its
-checkpoint is refused). A graceful stop releases every lease after the pollers finished.
+Every poller has its own `stopping` event, so one shard can stop alone. The mapping is ready
+once its shards are listed and every poller holds its first iterator (`/readyz`).
+
+With the DynamoDB store (fleet mode, README "Running a fleet") a `LeaseCoordinator` decides
+which shards this worker reads: pollers run only for leases held here, stopped at once when
+the lease is lost or (checked before each invocation) not renewed within `failover_time`;
+their checkpoints are refused. A graceful stop releases every lease after the pollers finished.
 """
 
 from __future__ import annotations

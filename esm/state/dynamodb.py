@@ -1,7 +1,8 @@
 """The DynamoDB checkpoint store: one lease table shared by a fleet of esm workers.
 
 Owns the lease table's shape and every conditional write to it (create, renew, take,
-release, checkpoint). It must not decide *which* leases to take: that is `esm.sources.streams.leases`.
+release, checkpoint). It must not decide *which* leases to take: that is
+`esm.sources.streams.leases`.
 
 The table follows the Kinesis Client Library's lease table, so people moving from KCL
 recognise it. One item per (mapping, shard):
@@ -15,7 +16,7 @@ recognise it. One item per (mapping, shard):
 | `checkpointSubSequenceNumber` | N | always 0 (esm does not de-aggregate KPL records) |
 | `ownerSwitchesSinceCheckpoint` | N | takes since the last checkpoint |
 | `parentShardId` | SS | parent shard ids (absent for shards without parents) |
-| `shardIncarnation` | S | stream incarnation of the checkpoint (absent on older leases: matches any) |
+| `shardIncarnation` | S | the checkpoint's stream incarnation (absent on old leases: matches any) |
 | `shardId`, `esmMapping` | S | the two halves of `leaseKey`, for reading and filtering |
 
 Every write that matters is conditional on `leaseOwner` and `leaseCounter` still being what
@@ -386,7 +387,8 @@ class LeaseTimings:
 class DynamoDBCheckpointStore:
     """A `CheckpointStore` on the lease table; `put` only succeeds for leases held here.
 
-    `held` is this worker's view of its leases, kept by `esm.sources.streams.leases.LeaseCoordinator`."""
+    `held` is this worker's view of its leases, kept by
+    `esm.sources.streams.leases.LeaseCoordinator`."""
 
     def __init__(
         self, table: LeaseTable, worker_id: str, timings: LeaseTimings | None = None

@@ -45,7 +45,11 @@ DRAIN_MARGIN_SECONDS = 5.0
 
 class MappingRuntime(Protocol):
     name: str
-    ready: bool
+
+    @property
+    def ready(self) -> bool:
+        """Polling, and positioned: a record sent to the source from now on is delivered."""
+        ...
 
     async def run(self) -> None: ...
 
@@ -118,8 +122,12 @@ class Daemon:
         self._reload_requested.set()
 
     def not_ready(self) -> list[str]:
-        """Mappings not polling, then unhealthy functions as `function NAME: why`."""
-        waiting = [r.name for r in self.runtimes if not r.ready]
+        """Mappings not yet positioned (before they are started, every enabled one: the HTTP
+        server answers /readyz from the start), then unhealthy functions as `function NAME: why`."""
+        if not self._mappings_started.is_set():
+            waiting = [m.name for m in self.config.mappings if m.enabled]
+        else:
+            waiting = [r.name for r in self.runtimes if not r.ready]
         for name, function in self.functions.items():
             if (reason := function.unhealthy) is not None:
                 waiting.append(f"function {name}: {reason}")
@@ -363,7 +371,7 @@ class Daemon:
             from esm.sources.sqs import SqsMapping
 
             return SqsMapping(mapping, function, aws, self.metrics, filters)
-        from esm.sources.stream_mapping import StreamMapping
+        from esm.sources.streams import StreamMapping
 
         store = await self._checkpoint_store()
         return StreamMapping(

@@ -463,8 +463,8 @@ def parsed(data: bytes) -> Any:
 
     try:
         return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
-        return None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError):
+        return None  # ValueError: an integer past Python's 4,300-digit conversion limit
 
 
 def validate_in_process(path: Path) -> tuple[int | None, str, str]:

@@ -41,7 +41,10 @@ URL_SCHEMES: Final[Mapping[Engine, tuple[str, ...]]] = {
     "rabbitmq": ("amqp", "amqps"),
     "activemq": ("stomp", "stomp+ssl"),
 }
-BROKER_ARN: Final = re.compile(r"^arn:aws[a-z-]*:mq:([a-z0-9-]+):(\d{12}):broker:([^:]+):([^:]+)$")
+BROKER_ARN: Final = re.compile(
+    r"^arn:aws[a-z-]*:mq:([a-z0-9-]+):(\d{12}):broker:(?:[^:]+:)?([^:]+)$"
+)
+"""AWS's `broker:NAME:ID`; moto's `broker:ID` is accepted too. The last part is the id."""
 ACCESS_TYPES: Final = ("BASIC_AUTH", "VIRTUAL_HOST")
 SECRET_ARN: Final = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
 MAPPING_KEYS: Final = frozenset(

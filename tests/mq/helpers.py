@@ -170,3 +170,71 @@ def drain(url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
 
 def stomp_params(port: int, login: tuple[str, str]) -> list[stompman.ConnectionParameters]:
     return [stompman.ConnectionParameters("127.0.0.1", port, login[0], login[1])]
+
+
+def stomp_send_text(port: int, login: tuple[str, str], queue: str, body: str,
+                    headers: Mapping[str, str] | None = None) -> None:
+    """SEND a JMS TextMessage: a frame without content-length, which ActiveMQ reads as
+    text (stompman always sets content-length, which makes a BytesMessage)."""
+    import socket
+
+    def frame(command: str, head: Mapping[str, str], payload: str = "") -> bytes:
+        lines = [command, *(f"{k}:{v}" for k, v in head.items()), "", payload]
+        return ("\n".join(lines) + "\x00").encode()
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(frame("CONNECT", {"accept-version": "1.2", "host": "localhost",
+                                    "login": login[0], "passcode": login[1]}))
+        assert s.recv(4096).startswith(b"CONNECTED")
+        s.sendall(frame("SEND", {"destination": f"/queue/{queue}", **(headers or {})}, body))
+        s.sendall(frame("DISCONNECT", {"receipt": "bye"}))
+        reply = b""
+        while b"RECEIPT" not in reply:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+
+
+def stomp_call(port: int, login: tuple[str, str], fn: Callable[[stompman.Client], Any]) -> Any:
+    async def run() -> Any:
+        async with stompman.Client(stomp_params(port, login), max_concurrent_handlers=None) as c:
+            return await fn(c)
+
+    with start_blocking_portal() as portal:
+        return portal.call(run)
+
+
+def stomp_send(port: int, login: tuple[str, str], queue: str, bodies: Sequence[bytes],
+               headers: Mapping[str, str] | None = None) -> None:
+    async def go(client: stompman.Client) -> None:
+        for body in bodies:
+            await client.send(body, f"/queue/{queue}", headers=dict(headers or {}))
+
+    stomp_call(port, login, go)
+
+
+def stomp_receive(port: int, login: tuple[str, str], queue: str, wanted: Callable[[bytes], bool],
+                  timeout: float = 20) -> list[bytes]:
+    """Consume (and acknowledge) a queue until a message `wanted` arrives; the bodies seen."""
+    import anyio
+
+    async def go(client: stompman.Client) -> list[bytes]:
+        seen: list[bytes] = []
+        found = anyio.Event()
+
+        async def handler(frame: stompman.MessageFrame) -> None:
+            seen.append(frame.body)
+            if wanted(frame.body):
+                found.set()
+
+        subscription = await client.subscribe(
+            f"/queue/{queue}", handler, on_suppressed_exception=lambda e, f: None
+        )
+        with anyio.move_on_after(timeout):
+            await found.wait()
+        await subscription.unsubscribe()
+        return seen
+
+    result: list[bytes] = stomp_call(port, login, go)
+    return result

@@ -50,3 +50,22 @@ def record(event: dict[str, Any], context: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write("".join(t + "\n" for t in texts))
+
+
+_running = 0
+MAX_RUNNING: dict[str, int] = defaultdict(int)
+
+
+def record_concurrency(event: dict[str, Any], context: Any) -> None:
+    """Like `record`, and tracks how many invocations ran at once per eventSourceArn."""
+    global _running
+    arn = event["eventSourceArn"]
+    with _lock:
+        _running += 1
+        MAX_RUNNING[arn] = max(MAX_RUNNING[arn], _running)
+    try:
+        time.sleep(0.5)
+        record(event, context)
+    finally:
+        with _lock:
+            _running -= 1

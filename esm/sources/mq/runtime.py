@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from esm.aws import AwsClients
 from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget
-from esm.errors import EsmError, SourceUnavailable
+from esm.errors import EsmError
 from esm.filtering import FilterSet, kinesis_filter_view
 from esm.functions import Function
 from esm.observability import Metrics, get_logger
@@ -128,11 +128,14 @@ class _Buffer:
 
 def open_session(config: MqMappingConfig, broker: Broker, prefetch: int) -> BrokerSession:
     """The engine's session (the clients are imported only for the engine in use)."""
-    if broker.engine != "rabbitmq":
-        raise SourceUnavailable(f"engine {broker.engine} is not supported yet")
-    from esm.sources.mq.rabbitmq import RabbitMqSession
+    if broker.engine == "rabbitmq":
+        from esm.sources.mq.rabbitmq import RabbitMqSession
 
-    session: BrokerSession = RabbitMqSession(config, broker, prefetch)
+        session: BrokerSession = RabbitMqSession(config, broker, prefetch)
+        return session
+    from esm.sources.mq.activemq import ActiveMqSession
+
+    session = ActiveMqSession(config, broker, prefetch)
     return session
 
 
@@ -152,6 +155,8 @@ class MqMapping:
         self.function = function
         self.aws = aws
         self.ready = False
+        self.last_error: str | None = None
+        """Why the last session ended (AWS's StateTransitionReason, for `esm status`)."""
         self.queue_depth: int | None = None
         filters = FilterSet.compile(config.filter_patterns) if config.filter_patterns else None
         # Amazon MQ filters see the message with `data` decoded and parsed when it is JSON,
@@ -195,7 +200,8 @@ class MqMapping:
                     await self._session_lifetime()
                 except Exception as exc:
                     self._set_ready(False)
-                    self._log.error("mq.session_failed", error=str(exc), retry_in=backoff)
+                    self.last_error = describe_error(exc)
+                    self._log.error("mq.session_failed", error=self.last_error, retry_in=backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
         self._set_ready(False)
@@ -380,7 +386,8 @@ class MqMapping:
             await anyio.sleep(policy.delay)
             for delivery in retry:
                 delivery.local_redeliveries += 1
-                delivery.record["redelivered"] = True
+                # A new record: the function may still hold the one it was given.
+                delivery.record = {**delivery.record, "redelivered": True}
             self._buffer.push_front(retry)
 
     async def _settle(
@@ -407,6 +414,14 @@ class MqMapping:
     def _set_ready(self, ready: bool) -> None:
         self.ready = ready
         self._m_ready.set(1 if ready else 0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error in one line; exception groups (a client's task group) by their leaves."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_error(e) for e in exc.exceptions)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def record_size(record: dict[str, Any]) -> int:

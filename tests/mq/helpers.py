@@ -3,6 +3,10 @@ the brokers with real clients (aio-pika for RabbitMQ, stompman for ActiveMQ)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -238,3 +242,18 @@ def stomp_receive(port: int, login: tuple[str, str], queue: str, wanted: Callabl
 
     result: list[bytes] = stomp_call(port, login, go)
     return result
+
+
+# --- worker processes (SIGKILL tests) ------------------------------------------------------
+
+
+def start_worker(table: dict[str, Any], handled: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, MQ_HANDLED_FILE=str(handled))
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "run_mapping.py"), json.dumps(table)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def handled_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

@@ -4,8 +4,10 @@ five batches at once, redelivery by AWS's policy and then the DLQ, and a refused
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aws_lambda_powertools.utilities.data_classes.active_mq_event import ActiveMQEvent
@@ -13,6 +15,8 @@ from brokers import ACTIVEMQ_USER, Broker
 from helpers import (
     RunningMapping,
     activemq_mapping,
+    handled_lines,
+    start_worker,
     stomp_receive,
     stomp_send,
     stomp_send_text,
@@ -119,3 +123,25 @@ def test_refused_login_keeps_the_mapping_not_ready(activemq: Broker, queue: str)
         assert bodies_for(running.arn) == []
     finally:
         running.stop()
+
+
+def test_sigkill_mid_batch_then_restart_loses_nothing(
+    activemq: Broker, queue: str, tmp_path: Path
+) -> None:
+    """The broker redelivers what a killed worker never acknowledged."""
+    sent = [f"slow-{i}".encode() for i in range(30)]
+    stomp_send(activemq.port, ACTIVEMQ_USER, queue, sent, {"persistent": "true"})
+    handled = tmp_path / "handled.txt"
+    table = activemq_mapping(activemq.url, queue, batch_size=10, maximum_concurrency=1)
+    worker = start_worker(table, handled)
+    try:
+        wait_until(lambda: len(handled_lines(handled)) >= 10)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        assert len(handled_lines(handled)) < len(sent)
+        worker = start_worker(table, handled)
+        wait_until(lambda: set(handled_lines(handled)) == {b.decode() for b in sent}, timeout=60)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert worker.returncode == 0

@@ -6,13 +6,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitMQEvent
@@ -21,9 +17,11 @@ from helpers import (
     RunningMapping,
     declare,
     drain,
+    handled_lines,
     publish,
     queue_counts,
     rabbit_mapping,
+    start_worker,
     wait_until,
 )
 from mq_handlers import bodies_for, events_for, messages_of
@@ -226,29 +224,17 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     publish(rabbitmq.url, queue, sent)
     handled = tmp_path / "handled.txt"
     table = rabbit_mapping(rabbitmq.url, queue, batch_size=10)
-    worker = _start_worker(table, handled)
+    worker = start_worker(table, handled)
     try:
-        wait_until(lambda: _lines(handled) and len(_lines(handled)) >= 10)
+        wait_until(lambda: handled_lines(handled) and len(handled_lines(handled)) >= 10)
         worker.send_signal(signal.SIGKILL)  # the second batch is in its handler's sleep
         worker.wait(timeout=10)
-        assert len(_lines(handled)) < len(sent)
-        worker = _start_worker(table, handled)
-        wait_until(lambda: set(_lines(handled)) == set(sent), timeout=60)
+        assert len(handled_lines(handled)) < len(sent)
+        worker = start_worker(table, handled)
+        wait_until(lambda: set(handled_lines(handled)) == set(sent), timeout=60)
         wait_until(lambda: queue_counts(rabbitmq.url, queue) == (0, 1))
     finally:
         worker.terminate()
         worker.wait(timeout=30)
     assert worker.returncode == 0
     assert queue_counts(rabbitmq.url, queue)[0] == 0
-
-
-def _start_worker(table: dict[str, Any], handled: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, MQ_HANDLED_FILE=str(handled))
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "run_mapping.py"), json.dumps(table)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []

@@ -132,7 +132,9 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     sent = [f"slow-{i}".encode() for i in range(30)]
     stomp_send(activemq.port, ACTIVEMQ_USER, queue, sent, {"persistent": "true"})
     handled = tmp_path / "handled.txt"
-    table = activemq_mapping(activemq.url, queue, batch_size=10, maximum_concurrency=1)
+    table = activemq_mapping(
+        activemq.url, queue, batch_size=10, scaling_config={"maximum_concurrency": 1}
+    )
     worker = start_worker(table, handled)
     try:
         wait_until(lambda: len(handled_lines(handled)) >= 10)

@@ -53,7 +53,7 @@ def test_self_managed_rabbitmq_with_auth_and_vhost() -> None:
             {"type": "VIRTUAL_HOST", "uri": "prod"},
         ],
         batch_size=10_000,
-        maximum_concurrency=3,
+        scaling_config={"maximum_concurrency": 3},
     )
     assert config.engine == "rabbitmq" and config.broker_urls == ("amqp://127.0.0.1:5672",)
     assert config.credentials == Credentials("env", "RMQ") and config.virtual_host == "prod"
@@ -70,7 +70,7 @@ def test_self_managed_rabbitmq_with_auth_and_vhost() -> None:
         ({"queues": ["a", "b"]}, "mappings[0].queues: must be a list of exactly one queue"),
         ({"event_source_arn": "arn:aws:sqs:us-east-1:1:q"}, "is not an Amazon MQ broker ARN"),
         ({"batch_sise": 5}, "mappings[0].batch_sise: unknown key"),
-        ({"maximum_concurrency": 0}, "maximum_concurrency: 0 is outside the allowed range"),
+        ({"scaling_config": {"maximum_concurrency": 0}}, "maximum_concurrency: 0 is outside"),
     ],
 )
 def test_bad_values_name_the_key_and_range(table: dict[str, Any], expected: str) -> None:

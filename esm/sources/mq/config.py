@@ -58,7 +58,7 @@ MAPPING_KEYS: Final = frozenset(
         "source_access_configurations",
         "batch_size",
         "maximum_batching_window_in_seconds",
-        "maximum_concurrency",
+        "scaling_config",
         "filter_criteria",
     }
 )
@@ -89,7 +89,8 @@ class MqMappingConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     maximum_batching_window_in_seconds: float = DEFAULT_BATCHING_WINDOW
     maximum_concurrency: int | None = None
-    """esm-only: batches in flight at once; None means Lambda's limit for the engine."""
+    """`scaling_config.maximum_concurrency`, esm-only for Amazon MQ: batches in flight at
+    once; None means Lambda's fixed limit for the engine."""
     filter_patterns: tuple[str, ...] = ()
 
     @property
@@ -147,7 +148,7 @@ def parse_mq_mapping(
             p, raw, "maximum_batching_window_in_seconds", DEFAULT_BATCHING_WINDOW, 0,
             MAX_BATCHING_WINDOW,
         ),
-        maximum_concurrency=_optional_int(p, raw, "maximum_concurrency", 1, MAX_CONCURRENCY),
+        maximum_concurrency=_concurrency(p, raw),
         filter_patterns=_filters(p, raw),
     )
     if p.problems:
@@ -213,6 +214,20 @@ def _optional_int(
     if raw.get(key) is None:
         return None
     return int(_number(p, raw, key, low, low, high, integer=True))
+
+
+def _concurrency(p: _Problems, raw: Mapping[str, Any]) -> int | None:
+    """`scaling_config.maximum_concurrency`, the key SQS mappings use (esm-only here)."""
+    scaling = raw.get("scaling_config")
+    if scaling is None:
+        return None
+    if not isinstance(scaling, Mapping) or set(scaling) - {"maximum_concurrency"}:
+        p.add("scaling_config", "must be { maximum_concurrency = N }")
+        return None
+    inner = _Problems(f"{p.path}.scaling_config" if p.path else "scaling_config")
+    value = _optional_int(inner, scaling, "maximum_concurrency", 1, MAX_CONCURRENCY)
+    p.problems.extend(inner.problems)
+    return value
 
 
 def _endpoints_table(value: Any) -> Mapping[str, Any]:

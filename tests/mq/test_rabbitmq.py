@@ -238,3 +238,25 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
         worker.wait(timeout=30)
     assert worker.returncode == 0
     assert queue_counts(rabbitmq.url, queue)[0] == 0
+
+
+def test_refused_login_is_reported_without_the_password(
+    rabbitmq: Broker, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import structlog
+
+    monkeypatch.setenv("RMQ_BAD_USERNAME", "guest")
+    monkeypatch.setenv("RMQ_BAD_PASSWORD", "s3cret-Value-42")
+    auth = [{"type": "BASIC_AUTH", "uri": "env:RMQ_BAD"}]
+    with structlog.testing.capture_logs() as logs:
+        running = RunningMapping(
+            rabbit_mapping(rabbitmq.url, queue, source_access_configurations=auth)
+        )
+        try:
+            error = wait_until(lambda: running.mapping.last_error)
+        finally:
+            running.stop()
+    assert "refused the BASIC_AUTH login" in error
+    assert any(e["event"] == "mq.session_failed" for e in logs)
+    assert "s3cret-Value-42" not in repr(logs)
+    assert not running.mapping.ready

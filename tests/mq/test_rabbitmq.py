@@ -260,3 +260,17 @@ def test_refused_login_is_reported_without_the_password(
     assert any(e["event"] == "mq.session_failed" for e in logs)
     assert "s3cret-Value-42" not in repr(logs)
     assert not running.mapping.ready
+
+
+def test_status_shows_consumers_and_unacknowledged(rabbitmq: Broker, queue: str) -> None:
+    running = RunningMapping(rabbit_mapping(rabbitmq.url, queue))
+    try:
+        status = wait_until(lambda: (s := running.mapping.status()).consumers == 1 and s)
+        assert (status.engine, status.queue, status.ready) == ("rabbitmq", queue, True)
+        assert (status.messages_ready, status.unacknowledged, status.last_error) == (0, 0, None)
+        publish(rabbitmq.url, queue, ["slow one"])  # its handler sleeps a second
+        wait_until(lambda: running.mapping.status().unacknowledged == 1)
+        wait_until(lambda: running.metric("esm_acknowledged_events_total") == 1)
+        assert running.mapping.status().unacknowledged == 0
+    finally:
+        running.stop()

@@ -32,7 +32,7 @@ from esm.errors import SourceUnavailable
 from esm.sources.mq.config import MqMappingConfig
 from esm.sources.mq.events import activemq_event, activemq_message
 from esm.sources.mq.resolve import Broker
-from esm.sources.mq.runtime import Delivery, LocalRedelivery, record_size
+from esm.sources.mq.runtime import Delivery, LocalRedelivery, QueueStats, record_size
 
 CONNECTION_LOST_AFTER = 10.0
 """Seconds without a live connection (stompman reconnects by itself) before the session
@@ -121,8 +121,8 @@ class ActiveMqSession:
         for delivery in deliveries:
             await delivery.handle.nack()
 
-    async def depth(self) -> int | None:
-        """STOMP has no queue statistics query; ActiveMQ reports depth over JMX only."""
+    async def stats(self) -> QueueStats | None:
+        """STOMP has no queue statistics query; ActiveMQ reports them over JMX only."""
         return None
 
     def event(self, records: list[dict[str, Any]]) -> dict[str, Any]:

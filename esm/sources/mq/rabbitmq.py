@@ -23,7 +23,7 @@ from esm.errors import SourceUnavailable
 from esm.sources.mq.config import MqMappingConfig
 from esm.sources.mq.events import rabbitmq_event, rabbitmq_message
 from esm.sources.mq.resolve import Broker
-from esm.sources.mq.runtime import Delivery, LocalRedelivery, record_size
+from esm.sources.mq.runtime import Delivery, LocalRedelivery, QueueStats, record_size
 
 DEFAULT_VIRTUAL_HOST = "/"
 
@@ -145,14 +145,17 @@ class RabbitMqSession:
         for tag in tags:
             outstanding.pop(tag, None)
 
-    async def depth(self) -> int | None:
-        """Messages ready in the queue (passive Queue.Declare's message_count)."""
+    async def stats(self) -> QueueStats | None:
+        """Ready messages and consumers (a passive Queue.Declare), on a channel of its own:
+        a failed declare closes its channel."""
         if self._connection is None:
             return None
         if self._info is None or self._info.is_closed:
             self._info = await self._connection.channel()
         result = await self._info.queue_declare(self.config.queue, passive=True)
-        return None if result is None else int(result.message_count or 0)
+        if result is None:
+            return None
+        return QueueStats(int(result.message_count or 0), int(result.consumer_count or 0))
 
     def event(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return rabbitmq_event(self._arn, self.config.queue, self.virtual_host, records)

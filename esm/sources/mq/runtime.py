@@ -61,6 +61,27 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class QueueStats:
+    messages_ready: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class MappingStatus:
+    """What `esm status` shows for a broker-queue mapping."""
+
+    name: str
+    engine: str | None
+    queue: str
+    ready: bool
+    unacknowledged: int
+    """Messages this worker holds: received, not yet acknowledged or given back."""
+    messages_ready: int | None
+    consumers: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class LocalRedelivery:
     """A JMS client's RedeliveryPolicy, applied by esm: ActiveMQ over STOMP has no
     broker-side redelivery for a consumer that stays connected, so esm redelivers a failed
@@ -89,7 +110,8 @@ class BrokerSession(Protocol):
 
     async def dead_letter(self, deliveries: Sequence[Delivery]) -> None: ...
 
-    async def depth(self) -> int | None: ...
+    async def stats(self) -> QueueStats | None:
+        """What the broker reports about the queue, where it can (None: it cannot)."""
 
     def event(self, records: list[dict[str, Any]]) -> dict[str, Any]: ...
 
@@ -157,7 +179,10 @@ class MqMapping:
         self.ready = False
         self.last_error: str | None = None
         """Why the last session ended (AWS's StateTransitionReason, for `esm status`)."""
-        self.queue_depth: int | None = None
+        self.queue_stats: QueueStats | None = None
+        self._engine: str | None = config.engine
+        self._held = 0
+        """Deliveries taken out of the buffer into batches and not yet settled."""
         filters = FilterSet.compile(config.filter_patterns) if config.filter_patterns else None
         # Amazon MQ filters see the message with `data` decoded and parsed when it is JSON,
         # the rule Kinesis records follow, so the Kinesis view serves (wrapped).
@@ -209,6 +234,7 @@ class MqMapping:
 
     async def _session_lifetime(self) -> None:
         broker = await resolve_broker(self.config, self.aws)
+        self._engine = broker.engine
         self._concurrency = self.config.concurrency(broker.engine)
         # Two batches' worth per slot: the next batch is at hand when one is acknowledged.
         prefetch = min(65_535, 2 * self.config.batch_size * self._concurrency)
@@ -254,14 +280,27 @@ class MqMapping:
     async def _report_depth(self, session: BrokerSession) -> None:
         while True:
             try:
-                depth = await session.depth()
+                stats = await session.stats()
             except Exception as exc:
-                self._log.debug("mq.depth_failed", error=str(exc))
-                depth = None
-            if depth is not None:
-                self.queue_depth = depth
-                self._m_depth.set(depth)
+                self._log.debug("mq.stats_failed", error=describe_error(exc))
+                stats = None
+            if stats is not None:
+                self.queue_stats = stats
+                self._m_depth.set(stats.messages_ready)
             await anyio.sleep(DEPTH_INTERVAL)
+
+    def status(self) -> MappingStatus:
+        stats = self.queue_stats
+        return MappingStatus(
+            name=self.name,
+            engine=self._engine,
+            queue=self.config.queue,
+            ready=self.ready,
+            unacknowledged=self._held + len(self._buffer.items),
+            messages_ready=stats.messages_ready if stats else None,
+            consumers=stats.consumers if stats else None,
+            last_error=self.last_error,
+        )
 
     async def _consume(self, session: BrokerSession, in_flight: TaskGroup) -> None:
         slots = anyio.Semaphore(self._concurrency)
@@ -318,6 +357,7 @@ class MqMapping:
         self, session: BrokerSession, batch: list[Delivery], slots: anyio.Semaphore
     ) -> None:
         self._m_in_flight.inc()
+        self._held += len(batch)
         try:
             self._m_polled.inc(len(batch))
             passed, filtered = self._filter(batch)
@@ -333,6 +373,7 @@ class MqMapping:
             self._log.exception("mq.batch_crashed", size=len(batch))
         finally:
             self._m_in_flight.dec()
+            self._held -= len(batch)
             slots.release()
 
     def _filter(self, batch: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:

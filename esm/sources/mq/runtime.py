@@ -30,7 +30,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from esm.aws import AwsClients
-from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget
+from esm.batching import MAX_PAYLOAD_BYTES, BatchBudget
 from esm.errors import EsmError
 from esm.filtering import FilterSet, kinesis_filter_view
 from esm.functions import Function
@@ -42,6 +42,9 @@ from esm.sources.mq.resolve import Broker, resolve_broker
 log = get_logger("esm.mq")
 
 RECONNECT_BACKOFF = (1.0, 30.0)
+ENVELOPE_ALLOWANCE = 2048
+"""Bytes kept free for the event's envelope (source, ARN, queue key), which is larger than
+the `{"Records": []}` BatchBudget counts."""
 DEPTH_INTERVAL = 5.0
 
 
@@ -191,6 +194,7 @@ class MqMapping:
         self._buffer = _Buffer()
         self._poll_scope = anyio.CancelScope()
         self._consume_scope: anyio.CancelScope | None = None
+        self._consumed = False
         self._concurrency = 1
         self._log = log.bind(mapping=self.name)
         m = self.name
@@ -221,12 +225,15 @@ class MqMapping:
         backoff = RECONNECT_BACKOFF[0]
         with self._poll_scope:
             while True:
+                self._consumed = False
                 try:
                     await self._session_lifetime()
                 except Exception as exc:
                     self._set_ready(False)
                     self.last_error = describe_error(exc)
                     self._log.error("mq.session_failed", error=self.last_error, retry_in=backoff)
+                if self._consumed:  # the broker was there: a new outage starts from 1 s
+                    backoff = RECONNECT_BACKOFF[0]
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
         self._set_ready(False)
@@ -258,6 +265,8 @@ class MqMapping:
         self, session: BrokerSession, broker: Broker, in_flight: TaskGroup
     ) -> None:
         await session.start(self._buffer.push)
+        self._consumed = True
+        self.last_error = None
         self._set_ready(True)
         self._m_pollers.set(1)
         self._log.info(
@@ -318,7 +327,7 @@ class MqMapping:
         next message would push the payload past 6 MB (it then opens the next batch)."""
         config = self.config
         buffer = self._buffer
-        budget = BatchBudget(config.batch_size)
+        budget = BatchBudget(config.batch_size, MAX_PAYLOAD_BYTES - ENVELOPE_ALLOWANCE)
         batch: list[Delivery] = []
         deadline: float | None = None
         while True:
@@ -333,7 +342,7 @@ class MqMapping:
                     await buffer.wait()
             while buffer.items:
                 head = buffer.items[0]
-                if head.size + ENVELOPE_BYTES > MAX_PAYLOAD_BYTES:
+                if head.size + ENVELOPE_ALLOWANCE > MAX_PAYLOAD_BYTES:
                     buffer.items.popleft()
                     await self._drop_oversize(session, head)
                     continue

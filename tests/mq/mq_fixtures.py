@@ -1,18 +1,17 @@
 """Session fixtures for the broker-queue family: one RabbitMQ node and one ActiveMQ broker
 per test session (each takes seconds to start), skipped with a reason where the machine
-lacks the Debian package."""
+lacks the Debian package.
+
+Not a conftest.py: tests/ has no packages, so a second conftest.py would take the module
+name `conftest` from tests/conftest.py, which other tests import from. The test modules
+load them with `pytest_plugins = ["mq_fixtures"]` instead."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from brokers import Broker, BrokerMissing, start_activemq, start_rabbitmq  # noqa: E402
+from brokers import Broker, BrokerMissing, start_activemq, start_rabbitmq
 
 
 @pytest.fixture(scope="session")

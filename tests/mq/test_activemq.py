@@ -24,6 +24,8 @@ from helpers import (
 )
 from mq_handlers import MAX_RUNNING, bodies_for, events_for, messages_of
 
+pytest_plugins = ["mq_fixtures"]  # the session brokers (see mq_fixtures.py)
+
 
 @pytest.fixture(autouse=True)
 def login() -> Iterator[None]:

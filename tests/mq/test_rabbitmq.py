@@ -26,6 +26,8 @@ from helpers import (
 )
 from mq_handlers import bodies_for, events_for, messages_of
 
+pytest_plugins = ["mq_fixtures"]  # the session brokers (see mq_fixtures.py)
+
 
 @pytest.fixture
 def queue(rabbitmq: Broker) -> str:

@@ -229,11 +229,11 @@ class MqMapping:
                 try:
                     await self._session_lifetime()
                 except Exception as exc:
+                    if self._consumed:  # the broker was there: a new outage starts from 1 s
+                        backoff = RECONNECT_BACKOFF[0]
                     self._set_ready(False)
                     self.last_error = describe_error(exc)
                     self._log.error("mq.session_failed", error=self.last_error, retry_in=backoff)
-                if self._consumed:  # the broker was there: a new outage starts from 1 s
-                    backoff = RECONNECT_BACKOFF[0]
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
         self._set_ready(False)

@@ -55,6 +55,18 @@ class Broker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the test process dies without its teardown (a
+    killed run). That covers ActiveMQ's JVM and epmd; RabbitMQ's beam.smp is a grandchild
+    (under the rabbitmq-server script) and can still outlive a killed run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _wait_for(check: object, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -100,10 +112,12 @@ def start_rabbitmq() -> Broker:
     epmd = subprocess.Popen(
         ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     server = subprocess.Popen(
         [str(RABBITMQ_SERVER)],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=work,
+        preexec_fn=_die_with_parent,
     )
     broker = Broker(f"amqp://127.0.0.1:{port}", port, work, [epmd, server], log)
     try:
@@ -172,7 +186,7 @@ def start_activemq() -> Broker:
     ]
     server = subprocess.Popen(
         command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        cwd=work,
+        cwd=work, preexec_fn=_die_with_parent,
     )
     broker = Broker(f"stomp://127.0.0.1:{port}", port, work, [server], log)
     try:

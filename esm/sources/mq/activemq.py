@@ -1,0 +1,139 @@
+"""ActiveMQ over STOMP 1.2 (stompman): the broker session of an ActiveMQ mapping.
+
+Why STOMP: Debian's ActiveMQ serves OpenWire, STOMP and MQTT (no AMQP 1.0). OpenWire has no
+maintained Python client; MQTT drops the JMS fields Lambda's event carries; STOMP carries
+them as frame headers (message-id, persistent, correlation-id, reply-to, type, expires,
+priority, timestamp, redelivered, and every JMS property), and stompman is a maintained,
+typed asyncio client with per-message ACK/NACK.
+
+Redelivery (services-mq-errors): Lambda reads ActiveMQ with a JMS client whose
+RedeliveryPolicy has ActiveMQ's defaults and maximumRedeliveries 6; the client redelivers a
+failed batch itself and then hands the message to the broker's DLQ. esm does the same
+(`LocalRedelivery`): a failed batch is invoked again after the redelivery delay with
+`redelivered = true`, and after the sixth redelivery it is NACKed, which ActiveMQ treats as
+a poison acknowledgement: the message moves to the dead-letter queue (ActiveMQ.DLQ unless
+the broker's policy names another; ActiveMQ sends only persistent messages there by
+default). Messages never acknowledged return to the queue when the connection closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import stompman
+
+from esm.errors import SourceUnavailable
+from esm.sources.mq.config import MqMappingConfig
+from esm.sources.mq.events import activemq_event, activemq_message
+from esm.sources.mq.resolve import Broker
+from esm.sources.mq.runtime import Delivery, LocalRedelivery, QueueStats, record_size
+
+CONNECTION_LOST_AFTER = 10.0
+"""Seconds without a live connection (stompman reconnects by itself) before the session
+counts as lost and the mapping turns not ready."""
+
+
+class ActiveMqSession:
+    local_redelivery: LocalRedelivery | None = LocalRedelivery()
+
+    def __init__(self, config: MqMappingConfig, broker: Broker, prefetch: int) -> None:
+        self.config = config
+        self.broker = broker
+        self.prefetch = prefetch
+        self._arn = config.event_source_arn
+        self._stack = AsyncExitStack()
+        self._client: stompman.Client | None = None
+        self._subscription: stompman.ManualAckSubscription | None = None
+
+    def _servers(self) -> list[stompman.ConnectionParameters]:
+        login = self.broker.login
+        servers = []
+        for url in self.broker.urls:
+            parts = urlsplit(url)
+            servers.append(
+                stompman.ConnectionParameters(
+                    host=parts.hostname or "localhost",
+                    port=parts.port or (61614 if parts.scheme == "stomp+ssl" else 61613),
+                    login=login.username if login else "",
+                    passcode=login.password if login else "",
+                )
+            )
+        return servers
+
+    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+        secure = any(urlsplit(u).scheme == "stomp+ssl" for u in self.broker.urls)
+        client = stompman.Client(
+            self._servers(),
+            ssl=True if secure else None,
+            max_concurrent_handlers=None,
+            connect_retry_attempts=2,
+            no_message_restart_interval=None,
+            on_error_frame=lambda frame: None,
+        )
+        try:
+            self._client = await self._stack.enter_async_context(client)
+        except stompman.FailedAllConnectAttemptsError as exc:
+            raise SourceUnavailable(
+                f"no ActiveMQ broker reachable, or the login was refused: {exc}"
+            ) from None
+
+        async def on_message(frame: stompman.AckableMessageFrame) -> None:
+            headers: dict[str, str] = dict(frame.headers)  # type: ignore[arg-type]
+            record = activemq_message(headers, frame.body, int(time.time() * 1000))
+            deliver(Delivery(record, record_size(record), frame))
+
+        self._subscription = await client.subscribe_with_manual_ack(
+            f"/queue/{self.config.queue}",
+            on_message,
+            ack="client-individual",
+            headers={"activemq.prefetchSize": str(self.prefetch)},
+        )
+
+    async def wait_closed(self) -> None:
+        client = self._client
+        assert client is not None
+        down_since: float | None = None
+        while True:
+            await anyio.sleep(1)
+            if client.is_alive():
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > CONNECTION_LOST_AFTER:
+                return
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await delivery.handle.ack()
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to send: STOMP's NACK would dead-letter them; unacknowledged messages
+        return to the queue when the subscription closes (at shutdown, which is the only
+        caller: failed batches go through LocalRedelivery)."""
+
+    async def dead_letter(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await delivery.handle.nack()
+
+    async def stats(self) -> QueueStats | None:
+        """STOMP has no queue statistics query; ActiveMQ reports them over JMX only."""
+        return None
+
+    def event(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return activemq_event(self._arn, records)
+
+    async def aclose(self) -> None:
+        """Unsubscribe (stompman's client waits for it), so the broker returns every
+        unacknowledged message to the queue, then disconnect."""
+        with contextlib.suppress(Exception):
+            if self._subscription is not None:
+                with anyio.move_on_after(5):
+                    await self._subscription.unsubscribe()
+                self._subscription = None
+            await self._stack.aclose()

@@ -34,10 +34,13 @@ from bench import endpoints  # noqa: E402
 from bench.harness import BENCH_DIR  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
-PHASES = ("hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
+PHASES = ("per_call", "hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
 
 TARGETS = {
+    "per_call_us": 100,
     "hot_path_records_per_cpu_s": 200_000,
+    "hot_path_fraction_kinesis_1000": 0.70,
+    "hot_path_fraction_sqs_100": 0.50,
     "e2e_ratio": 3.0,
     "latency_p50_ms_sqs": 50,
     "latency_p50_ms_kinesis": 300,
@@ -50,6 +53,7 @@ TARGETS = {
 class Sizes:
     """How big each phase is; --quick shrinks every one so the whole run stays under 60 s."""
 
+    per_calls: int
     hot_records: int
     hot_repeats: int
     stream_records: int
@@ -63,8 +67,8 @@ class Sizes:
     phase_timeout: float
 
 
-FULL = Sizes(200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
-QUICK = Sizes(10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
+FULL = Sizes(3_000, 200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
+QUICK = Sizes(100, 10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
 
 
 def git_commit() -> tuple[str, bool]:
@@ -96,6 +100,13 @@ def _log(line: str) -> None:
 
 
 # --- phases --------------------------------------------------------------------------------
+
+
+def phase_per_call(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import percall
+
+    _log(f"[per_call] esm CPU per AWS call, {sizes.per_calls:,} calls per figure")
+    return percall.run(sizes.per_calls, log=_log, profile_dir=args.out if args.profile else None)
 
 
 def phase_hot_path(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
@@ -210,6 +221,7 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[[Sizes, argparse.Namespace], dict[str, Any]]] = {
+    "per_call": phase_per_call,
     "hot_path": phase_hot_path,
     "streams_e2e": phase_streams_e2e,
     "sqs_e2e": phase_sqs_e2e,
@@ -269,17 +281,41 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
 
+    per_call = results.get("per_call")
+    if isinstance(per_call, dict) and "cells" in per_call:
+        goal = TARGETS["per_call_us"]
+        cells = per_call["cells"]
+        baseline = cells.get("aiohttp+asyncio", {})
+        for name in next(iter(cells.values()), {}):
+            best_cell = min(cells, key=lambda c: cells[c][name])
+            best = cells[best_cell][name]
+            old = baseline.get(name)
+            row(
+                f"0 per call {name} (us of esm CPU)",
+                _num(best, ".0f"),
+                f"{_num(old, '.0f')} (aiohttp+asyncio)" if old else "",
+                f"{old / best:.1f}x less" if old and best else "",
+                f"<= {goal}",
+                _verdict(best, goal, False),
+                f"best: {best_cell}; "
+                + ", ".join(f"{c} {_num(v[name], '.0f')}" for c, v in cells.items()),
+            )
     hot = results.get("hot_path")
     if isinstance(hot, dict) and "cells" in hot:
         goal = TARGETS["hot_path_records_per_cpu_s"]
         for cell in hot["cells"]:
+            fraction = cell.get("fraction_of_limit")
+            key = f"hot_path_fraction_{cell['shape']}_{cell['batch_size']}"
+            share = TARGETS.get(key)
             row(
                 f"1 hot path {cell['shape']}, batch {cell['batch_size']:,} (records/CPU-s)",
                 _num(cell["records_per_cpu_s"]),
-                "",
-                "",
-                f">= {goal:,}",
-                _verdict(cell["records_per_cpu_s"], goal, True),
+                f"limit {_num(cell.get('limit_records_per_cpu_s'))}",
+                _num(100 * fraction, ".0f", "% of limit") if fraction else "",
+                f">= {100 * share:.0f}% of limit" if share else f">= {goal:,}",
+                _verdict(fraction, share, True)
+                if share
+                else _verdict(cell["records_per_cpu_s"], goal, True),
                 f"wall {_num(cell['records_per_s'])} rec/s; "
                 f"GC {_num(100 * cell.get('gc_share', float('nan')), '.0f', '%')} of CPU",
             )
@@ -336,7 +372,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             if key == "kinesis_lambda_pace" or not isinstance(k, dict) or "rss_mb_max" not in k:
                 continue
             # The baseline: the same shards read once a second each, as Lambda reads them.
-            baseline = paced if key == "kinesis" and isinstance(paced, dict) and "cpu_percent" in paced else None
+            paced_ok = isinstance(paced, dict) and "cpu_percent" in paced
+            baseline = paced if key == "kinesis" and paced_ok else None
             where = k["endpoint"]
             row(
                 f"5 {k['shards']:,} idle shards: RSS ({where})",
@@ -350,8 +387,12 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             row(
                 f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({where})",
                 _num(k["cpu_percent"], ".1f", "%"),
-                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard" if baseline else "",
-                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less" if baseline and k["cpu_percent"] else "",
+                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard"
+                if baseline
+                else "",
+                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less"
+                if baseline and k["cpu_percent"]
+                else "",
                 f"< {TARGETS['idle_shards_cpu_percent']}% of a core",
                 _verdict(k["cpu_percent"], TARGETS["idle_shards_cpu_percent"], False),
                 f"endpoint {_num(k['endpoint_cpu_percent'], '.0f', '%')} of a core"

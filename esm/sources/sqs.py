@@ -6,13 +6,17 @@ visibility timeout and redrive policy decide what happens next. With
 ReportBatchItemFailures only the listed messages stay; on a FIFO queue a failed message
 also keeps every later message of its group in the batch, so the group's order holds.
 
-Concurrency: each receiver has at most one batch in flight. The mapping starts with one
-receiver, adds one (at most five a second) while receives come back full, and retires
-receivers whose receive comes back empty, never exceeding `maximum_concurrency`.
+Concurrency: each receiver has at most one batch in flight. As Lambda does (see
+esm.sources.sqs_scaling), a mapping starts with five receivers, adds up to 300 a minute
+while receives come back full, and retires receivers whose receive comes back empty down to
+five again, never above 1,250, `maximum_concurrency` or the function's reserved concurrency;
+`provisioned_poller_config` keeps `minimum_pollers` and scales three times as fast up to
+`maximum_pollers`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -33,12 +37,11 @@ from esm.events.sqs import sqs_record
 from esm.filtering import FilterSet, sqs_filter_view
 from esm.functions import Function
 from esm.observability import Metrics, get_logger
+from esm.sources.sqs_scaling import ProvisionedPollers, ScalingPlan, scaling_plan
 
 log = get_logger("esm.sqs")
 
-DEFAULT_MAXIMUM_CONCURRENCY = 1000
 LONG_POLL_SECONDS = 20
-SCALE_UP_INTERVAL = 0.2
 RESOLVE_RETRY_SECONDS = 10.0
 RECEIVE_ERROR_BACKOFF = (1.0, 30.0)
 DELETE_ATTEMPTS = 3
@@ -72,9 +75,11 @@ class SqsMapping:
         metrics: Metrics,
         filters: FilterSet | None,
         api: RawJsonApi | None = None,
+        provisioned: ProvisionedPollers | None = None,
     ) -> None:
         """`api` serves the per-batch calls (receive, delete, release); by default the
-        queue's endpoint through esm.aws_json."""
+        queue's endpoint through esm.aws_json. `provisioned` is the mapping's
+        provisioned_poller_config (by default the config's, once esm.config carries it)."""
         self.config = config
         self.name = config.name
         self.function = function
@@ -84,8 +89,10 @@ class SqsMapping:
         self.fifo = config.source.name.endswith(".fifo")
         self._queue_arn = config.event_source_arn
         self._region = config.source.region
-        self.max_receivers = (
-            config.maximum_concurrency or function.concurrency or DEFAULT_MAXIMUM_CONCURRENCY
+        if provisioned is None:
+            provisioned = getattr(config, "provisioned_poller_config", None)
+        self.scaling: ScalingPlan = scaling_plan(
+            config.maximum_concurrency, function.concurrency, provisioned
         )
         self.ready = False
         self.queue_url = ""
@@ -123,7 +130,9 @@ class SqsMapping:
                 with self._poll_scope:
                     await self._resolve_queue()
                     async with anyio.create_task_group() as receivers:
-                        self._start_receiver(receivers, in_flight)
+                        self._log.info("sqs.scaling", **self.scaling.to_dict())
+                        for _ in range(self.scaling.initial):
+                            self._start_receiver(receivers, in_flight)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._api.aclose()
@@ -151,15 +160,19 @@ class SqsMapping:
                 client = await self.aws.client("sqs")
                 response = await self.aws.retry.call(
                     "GetQueueUrl",
-                    lambda: client.get_queue_url(
-                        QueueName=source.name, QueueOwnerAWSAccountId=source.account
+                    functools.partial(
+                        client.get_queue_url,
+                        QueueName=source.name,
+                        QueueOwnerAWSAccountId=source.account,
                     ),
                 )
                 url = response["QueueUrl"]
                 attributes = await self.aws.retry.call(
                     "GetQueueAttributes",
-                    lambda: client.get_queue_attributes(
-                        QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+                    functools.partial(
+                        client.get_queue_attributes,
+                        QueueUrl=url,
+                        AttributeNames=["VisibilityTimeout"],
                     ),
                 )
                 visibility = int(attributes["Attributes"]["VisibilityTimeout"])
@@ -185,9 +198,10 @@ class SqsMapping:
         receivers.start_soon(self._receiver, receivers, in_flight)
 
     def _maybe_scale_up(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
-        if self._receivers >= self.max_receivers:
+        """One more receiver, at most once per the plan's interval (300 a minute)."""
+        if self._receivers >= self.scaling.ceiling:
             return
-        if time.monotonic() - self._last_scale_up >= SCALE_UP_INTERVAL:
+        if time.monotonic() - self._last_scale_up >= self.scaling.scale_up_interval:
             self._start_receiver(receivers, in_flight)
 
     async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
@@ -206,8 +220,8 @@ class SqsMapping:
                 backoff = RECEIVE_ERROR_BACKOFF[0]
                 self._set_ready(True)
                 if not batch:
-                    if self._receivers > 1:
-                        return
+                    if self._receivers > self.scaling.initial:
+                        return  # scale back down towards the plan's floor
                     continue
                 if full:
                     self._maybe_scale_up(receivers, in_flight)
@@ -379,7 +393,8 @@ class SqsMapping:
                 ]
                 try:
                     await self._api.call(
-                        "ChangeMessageVisibilityBatch", {"QueueUrl": self.queue_url, "Entries": entries}
+                        "ChangeMessageVisibilityBatch",
+                        {"QueueUrl": self.queue_url, "Entries": entries},
                     )
                 except Exception as exc:
                     self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))

@@ -34,7 +34,7 @@ from bench import endpoints  # noqa: E402
 from bench.harness import BENCH_DIR  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
-PHASES = ("per_call", "hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
+PHASES = ("per_call", "hot_path", "streams_e2e", "sqs_e2e", "sqs_ramp", "latency", "scale")
 
 TARGETS = {
     "per_call_us": 100,
@@ -54,6 +54,8 @@ class Sizes:
     """How big each phase is; --quick shrinks every one so the whole run stays under 60 s."""
 
     per_calls: int
+    ramp_seconds: float
+    ramp_messages: int
     hot_records: int
     hot_repeats: int
     stream_records: int
@@ -67,8 +69,8 @@ class Sizes:
     phase_timeout: float
 
 
-FULL = Sizes(3_000, 200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
-QUICK = Sizes(100, 10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
+FULL = Sizes(3_000, 30, 200_000, 200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
+QUICK = Sizes(100, 2, 5_000, 10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
 
 
 def git_commit() -> tuple[str, bool]:
@@ -107,6 +109,16 @@ def phase_per_call(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
 
     _log(f"[per_call] esm CPU per AWS call, {sizes.per_calls:,} calls per figure")
     return percall.run(sizes.per_calls, log=_log, profile_dir=args.out if args.profile else None)
+
+
+def phase_sqs_ramp(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import ramp
+
+    _log(
+        f"[sqs_ramp] concurrency over {sizes.ramp_seconds:g} s on a "
+        f"{sizes.ramp_messages:,}-message queue (bench.fake_sqs), standard and provisioned mode"
+    )
+    return ramp.run(sizes.ramp_seconds, sizes.ramp_messages, log=_log, out=args.out)
 
 
 def phase_hot_path(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
@@ -225,6 +237,7 @@ RUNNERS: dict[str, Callable[[Sizes, argparse.Namespace], dict[str, Any]]] = {
     "hot_path": phase_hot_path,
     "streams_e2e": phase_streams_e2e,
     "sqs_e2e": phase_sqs_e2e,
+    "sqs_ramp": phase_sqs_ramp,
     "latency": phase_latency,
     "scale": phase_scale,
 }
@@ -349,6 +362,22 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 f">= {TARGETS['e2e_ratio']:g}x",
                 _verdict(run["ratio"], TARGETS["e2e_ratio"], True),
                 _cpu_note(run["naive"], run["esm"]),
+            )
+    ramp = results.get("sqs_ramp")
+    if isinstance(ramp, dict) and "modes" in ramp:
+        goals = {"standard": 300, "provisioned": 900}
+        for mode, r in ramp["modes"].items():
+            if not isinstance(r, dict) or "samples" not in r:
+                continue
+            row(
+                f"6 SQS ramp {mode}: receivers after {ramp['seconds']:g} s "
+                f"({ramp['messages']:,}-message queue)",
+                f"{r['final_receivers']} ({r['final_in_flight']} in flight)",
+                "",
+                f"{_num(r['added_per_minute'])}/min",
+                f"{goals[mode]}/min (AWS)",
+                "",
+                f"plot: {ramp.get('plot') or 'matplotlib not installed'}",
             )
     latency = results.get("latency")
     if isinstance(latency, dict):

@@ -105,7 +105,8 @@ class SqsMapping:
             json_version="1.0",
         )
         self._receivers = 0
-        self._last_scale_up = 0.0
+        self._backlog = False
+        """A receive came back full since the scaler last looked: messages are waiting."""
         self._log = log.bind(mapping=self.name)
         m = self.name
         self._m_polled = metrics.polled.labels(m)
@@ -133,6 +134,7 @@ class SqsMapping:
                         self._log.info("sqs.scaling", **self.scaling.to_dict())
                         for _ in range(self.scaling.initial):
                             self._start_receiver(receivers, in_flight)
+                        receivers.start_soon(self._scaler, receivers, in_flight)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._api.aclose()
@@ -194,15 +196,18 @@ class SqsMapping:
     def _start_receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
         self._receivers += 1
         self._m_pollers.set(self._receivers)
-        self._last_scale_up = time.monotonic()
         receivers.start_soon(self._receiver, receivers, in_flight)
 
-    def _maybe_scale_up(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
-        """One more receiver, at most once per the plan's interval (300 a minute)."""
-        if self._receivers >= self.scaling.ceiling:
-            return
-        if time.monotonic() - self._last_scale_up >= self.scaling.scale_up_interval:
-            self._start_receiver(receivers, in_flight)
+    async def _scaler(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
+        """One more receiver per interval (300 a minute in standard mode) while messages
+        are waiting: a clock of its own, so the pace does not depend on how often
+        receives complete (they all wait for their batch's invocation)."""
+        interval = self.scaling.scale_up_interval
+        while True:
+            await anyio.sleep(interval)
+            if self._backlog and self._receivers < self.scaling.ceiling:
+                self._start_receiver(receivers, in_flight)
+            self._backlog = False
 
     async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
         carry: list[Received] = []
@@ -224,7 +229,7 @@ class SqsMapping:
                         return  # scale back down towards the plan's floor
                     continue
                 if full:
-                    self._maybe_scale_up(receivers, in_flight)
+                    self._backlog = True
                 done = anyio.Event()
                 in_flight.start_soon(self._process, batch, done)
                 await done.wait()

@@ -211,6 +211,7 @@ class SqsMapping:
 
     async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
         carry: list[Received] = []
+        deleted: anyio.Event | None = None
         backoff = RECEIVE_ERROR_BACKOFF[0]
         try:
             while True:
@@ -230,9 +231,13 @@ class SqsMapping:
                     continue
                 if full:
                     self._backlog = True
-                done = anyio.Event()
-                in_flight.start_soon(self._process, batch, done)
-                await done.wait()
+                # The next receive overlaps the last batch's delete; its invocation waits
+                # for that delete, so a receiver never has more than one pending.
+                if deleted is not None:
+                    await deleted.wait()
+                invoked, deleted = anyio.Event(), anyio.Event()
+                in_flight.start_soon(self._process, batch, invoked, deleted)
+                await invoked.wait()
         finally:
             self._receivers -= 1
             self._m_pollers.set(self._receivers)
@@ -301,8 +306,11 @@ class SqsMapping:
             record, len(orjson.dumps(record)), record["messageId"], record["receiptHandle"]
         )
 
-    async def _process(self, batch: list[Received], done: anyio.Event) -> None:
-        """Filter, invoke, and delete exactly what Lambda would delete."""
+    async def _process(
+        self, batch: list[Received], invoked: anyio.Event, deleted: anyio.Event
+    ) -> None:
+        """Filter, invoke, and delete exactly what Lambda would delete. `invoked` is set
+        once the function returned (the receiver may receive again), `deleted` at the end."""
         self._m_in_flight.inc()
         try:
             self._m_polled.inc(len(batch))
@@ -314,12 +322,14 @@ class SqsMapping:
                     to_delete.extend(m for m in passed if m.message_id not in failed_ids)
                 else:
                     to_delete.extend(passed)
+            invoked.set()
             await self._delete(to_delete)
         except Exception:
             self._log.exception("sqs.batch_crashed", size=len(batch))
         finally:
             self._m_in_flight.dec()
-            done.set()
+            invoked.set()
+            deleted.set()
 
     def _filter(self, batch: list[Received]) -> tuple[list[Received], list[Received]]:
         """Split into messages that pass FilterCriteria and filtered-out ones (to delete)."""

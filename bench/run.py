@@ -46,6 +46,7 @@ TARGETS = {
     "latency_p50_ms_kinesis": 300,
     "idle_shards_rss_mb": 300,
     "idle_shards_cpu_percent": 5,
+    "idle_shards_lambda_pace_cpu_percent": 10,
 }
 
 
@@ -214,6 +215,15 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
             endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log,
             lambda_pace=True,
         )
+        sweep = [lambda_pace]
+        for shards in (sizes.idle_shards // 10, sizes.idle_shards * 3 // 10):
+            sweep.append(
+                scale.run_kinesis(
+                    endpoint, max(1, shards), sizes.scale_warmup, sizes.scale_window / 4,
+                    log=_log, lambda_pace=True,
+                )
+            )
+    plot = scale.plot_lambda_pace(sweep, args.out)
     with endpoints.start_kinesis_endpoint(
         args.kinesis_endpoint, shard_limit=sizes.idle_shards + 100
     ) as endpoint:
@@ -227,6 +237,11 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kinesis": kinesis,
         "kinesis_lambda_pace": lambda_pace,
+        "lambda_pace_sweep": [
+            {k: r[k] for k in ("shards", "cpu_percent", "rss_mb_max", "cpu_us_per_get_records")}
+            for r in sweep
+        ],
+        "lambda_pace_plot": plot,
         f"kinesis_{second['endpoint']}": second,
         "sqs": sqs,
     }
@@ -430,6 +445,24 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     if per_read
                     else ""
                 ),
+            )
+        sweep = scale.get("lambda_pace_sweep")
+        if isinstance(sweep, list) and sweep:
+            top = max(sweep, key=lambda r: r["shards"])
+            row(
+                f"5 {top['shards']:,} idle shards at Lambda's pace (1 read/s each): CPU",
+                _num(top["cpu_percent"], ".1f", "%"),
+                "",
+                "",
+                f"<= {TARGETS['idle_shards_lambda_pace_cpu_percent']}% of a core",
+                _verdict(top["cpu_percent"], TARGETS["idle_shards_lambda_pace_cpu_percent"], False),
+                "sweep: "
+                + ", ".join(
+                    f"{r['shards']:,} shards {_num(r['cpu_percent'], '.1f', '%')}"
+                    f" ({_num(r['cpu_us_per_get_records'])} us/read)"
+                    for r in sorted(sweep, key=lambda r: r["shards"])
+                )
+                + f"; plot: {scale.get('lambda_pace_plot') or 'matplotlib not installed'}",
             )
         q = scale.get("sqs")
         if isinstance(q, dict) and "rss_mb_max" in q:

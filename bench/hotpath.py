@@ -413,7 +413,11 @@ def receive_bodies(serialised: list[bytes]) -> list[bytes]:
 
 def limit_cell(shape: str, records: int, repeats: int = 3) -> dict[str, Any]:
     """Records per CPU-second of the limit on the bodies a `run_cell` of `shape` reads
-    (the best of `repeats`: the limit is a floor on cost)."""
+    (the best of `repeats`: the limit is a floor on cost), with the daemon's GC settings
+    as the cells have them."""
+    from esm.daemon import tune_garbage_collector
+
+    tune_garbage_collector()
     if shape == "kinesis":
         pages = kinesis_pages(4, records)
 

@@ -22,6 +22,7 @@ import orjson
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from esm.aws import AwsClients
+from esm.errors import ConfigError
 from esm.http1 import HttpClient
 from esm.sigv4 import Credentials, JsonRequestSigner
 
@@ -33,9 +34,7 @@ def http_client_choice() -> str:
     """Which HTTP client the lean path uses: esm.http1 unless ESM_HTTP_CLIENT says aiohttp."""
     choice = os.environ.get(HTTP_CLIENT_ENV, "httptools").strip().lower() or "httptools"
     if choice not in HTTP_CLIENTS:
-        raise ValueError(
-            f"{HTTP_CLIENT_ENV}={choice!r} is not one of {', '.join(HTTP_CLIENTS)}"
-        )
+        raise ConfigError([f"{HTTP_CLIENT_ENV}={choice!r} is not one of {', '.join(HTTP_CLIENTS)}"])
     return choice
 
 

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import anyio
 
+from esm.errors import ConfigError
+
 EVENT_LOOP_ENV = "ESM_EVENT_LOOP"
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
@@ -22,14 +24,15 @@ T = TypeVar("T")
 
 
 def choice() -> str:
-    """The loop to use: "uvloop" or "asyncio"; a bad ESM_EVENT_LOOP is a clear error."""
+    """The loop to use: "uvloop" or "asyncio"; a bad ESM_EVENT_LOOP is a ConfigError (which
+    `esm run` prints as one line, like any configuration problem)."""
     wanted = os.environ.get(EVENT_LOOP_ENV, "auto").strip().lower() or "auto"
     if wanted not in EVENT_LOOPS:
-        raise ValueError(f"{EVENT_LOOP_ENV}={wanted!r} is not one of {', '.join(EVENT_LOOPS)}")
+        raise ConfigError([f"{EVENT_LOOP_ENV}={wanted!r} is not one of {', '.join(EVENT_LOOPS)}"])
     available = importlib.util.find_spec("uvloop") is not None
     if wanted == "uvloop" and not available:
-        raise ValueError(
-            f"{EVENT_LOOP_ENV}=uvloop but uvloop is not installed (pip install esm[fast])"
+        raise ConfigError(
+            [f"{EVENT_LOOP_ENV}=uvloop but uvloop is not installed (pip install 'esm[fast]')"]
         )
     if wanted == "asyncio" or not available:
         return "asyncio"

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from esm import event_loop
+from esm.errors import ConfigError
 
 
 def test_auto_picks_uvloop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,5 +33,17 @@ def test_asyncio_opt_out_runs_the_standard_loop(monkeypatch: pytest.MonkeyPatch)
 
 def test_unknown_loop_names_the_variable_and_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(event_loop.EVENT_LOOP_ENV, "trio")
-    with pytest.raises(ValueError, match=r"ESM_EVENT_LOOP='trio' is not one of auto, uvloop"):
+    with pytest.raises(ConfigError, match=r"ESM_EVENT_LOOP='trio' is not one of auto, uvloop"):
         event_loop.choice()
+
+
+def test_unknown_http_client_names_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from esm.aws_json import HTTP_CLIENT_ENV, http_client_choice
+
+    monkeypatch.setenv(HTTP_CLIENT_ENV, "curl")
+    with pytest.raises(ConfigError, match=r"ESM_HTTP_CLIENT='curl' is not one of httptools"):
+        http_client_choice()
+    monkeypatch.setenv(HTTP_CLIENT_ENV, "AIOHTTP")
+    assert http_client_choice() == "aiohttp"

@@ -233,8 +233,12 @@ class SqsMapping:
                     self._backlog = True
                 # The next receive overlaps the last batch's delete; its invocation waits
                 # for that delete, so a receiver never has more than one pending.
-                if deleted is not None:
-                    await deleted.wait()
+                if deleted is not None and not deleted.is_set():
+                    try:
+                        await deleted.wait()
+                    except BaseException:
+                        carry[:0] = batch  # never invoked: released below when stopping
+                        raise
                 invoked, deleted = anyio.Event(), anyio.Event()
                 in_flight.start_soon(self._process, batch, invoked, deleted)
                 await invoked.wait()

@@ -137,6 +137,14 @@ class FakeSqs:
         q.arrived.set()
         return {"MessageId": message.message_id, "MD5OfMessageBody": message.md5}
 
+    def BenchFill(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Bench only: `Count` copies of `MessageBody` at once (a deep queue in a blink)."""
+        q = self.queue(p)
+        for _ in range(int(p["Count"])):
+            q.visible.append(self._new_message(p["MessageBody"]))
+        q.arrived.set()
+        return {}
+
     def SendMessageBatch(self, p: dict[str, Any]) -> dict[str, Any]:
         q = self.queue(p)
         successful = []

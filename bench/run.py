@@ -34,15 +34,19 @@ from bench import endpoints  # noqa: E402
 from bench.harness import BENCH_DIR  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
-PHASES = ("hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
+PHASES = ("per_call", "hot_path", "streams_e2e", "sqs_e2e", "sqs_ramp", "latency", "scale")
 
 TARGETS = {
+    "per_call_us": 100,
     "hot_path_records_per_cpu_s": 200_000,
+    "hot_path_fraction_kinesis_1000": 0.70,
+    "hot_path_fraction_sqs_100": 0.50,
     "e2e_ratio": 3.0,
     "latency_p50_ms_sqs": 50,
     "latency_p50_ms_kinesis": 300,
     "idle_shards_rss_mb": 300,
     "idle_shards_cpu_percent": 5,
+    "idle_shards_lambda_pace_cpu_percent": 10,
 }
 
 
@@ -50,6 +54,9 @@ TARGETS = {
 class Sizes:
     """How big each phase is; --quick shrinks every one so the whole run stays under 60 s."""
 
+    per_calls: int
+    ramp_seconds: float
+    ramp_messages: int
     hot_records: int
     hot_repeats: int
     stream_records: int
@@ -63,8 +70,8 @@ class Sizes:
     phase_timeout: float
 
 
-FULL = Sizes(200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
-QUICK = Sizes(10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
+FULL = Sizes(3_000, 30, 200_000, 200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
+QUICK = Sizes(100, 2, 5_000, 10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
 
 
 def git_commit() -> tuple[str, bool]:
@@ -96,6 +103,23 @@ def _log(line: str) -> None:
 
 
 # --- phases --------------------------------------------------------------------------------
+
+
+def phase_per_call(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import percall
+
+    _log(f"[per_call] esm CPU per AWS call, {sizes.per_calls:,} calls per figure")
+    return percall.run(sizes.per_calls, log=_log, profile_dir=args.out if args.profile else None)
+
+
+def phase_sqs_ramp(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import ramp
+
+    _log(
+        f"[sqs_ramp] concurrency over {sizes.ramp_seconds:g} s on a "
+        f"{sizes.ramp_messages:,}-message queue (bench.fake_sqs), standard and provisioned mode"
+    )
+    return ramp.run(sizes.ramp_seconds, sizes.ramp_messages, log=_log, out=args.out)
 
 
 def phase_hot_path(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
@@ -191,6 +215,15 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
             endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log,
             lambda_pace=True,
         )
+        sweep = [lambda_pace]
+        for shards in (sizes.idle_shards // 10, sizes.idle_shards * 3 // 10):
+            sweep.append(
+                scale.run_kinesis(
+                    endpoint, max(1, shards), sizes.scale_warmup, sizes.scale_window / 4,
+                    log=_log, lambda_pace=True,
+                )
+            )
+    plot = scale.plot_lambda_pace(sweep, args.out)
     with endpoints.start_kinesis_endpoint(
         args.kinesis_endpoint, shard_limit=sizes.idle_shards + 100
     ) as endpoint:
@@ -204,15 +237,22 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kinesis": kinesis,
         "kinesis_lambda_pace": lambda_pace,
+        "lambda_pace_sweep": [
+            {k: r[k] for k in ("shards", "cpu_percent", "rss_mb_max", "cpu_us_per_get_records")}
+            for r in sweep
+        ],
+        "lambda_pace_plot": plot,
         f"kinesis_{second['endpoint']}": second,
         "sqs": sqs,
     }
 
 
 RUNNERS: dict[str, Callable[[Sizes, argparse.Namespace], dict[str, Any]]] = {
+    "per_call": phase_per_call,
     "hot_path": phase_hot_path,
     "streams_e2e": phase_streams_e2e,
     "sqs_e2e": phase_sqs_e2e,
+    "sqs_ramp": phase_sqs_ramp,
     "latency": phase_latency,
     "scale": phase_scale,
 }
@@ -269,17 +309,41 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
 
+    per_call = results.get("per_call")
+    if isinstance(per_call, dict) and "cells" in per_call:
+        goal = TARGETS["per_call_us"]
+        cells = per_call["cells"]
+        baseline = cells.get("aiohttp+asyncio", {})
+        for name in next(iter(cells.values()), {}):
+            best_cell = min(cells, key=lambda c: cells[c][name])
+            best = cells[best_cell][name]
+            old = baseline.get(name)
+            row(
+                f"0 per call {name} (us of esm CPU)",
+                _num(best, ".0f"),
+                f"{_num(old, '.0f')} (aiohttp+asyncio)" if old else "",
+                f"{old / best:.1f}x less" if old and best else "",
+                f"<= {goal}",
+                _verdict(best, goal, False),
+                f"best: {best_cell}; "
+                + ", ".join(f"{c} {_num(v[name], '.0f')}" for c, v in cells.items()),
+            )
     hot = results.get("hot_path")
     if isinstance(hot, dict) and "cells" in hot:
         goal = TARGETS["hot_path_records_per_cpu_s"]
         for cell in hot["cells"]:
+            fraction = cell.get("fraction_of_limit")
+            key = f"hot_path_fraction_{cell['shape']}_{cell['batch_size']}"
+            share = TARGETS.get(key)
             row(
                 f"1 hot path {cell['shape']}, batch {cell['batch_size']:,} (records/CPU-s)",
                 _num(cell["records_per_cpu_s"]),
-                "",
-                "",
-                f">= {goal:,}",
-                _verdict(cell["records_per_cpu_s"], goal, True),
+                f"limit {_num(cell.get('limit_records_per_cpu_s'))}",
+                _num(100 * fraction, ".0f", "% of limit") if fraction else "",
+                f">= {100 * share:.0f}% of limit" if share else f">= {goal:,}",
+                _verdict(fraction, share, True)
+                if share
+                else _verdict(cell["records_per_cpu_s"], goal, True),
                 f"wall {_num(cell['records_per_s'])} rec/s; "
                 f"GC {_num(100 * cell.get('gc_share', float('nan')), '.0f', '%')} of CPU",
             )
@@ -314,6 +378,22 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 _verdict(run["ratio"], TARGETS["e2e_ratio"], True),
                 _cpu_note(run["naive"], run["esm"]),
             )
+    ramp = results.get("sqs_ramp")
+    if isinstance(ramp, dict) and "modes" in ramp:
+        goals = {"standard": 300, "provisioned": 900}
+        for mode, r in ramp["modes"].items():
+            if not isinstance(r, dict) or "samples" not in r:
+                continue
+            row(
+                f"6 SQS ramp {mode}: receivers after {ramp['seconds']:g} s "
+                f"({ramp['messages']:,}-message queue)",
+                f"{r['final_receivers']} ({r['final_in_flight']} in flight)",
+                "",
+                f"{_num(r['added_per_minute'])}/min",
+                f"{goals[mode]}/min (AWS)",
+                "",
+                f"plot: {ramp.get('plot') or 'matplotlib not installed'}",
+            )
     latency = results.get("latency")
     if isinstance(latency, dict):
         for name, key in (("sqs", "latency_p50_ms_sqs"), ("kinesis", "latency_p50_ms_kinesis")):
@@ -336,7 +416,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             if key == "kinesis_lambda_pace" or not isinstance(k, dict) or "rss_mb_max" not in k:
                 continue
             # The baseline: the same shards read once a second each, as Lambda reads them.
-            baseline = paced if key == "kinesis" and isinstance(paced, dict) and "cpu_percent" in paced else None
+            paced_ok = isinstance(paced, dict) and "cpu_percent" in paced
+            baseline = paced if key == "kinesis" and paced_ok else None
             where = k["endpoint"]
             row(
                 f"5 {k['shards']:,} idle shards: RSS ({where})",
@@ -350,8 +431,12 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             row(
                 f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({where})",
                 _num(k["cpu_percent"], ".1f", "%"),
-                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard" if baseline else "",
-                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less" if baseline and k["cpu_percent"] else "",
+                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard"
+                if baseline
+                else "",
+                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less"
+                if baseline and k["cpu_percent"]
+                else "",
                 f"< {TARGETS['idle_shards_cpu_percent']}% of a core",
                 _verdict(k["cpu_percent"], TARGETS["idle_shards_cpu_percent"], False),
                 f"endpoint {_num(k['endpoint_cpu_percent'], '.0f', '%')} of a core"
@@ -360,6 +445,24 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     if per_read
                     else ""
                 ),
+            )
+        sweep = scale.get("lambda_pace_sweep")
+        if isinstance(sweep, list) and sweep:
+            top = max(sweep, key=lambda r: r["shards"])
+            row(
+                f"5 {top['shards']:,} idle shards at Lambda's pace (1 read/s each): CPU",
+                _num(top["cpu_percent"], ".1f", "%"),
+                "",
+                "",
+                f"<= {TARGETS['idle_shards_lambda_pace_cpu_percent']}% of a core",
+                _verdict(top["cpu_percent"], TARGETS["idle_shards_lambda_pace_cpu_percent"], False),
+                "sweep: "
+                + ", ".join(
+                    f"{r['shards']:,} shards {_num(r['cpu_percent'], '.1f', '%')}"
+                    f" ({_num(r['cpu_us_per_get_records'])} us/read)"
+                    for r in sorted(sweep, key=lambda r: r["shards"])
+                )
+                + f"; plot: {scale.get('lambda_pace_plot') or 'matplotlib not installed'}",
             )
         q = scale.get("sqs")
         if isinstance(q, dict) and "rss_mb_max" in q:

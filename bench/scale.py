@@ -13,7 +13,11 @@ nothing written; on bench.fake_kinesis (which counts the GetRecords calls it ser
 figure also gives esm's CPU per poll) and on kinesalite (its shard limit raised). kinesalite
 needs most of a core to answer 1,000 shards polled once a second, so there the poll rate
 is partly the endpoint's. SQS: 100 mappings on 100 empty
-queues (moto), each with its one long-polling receiver.
+queues (moto), each polled by Lambda's five long-polling receivers.
+
+`plot_lambda_pace` draws esm's CPU against the shard count at Lambda's pace (every idle
+shard read once a second) from a sweep of runs, with a straight line through the origin at
+the measured cost per read for reference.
 """
 
 from __future__ import annotations
@@ -210,7 +214,8 @@ def run_kinesis(
             f"{result['cpu_us_per_get_records'] or float('nan'):.0f} us of esm CPU each"
         )
     log(
-        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}: RSS {result['rss_mb_max']:.0f} MB, "
+        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}: "
+        f"RSS {result['rss_mb_max']:.0f} MB, "
         f"CPU {result['cpu_percent']:.1f}% of a core "
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "
         f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s, "
@@ -245,3 +250,30 @@ def run_sqs(
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%)"
     )
     return result
+
+
+def plot_lambda_pace(runs: list[dict[str, Any]], out: Path) -> str | None:
+    """CPU (% of a core) against idle shards at Lambda's pace; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from bench.run import git_commit
+
+    runs = sorted(runs, key=lambda r: r["shards"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["shards"] for r in runs], [r["cpu_percent"] for r in runs], "o-", label="esm CPU")
+    ax.axhline(10, color="grey", linestyle=":", label="target: 10% of a core at 1,000 shards")
+    ax.set_xlabel("idle shards, each read once a second (Lambda's pace)")
+    ax.set_ylabel("esm CPU, % of one core")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
+    ax.set_title("Idle shards at Lambda's pace (bench.fake_kinesis)")
+    fig.tight_layout()
+    path = out / f"idle-shards-cpu-{git_commit()[0]}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)

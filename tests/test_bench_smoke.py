@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("hot_path", "streams_e2e", "sqs_e2e", "latency", "scale")
+PHASES = ("per_call", "hot_path", "streams_e2e", "sqs_e2e", "sqs_ramp", "latency", "scale")
 
 
 @pytest.mark.slow

@@ -34,6 +34,28 @@ def count(event: dict[str, Any], context: Any) -> None:
         BATCHES += 1
 
 
+IN_FLIGHT = 0
+"""Batches `hold` is running now: the concurrency the SQS ramp figure plots."""
+
+
+async def hold(event: dict[str, Any], context: Any) -> None:
+    """An async handler that takes a second per batch, so concurrency is what the scaling
+    gives it (sleeping in the event loop: hundreds at once need no threads)."""
+    global IN_FLIGHT, RECORDS, BATCHES
+    import asyncio
+
+    IN_FLIGHT += 1
+    try:
+        await asyncio.sleep(HOLD_SECONDS)
+    finally:
+        IN_FLIGHT -= 1
+    RECORDS += len(event["Records"])
+    BATCHES += 1
+
+
+HOLD_SECONDS = 1.0
+
+
 def noop(event: dict[str, Any], context: Any) -> None:
     return None
 

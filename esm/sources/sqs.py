@@ -6,13 +6,17 @@ visibility timeout and redrive policy decide what happens next. With
 ReportBatchItemFailures only the listed messages stay; on a FIFO queue a failed message
 also keeps every later message of its group in the batch, so the group's order holds.
 
-Concurrency: each receiver has at most one batch in flight. The mapping starts with one
-receiver, adds one (at most five a second) while receives come back full, and retires
-receivers whose receive comes back empty, never exceeding `maximum_concurrency`.
+Concurrency: each receiver has at most one batch in flight. As Lambda does (see
+esm.sources.sqs_scaling), a mapping starts with five receivers, adds up to 300 a minute
+while receives come back full, and retires receivers whose receive comes back empty down to
+five again, never above 1,250, `maximum_concurrency` or the function's reserved concurrency;
+`provisioned_poller_config` keeps `minimum_pollers` and scales three times as fast up to
+`maximum_pollers`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -33,12 +37,11 @@ from esm.events.sqs import sqs_record
 from esm.filtering import FilterSet, sqs_filter_view
 from esm.functions import Function
 from esm.observability import Metrics, get_logger
+from esm.sources.sqs_scaling import ProvisionedPollers, ScalingPlan, scaling_plan
 
 log = get_logger("esm.sqs")
 
-DEFAULT_MAXIMUM_CONCURRENCY = 1000
 LONG_POLL_SECONDS = 20
-SCALE_UP_INTERVAL = 0.2
 RESOLVE_RETRY_SECONDS = 10.0
 RECEIVE_ERROR_BACKOFF = (1.0, 30.0)
 DELETE_ATTEMPTS = 3
@@ -72,9 +75,11 @@ class SqsMapping:
         metrics: Metrics,
         filters: FilterSet | None,
         api: RawJsonApi | None = None,
+        provisioned: ProvisionedPollers | None = None,
     ) -> None:
         """`api` serves the per-batch calls (receive, delete, release); by default the
-        queue's endpoint through esm.aws_json."""
+        queue's endpoint through esm.aws_json. `provisioned` is the mapping's
+        provisioned_poller_config (by default the config's, once esm.config carries it)."""
         self.config = config
         self.name = config.name
         self.function = function
@@ -84,8 +89,10 @@ class SqsMapping:
         self.fifo = config.source.name.endswith(".fifo")
         self._queue_arn = config.event_source_arn
         self._region = config.source.region
-        self.max_receivers = (
-            config.maximum_concurrency or function.concurrency or DEFAULT_MAXIMUM_CONCURRENCY
+        if provisioned is None:
+            provisioned = getattr(config, "provisioned_poller_config", None)
+        self.scaling: ScalingPlan = scaling_plan(
+            config.maximum_concurrency, function.concurrency, provisioned
         )
         self.ready = False
         self.queue_url = ""
@@ -98,7 +105,8 @@ class SqsMapping:
             json_version="1.0",
         )
         self._receivers = 0
-        self._last_scale_up = 0.0
+        self._backlog = False
+        """A receive came back full since the scaler last looked: messages are waiting."""
         self._log = log.bind(mapping=self.name)
         m = self.name
         self._m_polled = metrics.polled.labels(m)
@@ -123,7 +131,10 @@ class SqsMapping:
                 with self._poll_scope:
                     await self._resolve_queue()
                     async with anyio.create_task_group() as receivers:
-                        self._start_receiver(receivers, in_flight)
+                        self._log.info("sqs.scaling", **self.scaling.to_dict())
+                        for _ in range(self.scaling.initial):
+                            self._start_receiver(receivers, in_flight)
+                        receivers.start_soon(self._scaler, receivers, in_flight)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._api.aclose()
@@ -151,15 +162,19 @@ class SqsMapping:
                 client = await self.aws.client("sqs")
                 response = await self.aws.retry.call(
                     "GetQueueUrl",
-                    lambda: client.get_queue_url(
-                        QueueName=source.name, QueueOwnerAWSAccountId=source.account
+                    functools.partial(
+                        client.get_queue_url,
+                        QueueName=source.name,
+                        QueueOwnerAWSAccountId=source.account,
                     ),
                 )
                 url = response["QueueUrl"]
                 attributes = await self.aws.retry.call(
                     "GetQueueAttributes",
-                    lambda: client.get_queue_attributes(
-                        QueueUrl=url, AttributeNames=["VisibilityTimeout"]
+                    functools.partial(
+                        client.get_queue_attributes,
+                        QueueUrl=url,
+                        AttributeNames=["VisibilityTimeout"],
                     ),
                 )
                 visibility = int(attributes["Attributes"]["VisibilityTimeout"])
@@ -181,17 +196,22 @@ class SqsMapping:
     def _start_receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
         self._receivers += 1
         self._m_pollers.set(self._receivers)
-        self._last_scale_up = time.monotonic()
         receivers.start_soon(self._receiver, receivers, in_flight)
 
-    def _maybe_scale_up(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
-        if self._receivers >= self.max_receivers:
-            return
-        if time.monotonic() - self._last_scale_up >= SCALE_UP_INTERVAL:
-            self._start_receiver(receivers, in_flight)
+    async def _scaler(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
+        """One more receiver per interval (300 a minute in standard mode) while messages
+        are waiting: a clock of its own, so the pace does not depend on how often
+        receives complete (they all wait for their batch's invocation)."""
+        interval = self.scaling.scale_up_interval
+        while True:
+            await anyio.sleep(interval)
+            if self._backlog and self._receivers < self.scaling.ceiling:
+                self._start_receiver(receivers, in_flight)
+            self._backlog = False
 
     async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
         carry: list[Received] = []
+        deleted: anyio.Event | None = None
         backoff = RECEIVE_ERROR_BACKOFF[0]
         try:
             while True:
@@ -206,14 +226,22 @@ class SqsMapping:
                 backoff = RECEIVE_ERROR_BACKOFF[0]
                 self._set_ready(True)
                 if not batch:
-                    if self._receivers > 1:
-                        return
+                    if self._receivers > self.scaling.initial:
+                        return  # scale back down towards the plan's floor
                     continue
                 if full:
-                    self._maybe_scale_up(receivers, in_flight)
-                done = anyio.Event()
-                in_flight.start_soon(self._process, batch, done)
-                await done.wait()
+                    self._backlog = True
+                # The next receive overlaps the last batch's delete; its invocation waits
+                # for that delete, so a receiver never has more than one pending.
+                if deleted is not None and not deleted.is_set():
+                    try:
+                        await deleted.wait()
+                    except BaseException:
+                        carry[:0] = batch  # never invoked: released below when stopping
+                        raise
+                invoked, deleted = anyio.Event(), anyio.Event()
+                in_flight.start_soon(self._process, batch, invoked, deleted)
+                await invoked.wait()
         finally:
             self._receivers -= 1
             self._m_pollers.set(self._receivers)
@@ -282,8 +310,11 @@ class SqsMapping:
             record, len(orjson.dumps(record)), record["messageId"], record["receiptHandle"]
         )
 
-    async def _process(self, batch: list[Received], done: anyio.Event) -> None:
-        """Filter, invoke, and delete exactly what Lambda would delete."""
+    async def _process(
+        self, batch: list[Received], invoked: anyio.Event, deleted: anyio.Event
+    ) -> None:
+        """Filter, invoke, and delete exactly what Lambda would delete. `invoked` is set
+        once the function returned (the receiver may receive again), `deleted` at the end."""
         self._m_in_flight.inc()
         try:
             self._m_polled.inc(len(batch))
@@ -295,12 +326,14 @@ class SqsMapping:
                     to_delete.extend(m for m in passed if m.message_id not in failed_ids)
                 else:
                     to_delete.extend(passed)
+            invoked.set()
             await self._delete(to_delete)
         except Exception:
             self._log.exception("sqs.batch_crashed", size=len(batch))
         finally:
             self._m_in_flight.dec()
-            done.set()
+            invoked.set()
+            deleted.set()
 
     def _filter(self, batch: list[Received]) -> tuple[list[Received], list[Received]]:
         """Split into messages that pass FilterCriteria and filtered-out ones (to delete)."""
@@ -379,7 +412,8 @@ class SqsMapping:
                 ]
                 try:
                     await self._api.call(
-                        "ChangeMessageVisibilityBatch", {"QueueUrl": self.queue_url, "Entries": entries}
+                        "ChangeMessageVisibilityBatch",
+                        {"QueueUrl": self.queue_url, "Entries": entries},
                     )
                 except Exception as exc:
                     self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))

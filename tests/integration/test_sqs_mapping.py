@@ -215,12 +215,21 @@ def test_batch_size_above_ten_gathers_receives_within_the_window(endpoint, sqs, 
     config = build_config(
         endpoint,
         {"f": {"handler": "recorder.record"}},
-        [mapping(arn, batch_size=20, maximum_batching_window_in_seconds=2)],
+        [
+            mapping(
+                arn,
+                batch_size=20,
+                maximum_batching_window_in_seconds=2,
+                scaling_config={"maximum_concurrency": 2},
+            )
+        ],
     )
     run_daemon(config)
     wait_until(lambda: len(recorder.bodies_for(arn)) == 25)
     sizes = [len(e["Records"]) for e in recorder.events_for(arn)]
-    assert sizes == [20, 5]
+    # Two receivers (Lambda polls with several at once) share 25 messages received within
+    # their windows, so at least one batch gathered more than one receive's 10.
+    assert sum(sizes) == 25 and max(sizes) > 10 and max(sizes) <= 20, sizes
 
 
 def test_window_zero_invokes_with_what_one_receive_returned(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
@@ -274,3 +283,62 @@ def test_missing_queue_does_not_stop_other_mappings(endpoint, sqs, unique, run_d
     _, metrics = daemon.get("/metrics")
     assert f'esm_mapping_ready{{mapping="m-missing-{unique}"}} 0.0' in metrics
     assert f'esm_mapping_ready{{mapping="m-present-{unique}"}} 1.0' in metrics
+
+
+def test_a_mapping_polls_with_five_receivers_as_lambda_starts(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    # AWS: "Lambda starts processing five batches at a time" and scales back to five.
+    url, arn = make_queue(sqs, f"five-{unique}")
+    config = build_config(endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn)])
+    daemon = run_daemon(config)
+    series = f'esm_pollers{{mapping="m-five-{unique}"}} 5.0'
+    wait_until(lambda: series in daemon.get("/metrics")[1])
+    sqs.send_message(QueueUrl=url, MessageBody="one")
+    wait_until(lambda: recorder.bodies_for(arn) == ["one"])
+    assert series in daemon.get("/metrics")[1]  # an empty receive never retires below five
+
+
+def test_provisioned_pollers_stay_at_their_minimum_and_deliver(endpoint, sqs, unique):  # type: ignore[no-untyped-def]
+    import time
+
+    import anyio
+
+    from esm.aws import AwsClients
+    from esm.functions import create_functions
+    from esm.observability import Metrics
+    from esm.sources.sqs import SqsMapping
+    from esm.sources.sqs_scaling import ProvisionedPollers
+
+    url, arn = make_queue(sqs, f"prov-{unique}")
+    config = build_config(endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn)])
+
+    async def until(predicate) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 30
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            await anyio.sleep(0.05)
+
+    async def scenario() -> int:
+        metrics = Metrics()
+        function = create_functions(config.functions, metrics)["f"]
+        async with AwsClients(config.daemon, metrics) as aws:
+            sqs_mapping = SqsMapping(
+                config.mappings[0], function, aws, metrics, None,
+                provisioned=ProvisionedPollers(minimum_pollers=7, maximum_pollers=20),
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sqs_mapping.run)
+                await until(lambda: sqs_mapping._receivers == 7)
+                await anyio.to_thread.run_sync(
+                    lambda: sqs.send_message_batch(
+                        QueueUrl=url,
+                        Entries=[{"Id": str(i), "MessageBody": f"p{i}"} for i in range(3)],
+                    )
+                )
+                await until(lambda: len(recorder.bodies_for(arn)) == 3)
+                receivers = sqs_mapping._receivers
+                sqs_mapping.stop()
+        return receivers
+
+    assert anyio.run(scenario) == 7
+    assert sorted(recorder.bodies_for(arn)) == ["p0", "p1", "p2"]
+    wait_until(lambda: queue_depth(sqs, url) == 0)

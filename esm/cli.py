@@ -308,8 +308,10 @@ def _run(path: str) -> int:
             await daemon.run(handle_signals=True)
             watchdog.cancel_scope.cancel()
 
+    from esm import event_loop
+
     try:
-        anyio.run(serve)
+        event_loop.run(serve)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - only start-up failures are ours to explain

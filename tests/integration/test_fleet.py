@@ -307,6 +307,7 @@ def test_resharding_while_two_workers_run(fleet, kinesis, dynamodb):  # type: ig
     sent = records(0, 200, keys=20)
     put(kinesis, stream, sent)
     wait_until(lambda: len(f.handled()) >= 50, timeout=30)
+    steals_before_the_split = steals(workers)
 
     parent = kinesis.list_shards(StreamName=stream)["Shards"][0]
     hash_range = parent["HashKeyRange"]
@@ -362,8 +363,21 @@ def test_resharding_while_two_workers_run(fleet, kinesis, dynamodb):  # type: ig
     handled = f.handled()
     assert set(handled) == {d for _, d in sent}
     assert_in_order_per_key(handled)
+    # The children were shared by taking unowned leases: the worker that finished the parent
+    # still counted as a worker, so nobody took both and had one stolen back.
+    assert steals(workers) == steals_before_the_split
     # Graceful stops and a reshard replay nothing.
     assert len(handled) == len(set(handled))
+
+
+def steals(workers: list[Worker]) -> list[str]:
+    """The `lease.taken` events (how: stolen) in the workers' logs so far."""
+    return [
+        line
+        for worker in workers
+        for line in worker.log.read_text().splitlines()
+        if "lease.taken" in line and "stolen" in line
+    ]
 
 
 def esm_status(config: Path) -> str:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
-from esm.sources.streams.leases import ExpiryTracker, choose_leases_to_take, fair_share, leases_to_create
 from esm.sources.streams import ShardInfo
+from esm.sources.streams.leases import (
+    ExpiryTracker,
+    choose_leases_to_take,
+    fair_share,
+    leases_to_create,
+)
 from esm.state.dynamodb import SHARD_END, Lease
 
 
@@ -143,8 +149,88 @@ def test_state_config_for_a_fleet_names_each_bad_key() -> None:
         " or live leases would expire"
     ]
     state = parse_config({"state": {"backend": "dynamodb", "table": "t"}}).state
-    assert (state.lease_renewal_interval, state.failover_time, state.max_leases_taken_per_cycle) == (
-        2.0,
-        10.0,
-        2,
+    timings = (state.lease_renewal_interval, state.failover_time, state.max_leases_taken_per_cycle)
+    assert timings == (2.0, 10.0, 2)
+
+
+def child(shard: int, owner: str | None = None, counter: int = 0) -> Lease:
+    return Lease("m", f"shardId-{shard:012d}", owner, counter, "TRIM_HORIZON", parent_ids=("p",))
+
+
+def test_a_worker_that_just_finished_its_shard_still_counts_as_a_worker() -> None:
+    """w1 read the parent (shard 0) to SHARD_END and released it: it holds nothing now, yet
+    it is alive. w2 must take only its share of the children (3 active leases, 2 workers:
+    2 each at most), not both, or w1 would have to steal one back from a live worker."""
+    tracker = ExpiryTracker(failover_time=3.0)
+    tracker.observe([lease(0, "w1", counter=5, checkpoint="180"), lease(1, "w2")], now=100.0)
+    after_split = [
+        lease(0, None, counter=7, checkpoint=SHARD_END),
+        lease(1, "w2", counter=2),
+        child(2),
+        child(3),
+    ]
+    expired = tracker.observe(after_split, now=101.0)
+    finished = tracker.finished_recently(101.0)
+    assert finished == {"w1"}
+    chosen = choose_leases_to_take(after_split, expired, "w2", 2, random.Random(7), finished)
+    assert len(chosen) == 1 and chosen[0].owner is None
+    # Without that memory (the old rule) w2 sees itself alone and takes both.
+    assert len(choose_leases_to_take(after_split, expired, "w2", 2, random.Random(7))) == 2
+    # Gone quiet for failover_time without taking anything: no longer counted.
+    tracker.observe(after_split, now=102.0)
+    assert tracker.finished_recently(104.0) == set()
+
+
+def test_a_worker_between_its_shard_end_checkpoint_and_the_release_counts() -> None:
+    leases = [lease(0, "w1", counter=6, checkpoint=SHARD_END), lease(1, "w2"), child(2), child(3)]
+    assert len(take(leases, "w2")) == 1
+
+
+def test_a_worker_that_released_unfinished_leases_is_leaving_and_not_counted() -> None:
+    """Graceful stop: its leases are released unfinished; the others take them at once,
+    even if it finished a shard just before."""
+    tracker = ExpiryTracker(failover_time=3.0)
+    tracker.observe(
+        [lease(0, "w1", counter=5, checkpoint="180"), lease(1, "w1"), lease(2, "w2")], now=100.0
     )
+    stopped = [
+        lease(0, None, counter=7, checkpoint=SHARD_END),
+        lease(1, None, counter=2),
+        lease(2, "w2", counter=2),
+        child(3),
+    ]
+    expired = tracker.observe(stopped, now=101.0)
+    finished = tracker.finished_recently(101.0)
+    assert finished == set()
+    chosen = choose_leases_to_take(stopped, expired, "w2", 2, random.Random(7), finished)
+    assert len(chosen) == 2
+
+
+def test_a_split_under_two_workers_settles_without_stealing() -> None:
+    """Both workers' balancing cycles in every order after w1's parent ended: the children
+    are shared 2/1 by taking unowned leases only, never by a steal."""
+    for seed in range(50):
+        rng = random.Random(seed)
+        table = {x.key: x for x in [lease(0, "w1", 5, "180"), lease(1, "w2", 3)]}
+        trackers = {w: ExpiryTracker(failover_time=3.0) for w in ("w1", "w2")}
+        now = 100.0
+        for tracker in trackers.values():
+            tracker.observe(list(table.values()), now)
+        table[lease(0, None).key] = lease(0, None, 7, SHARD_END)
+        for x in (child(2), child(3)):
+            table[x.key] = x
+        for _ in range(12):
+            now += 0.5
+            for key, held in table.items():  # every holder renews
+                if held.owner is not None and not held.ended:
+                    table[key] = replace(held, counter=held.counter + 1)
+            for worker in rng.sample(["w1", "w2"], 2):
+                tracker = trackers[worker]
+                expired = tracker.observe(list(table.values()), now)
+                for chosen in choose_leases_to_take(
+                    list(table.values()), expired, worker, 2, rng, tracker.finished_recently(now)
+                ):
+                    assert chosen.owner is None, f"seed {seed}: {worker} stole {chosen}"
+                    table[chosen.key] = replace(chosen, owner=worker, counter=chosen.counter + 1)
+        counts = Counter(x.owner for x in table.values() if not x.ended)
+        assert sorted(counts.values()) == [1, 2], f"seed {seed}: {counts}"

@@ -11,6 +11,9 @@ conditional writes decide every race):
 - each balancing cycle takes at most `max_leases_taken_per_cycle` leases until this worker
   holds its fair share (ceil(leases / workers)): expired ones first, else stolen from the
   most loaded worker;
+- a worker that just finished a shard (SHARD_END) and holds nothing else is still a worker
+  for `failover_time`, as KCL's SHARD_END lease still counts for its owner: otherwise its
+  peers share the children without it and it must steal one back from a live worker;
 - a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once.
 
 The balancing arithmetic is pure (`ExpiryTracker`, `choose_leases_to_take`); the
@@ -24,7 +27,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -48,24 +51,43 @@ class _Seen:
 class ExpiryTracker:
     """Which leases are expired, judged by this worker's clock only (no clock sync needed):
     a lease is expired when its counter has not changed for `failover_time` since this
-    worker first saw that counter, or when it has no owner."""
+    worker first saw that counter, or when it has no owner.
+
+    It also notes which workers released a lease at SHARD_END (their shard is done, they
+    are alive) and which released an unfinished one (a graceful stop: they are leaving)."""
 
     def __init__(self, failover_time: float) -> None:
         self.failover_time = failover_time
         self._seen: dict[str, _Seen] = {}
+        self._finished: dict[str, float] = {}
 
     def observe(self, leases: Sequence[Lease], now: float) -> set[str]:
         expired: set[str] = set()
         current: dict[str, _Seen] = {}
+        done: set[str] = set()
+        leaving: set[str] = set()
         for lease in leases:
             seen = self._seen.get(lease.key)
+            if seen is not None and seen.owner is not None and lease.owner is None:
+                (done if lease.ended else leaving).add(seen.owner)
             if seen is None or seen.counter != lease.counter or seen.owner != lease.owner:
                 seen = _Seen(lease.owner, lease.counter, now)
             current[lease.key] = seen
             if lease.owner is None or now - seen.since >= self.failover_time:
                 expired.add(lease.key)
         self._seen = current
+        self._finished.update(dict.fromkeys(done, now))
+        for owner in leaving:  # seen in the same scan as a finish, the stop wins
+            self._finished.pop(owner, None)
         return expired
+
+    def finished_recently(self, now: float) -> set[str]:
+        """Workers seen releasing a lease at SHARD_END less than `failover_time` ago (and
+        no unfinished lease since): alive, though they may hold no lease right now."""
+        self._finished = {
+            owner: at for owner, at in self._finished.items() if now - at < self.failover_time
+        }
+        return set(self._finished)
 
 
 def fair_share(active_leases: int, workers: int) -> int:
@@ -78,12 +100,15 @@ def choose_leases_to_take(
     worker: str,
     max_take: int,
     rng: random.Random | None = None,
+    also_live: Collection[str] = (),
 ) -> list[Lease]:
     """KCL's LeaseTaker rule: reach the fair share, expired leases first, else steal.
 
-    Workers are the owners of unexpired leases plus this one. Stealing takes from the most
-    loaded worker only what it holds above the fair share (at least one when this worker
-    lacks more than one), so a balanced fleet (e.g. 3/3/2) does not churn.
+    Workers are the owners of unexpired leases (SHARD_END ones too, as in KCL, though only
+    unfinished leases are shared out), this one, and `also_live` (workers that just
+    finished a shard). Stealing takes from the most loaded worker only what it holds above
+    the fair share (at least one when this worker lacks more than one), so a balanced fleet
+    (e.g. 3/3/2) does not churn.
     """
     rng = rng or random.Random()
     active = [lease for lease in leases if not lease.ended]
@@ -92,7 +117,12 @@ def choose_leases_to_take(
     held = Counter(
         lease.owner for lease in active if lease.owner is not None and lease.key not in expired
     )
-    workers = set(held) | {worker}
+    finishing = {
+        lease.owner
+        for lease in leases
+        if lease.ended and lease.owner is not None and lease.key not in expired
+    }
+    workers = set(held) | finishing | set(also_live) | {worker}
     target = fair_share(len(active), len(workers))
     needed = target - held[worker]
     if needed <= 0:
@@ -290,7 +320,8 @@ class LeaseCoordinator:
 
     async def _balance_once(self) -> None:
         leases = await self.table.scan(self.mapping)
-        expired = self._tracker.observe(leases, time.monotonic())
+        now = time.monotonic()
+        expired = self._tracker.observe(leases, now)
         mine = self.held()
         for lease in leases:
             # Lost without a failed write of ours (e.g. taken while our renewals stalled).
@@ -300,7 +331,12 @@ class LeaseCoordinator:
                     if not local.lost.is_set() and local.lease.counter <= lease.counter:
                         self._lose(local, reason=f"now owned by {lease.owner}")
         choices = choose_leases_to_take(
-            leases, expired, self.worker, self.timings.max_taken_per_cycle, self._rng
+            leases,
+            expired,
+            self.worker,
+            self.timings.max_taken_per_cycle,
+            self._rng,
+            also_live=self._tracker.finished_recently(now),
         )
         for lease in choices:
             if self._stopping.is_set():

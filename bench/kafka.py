@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         n, m = args.records, args.max_records
         for _ in range(args.repeats):
             figures.append(
-                measure("aiokafka getmany", lambda: asyncio.run(drain_aiokafka(bootstrap, topic, n, m)))
+                measure(
+                    "aiokafka getmany",
+                    lambda: asyncio.run(drain_aiokafka(bootstrap, topic, n, m)),
+                )
             )
             figures.append(
                 measure("confluent-kafka consume", lambda: drain_confluent(bootstrap, topic, n, m))

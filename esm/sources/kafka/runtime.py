@@ -1,0 +1,412 @@
+"""The Kafka consumer of one mapping: a fetch loop feeding one lane per assigned partition.
+
+Owns the consumer-group membership (aiokafka), the per-partition lanes and the offset
+commits; must not decide retries (that is `policy.decide`) or shape events (`event.py`).
+
+AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-configurations):
+- Batches are per partition and in offset order: `batch_size` records, or what arrived in
+  `maximum_batching_window_in_seconds` after the first, or up to the 6 MB payload cap.
+- One batch in flight per partition; the partitions of the topic run concurrently.
+- Offsets are committed only after a batch succeeded, was filtered out or was given up, and
+  only up to the first record not done: a failed batch is retried from its first record
+  (from the lowest reported offset with ReportBatchItemFailures), blocking only its
+  partition.
+- Scale-out is Kafka's consumer-group protocol. On rebalance a revoked partition's lane
+  starts no new batch; its in-flight batch finishes (bounded by the function timeout) and
+  is committed if it is done, else abandoned uncommitted: the next owner reads it again
+  from the committed offset. Nothing is committed past an unfinished record.
+- `starting_position` applies only when the group has no committed offset.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from esm.filtering import FilterSet
+from esm.functions import Function
+from esm.invocation import MAX_RESPONSE_BYTES
+from esm.observability import Metrics, get_logger
+from esm.sources.kafka.config import KafkaMappingConfig
+from esm.sources.kafka.event import (
+    KafkaRecord,
+    build_event,
+    envelope_size,
+    kafka_filter_view,
+    partition_key,
+    record_json,
+    record_json_size,
+)
+from esm.sources.kafka.policy import Decision, decide
+
+log = get_logger("esm.sources.kafka")
+
+MAX_PAYLOAD_BYTES = MAX_RESPONSE_BYTES
+"""Lambda's 6 MB synchronous invocation payload: a batch's event stays under it."""
+FETCH_TIMEOUT_MS = 200
+RETRY_BACKOFF_INITIAL = 0.1
+RETRY_BACKOFF_MAX = 5.0
+REVOKE_GRACE_S = 1.0
+"""Added to the function timeout while a revoked partition's in-flight batch finishes."""
+
+_AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    offset: int
+    doc: dict[str, Any]
+    size: int
+
+
+class _Lane:
+    """One assigned partition: its buffered records, its one batch in flight, its commits."""
+
+    def __init__(self, runtime: KafkaRuntime, tp: Any) -> None:
+        self._runtime = runtime
+        self.tp = tp
+        self.key = partition_key(tp.topic, tp.partition)
+        self._buffer: deque[_Entry] = deque()
+        self._bytes = 0
+        self._arrived = anyio.Event()
+        self._first_at: float | None = None
+        self._stopping = False
+        self._wait_scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+        self.paused = False
+        self.committed: int | None = None
+        self._log = log.bind(mapping=runtime.config.name, partition=self.key)
+
+    @property
+    def full(self) -> bool:
+        """Enough buffered for two batches: stop fetching this partition until it drains."""
+        cap = self._runtime.config.batch_size * 2
+        return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
+
+    def add(self, entries: Sequence[_Entry]) -> None:
+        if not entries or self._stopping:
+            return
+        if not self._buffer:
+            self._first_at = anyio.current_time()
+        self._buffer.extend(entries)
+        self._bytes += sum(e.size for e in entries)
+        self._arrived.set()
+
+    def stop(self) -> None:
+        """Start no new batch; a batch in flight finishes (see `wait_stopped`)."""
+        self._stopping = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        try:
+            retries = 0
+            while not self._stopping:
+                batch = await self._next_batch()
+                if not batch:
+                    break
+                retries = await self._process(batch, retries)
+        finally:
+            self._stopped.set()
+
+    async def _wait_for_records(self, deadline: float) -> None:
+        self._arrived = anyio.Event()
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            await self._arrived.wait()
+        self._wait_scope = None
+
+    async def _next_batch(self) -> list[_Entry]:
+        """Wait for the batch_size / window / 6 MB cut, in offset order from the head."""
+        config = self._runtime.config
+        while not self._buffer:
+            if self._stopping:
+                return []
+            await self._wait_for_records(math.inf)
+        first_at = self._first_at if self._first_at is not None else anyio.current_time()
+        deadline = first_at + config.maximum_batching_window_in_seconds
+        budget = MAX_PAYLOAD_BYTES - self._runtime.envelope_bytes
+        while (
+            not self._stopping
+            and len(self._buffer) < config.batch_size
+            and self._bytes < budget
+            and anyio.current_time() < deadline
+        ):
+            await self._wait_for_records(deadline)
+        if self._stopping:
+            return []
+        batch: list[_Entry] = []
+        size = 0
+        for entry in self._buffer:
+            if len(batch) >= config.batch_size or (batch and size + entry.size > budget):
+                break
+            batch.append(entry)
+            size += entry.size
+        return batch
+
+    async def _process(self, batch: list[_Entry], retries: int) -> int:
+        """Invoke (unless all filtered out), then commit, retry or give up; next retry count."""
+        runtime = self._runtime
+        passing = [e for e in batch if runtime.passes(e.doc)]
+        runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
+        if not passing:
+            await self._commit_through(batch[-1].offset + 1)
+            return 0
+        decision = await runtime.invoke(self.key, passing, retries)
+        if decision.action == "retry":
+            await self._commit_through(decision.offset)  # what precedes it is done
+            if decision.counts_attempt:
+                retries += 1
+            self._log.warning(
+                "kafka.batch.retry", offset=decision.offset, reason=decision.reason, retries=retries
+            )
+            await anyio.sleep(_backoff(retries))
+            return retries
+        if decision.action == "give_up":
+            runtime.metrics.dropped.labels(runtime.config.name).inc(len(passing))
+            self._log.warning(
+                "kafka.batch.given_up",
+                first_offset=batch[0].offset,
+                last_offset=batch[-1].offset,
+                reason=decision.reason,
+            )
+        await self._commit_through(max(decision.offset, batch[-1].offset + 1))
+        return 0
+
+    async def _commit_through(self, next_offset: int) -> None:
+        """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)."""
+        dropped = 0
+        while self._buffer and self._buffer[0].offset < next_offset:
+            self._bytes -= self._buffer.popleft().size
+            dropped += 1
+        if dropped == 0:
+            return
+        self._first_at = anyio.current_time() if self._buffer else None
+        if self.paused and not self.full:
+            self._runtime.resume(self)
+        if await self._runtime.commit(self.tp, next_offset):
+            self.committed = next_offset
+
+
+def _backoff(retries: int) -> float:
+    return random.uniform(0, min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * 2 ** max(0, retries)))
+
+
+class KafkaRuntime:
+    """Reads the mapping's topic as a member of its consumer group and invokes the function.
+
+    `run()` until `request_stop()`; `started` is set once the consumer joined the cluster.
+    `client_options` are passed to aiokafka (security settings from `auth.py`).
+    """
+
+    def __init__(
+        self,
+        config: KafkaMappingConfig,
+        function: Function,
+        metrics: Metrics,
+        bootstrap_servers: Sequence[str] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.function = function
+        self.metrics = metrics
+        self.bootstrap_servers = tuple(bootstrap_servers or config.bootstrap_servers)
+        self._client_options = dict(client_options or {})
+        self._bootstrap_text = ",".join(self.bootstrap_servers)
+        self.envelope_bytes = envelope_size(
+            config.event_source, self._bootstrap_text, config.cluster_arn
+        )
+        filters = FilterSet.compile(config.filter_patterns)
+        self.passes: Callable[[dict[str, Any]], bool] = filters.predicate(kafka_filter_view)
+        self.lanes: dict[Any, _Lane] = {}
+        self.started = anyio.Event()
+        self._stop = anyio.Event()
+        self._consumer: Any = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._log = log.bind(mapping=config.name, topic=config.topic)
+        self._m = config.name
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=list(self.bootstrap_servers),
+            group_id=self.config.consumer_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=_AUTO_OFFSET_RESET[self.config.starting_position],
+            max_partition_fetch_bytes=MAX_PAYLOAD_BYTES,
+            **self._client_options,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.config.topic], listener=_Listener(self))
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg  # before start(): assignments may come at once
+                await consumer.start()
+                self.metrics.ready.labels(self._m).set(1)
+                self.started.set()
+                self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
+                tg.start_soon(self._fetch_loop)
+                await self._stop.wait()
+                lanes = list(self.lanes.values())
+                self.lanes.clear()
+                await self._stop_lanes(lanes)
+                tg.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            self.metrics.ready.labels(self._m).set(0)
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()
+            self._log.info("kafka.consumer.stopped")
+
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        while True:
+            fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=10_000)
+            for tp, records in fetched.items():
+                lane = self.lanes.get(tp)
+                if lane is None:  # revoked meanwhile: the next owner reads these again
+                    continue
+                lane.add([_entry(r) for r in records])
+                self.metrics.polled.labels(self._m).inc(len(records))
+                if lane.full and not lane.paused:
+                    consumer.pause(tp)
+                    lane.paused = True
+
+    def resume(self, lane: _Lane) -> None:
+        if self.lanes.get(lane.tp) is lane and lane.tp in self._consumer.assignment():
+            self._consumer.resume(lane.tp)
+        lane.paused = False
+
+    async def invoke(self, key: str, entries: list[_Entry], retries: int) -> Decision:
+        event = build_event(
+            self.config.event_source,
+            self._bootstrap_text,
+            self.config.cluster_arn,
+            {key: [e.doc for e in entries]},
+        )
+        m = self._m
+        self.metrics.invoked.labels(m).inc(len(entries))
+        self.metrics.batch_size.labels(m).observe(len(entries))
+        self.metrics.in_flight.labels(m).inc()
+        try:
+            result = await self.function.invoke(event)
+        finally:
+            self.metrics.in_flight.labels(m).dec()
+        if not result.ok:
+            self.metrics.failed_invoke.labels(m).inc(len(entries))
+        return decide(
+            result,
+            key,
+            [e.offset for e in entries],
+            retries,
+            self.config.maximum_retry_attempts,
+            "ReportBatchItemFailures" in self.config.function_response_types,
+        )
+
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
+        try:
+            await self._consumer.commit({tp: next_offset})
+        except KafkaError as exc:
+            self._log.warning(
+                "kafka.commit.failed", partition=partition_key(tp.topic, tp.partition),
+                offset=next_offset, error=type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def on_assigned(self, assigned: Sequence[Any]) -> None:
+        if self.config.starting_position == "AT_TIMESTAMP":
+            await self._seek_to_timestamp(assigned)
+        for tp in assigned:
+            if tp in self.lanes:
+                continue
+            lane = _Lane(self, tp)
+            self.lanes[tp] = lane
+            if self._task_group is not None:
+                self._task_group.start_soon(lane.run)
+        self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        partitions = sorted(tp.partition for tp in assigned)
+        self._log.info("kafka.partitions.assigned", partitions=partitions)
+
+    async def on_revoked(self, revoked: Sequence[Any]) -> None:
+        lanes = [self.lanes.pop(tp) for tp in revoked if tp in self.lanes]
+        await self._stop_lanes(lanes)
+        self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        partitions = sorted(tp.partition for tp in revoked)
+        self._log.info("kafka.partitions.revoked", partitions=partitions)
+
+    async def _stop_lanes(self, lanes: Sequence[_Lane]) -> None:
+        """Let each lane's in-flight batch finish (bounded), then leave the rest uncommitted."""
+        for lane in lanes:
+            lane.stop()
+        with anyio.move_on_after(self.function.timeout + REVOKE_GRACE_S):
+            for lane in lanes:
+                await lane.wait_stopped()
+
+    async def _seek_to_timestamp(self, assigned: Sequence[Any]) -> None:
+        """AT_TIMESTAMP: partitions without a committed offset start at the first record at
+        or after starting_position_timestamp (the end when there is none)."""
+        stamp = self.config.starting_position_timestamp
+        assert stamp is not None  # config requires it with AT_TIMESTAMP
+        fresh = [tp for tp in assigned if await self._consumer.committed(tp) is None]
+        if not fresh:
+            return
+        found = await self._consumer.offsets_for_times(
+            {tp: int(stamp.timestamp() * 1000) for tp in fresh}
+        )
+        ends = await self._consumer.end_offsets(fresh)
+        for tp in fresh:
+            hit = found.get(tp)
+            self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+    def committed_offsets(self) -> dict[str, int | None]:
+        """What this worker committed per assigned partition (for status and tests)."""
+        return {lane.key: lane.committed for lane in self.lanes.values()}
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: KafkaRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._runtime.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._runtime.on_assigned(list(assigned))
+
+
+def _entry(record: Any) -> _Entry:
+    doc = record_json(
+        KafkaRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            timestamp_type=record.timestamp_type,
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers or ()),
+        )
+    )
+    return _Entry(record.offset, doc, record_json_size(doc))
+
+
+__all__ = ["KafkaRuntime", "TopicPartition"]

@@ -1,0 +1,80 @@
+"""Handlers for the Kafka runtime tests, imported in-process (code_path = tests/kafka).
+
+Each records every event it gets per topic so a test reads them back; behaviour is chosen
+by the record value, the way a real function would decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import defaultdict
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
+
+EVENTS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+FAILS_LEFT: dict[str, int] = {}
+"""value -> how many more invocations containing it fail (set by a test)."""
+_lock = threading.Lock()
+
+
+def _topic(event: dict[str, Any]) -> str:
+    first = next(iter(event["records"].values()))
+    return str(first[0]["topic"])
+
+
+def events_for(topic: str) -> list[dict[str, Any]]:
+    with _lock:
+        return list(EVENTS[topic])
+
+
+def values_for(topic: str) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every record delivered, in delivery order."""
+    return [
+        (r["partition"], r["offset"], base64.b64decode(r["value"]))
+        for event in events_for(topic)
+        for records in event["records"].values()
+        for r in records
+    ]
+
+
+def record(event: dict[str, Any], context: Any) -> None:
+    with _lock:
+        EVENTS[_topic(event)].append(event)
+        values = [
+            base64.b64decode(r["value"]).decode()
+            for records in event["records"].values()
+            for r in records
+        ]
+        failing = [v for v in values if FAILS_LEFT.get(v, 0) > 0]
+        for v in failing:
+            FAILS_LEFT[v] -= 1
+    if failing:
+        raise RuntimeError(f"poison record {failing[0]}")
+
+
+_processor = BatchProcessor(event_type=EventType.Kafka)
+
+
+def _handle(record: KafkaEventRecord) -> None:
+    value = record.decoded_value.decode()
+    with _lock:
+        left = FAILS_LEFT.get(value, 0)
+        if left > 0:
+            FAILS_LEFT[value] = left - 1
+    if left > 0:
+        raise ValueError(f"cannot handle {value}")
+
+
+def powertools(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    with _lock:
+        EVENTS[_topic(event)].append(event)
+    return process_partial_response(
+        event=event, record_handler=_handle, processor=_processor, context=context
+    )

@@ -1,0 +1,184 @@
+"""The Kafka runtime against a real broker (Tansu): event shape, order, retries, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import kafka_handlers
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aws_lambda_powertools.utilities.parser.models import KafkaSelfManagedEventModel
+from conftest import KafkaTopic
+
+from esm.config import FunctionConfig, _Table
+from esm.functions import Function
+from esm.invokers.python import PythonInvoker
+from esm.observability import Metrics
+from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping
+from esm.sources.kafka.runtime import KafkaRuntime
+
+pytestmark = pytest.mark.anyio
+HERE = Path(__file__).parent
+
+
+def mapping(topic: KafkaTopic, group: str, **raw: Any) -> KafkaMappingConfig:
+    problems: list[str] = []
+    table = {
+        "name": f"m-{topic.name}",
+        "function": "f",
+        "self_managed_event_source": {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [topic.bootstrap]}},
+        "topics": [topic.name],
+        "starting_position": "TRIM_HORIZON",
+        "self_managed_kafka_event_source_config": {"consumer_group_id": group},
+        "maximum_batching_window_in_seconds": 0.05,
+        **raw,
+    }
+    config = parse_kafka_mapping(0, _Table(table, "mappings[0]", problems), ["f"])
+    assert config is not None, problems
+    return config
+
+
+def function(handler: str, metrics: Metrics) -> Function:
+    config = FunctionConfig(name="f", kind="python", handler=handler, code_path=HERE, timeout=5)
+    return Function(PythonInvoker(config), metrics)
+
+
+async def produce(
+    topic: KafkaTopic, values: list[tuple[int, bytes]], key: bytes | None = b"k"
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(topic.name, v, key=key, partition=p, headers=[("h", b"hv")])
+            for p, v in values
+        ]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def committed(topic: KafkaTopic, group: str) -> list[int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=topic.bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return [
+            await consumer.committed(TopicPartition(topic.name, p)) for p in range(topic.partitions)
+        ]
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def running(config: KafkaMappingConfig, handler: str) -> AsyncIterator[KafkaRuntime]:
+    metrics = Metrics()
+    runtime = KafkaRuntime(config, function(handler, metrics), metrics)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.run)
+        yield runtime
+        runtime.request_stop()
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.05)
+
+
+async def test_event_reaches_the_handler_in_lambdas_shape(kafka_topic: KafkaTopic) -> None:
+    await produce(kafka_topic, [(1, b'{"n": 1}'), (1, b'{"n": 2}')])
+    async with running(mapping(kafka_topic, "g-shape"), "kafka_handlers.record"):
+        await poll_until(lambda: len(kafka_handlers.values_for(kafka_topic.name)) == 2)
+    (event,) = kafka_handlers.events_for(kafka_topic.name)
+    model = KafkaSelfManagedEventModel.model_validate(event)
+    assert event["eventSource"] == "SelfManagedKafka"
+    assert event["bootstrapServers"] == kafka_topic.bootstrap
+    assert list(event["records"]) == [f"{kafka_topic.name}-1"]
+    records = model.records[f"{kafka_topic.name}-1"]
+    assert [r.offset for r in records] == [0, 1]
+    assert records[0].key == b"k" and records[0].value == '{"n": 1}'
+    assert records[0].headers == [{"h": b"hv"}]
+    assert records[0].timestampType == "CREATE_TIME"
+    assert await committed(kafka_topic, "g-shape") == [None, 2, None]
+
+
+async def test_every_partition_is_delivered_in_offset_order(kafka_topic: KafkaTopic) -> None:
+    n = 3000
+    await produce(kafka_topic, [(i % 3, f"v{i}".encode()) for i in range(n)])
+    config = mapping(kafka_topic, "g-order", batch_size=100)
+    async with running(config, "kafka_handlers.record"):
+        await poll_commits(kafka_topic, "g-order", [n // 3] * 3)
+    seen = kafka_handlers.values_for(kafka_topic.name)
+    assert len(seen) == n
+    for p in range(3):
+        offsets = [o for part, o, _ in seen if part == p]
+        assert offsets == list(range(n // 3))
+    for event in kafka_handlers.events_for(kafka_topic.name):
+        assert len(event["records"]) == 1  # batches are per partition
+        assert sum(len(r) for r in event["records"].values()) <= 100
+    assert await committed(kafka_topic, "g-order") == [n // 3] * 3
+
+
+async def test_failed_batch_is_retried_from_its_first_record_blocking_only_its_partition(
+    kafka_topic: KafkaTopic,
+) -> None:
+    poison = f"poison-{kafka_topic.name}"
+    kafka_handlers.FAILS_LEFT[poison] = 2
+    await produce(kafka_topic, [(0, b"a0"), (0, poison.encode()), (0, b"a2"), (2, b"c0")])
+    config = mapping(kafka_topic, "g-retry", batch_size=10, maximum_batching_window_in_seconds=0.5)
+    async with running(config, "kafka_handlers.record"):
+        await poll_commits(kafka_topic, "g-retry", [3, None, 1])
+    deliveries = kafka_handlers.values_for(kafka_topic.name)
+    partition0 = [(o, v) for p, o, v in deliveries if p == 0]
+    # three invocations of the same batch (two failures, then success), each from offset 0
+    assert partition0 == [(0, b"a0"), (1, poison.encode()), (2, b"a2")] * 3
+    assert [(o, v) for p, o, v in deliveries if p == 2] == [(0, b"c0")]
+    assert await committed(kafka_topic, "g-retry") == [3, None, 1]
+
+
+async def test_powertools_partial_failure_retries_from_the_reported_offset(
+    kafka_topic: KafkaTopic,
+) -> None:
+    bad = f"bad-{kafka_topic.name}"
+    kafka_handlers.FAILS_LEFT[bad] = 1
+    await produce(kafka_topic, [(1, b"x0"), (1, b"x1"), (1, bad.encode()), (1, b"x3")])
+    config = mapping(
+        kafka_topic,
+        "g-partial",
+        batch_size=10,
+        maximum_batching_window_in_seconds=0.5,
+        function_response_types=["ReportBatchItemFailures"],
+    )
+    async with running(config, "kafka_handlers.powertools"):
+        await poll_until(lambda: len(kafka_handlers.events_for(kafka_topic.name)) >= 2)
+        await poll_commits(kafka_topic, "g-partial", [None, 4, None])
+    first, second = kafka_handlers.events_for(kafka_topic.name)[:2]
+    key = f"{kafka_topic.name}-1"
+    assert [r["offset"] for r in first["records"][key]] == [0, 1, 2, 3]
+    assert [r["offset"] for r in second["records"][key]] == [2, 3]
+
+
+async def poll_commits(topic: KafkaTopic, group: str, expected: list[int | None]) -> None:
+    with anyio.fail_after(60):
+        while await committed(topic, group) != expected:
+            await anyio.sleep(0.1)
+
+
+async def test_a_restart_with_the_same_group_skips_nothing(kafka_topic: KafkaTopic) -> None:
+    await produce(kafka_topic, [(i % 3, f"r{i}".encode()) for i in range(30)])
+    config = mapping(kafka_topic, "g-restart", batch_size=5)
+    async with running(config, "kafka_handlers.record"):
+        await poll_commits(kafka_topic, "g-restart", [10, 10, 10])
+    first_run = len(kafka_handlers.values_for(kafka_topic.name))
+    await produce(kafka_topic, [(i % 3, f"r{i}".encode()) for i in range(30, 60)])
+    async with running(config, "kafka_handlers.record"):
+        await poll_until(lambda: len(kafka_handlers.values_for(kafka_topic.name)) >= first_run + 30)
+    values = [v for _, _, v in kafka_handlers.values_for(kafka_topic.name)]
+    assert sorted(set(values)) == sorted(f"r{i}".encode() for i in range(60))
+    assert len(values) == 60  # a clean stop committed everything: no record read twice
+    assert await committed(kafka_topic, "g-restart") == [20, 20, 20]

@@ -24,6 +24,9 @@ from esm.sources.kafka.runtime import KafkaRuntime
 
 pytestmark = pytest.mark.anyio
 HERE = Path(__file__).parent
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 300}
+"""Tansu keeps a member that left until its session times out; the broker's minimum session
+(6 s) lets a restarted runtime join in ~5 s instead of ~18 s with aiokafka's 10 s default."""
 
 
 def mapping(topic: KafkaTopic, group: str, **raw: Any) -> KafkaMappingConfig:
@@ -77,7 +80,7 @@ async def committed(topic: KafkaTopic, group: str) -> list[int | None]:
 @asynccontextmanager
 async def running(config: KafkaMappingConfig, handler: str) -> AsyncIterator[KafkaRuntime]:
     metrics = Metrics()
-    runtime = KafkaRuntime(config, function(handler, metrics), metrics)
+    runtime = KafkaRuntime(config, function(handler, metrics), metrics, client_options=FAST_GROUP)
     async with anyio.create_task_group() as tg:
         tg.start_soon(runtime.run)
         yield runtime

@@ -185,3 +185,21 @@ async def test_a_restart_with_the_same_group_skips_nothing(kafka_topic: KafkaTop
     assert sorted(set(values)) == sorted(f"r{i}".encode() for i in range(60))
     assert len(values) == 60  # a clean stop committed everything: no record read twice
     assert await committed(kafka_topic, "g-restart") == [20, 20, 20]
+
+
+async def test_two_runtimes_in_one_group_split_partitions_and_one_takes_over(
+    kafka_topic: KafkaTopic,
+) -> None:
+    await produce(kafka_topic, [(i % 3, f"s{i}".encode()) for i in range(300)])
+    config = mapping(kafka_topic, "g-split", batch_size=20)
+    async with running(config, "kafka_handlers.record") as first:
+        async with running(config, "kafka_handlers.record") as second:
+            await poll_until(lambda: len(first.lanes) + len(second.lanes) == 3 and
+                             bool(first.lanes) and bool(second.lanes))
+            await poll_commits(kafka_topic, "g-split", [100, 100, 100])
+            assert not set(first.lanes) & set(second.lanes)
+        await poll_until(lambda: len(first.lanes) == 3)  # the survivor takes every partition
+        await produce(kafka_topic, [(i % 3, f"s{i}".encode()) for i in range(300, 330)])
+        await poll_commits(kafka_topic, "g-split", [110, 110, 110])
+    values = [v for _, _, v in kafka_handlers.values_for(kafka_topic.name)]
+    assert set(values) == {f"s{i}".encode() for i in range(330)}

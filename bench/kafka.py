@@ -189,6 +189,57 @@ def drain_confluent(bootstrap: str, topic: str, records: int, max_records: int) 
     return Drain(seen, first or last, last)
 
 
+async def drain_esm(bootstrap: str, topic: str, records: int, batch_size: int) -> Drain:
+    """esm's KafkaRuntime with a no-op in-process handler: every record batched, shaped
+    into Lambda's event, invoked and committed; done when every offset is committed."""
+    from pathlib import Path
+
+    import anyio
+
+    from esm.config import FunctionConfig, _Table
+    from esm.functions import Function
+    from esm.invokers.python import PythonInvoker
+    from esm.observability import Metrics
+    from esm.sources.kafka.config import parse_kafka_mapping
+    from esm.sources.kafka.runtime import KafkaRuntime
+
+    problems: list[str] = []
+    table = {
+        "name": "bench",
+        "function": "noop",
+        "self_managed_event_source": {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [bootstrap]}},
+        "topics": [topic],
+        "starting_position": "TRIM_HORIZON",
+        "self_managed_kafka_event_source_config": {"consumer_group_id": f"bench-{uuid.uuid4()}"},
+        "batch_size": batch_size,
+    }
+    config = parse_kafka_mapping(0, _Table(table, "mappings[0]", problems), ["noop"])
+    assert config is not None, problems
+    metrics = Metrics()
+    handlers = Path(__file__).parent / "handlers"
+    function = Function(
+        PythonInvoker(
+            FunctionConfig("noop", "python", "esm_bench_handlers.noop", handlers, timeout=60)
+        ),
+        metrics,
+    )
+    runtime = KafkaRuntime(config, function, metrics)
+    polled = metrics.polled.labels("bench")
+    first: float | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.run)
+        while True:
+            if first is None and polled._value.get() > 0:
+                first = time.perf_counter()
+            done = sum(offset or 0 for offset in runtime.committed_offsets().values())
+            if done >= records:
+                break
+            await anyio.sleep(0.002)
+        last = time.perf_counter()
+        runtime.request_stop()
+    return Drain(records, first or last, last)
+
+
 def measure(client: str, run: Callable[[], Drain]) -> Figure:
     cpu = time.process_time()
     start = time.perf_counter()
@@ -209,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-records", type=int, default=1000, help="records per poll")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--esm", action="store_true", help="also drain with esm's KafkaRuntime (no-op handler)"
+    )
+    parser.add_argument(
+        "--esm-only", action="store_true", help="aiokafka's bare loop and esm, not confluent"
+    )
     args = parser.parse_args(argv)
     figures: list[Figure] = []
     with tansu() as bootstrap:
@@ -224,9 +281,19 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: asyncio.run(drain_aiokafka(bootstrap, topic, n, m)),
                 )
             )
-            figures.append(
-                measure("confluent-kafka consume", lambda: drain_confluent(bootstrap, topic, n, m))
-            )
+            if not args.esm_only:
+                figures.append(
+                    measure(
+                        "confluent-kafka consume", lambda: drain_confluent(bootstrap, topic, n, m)
+                    )
+                )
+            if args.esm or args.esm_only:
+                figures.append(
+                    measure(
+                        f"esm KafkaRuntime batch {m}",
+                        lambda: asyncio.run(drain_esm(bootstrap, topic, n, m)),
+                    )
+                )
     for figure in figures:
         print(figure.row())
     if args.json:

@@ -97,3 +97,19 @@ def test_filters_see_the_decoded_json_value_and_metadata() -> None:
     assert by_offset.matches(kafka_filter_view(record_json(record(16, value=b"plain"))))
     assert not by_offset.matches(kafka_filter_view(record_json(record(15))))
     assert base64.b64decode(record_json(record())["value"]) == b'{"a":1}'
+
+
+def test_shaper_size_is_the_exact_json_size_of_the_record() -> None:
+    """The 6 MB cap relies on the computed size; it must equal the serialised size."""
+    from esm.sources.kafka.event import PartitionShaper, record_json_size
+
+    cases = [
+        (0, -1, 0, None, None, ()),
+        (12345678901, 1545084650987, 1, b"k\x00\xff", b"x" * 1000, ()),
+        (7, 1, 0, b"", b"\xe2\x82\xac", [("h\u00e9\"\\", b"\x00\x01"), ("n", None)]),
+        (99, 10, 1, b"ab", b"abcd", [("a", b"")]),
+    ]
+    shaper = PartitionShaper("my.topic_name-1", 11)
+    for offset, stamp, stamp_type, key, value, headers in cases:
+        doc, size = shaper.shape(offset, stamp, stamp_type, key, value, headers)  # type: ignore[arg-type]
+        assert size == record_json_size(doc), doc

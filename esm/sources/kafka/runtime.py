@@ -24,8 +24,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from aiokafka import (  # type: ignore[import-untyped]
@@ -41,13 +40,11 @@ from esm.invocation import MAX_RESPONSE_BYTES
 from esm.observability import Metrics, get_logger
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import (
-    KafkaRecord,
+    PartitionShaper,
     build_event,
     envelope_size,
     kafka_filter_view,
     partition_key,
-    record_json,
-    record_json_size,
 )
 from esm.sources.kafka.policy import Decision, decide
 
@@ -64,8 +61,9 @@ REVOKE_GRACE_S = 1.0
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
+    """A fetched record, shaped once: its offset, Lambda JSON and JSON size."""
+
     offset: int
     doc: dict[str, Any]
     size: int
@@ -78,6 +76,7 @@ class _Lane:
         self._runtime = runtime
         self.tp = tp
         self.key = partition_key(tp.topic, tp.partition)
+        self.shaper = PartitionShaper(tp.topic, tp.partition)
         self._buffer: deque[_Entry] = deque()
         self._bytes = 0
         self._arrived = anyio.Event()
@@ -95,13 +94,20 @@ class _Lane:
         cap = self._runtime.config.batch_size * 2
         return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
 
-    def add(self, entries: Sequence[_Entry]) -> None:
-        if not entries or self._stopping:
+    def add(self, records: Sequence[Any]) -> None:
+        """Shape fetched client records once and buffer them."""
+        if not records or self._stopping:
             return
         if not self._buffer:
             self._first_at = anyio.current_time()
-        self._buffer.extend(entries)
-        self._bytes += sum(e.size for e in entries)
+        shape = self.shaper.shape
+        append = self._buffer.append
+        added = 0
+        for r in records:
+            doc, size = shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
+            append(_Entry(r.offset, doc, size))
+            added += size
+        self._bytes += added
         self._arrived.set()
 
     def stop(self) -> None:
@@ -283,7 +289,7 @@ class KafkaRuntime:
                 lane = self.lanes.get(tp)
                 if lane is None:  # revoked meanwhile: the next owner reads these again
                     continue
-                lane.add([_entry(r) for r in records])
+                lane.add(records)
                 self.metrics.polled.labels(self._m).inc(len(records))
                 if lane.full and not lane.paused:
                     consumer.pause(tp)
@@ -391,22 +397,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._runtime.on_assigned(list(assigned))
-
-
-def _entry(record: Any) -> _Entry:
-    doc = record_json(
-        KafkaRecord(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            timestamp_type=record.timestamp_type,
-            key=record.key,
-            value=record.value,
-            headers=tuple(record.headers or ()),
-        )
-    )
-    return _Entry(record.offset, doc, record_json_size(doc))
 
 
 __all__ = ["KafkaRuntime", "TopicPartition"]

@@ -53,6 +53,9 @@ log = get_logger("esm.sources.kafka")
 MAX_PAYLOAD_BYTES = MAX_RESPONSE_BYTES
 """Lambda's 6 MB synchronous invocation payload: a batch's event stays under it."""
 FETCH_TIMEOUT_MS = 200
+FETCH_MAX_RECORDS = 10_000
+PARTITION_FETCH_BYTES = 1_048_576
+FETCH_MAX_BYTES = 16 * 1_048_576
 RETRY_BACKOFF_INITIAL = 0.1
 RETRY_BACKOFF_MAX = 5.0
 REVOKE_GRACE_S = 1.0
@@ -84,13 +87,12 @@ class _Lane:
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
-        self.paused = False
         self.committed: int | None = None
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
     @property
     def full(self) -> bool:
-        """Enough buffered for two batches: stop fetching this partition until it drains."""
+        """Enough buffered for two batches: stop taking this partition's fetched records."""
         cap = self._runtime.config.batch_size * 2
         return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
 
@@ -203,8 +205,8 @@ class _Lane:
         if dropped == 0:
             return
         self._first_at = anyio.current_time() if self._buffer else None
-        if self.paused and not self.full:
-            self._runtime.resume(self)
+        if not self.full:
+            self._runtime.has_room(self)
         if await self._runtime.commit(self.tp, next_offset):
             self.committed = next_offset
 
@@ -244,6 +246,9 @@ class KafkaRuntime:
         self._stop = anyio.Event()
         self._consumer: Any = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._fetching_for: set[Any] = set()
+        self._polled = metrics.polled.labels(config.name)
         self._log = log.bind(mapping=config.name, topic=config.topic)
         self._m = config.name
 
@@ -256,7 +261,8 @@ class KafkaRuntime:
             group_id=self.config.consumer_group_id,
             enable_auto_commit=False,
             auto_offset_reset=_AUTO_OFFSET_RESET[self.config.starting_position],
-            max_partition_fetch_bytes=MAX_PAYLOAD_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
             **self._client_options,
         )
         self._consumer = consumer
@@ -282,23 +288,37 @@ class KafkaRuntime:
             self._log.info("kafka.consumer.stopped")
 
     async def _fetch_loop(self) -> None:
-        consumer = self._consumer
+        """Hand fetched records to the lanes, asking only for partitions whose lane has room.
+
+        Backpressure without `pause()`: aiokafka drops a paused partition's prefetched
+        records and fetches them again on resume; records of a partition not asked for stay
+        in the client's buffer, and the client fetches that partition again only once they
+        are taken. A lane that gets room while a fetch waits cancels the wait (`has_room`).
+        """
         while True:
-            fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=10_000)
+            wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
+            self._fetching_for = set(wanted)
+            fetched: dict[Any, list[Any]] = {}
+            with anyio.CancelScope() as scope:
+                self._fetch_scope = scope
+                if wanted:
+                    fetched = await self._consumer.getmany(
+                        *wanted, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                    )
+                else:  # every lane is full, or none assigned yet
+                    await anyio.sleep(FETCH_TIMEOUT_MS / 1000)
+            self._fetch_scope = None
             for tp, records in fetched.items():
                 lane = self.lanes.get(tp)
                 if lane is None:  # revoked meanwhile: the next owner reads these again
                     continue
                 lane.add(records)
-                self.metrics.polled.labels(self._m).inc(len(records))
-                if lane.full and not lane.paused:
-                    consumer.pause(tp)
-                    lane.paused = True
+                self._polled.inc(len(records))
 
-    def resume(self, lane: _Lane) -> None:
-        if self.lanes.get(lane.tp) is lane and lane.tp in self._consumer.assignment():
-            self._consumer.resume(lane.tp)
-        lane.paused = False
+    def has_room(self, lane: _Lane) -> None:
+        """A lane drained below `full`: wake the fetch loop if it is not asking for it."""
+        if self._fetch_scope is not None and lane.tp not in self._fetching_for:
+            self._fetch_scope.cancel()
 
     async def invoke(self, key: str, entries: list[_Entry], retries: int) -> Decision:
         event = build_event(
@@ -349,6 +369,8 @@ class KafkaRuntime:
             if self._task_group is not None:
                 self._task_group.start_soon(lane.run)
         self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        if self._fetch_scope is not None:  # ask for the new partitions at once
+            self._fetch_scope.cancel()
         partitions = sorted(tp.partition for tp in assigned)
         self._log.info("kafka.partitions.assigned", partitions=partitions)
 

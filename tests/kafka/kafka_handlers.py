@@ -78,3 +78,18 @@ def powertools(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(
         event=event, record_handler=_handle, processor=_processor, context=context
     )
+
+
+def append_to_file(event: dict[str, Any], context: Any) -> None:
+    """Writes `partition offset value` per record to $KAFKA_RECORD_FILE as it handles it,
+    slowly, so a test can SIGKILL the process in the middle of a batch."""
+    import os
+    import time
+
+    with open(os.environ["KAFKA_RECORD_FILE"], "a", encoding="utf-8") as out:
+        for records in event["records"].values():
+            for r in records:
+                value = base64.b64decode(r["value"]).decode()
+                out.write(f"{r['partition']} {r['offset']} {value}\n")
+                out.flush()
+                time.sleep(0.005)

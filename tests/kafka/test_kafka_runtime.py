@@ -203,3 +203,58 @@ async def test_two_runtimes_in_one_group_split_partitions_and_one_takes_over(
         await poll_commits(kafka_topic, "g-split", [110, 110, 110])
     values = [v for _, _, v in kafka_handlers.values_for(kafka_topic.name)]
     assert set(values) == {f"s{i}".encode() for i in range(330)}
+
+
+def _handled(path: Path) -> list[tuple[int, int, str]]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(int(p), int(o), v) for p, o, v in (line.split(" ", 2) for line in lines if line)]
+
+
+async def _start_child(topic: KafkaTopic, group: str, out: Path) -> anyio.abc.Process:
+    import os
+    import sys
+
+    env = {**os.environ, "KAFKA_RECORD_FILE": str(out)}
+    return await anyio.open_process(
+        [sys.executable, str(HERE / "kafka_child.py"), topic.bootstrap, topic.name, group],
+        env=env,
+    )
+
+
+async def test_sigkill_mid_batch_then_restart_skips_nothing(
+    kafka_topic: KafkaTopic, tmp_path: Path
+) -> None:
+    """At-least-once across a crash: a SIGKILLed worker committed only what it handled, and a
+    restarted one resumes from there, so every record is handled at least once."""
+    import signal
+
+    n = 300
+    await produce(kafka_topic, [(i % 3, f"k{i}".encode()) for i in range(n)])
+    out, group = tmp_path / "handled.txt", "g-sigkill"
+    child = await _start_child(kafka_topic, group, out)
+    try:
+        await poll_until(lambda: len(_handled(out)) >= 75)
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+    first_run = _handled(out)
+    assert len(first_run) < n  # killed before the end, with batches of 10 in flight
+    after_kill = await committed(kafka_topic, group)
+    for p, upto in enumerate(after_kill):
+        handled = {o for part, o, _ in first_run if part == p}
+        assert set(range(upto or 0)) <= handled  # nothing committed that was not handled
+    child = await _start_child(kafka_topic, group, out)
+    try:
+        await poll_commits(kafka_topic, group, [n // 3] * 3)
+    finally:
+        child.kill()
+        await child.wait()
+    values = [v for _, _, v in _handled(out)]
+    assert set(values) == {f"k{i}" for i in range(n)}  # nothing skipped
+    for p in range(3):
+        offsets = [o for part, o, _ in _handled(out) if part == p]
+        assert set(offsets) == set(range(n // 3))

@@ -83,7 +83,17 @@ def test_msk_takes_the_cluster_arn_and_the_override_brokers() -> None:
             {"self_managed_kafka_event_source_config": {"consumer_group_id": "bad group"}},
             "consumer_group_id: 'bad group' must be 1-200 characters",
         ),
-        ({"destination_config": {}}, "destination_config: on-failure destinations for Kafka"),
+        (
+            {"destination_config": {"on_failure": {"destination": "kafka://dlt"}}},
+            "destination_config.on_failure.destination: 'kafka://dlt': a Kafka topic",
+        ),
+        (
+            {"destination_config": {"on_failure": {"destination": "arn:aws:lambda:r:1:fn:f"}}},
+            "is not an SQS queue, SNS topic or S3 bucket ARN",
+        ),
+        ({"maximum_record_age_in_seconds": 59}, "use -1 (infinite) or 60..604800"),
+        ({"maximum_record_age_in_seconds": 604_801}, "above the maximum 604800"),
+        ({"bisect_batch_on_function_error": "yes"}, "bisect_batch_on_function_error"),
         ({"bogus": 1}, "mappings[0].bogus: unknown key"),
     ],
 )
@@ -147,3 +157,14 @@ def test_msk_rejects_self_managed_only_access_types() -> None:
 def test_bad_secret_uri_says_what_is_accepted() -> None:
     with pytest.raises(ConfigError, match="must be a Secrets Manager secret ARN"):
         self_managed(source_access_configurations=[{"type": "BASIC_AUTH", "uri": "s3://x"}])
+
+
+def test_failure_handling_keys_are_parsed() -> None:
+    config = self_managed(
+        maximum_record_age_in_seconds=60,
+        bisect_batch_on_function_error=True,
+        destination_config={"on_failure": {"destination": "arn:aws:sqs:us-east-1:1:dlq"}},
+    )
+    assert config.maximum_record_age_in_seconds == 60
+    assert config.bisect_batch_on_function_error
+    assert config.on_failure_destination == "arn:aws:sqs:us-east-1:1:dlq"

@@ -110,6 +110,11 @@ class KafkaMappingConfig:
     filter_patterns: tuple[str, ...] = ()
     function_response_types: frozenset[str] = frozenset()
     maximum_retry_attempts: int = -1
+    """As configured; see `policy.retry_limit` for AWS's cap of 10 with a destination."""
+    maximum_record_age_in_seconds: int = -1
+    bisect_batch_on_function_error: bool = False
+    on_failure_destination: str | None = None
+    """An SQS queue, SNS topic or S3 bucket ARN (`destination_config.on_failure`)."""
 
     @property
     def is_msk(self) -> bool:
@@ -190,6 +195,9 @@ def parse_kafka_mapping(
             t.string_list("function_response_types", ("ReportBatchItemFailures",))
         ),
         maximum_retry_attempts=t.integer("maximum_retry_attempts", -1, -1, 10_000),
+        maximum_record_age_in_seconds=_record_age(t),
+        bisect_batch_on_function_error=t.boolean("bisect_batch_on_function_error", False),
+        on_failure_destination=_on_failure_destination(t),
     )
     _reject_unbuilt(t)
     t.finish()
@@ -328,10 +336,46 @@ def _secret_ref(t: _Table, uri: str) -> SecretRef | None:
     return None
 
 
+def _record_age(t: _Table) -> int:
+    """AWS: -1 (infinite, the default) or 60..604,800 seconds (kafka-retry-configurations)."""
+    age = t.integer("maximum_record_age_in_seconds", -1, -1, 604_800)
+    if 0 <= age < 60:
+        t.problem(
+            "maximum_record_age_in_seconds",
+            f"{age} is not allowed: use -1 (infinite) or 60..604800",
+        )
+    return age
+
+
+_DESTINATION_SERVICES = ("sqs", "sns", "s3")
+
+
+def _on_failure_destination(t: _Table) -> str | None:
+    """`destination_config = { on_failure = { destination = ARN } }`: SQS, SNS or S3."""
+    if "destination_config" not in t.raw:
+        return None
+    destination = t.table("destination_config")
+    on_failure = destination.table("on_failure")
+    arn = on_failure.optional_string("destination")
+    on_failure.finish()
+    destination.finish()
+    if arn is None:
+        return None
+    if arn.startswith("kafka://"):
+        on_failure.problem(
+            "destination", f"{arn!r}: a Kafka topic destination is not supported yet by esm"
+        )
+        return None
+    parts = arn.split(":")
+    if len(parts) < 6 or parts[0] != "arn" or parts[2] not in _DESTINATION_SERVICES:
+        on_failure.problem(
+            "destination", f"{arn!r} is not an SQS queue, SNS topic or S3 bucket ARN"
+        )
+        return None
+    return arn
+
+
 _UNBUILT = {
-    "destination_config": "on-failure destinations for Kafka are not supported yet",
-    "bisect_batch_on_function_error": "is not supported for Kafka yet",
-    "maximum_record_age_in_seconds": "is not supported for Kafka yet",
     "parallelization_factor": "applies to Kinesis and DynamoDB streams only",
     "tumbling_window_in_seconds": "applies to Kinesis and DynamoDB streams only",
     "scaling_config": "applies to SQS only",

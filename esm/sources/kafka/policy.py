@@ -16,6 +16,14 @@ batch responses"):
   `{"itemIdentifier": {"partition": "<topic>-<partition>", "offset": N}}`; everything
   before the lowest reported offset is done and the batch is retried from that offset.
   A malformed response, or an identifier not in the batch, fails the whole batch.
+- `bisect_batch_on_function_error`: a failed batch of more than one record is split in
+  half and the first half retried; splitting does not use up a retry attempt (as for
+  streams). A single failing record is retried, then given up, alone.
+- `maximum_record_age_in_seconds`: records older than this are given up without invoking
+  the function (condition `RecordAgeExceeded`).
+- With an on-failure destination and infinite retries AWS applies at most 10 retries
+  (kafka-on-failure-destination: "Lambda automatically applies a maximum of 10 retry
+  attempts").
 """
 
 from __future__ import annotations
@@ -26,15 +34,47 @@ from typing import Any, Literal
 
 from esm.invocation import InvocationResult
 
+DESTINATION_RETRY_CAP = 10
+"""AWS's retry limit when a destination is set and maximum_retry_attempts is -1."""
+
 
 @dataclass(frozen=True)
 class Decision:
-    action: Literal["commit", "retry", "give_up"]
+    action: Literal["commit", "retry", "give_up", "split"]
     offset: int
-    """commit/give_up: the next offset to read (commit up to it); retry: retry from it."""
+    """commit/give_up: the next offset to read (commit up to it); retry/split: retry from it."""
     reason: str = ""
     counts_attempt: bool = True
-    """False for throttles: AWS does not use up a retry attempt for them."""
+    """False for throttles and splits: AWS does not use up a retry attempt for them."""
+    failed_from: int | None = None
+    """give_up: the first offset given up (earlier offsets of the batch succeeded)."""
+    function_error: str | None = None
+    """give_up: "Unhandled" when the function raised; None when it reported the failure."""
+    split_size: int = 0
+    """split: how many records the retried first half has."""
+
+
+def retry_limit(maximum_retry_attempts: int, has_destination: bool) -> int:
+    """The effective `maximum_retry_attempts` (-1: forever)."""
+    if maximum_retry_attempts == -1 and has_destination:
+        return DESTINATION_RETRY_CAP
+    return maximum_retry_attempts
+
+
+def expired_prefix(timestamps_ms: Sequence[int], now_ms: int, maximum_age_s: int) -> int:
+    """How many leading records of a batch are older than `maximum_age_s` (-1: none).
+
+    Only a leading run is given up so that offsets stay committed in order; a partition's
+    timestamps are non-decreasing in practice (CreateTime per producer, LogAppendTime)."""
+    if maximum_age_s < 0:
+        return 0
+    oldest_allowed = now_ms - maximum_age_s * 1000
+    count = 0
+    for stamp in timestamps_ms:
+        if stamp >= oldest_allowed:
+            break
+        count += 1
+    return count
 
 
 def decide(
@@ -44,29 +84,51 @@ def decide(
     retries_done: int,
     maximum_retry_attempts: int,
     report_batch_item_failures: bool,
+    bisect: bool = False,
 ) -> Decision:
-    """The outcome of one invocation of `offsets` (ascending) of one partition."""
+    """The outcome of one invocation of `offsets` (ascending) of one partition.
+
+    `maximum_retry_attempts` is the effective limit (`retry_limit`)."""
     first, after_last = offsets[0], offsets[-1] + 1
     if result.throttled:
         return Decision("retry", first, "throttled", counts_attempt=False)
+    failed = _Failure(offsets, retries_done, maximum_retry_attempts, bisect)
     if result.failure is not None:
-        return _failed(first, after_last, retries_done, maximum_retry_attempts, "function error")
+        return failed(first, "function error", "Unhandled")
     if not report_batch_item_failures:
         return Decision("commit", after_last)
     if result.invalid_response:
-        return _failed(first, after_last, retries_done, maximum_retry_attempts, "invalid JSON")
+        return failed(first, "invalid JSON", None)
     lowest, problem = lowest_failed_offset(result.response, partition_key, offsets)
     if problem:
-        return _failed(first, after_last, retries_done, maximum_retry_attempts, problem)
+        return failed(first, problem, None)
     if lowest is None:
         return Decision("commit", after_last)
-    return _failed(lowest, after_last, retries_done, maximum_retry_attempts, "partial failure")
+    return failed(lowest, "partial failure", None)
 
 
-def _failed(first: int, after_last: int, retries_done: int, maximum: int, reason: str) -> Decision:
-    if 0 <= maximum <= retries_done:
-        return Decision("give_up", after_last, f"{reason}; retries exhausted")
-    return Decision("retry", first, reason)
+@dataclass(frozen=True)
+class _Failure:
+    offsets: Sequence[int]
+    retries_done: int
+    maximum: int
+    bisect: bool
+
+    def __call__(self, failed_from: int, reason: str, function_error: str | None) -> Decision:
+        remaining = [o for o in self.offsets if o >= failed_from]
+        if self.bisect and len(remaining) > 1:
+            return Decision(
+                "split", failed_from, reason, counts_attempt=False, split_size=len(remaining) // 2
+            )
+        if 0 <= self.maximum <= self.retries_done:
+            return Decision(
+                "give_up",
+                self.offsets[-1] + 1,
+                f"{reason}; retries exhausted",
+                failed_from=failed_from,
+                function_error=function_error,
+            )
+        return Decision("retry", failed_from, reason)
 
 
 def lowest_failed_offset(

@@ -16,17 +16,24 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
   is committed if it is done, else abandoned uncommitted: the next owner reads it again
   from the committed offset. Nothing is committed past an unfinished record.
 - `starting_position` applies only when the group has no committed offset.
+- Given-up records (retries exhausted, older than `maximum_record_age_in_seconds`) are
+  described to the on-failure destination before the commit past them; a delivery that
+  fails blocks the partition and is retried (`onfailure.py`). A bisected batch is retried in
+  halves until its end offset is passed.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import anyio
+import orjson
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
     ConsumerRebalanceListener,
@@ -46,7 +53,8 @@ from esm.sources.kafka.event import (
     kafka_filter_view,
     partition_key,
 )
-from esm.sources.kafka.policy import Decision, decide
+from esm.sources.kafka.onfailure import Condition, KafkaOnFailure, given_up_records
+from esm.sources.kafka.policy import Decision, decide, expired_prefix, retry_limit
 
 log = get_logger("esm.sources.kafka")
 
@@ -87,6 +95,8 @@ class _Lane:
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
+        self._split: tuple[int, int] | None = None
+        """(records per batch, end offset) while a bisected batch is retried in halves."""
         self.committed: int | None = None
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
@@ -149,9 +159,10 @@ class _Lane:
         first_at = self._first_at if self._first_at is not None else anyio.current_time()
         deadline = first_at + config.maximum_batching_window_in_seconds
         budget = MAX_PAYLOAD_BYTES - self._runtime.envelope_bytes
+        limit = self._batch_limit()
         while (
             not self._stopping
-            and len(self._buffer) < config.batch_size
+            and len(self._buffer) < limit
             and self._bytes < budget
             and anyio.current_time() < deadline
         ):
@@ -161,40 +172,98 @@ class _Lane:
         batch: list[_Entry] = []
         size = 0
         for entry in self._buffer:
-            if len(batch) >= config.batch_size or (batch and size + entry.size > budget):
+            if len(batch) >= limit or (batch and size + entry.size > budget):
                 break
             batch.append(entry)
             size += entry.size
         return batch
 
+    def _batch_limit(self) -> int:
+        """batch_size, or the half being retried while a bisected batch is worked through."""
+        config = self._runtime.config
+        if self._split is not None:
+            size, end = self._split
+            if self._buffer and self._buffer[0].offset < end:
+                return size
+            self._split = None
+        return config.batch_size
+
     async def _process(self, batch: list[_Entry], retries: int) -> int:
-        """Invoke (unless all filtered out), then commit, retry or give up; next retry count."""
+        """Invoke (unless all filtered out or too old), then commit, retry, split or give up;
+        returns the retry count for the next batch."""
         runtime = self._runtime
+        expired = expired_prefix(
+            [e.doc["timestamp"] for e in batch],
+            int(time.time() * 1000),
+            runtime.config.maximum_record_age_in_seconds,
+        )
+        if expired:
+            await self._give_up(batch[:expired], "RecordAgeExceeded", 0, None, "")
+            await self._commit_through(batch[expired - 1].offset + 1)
+            return 0
         passing = [e for e in batch if runtime.passes(e.doc)]
         runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
         if not passing:
             await self._commit_through(batch[-1].offset + 1)
             return 0
-        decision = await runtime.invoke(self.key, passing, retries)
-        if decision.action == "retry":
+        decision, request_id = await runtime.invoke(self.key, passing, retries)
+        if decision.action in ("retry", "split"):
             await self._commit_through(decision.offset)  # what precedes it is done
             if decision.counts_attempt:
                 retries += 1
+            if decision.action == "split":
+                self._split = (decision.split_size, batch[-1].offset + 1)
             self._log.warning(
-                "kafka.batch.retry", offset=decision.offset, reason=decision.reason, retries=retries
+                f"kafka.batch.{decision.action}",
+                offset=decision.offset,
+                reason=decision.reason,
+                retries=retries,
             )
             await anyio.sleep(_backoff(retries))
             return retries
         if decision.action == "give_up":
-            runtime.metrics.dropped.labels(runtime.config.name).inc(len(passing))
-            self._log.warning(
-                "kafka.batch.given_up",
-                first_offset=batch[0].offset,
-                last_offset=batch[-1].offset,
-                reason=decision.reason,
+            failed_from = decision.failed_from if decision.failed_from is not None else 0
+            given_up = [e for e in passing if e.offset >= failed_from]
+            await self._give_up(
+                given_up, "RetryAttemptsExhausted", retries + 1, decision.function_error,
+                request_id, reason=decision.reason,
             )
         await self._commit_through(max(decision.offset, batch[-1].offset + 1))
         return 0
+
+    async def _give_up(
+        self,
+        entries: list[_Entry],
+        condition: Condition,
+        invoke_count: int,
+        function_error: str | None,
+        request_id: str,
+        reason: str = "",
+    ) -> None:
+        """Count and log the records, and deliver their on-failure record (blocking until it
+        is delivered, as Lambda does) before the caller commits past them."""
+        runtime = self._runtime
+        runtime.metrics.dropped.labels(runtime.config.name).inc(len(entries))
+        self._log.warning(
+            "kafka.batch.given_up",
+            first_offset=entries[0].offset,
+            last_offset=entries[-1].offset,
+            condition=condition,
+            reason=reason,
+        )
+        if runtime.on_failure is None:
+            return
+        event = runtime.event_of(self.key, entries)
+        given_up = given_up_records(
+            self.key,
+            [(e.offset, e.doc["timestamp"]) for e in entries],
+            payload_size=len(orjson.dumps(event)),
+            condition=condition,
+            invoke_count=invoke_count,
+            function_error=function_error,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        await runtime.on_failure.deliver(given_up, event)
 
     async def _commit_through(self, next_offset: int) -> None:
         """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)."""
@@ -229,8 +298,15 @@ class KafkaRuntime:
         metrics: Metrics,
         bootstrap_servers: Sequence[str] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        on_failure: KafkaOnFailure | None = None,
     ) -> None:
         self.config = config
+        self.on_failure = on_failure
+        """Where given-up records are described; the caller builds it from
+        `config.on_failure_destination` (`onfailure.build_on_failure`)."""
+        self._retry_limit = retry_limit(
+            config.maximum_retry_attempts, config.on_failure_destination is not None
+        )
         self.function = function
         self.metrics = metrics
         self.bootstrap_servers = tuple(bootstrap_servers or config.bootstrap_servers)
@@ -320,13 +396,19 @@ class KafkaRuntime:
         if self._fetch_scope is not None and lane.tp not in self._fetching_for:
             self._fetch_scope.cancel()
 
-    async def invoke(self, key: str, entries: list[_Entry], retries: int) -> Decision:
-        event = build_event(
+    def event_of(self, key: str, entries: Sequence[_Entry]) -> dict[str, Any]:
+        return build_event(
             self.config.event_source,
             self._bootstrap_text,
             self.config.cluster_arn,
             {key: [e.doc for e in entries]},
         )
+
+    async def invoke(
+        self, key: str, entries: list[_Entry], retries: int
+    ) -> tuple[Decision, str]:
+        """Invoke the function with one partition's records: (decision, request id)."""
+        event = self.event_of(key, entries)
         m = self._m
         self.metrics.invoked.labels(m).inc(len(entries))
         self.metrics.batch_size.labels(m).observe(len(entries))
@@ -337,14 +419,16 @@ class KafkaRuntime:
             self.metrics.in_flight.labels(m).dec()
         if not result.ok:
             self.metrics.failed_invoke.labels(m).inc(len(entries))
-        return decide(
+        decision = decide(
             result,
             key,
             [e.offset for e in entries],
             retries,
-            self.config.maximum_retry_attempts,
+            self._retry_limit,
             "ReportBatchItemFailures" in self.config.function_response_types,
+            self.config.bisect_batch_on_function_error,
         )
+        return decision, result.request_id
 
     async def commit(self, tp: Any, next_offset: int) -> bool:
         """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""

@@ -137,3 +137,13 @@ def test_give_up_says_where_the_failure_starts_and_whether_the_function_raised()
     reported = decide(ok({"batchItemFailures": [item(12)]}), KEY, OFFSETS, 1, 1, True)
     assert (reported.action, reported.offset) == ("give_up", 13)
     assert (reported.failed_from, reported.function_error) == (12, None)
+
+
+@pytest.mark.parametrize(
+    ("high", "next_offset", "lag"),
+    [(10, 4, 6), (10, 10, 0), (None, 4, None), (10, None, None), (3, 5, 0)],
+)
+def test_offset_lag(high: int | None, next_offset: int | None, lag: int | None) -> None:
+    from esm.sources.kafka.metrics import offset_lag
+
+    assert offset_lag(high, next_offset) == lag

@@ -258,3 +258,26 @@ async def test_sigkill_mid_batch_then_restart_skips_nothing(
     for p in range(3):
         offsets = [o for part, o, _ in _handled(out) if part == p]
         assert set(offsets) == set(range(n // 3))
+
+
+def _gauge(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_offset_lag_per_partition_and_assigned_partitions(kafka_topic: KafkaTopic) -> None:
+    """A partition whose batch keeps failing lags by its unprocessed records; a drained one
+    reports 0; the worker reports the partitions it owns."""
+    poison = f"poison-{kafka_topic.name}"
+    kafka_handlers.FAILS_LEFT[poison] = 1_000_000
+    await produce(kafka_topic, [(0, b"ok0"), (0, b"ok1"), (1, poison.encode()), (1, b"stuck")])
+    config = mapping(kafka_topic, "g-lag", batch_size=10)
+    async with running(config, "kafka_handlers.record") as runtime:
+        metrics, name = runtime.metrics, config.name
+        lag = "esm_kafka_offset_lag"
+        await poll_until(lambda: _gauge(metrics, lag, mapping=name, partition="0") == 0)
+        await poll_until(lambda: _gauge(metrics, lag, mapping=name, partition="1") == 2)
+        assert _gauge(metrics, "esm_kafka_assigned_partitions", mapping=name) == 3
+        kafka_handlers.FAILS_LEFT[poison] = 0
+        await poll_until(lambda: _gauge(metrics, lag, mapping=name, partition="1") == 0)
+    assert _gauge(metrics, "esm_kafka_assigned_partitions", mapping=name) == 0
+    assert _gauge(metrics, lag, mapping=name, partition="0") is None  # no stale series

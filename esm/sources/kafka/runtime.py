@@ -24,6 +24,7 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -53,6 +54,7 @@ from esm.sources.kafka.event import (
     kafka_filter_view,
     partition_key,
 )
+from esm.sources.kafka.metrics import kafka_metrics, offset_lag
 from esm.sources.kafka.onfailure import Condition, KafkaOnFailure, given_up_records
 from esm.sources.kafka.policy import Decision, decide, expired_prefix, retry_limit
 
@@ -278,6 +280,14 @@ class _Lane:
             self._runtime.has_room(self)
         if await self._runtime.commit(self.tp, next_offset):
             self.committed = next_offset
+        self._runtime.update_lag(self)
+
+    @property
+    def next_offset(self) -> int | None:
+        """The next offset to process: the first buffered record, else what was committed."""
+        if self._buffer:
+            return self._buffer[0].offset
+        return self.committed
 
 
 def _backoff(retries: int) -> float:
@@ -325,6 +335,7 @@ class KafkaRuntime:
         self._fetch_scope: anyio.CancelScope | None = None
         self._fetching_for: set[Any] = set()
         self._polled = metrics.polled.labels(config.name)
+        self._kafka = kafka_metrics(metrics)
         self._log = log.bind(mapping=config.name, topic=config.topic)
         self._m = config.name
 
@@ -355,6 +366,9 @@ class KafkaRuntime:
                 lanes = list(self.lanes.values())
                 self.lanes.clear()
                 await self._stop_lanes(lanes)
+                self._kafka.assigned_partitions.labels(self._m).set(0)
+                for lane in lanes:
+                    self._forget_lag(lane)
                 tg.cancel_scope.cancel()
         finally:
             self._task_group = None
@@ -390,6 +404,17 @@ class KafkaRuntime:
                     continue
                 lane.add(records)
                 self._polled.inc(len(records))
+                self.update_lag(lane)
+
+    def update_lag(self, lane: _Lane) -> None:
+        """OffsetLag of one partition: its high watermark minus the next offset to process."""
+        try:
+            high = self._consumer.highwater(lane.tp)
+        except (KafkaError, AssertionError):  # no longer assigned
+            return
+        lag = offset_lag(high, lane.next_offset)
+        if lag is not None:
+            self._kafka.offset_lag.labels(self._m, str(lane.tp.partition)).set(lag)
 
     def has_room(self, lane: _Lane) -> None:
         """A lane drained below `full`: wake the fetch loop if it is not asking for it."""
@@ -453,6 +478,7 @@ class KafkaRuntime:
             if self._task_group is not None:
                 self._task_group.start_soon(lane.run)
         self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
         if self._fetch_scope is not None:  # ask for the new partitions at once
             self._fetch_scope.cancel()
         partitions = sorted(tp.partition for tp in assigned)
@@ -462,6 +488,9 @@ class KafkaRuntime:
         lanes = [self.lanes.pop(tp) for tp in revoked if tp in self.lanes]
         await self._stop_lanes(lanes)
         self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
+        for lane in lanes:  # another worker reports these now
+            self._forget_lag(lane)
         partitions = sorted(tp.partition for tp in revoked)
         self._log.info("kafka.partitions.revoked", partitions=partitions)
 
@@ -488,6 +517,10 @@ class KafkaRuntime:
         for tp in fresh:
             hit = found.get(tp)
             self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+    def _forget_lag(self, lane: _Lane) -> None:
+        with contextlib.suppress(KeyError):  # never set: no fetch answered for it yet
+            self._kafka.offset_lag.remove(self._m, str(lane.tp.partition))
 
     def committed_offsets(self) -> dict[str, int | None]:
         """What this worker committed per assigned partition (for status and tests)."""

@@ -111,29 +111,40 @@ class PartitionShaper:
         headers: Sequence[tuple[str, bytes]] | None,
     ) -> tuple[dict[str, Any], int]:
         """(Lambda JSON of the record, bytes it adds to the event with its comma)."""
-        size = self._fixed + len(str(offset)) + len(str(timestamp_ms))
-        doc: dict[str, Any] = {
+        encoded = _b64(value, newline=False).decode("ascii") if value else ""
+        size = self._fixed + len(str(offset)) + len(str(timestamp_ms)) + len(encoded)
+        if timestamp_type == 1:
+            stamp_type = TIMESTAMP_TYPES[1]
+            size += _LOG_APPEND_EXTRA
+        else:
+            stamp_type = TIMESTAMP_TYPES[0]
+        listed: list[dict[str, list[int]]] = []
+        if headers:
+            listed = [{name: list(raw or b"")} for name, raw in headers]
+            size += len(orjson.dumps(listed)) - 2
+        if key is None:
+            doc = {
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": offset,
+                "timestamp": timestamp_ms,
+                "timestampType": stamp_type,
+                "value": encoded,
+                "headers": listed,
+            }
+            return doc, size
+        encoded_key = _b64(key, newline=False).decode("ascii")
+        doc = {
             "topic": self.topic,
             "partition": self.partition,
             "offset": offset,
             "timestamp": timestamp_ms,
+            "timestampType": stamp_type,
+            "key": encoded_key,
+            "value": encoded,
+            "headers": listed,
         }
-        if timestamp_type == 1:
-            doc["timestampType"] = TIMESTAMP_TYPES[1]
-            size += _LOG_APPEND_EXTRA
-        else:
-            doc["timestampType"] = TIMESTAMP_TYPES[0]
-        if key is not None:
-            doc["key"] = encoded_key = _b64(key, newline=False).decode("ascii")
-            size += _KEY_FIELD + len(encoded_key)
-        doc["value"] = encoded = _b64(value, newline=False).decode("ascii") if value else ""
-        size += len(encoded)
-        if headers:
-            doc["headers"] = listed = [{name: list(raw or b"")} for name, raw in headers]
-            size += len(orjson.dumps(listed)) - 2
-        else:
-            doc["headers"] = []
-        return doc, size
+        return doc, size + _KEY_FIELD + len(encoded_key)
 
 
 _LOG_APPEND_EXTRA = len(TIMESTAMP_TYPES[1]) - len(TIMESTAMP_TYPES[0])

@@ -25,13 +25,14 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import orjson
@@ -74,12 +75,8 @@ REVOKE_GRACE_S = 1.0
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
 
 
-class _Entry(NamedTuple):
-    """A fetched record, shaped once: its offset, Lambda JSON and JSON size."""
-
-    offset: int
-    doc: dict[str, Any]
-    size: int
+Doc = dict[str, Any]
+"""A fetched record, shaped once into its Lambda JSON; the lane keeps its size alongside."""
 
 
 class _Lane:
@@ -90,7 +87,9 @@ class _Lane:
         self.tp = tp
         self.key = partition_key(tp.topic, tp.partition)
         self.shaper = PartitionShaper(tp.topic, tp.partition)
-        self._buffer: deque[_Entry] = deque()
+        self._buffer: deque[Doc] = deque()
+        self._sizes: deque[int] = deque()
+        """JSON size of each buffered record, in the same order as `_buffer`."""
         self._bytes = 0
         self._arrived = anyio.Event()
         self._first_at: float | None = None
@@ -115,11 +114,12 @@ class _Lane:
         if not self._buffer:
             self._first_at = anyio.current_time()
         shape = self.shaper.shape
-        append = self._buffer.append
+        append, append_size = self._buffer.append, self._sizes.append
         added = 0
         for r in records:
             doc, size = shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
-            append(_Entry(r.offset, doc, size))
+            append(doc)
+            append_size(size)
             added += size
         self._bytes += added
         self._arrived.set()
@@ -151,7 +151,7 @@ class _Lane:
             await self._arrived.wait()
         self._wait_scope = None
 
-    async def _next_batch(self) -> list[_Entry]:
+    async def _next_batch(self) -> list[Doc]:
         """Wait for the batch_size / window / 6 MB cut, in offset order from the head."""
         config = self._runtime.config
         while not self._buffer:
@@ -171,42 +171,45 @@ class _Lane:
             await self._wait_for_records(deadline)
         if self._stopping:
             return []
-        batch: list[_Entry] = []
-        size = 0
-        for entry in self._buffer:
-            if len(batch) >= limit or (batch and size + entry.size > budget):
+        if self._bytes <= budget:  # any prefix fits: no need to add sizes up
+            return list(itertools.islice(self._buffer, limit))
+        count, size = 0, 0
+        for entry_size in self._sizes:
+            if count >= limit or (count and size + entry_size > budget):
                 break
-            batch.append(entry)
-            size += entry.size
-        return batch
+            count += 1
+            size += entry_size
+        return list(itertools.islice(self._buffer, count))
 
     def _batch_limit(self) -> int:
         """batch_size, or the half being retried while a bisected batch is worked through."""
         config = self._runtime.config
         if self._split is not None:
             size, end = self._split
-            if self._buffer and self._buffer[0].offset < end:
+            if self._buffer and self._buffer[0]["offset"] < end:
                 return size
             self._split = None
         return config.batch_size
 
-    async def _process(self, batch: list[_Entry], retries: int) -> int:
+    async def _process(self, batch: list[Doc], retries: int) -> int:
         """Invoke (unless all filtered out or too old), then commit, retry, split or give up;
         returns the retry count for the next batch."""
         runtime = self._runtime
-        expired = expired_prefix(
-            [e.doc["timestamp"] for e in batch],
-            int(time.time() * 1000),
-            runtime.config.maximum_record_age_in_seconds,
-        )
-        if expired:
-            await self._give_up(batch[:expired], "RecordAgeExceeded", 0, None, "")
-            await self._commit_through(batch[expired - 1].offset + 1)
-            return 0
-        passing = [e for e in batch if runtime.passes(e.doc)]
-        runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
+        after_last = batch[-1]["offset"] + 1
+        maximum_age = runtime.config.maximum_record_age_in_seconds
+        if maximum_age >= 0:
+            now_ms = int(time.time() * 1000)
+            expired = expired_prefix([d["timestamp"] for d in batch], now_ms, maximum_age)
+            if expired:
+                await self._give_up(batch[:expired], "RecordAgeExceeded", 0, None, "")
+                await self._commit_through(batch[expired - 1]["offset"] + 1)
+                return 0
+        passing = batch
+        if runtime.filtering:
+            passing = [d for d in batch if runtime.passes(d)]
+            runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
         if not passing:
-            await self._commit_through(batch[-1].offset + 1)
+            await self._commit_through(after_last)
             return 0
         decision, request_id = await runtime.invoke(self.key, passing, retries)
         if decision.action in ("retry", "split"):
@@ -214,7 +217,7 @@ class _Lane:
             if decision.counts_attempt:
                 retries += 1
             if decision.action == "split":
-                self._split = (decision.split_size, batch[-1].offset + 1)
+                self._split = (decision.split_size, after_last)
             self._log.warning(
                 f"kafka.batch.{decision.action}",
                 offset=decision.offset,
@@ -225,17 +228,17 @@ class _Lane:
             return retries
         if decision.action == "give_up":
             failed_from = decision.failed_from if decision.failed_from is not None else 0
-            given_up = [e for e in passing if e.offset >= failed_from]
+            given_up = [d for d in passing if d["offset"] >= failed_from]
             await self._give_up(
                 given_up, "RetryAttemptsExhausted", retries + 1, decision.function_error,
                 request_id, reason=decision.reason,
             )
-        await self._commit_through(max(decision.offset, batch[-1].offset + 1))
+        await self._commit_through(max(decision.offset, after_last))
         return 0
 
     async def _give_up(
         self,
-        entries: list[_Entry],
+        entries: list[Doc],
         condition: Condition,
         invoke_count: int,
         function_error: str | None,
@@ -248,8 +251,8 @@ class _Lane:
         runtime.metrics.dropped.labels(runtime.config.name).inc(len(entries))
         self._log.warning(
             "kafka.batch.given_up",
-            first_offset=entries[0].offset,
-            last_offset=entries[-1].offset,
+            first_offset=entries[0]["offset"],
+            last_offset=entries[-1]["offset"],
             condition=condition,
             reason=reason,
         )
@@ -258,7 +261,7 @@ class _Lane:
         event = runtime.event_of(self.key, entries)
         given_up = given_up_records(
             self.key,
-            [(e.offset, e.doc["timestamp"]) for e in entries],
+            [(d["offset"], d["timestamp"]) for d in entries],
             payload_size=len(orjson.dumps(event)),
             condition=condition,
             invoke_count=invoke_count,
@@ -270,8 +273,15 @@ class _Lane:
     async def _commit_through(self, next_offset: int) -> None:
         """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)."""
         dropped = 0
-        while self._buffer and self._buffer[0].offset < next_offset:
-            self._bytes -= self._buffer.popleft().size
+        buffer, sizes = self._buffer, self._sizes
+        if buffer and buffer[-1]["offset"] < next_offset:  # all of it: the common case
+            dropped = len(buffer)
+            buffer.clear()
+            sizes.clear()
+            self._bytes = 0
+        while buffer and buffer[0]["offset"] < next_offset:
+            buffer.popleft()
+            self._bytes -= sizes.popleft()
             dropped += 1
         if dropped == 0:
             return
@@ -286,7 +296,8 @@ class _Lane:
     def next_offset(self) -> int | None:
         """The next offset to process: the first buffered record, else what was committed."""
         if self._buffer:
-            return self._buffer[0].offset
+            offset: int = self._buffer[0]["offset"]
+            return offset
         return self.committed
 
 
@@ -327,6 +338,7 @@ class KafkaRuntime:
         )
         filters = FilterSet.compile(config.filter_patterns)
         self.passes: Callable[[dict[str, Any]], bool] = filters.predicate(kafka_filter_view)
+        self.filtering = bool(config.filter_patterns)
         self.lanes: dict[Any, _Lane] = {}
         self.started = anyio.Event()
         self._stop = anyio.Event()
@@ -421,16 +433,16 @@ class KafkaRuntime:
         if self._fetch_scope is not None and lane.tp not in self._fetching_for:
             self._fetch_scope.cancel()
 
-    def event_of(self, key: str, entries: Sequence[_Entry]) -> dict[str, Any]:
+    def event_of(self, key: str, docs: Sequence[Doc]) -> dict[str, Any]:
         return build_event(
             self.config.event_source,
             self._bootstrap_text,
             self.config.cluster_arn,
-            {key: [e.doc for e in entries]},
+            {key: docs},
         )
 
     async def invoke(
-        self, key: str, entries: list[_Entry], retries: int
+        self, key: str, entries: list[Doc], retries: int
     ) -> tuple[Decision, str]:
         """Invoke the function with one partition's records: (decision, request id)."""
         event = self.event_of(key, entries)
@@ -447,7 +459,7 @@ class KafkaRuntime:
         decision = decide(
             result,
             key,
-            [e.offset for e in entries],
+            [d["offset"] for d in entries],
             retries,
             self._retry_limit,
             "ReportBatchItemFailures" in self.config.function_response_types,

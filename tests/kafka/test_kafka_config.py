@@ -84,8 +84,12 @@ def test_msk_takes_the_cluster_arn_and_the_override_brokers() -> None:
             "consumer_group_id: 'bad group' must be 1-200 characters",
         ),
         (
-            {"destination_config": {"on_failure": {"destination": "kafka://dlt"}}},
-            "destination_config.on_failure.destination: 'kafka://dlt': a Kafka topic",
+            {"destination_config": {"on_failure": {"destination": "kafka://orders"}}},
+            "destination: 'kafka://orders' is the mapping's own topic: Lambda refuses it",
+        ),
+        (
+            {"destination_config": {"on_failure": {"destination": "kafka://bad topic"}}},
+            "kafka://<topic> needs a topic name",
         ),
         (
             {"destination_config": {"on_failure": {"destination": "arn:aws:lambda:r:1:fn:f"}}},
@@ -165,6 +169,8 @@ def test_failure_handling_keys_are_parsed() -> None:
         bisect_batch_on_function_error=True,
         destination_config={"on_failure": {"destination": "arn:aws:sqs:us-east-1:1:dlq"}},
     )
+    kafka = self_managed(destination_config={"on_failure": {"destination": "kafka://dlt"}})
+    assert kafka.on_failure_destination == "kafka://dlt"
     assert config.maximum_record_age_in_seconds == 60
     assert config.bisect_batch_on_function_error
     assert config.on_failure_destination == "arn:aws:sqs:us-east-1:1:dlq"

@@ -14,7 +14,7 @@ import anyio
 import kafka_handlers
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from conftest import KafkaTopic
 from test_kafka_runtime import FAST_GROUP, committed, function, mapping, poll_commits, produce
 
@@ -35,7 +35,9 @@ async def running_with_destination(
     metrics = Metrics()
     fn = function("kafka_handlers.record", metrics)
     async with AwsClients(DaemonConfig(endpoint_url=endpoint)) as aws:
-        on_failure = build_on_failure(config, aws, fn.arn, ",".join(config.bootstrap_servers))
+        on_failure = build_on_failure(
+            config, aws, fn.arn, config.bootstrap_servers, client_options=FAST_GROUP
+        )
         runtime = KafkaRuntime(
             config, fn, metrics, client_options=FAST_GROUP, on_failure=on_failure
         )
@@ -190,3 +192,52 @@ async def test_records_older_than_the_maximum_age_are_given_up_without_invoking(
     assert info["firstRecordTimestamp"] == iso(old)
     values = [v for _, _, v in kafka_handlers.values_for(kafka_topic.name)]
     assert values == [b"new2"]  # only the young record reached the function
+
+
+async def test_kafka_topic_destination_gets_each_failed_record_with_its_metadata(
+    kafka_topic: KafkaTopic, endpoint: str
+) -> None:
+    from conftest import create_topic
+
+    dlt = f"{kafka_topic.name}-dlt"
+    await create_topic(kafka_topic.bootstrap, dlt, 1)
+    poison = f"poison-{kafka_topic.name}"
+    kafka_handlers.FAILS_LEFT[poison] = 1_000
+    await produce(kafka_topic, [(0, poison.encode()), (0, b"z1")], key=b"the-key")
+    config = mapping(
+        kafka_topic,
+        "g-dlt",
+        batch_size=10,
+        maximum_batching_window_in_seconds=0.5,
+        maximum_retry_attempts=0,
+        destination_config={"on_failure": {"destination": f"kafka://{dlt}"}},
+    )
+    async with running_with_destination(config, endpoint):
+        await poll_commits(kafka_topic, "g-dlt", [2, None, None])
+    consumer = AIOKafkaConsumer(
+        dlt, bootstrap_servers=kafka_topic.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        got: list[Any] = []
+        with anyio.fail_after(30):
+            while len(got) < 2:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got += records
+    finally:
+        await consumer.stop()
+    (event,) = kafka_handlers.events_for(kafka_topic.name)
+    key = f"{kafka_topic.name}-0"
+    for message, original in zip(got, event["records"][key], strict=True):
+        assert message.key == b"the-key"  # the original record's key, as AWS produces it
+        body = orjson.loads(message.value)
+        assert body["requestContext"]["condition"] == "RetryAttemptsExhausted"
+        assert body["responseContext"]["functionError"] == "Unhandled"
+        info = body["KafkaBatchInfo"]
+        assert info["batchSize"] == 1
+        assert info["recordInfo"] == {
+            "offset": str(original["offset"]),
+            "timestamp": iso(original["timestamp"]),
+        }
+        assert body["payload"] == {**event, "records": {key: [original]}}
+        assert info["payloadSize"] == len(orjson.dumps(body["payload"]))

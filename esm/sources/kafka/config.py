@@ -348,6 +348,9 @@ def _record_age(t: _Table) -> int:
 
 
 _DESTINATION_SERVICES = ("sqs", "sns", "s3")
+KAFKA_DESTINATION_PREFIX = "kafka://"
+"""A Kafka topic on the source cluster as on-failure destination (kafka-on-failure-destination)."""
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def _on_failure_destination(t: _Table) -> str | None:
@@ -361,11 +364,21 @@ def _on_failure_destination(t: _Table) -> str | None:
     destination.finish()
     if arn is None:
         return None
-    if arn.startswith("kafka://"):
-        on_failure.problem(
-            "destination", f"{arn!r}: a Kafka topic destination is not supported yet by esm"
-        )
-        return None
+    if arn.startswith(KAFKA_DESTINATION_PREFIX):
+        topic = arn.removeprefix(KAFKA_DESTINATION_PREFIX)
+        if not _TOPIC_NAME.fullmatch(topic):
+            on_failure.problem(
+                "destination",
+                f"{arn!r}: kafka://<topic> needs a topic name of 1-249 of a-zA-Z0-9._-",
+            )
+            return None
+        if topic in t.raw.get("topics", ()):
+            on_failure.problem(
+                "destination",
+                f"{arn!r} is the mapping's own topic: Lambda refuses it (it would loop)",
+            )
+            return None
+        return arn
     parts = arn.split(":")
     if len(parts) < 6 or parts[0] != "arn" or parts[2] not in _DESTINATION_SERVICES:
         on_failure.problem(

@@ -23,6 +23,7 @@ the S3 key is `aws/lambda/<mapping>/<topic>-<partition>/YYYY/MM/DD/<time>-<uuid>
 
 from __future__ import annotations
 
+import base64
 import random
 import uuid
 from collections.abc import Sequence
@@ -32,13 +33,15 @@ from typing import Any, Literal
 
 import anyio
 import orjson
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from esm.aws import AwsClients
 from esm.destinations import OnFailureDestination, create_destination
 from esm.errors import DeliveryFailed
 from esm.events.on_failure import iso_millis
 from esm.observability import get_logger
-from esm.sources.kafka.config import KafkaMappingConfig
+from esm.sources.kafka.config import KAFKA_DESTINATION_PREFIX, KafkaMappingConfig
 
 log = get_logger("esm.sources.kafka")
 
@@ -126,7 +129,7 @@ class KafkaOnFailure:
 
     def __init__(
         self,
-        destination: OnFailureDestination,
+        destination: OnFailureDestination | KafkaTopicDestination,
         *,
         mapping: str,
         function_arn: str,
@@ -152,12 +155,55 @@ class KafkaOnFailure:
         key = s3_object_key(self._mapping, given_up.partition_key, now, str(uuid.uuid4()))
         return record, (key, orjson.dumps({**record, "payload": event}))
 
+    def topic_messages(
+        self, given_up: GivenUpRecords, event: dict[str, Any], now: datetime
+    ) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) per given-up record for a Kafka topic destination: AWS sends each
+        record alone, its metadata with `recordInfo` and the record itself as `payload`,
+        keyed by the original record's key (kafka-on-failure-destination)."""
+        (docs,) = event["records"].values()
+        messages: list[tuple[bytes | None, bytes]] = []
+        for doc in docs:
+            payload = {**event, "records": {given_up.partition_key: [doc]}}
+            record = failure_record(
+                given_up,
+                function_arn=self._function_arn,
+                bootstrap_servers=self._bootstrap,
+                cluster_arn=self._cluster_arn,
+                now=now,
+            )
+            info = record["KafkaBatchInfo"]
+            info["batchSize"] = 1
+            info["payloadSize"] = len(orjson.dumps(payload))
+            del info["recordsInfo"]
+            info["recordInfo"] = {
+                "offset": str(doc["offset"]),
+                "timestamp": _iso_ms(doc["timestamp"]),
+            }
+            record["payload"] = payload
+            key = base64.b64decode(doc["key"]) if doc.get("key") is not None else None
+            messages.append((key, orjson.dumps(record)))
+        return messages
+
     async def deliver(self, given_up: GivenUpRecords, event: dict[str, Any]) -> None:
-        record, s3_object = self.documents(given_up, event, datetime.now(UTC))
+        now = datetime.now(UTC)
+        destination = self.destination
+        if isinstance(destination, KafkaTopicDestination):
+            messages = self.topic_messages(given_up, event, now)
+
+            async def send() -> None:
+                await destination.produce(messages)
+
+        else:
+            record, s3_object = self.documents(given_up, event, now)
+
+            async def send() -> None:
+                await destination.deliver(record, s3_object)
+
         attempt = 0
         while True:
             try:
-                await self.destination.deliver(record, s3_object)
+                await send()
                 return
             except DeliveryFailed as exc:
                 attempt += 1
@@ -171,6 +217,11 @@ class KafkaOnFailure:
                 )
                 cap = min(DELIVERY_BACKOFF_MAX, DELIVERY_BACKOFF_INITIAL * 2**attempt)
                 await anyio.sleep(random.uniform(0, cap))
+
+    async def aclose(self) -> None:
+        """Stop the producer of a Kafka topic destination (nothing to do for AWS ones)."""
+        if isinstance(self.destination, KafkaTopicDestination):
+            await self.destination.aclose()
 
 
 def given_up_records(
@@ -191,17 +242,74 @@ def given_up_records(
     )
 
 
+class KafkaTopicDestination:
+    """A topic on the source cluster (`kafka://<topic>`): produces with the consumer's
+    connection settings (brokers, TLS, SASL), started on first use."""
+
+    def __init__(
+        self, topic: str, bootstrap_servers: Sequence[str], client_options: dict[str, Any]
+    ) -> None:
+        self.topic = topic
+        self.arn = f"kafka://{topic}"
+        self._servers = list(bootstrap_servers)
+        self._options = client_options
+        self._producer: Any = None
+
+    async def produce(self, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Produce every message and wait for the broker's acks; DeliveryFailed otherwise."""
+        try:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._servers, acks="all", **self._options
+                )
+                await producer.start()
+                self._producer = producer
+            sent = [
+                await self._producer.send(self.topic, value, key=key) for key, value in messages
+            ]
+            for ack in sent:
+                await ack
+        except KafkaError as exc:
+            raise DeliveryFailed(
+                f"on-failure destination {self.arn}: produce failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+
+_CONSUMER_ONLY_OPTIONS = ("session_timeout_ms", "heartbeat_interval_ms")
+
+
 def build_on_failure(
-    config: KafkaMappingConfig, aws: AwsClients, function_arn: str, bootstrap_servers: str
+    config: KafkaMappingConfig,
+    aws: AwsClients,
+    function_arn: str,
+    bootstrap_servers: Sequence[str],
+    client_options: dict[str, Any] | None = None,
 ) -> KafkaOnFailure | None:
     """The mapping's on-failure delivery, or None without a destination (ConfigError for an
-    ARN `esm.destinations` cannot use)."""
-    if config.on_failure_destination is None:
+    ARN `esm.destinations` cannot use). `client_options` are the consumer's aiokafka
+    connection settings, reused for a Kafka topic destination."""
+    arn = config.on_failure_destination
+    if arn is None:
         return None
+    destination: OnFailureDestination | KafkaTopicDestination
+    if arn.startswith(KAFKA_DESTINATION_PREFIX):
+        options = {
+            k: v for k, v in (client_options or {}).items() if k not in _CONSUMER_ONLY_OPTIONS
+        }
+        destination = KafkaTopicDestination(
+            arn.removeprefix(KAFKA_DESTINATION_PREFIX), bootstrap_servers, options
+        )
+    else:
+        destination = create_destination(arn, aws)
     return KafkaOnFailure(
-        create_destination(config.on_failure_destination, aws),
+        destination,
         mapping=config.name,
         function_arn=function_arn,
-        bootstrap_servers=bootstrap_servers,
+        bootstrap_servers=",".join(bootstrap_servers),
         cluster_arn=config.cluster_arn,
     )

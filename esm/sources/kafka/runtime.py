@@ -387,6 +387,8 @@ class KafkaRuntime:
             self.metrics.ready.labels(self._m).set(0)
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
+                if self.on_failure is not None:
+                    await self.on_failure.aclose()
             self._log.info("kafka.consumer.stopped")
 
     async def _fetch_loop(self) -> None:

@@ -113,3 +113,12 @@ def test_shaper_size_is_the_exact_json_size_of_the_record() -> None:
     for offset, stamp, stamp_type, key, value, headers in cases:
         doc, size = shaper.shape(offset, stamp, stamp_type, key, value, headers)  # type: ignore[arg-type]
         assert size == record_json_size(doc), doc
+
+
+def test_fast_base64_matches_the_standard_library() -> None:
+    import os
+
+    from esm.sources.kafka import event
+
+    for data in (b"", b"a", b"ab", b"abc", os.urandom(1024), os.urandom(4097)):
+        assert event._b64(data) == base64.b64encode(data).decode("ascii")

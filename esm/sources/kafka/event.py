@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,15 @@ def record_json_size(doc: Mapping[str, Any]) -> int:
     return len(orjson.dumps(doc)) + 1
 
 
-_b64 = binascii.b2a_base64
+def _b64_binascii(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+_b64: Callable[[bytes], str]
+try:  # SIMD base64 (the `kafka` extra): ~5x faster on 1 KB values, the hot path's biggest cost
+    from pybase64 import b64encode_as_string as _b64
+except ImportError:  # pragma: no cover - without the extra, the standard library's
+    _b64 = _b64_binascii
 
 
 class PartitionShaper:
@@ -111,7 +119,7 @@ class PartitionShaper:
         headers: Sequence[tuple[str, bytes]] | None,
     ) -> tuple[dict[str, Any], int]:
         """(Lambda JSON of the record, bytes it adds to the event with its comma)."""
-        encoded = _b64(value, newline=False).decode("ascii") if value else ""
+        encoded = _b64(value) if value else ""
         size = self._fixed + len(str(offset)) + len(str(timestamp_ms)) + len(encoded)
         if timestamp_type == 1:
             stamp_type = TIMESTAMP_TYPES[1]
@@ -133,7 +141,7 @@ class PartitionShaper:
                 "headers": listed,
             }
             return doc, size
-        encoded_key = _b64(key, newline=False).decode("ascii")
+        encoded_key = _b64(key)
         doc = {
             "topic": self.topic,
             "partition": self.partition,

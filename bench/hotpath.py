@@ -1,7 +1,7 @@
 """Figure 1, pure overhead: esm's real hot path fed from memory, no network at all.
 
 Kinesis-shaped: `MemoryKinesisSource` implements the `StreamSource` protocol
-(esm/sources/streams.py) over pre-serialised GetRecords bodies. Its `read` does what
+(esm/sources/streams/records.py) over pre-serialised GetRecords bodies. Its `read` does what
 `KinesisSource.read` does after the HTTP call: the retry policy wrapper, then
 `esm.events.kinesis.parse_get_records` on the raw body (so JSON parsing and Lambda event
 shaping are measured), then `StreamRecord`s. Real `ShardPoller`s and `Lane`s run on it with
@@ -103,7 +103,7 @@ class MemoryKinesisSource:
         self.reads = 0
 
     async def list_shards(self) -> list[Any]:
-        from esm.sources.streams import ShardInfo
+        from esm.sources.streams.records import ShardInfo
 
         return [ShardInfo(shard_id, (), True) for shard_id in self.pages]
 
@@ -115,7 +115,7 @@ class MemoryKinesisSource:
         return self.pages[shard_id][index]
 
     async def read(self, shard_id: str, iterator: str) -> Any:
-        from esm.sources.kinesis import read_result
+        from esm.sources.streams.kinesis import read_result
 
         index = int(iterator.rsplit("/", 1)[1])
         raw = await self.retry.call("GetRecords", lambda: self._get_records(shard_id, index))
@@ -128,11 +128,13 @@ class MemoryKinesisSource:
 async def _run_kinesis(
     pages: dict[str, list[bytes]], batch_size: int, state_dir: Path, filtered: bool
 ) -> dict[str, Any]:
-    import esm.sources.streams as streams
+    import esm.sources.streams.poller as streams
     from esm.filtering import FilterSet, kinesis_filter_view
     from esm.functions import create_functions
     from esm.observability import Metrics
-    from esm.sources.streams import Position, ShardContext, ShardPoller
+    from esm.sources.streams.context import ShardContext
+    from esm.sources.streams.poller import ShardPoller
+    from esm.sources.streams.records import Position
     from esm.state.sqlite import SqliteCheckpointStore
 
     config = esm_config(

@@ -1,4 +1,5 @@
-"""Command line: `esm run`, `esm validate`, `esm reload`, `esm demo`, `esm import`, `esm status`.
+"""Command line: `esm run`, `esm validate`, `esm reload`, `esm demo`, `esm import`, `esm build`,
+`esm status`.
 
 Exit codes: 0 success, 2 invalid configuration (one line per problem, no traceback),
 1 the daemon could not start (e.g. a handler that cannot be imported).
@@ -15,16 +16,39 @@ from pathlib import Path
 
 import anyio
 
+from esm.build import MANIFEST as BUILD_MANIFEST
 from esm.config import Config, load_config
 from esm.errors import ConfigError, EsmError
 from esm.observability import configure_logging
 
 EXIT_CONFIG = 2
 EXIT_START = 1
+IMPORT_EPILOG = """\
+what --param each reference in the template expects (Queue, Stream, Table, Function stand
+for the resource's logical id in the template):
+  !GetAtt Queue.Arn          QueueArn=arn:aws:sqs:REGION:ACCOUNT:NAME    (the queue's ARN)
+  !Ref Queue  (SQS queue)    Queue=https://sqs.REGION.amazonaws.com/ACCOUNT/NAME
+                             (a queue's Ref is its URL, not its ARN)
+  !Ref Stream (Kinesis)      Stream=NAME                    (the stream's name)
+  !GetAtt Stream.Arn         StreamArn=arn:aws:kinesis:REGION:ACCOUNT:stream/NAME
+  !Ref Table  (DynamoDB)     Table=NAME                     (the table's name)
+  !GetAtt Table.StreamArn    TableStreamArn=arn:aws:dynamodb:...:table/NAME/stream/LABEL
+  !Ref Function              Function=NAME                  (the function's name)
+  !Ref Parameter             Parameter=VALUE                (overrides its Default)
+  !ImportValue Export        Export=VALUE
+An event source (Queue:, Stream:, EventSourceArn:) must end up an ARN; an environment
+variable gets whatever the reference gives on AWS (often a queue URL or a table name).
+--stack-name reads all of them from a deployed stack instead.
+
+Several Python functions are written as kind = "process" (one process each, with its own
+code and environment, as on Lambda); a single one as kind = "python" (in esm's process).
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="esm", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="esm", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", required=True, help="path of the TOML config file")
@@ -56,13 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="produce one round, stop once every event was handled or given up",
     )
     imp = commands.add_parser(
-        "import", help="write an esm config from a SAM or CloudFormation template"
+        "import", help="write an esm config from a SAM or CloudFormation template",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EPILOG,
     )
     imp.add_argument("template", help="template file (YAML or JSON)")
     imp.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
-        help="a template parameter, or a resource attribute such as OrdersQueueArn=arn:... "
-        "(repeatable)",
+        help="a template parameter (KEY is its name) or the value of a reference to a resource "
+        "(see below for what each one expects); repeatable",
     )
     imp.add_argument("--stack-name", help="resolve ARNs from this deployed stack")
     imp.add_argument(
@@ -73,7 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lambda", dest="lambda_kind", action="store_true",
         help="call the deployed functions (kind = \"lambda\") instead of running their code",
     )
-    imp.add_argument("-o", "--output", help="config file to write (default: standard output)")
+    imp.add_argument(
+        "-o", "--output",
+        help="config file to write (default: standard output); inline code (inline/) and "
+        f"{BUILD_MANIFEST} are written beside it",
+    )
+    build = commands.add_parser(
+        "build",
+        help="install each imported function's requirements.txt and layers into "
+        ".esm-build/<function>/ (its code_path), like sam build",
+        description=f"Reads {BUILD_MANIFEST} (written by esm import beside the config) and "
+        "makes .esm-build/<function>/ afresh for each function in it: its layers' Python "
+        "content, then its code, then pip install -r requirements.txt --target, with esm's "
+        "interpreter and the machine's pip configuration. An in-process function "
+        '(kind = "python") gets only what esm\'s environment lacks; a requirement that '
+        "conflicts with esm's own is refused. Exit 1 if a function failed (the others are "
+        "still built).",
+    )
+    build.add_argument("-c", "--config", required=True, help="the config esm import wrote")
     status = commands.add_parser(
         "status", help="print each stream shard's owner, checkpoint and iterator age"
     )
@@ -83,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args.config)
     if args.command == "import":
         return _import(args)
+    if args.command == "build":
+        return _build(Path(args.config))
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "run":
@@ -130,15 +174,69 @@ def _import(args: argparse.Namespace) -> int:
     except EsmError as exc:
         print(f"esm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    directory = output.parent if output else Path.cwd()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = _write_beside(directory, result.files, result.build_manifest)
+    except OSError as exc:
+        print(f"esm: cannot write beside the config in {directory}: {exc}", file=sys.stderr)
+        return EXIT_START
     if output is None:
         sys.stdout.write(result.text)
     else:
         output.write_text(result.text, encoding="utf-8")
     for line in result.report:
         print(f"esm import: {line}", file=sys.stderr)
+    for path in written:
+        print(f"{path}: written", file=sys.stderr)
+    shown = output if output is not None else "<config>"
+    if result.build_manifest is not None:
+        print(f"next: esm build -c {shown}, then esm run -c {shown}", file=sys.stderr)
     if output is not None:
         print(f"{output}: written; check it with esm validate -c {output}", file=sys.stderr)
     return 0
+
+
+def _write_beside(directory: Path, files: dict[str, str], manifest: str | None) -> list[Path]:
+    """Inline code and esm-build.toml; an esm-build.toml of an earlier import is removed when
+    nothing needs building any more (so esm build never installs what the template dropped)."""
+    written = []
+    for relative, text in files.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    manifest_path = directory / BUILD_MANIFEST
+    if manifest is not None:
+        manifest_path.write_text(manifest, encoding="utf-8")
+        written.append(manifest_path)
+    elif manifest_path.is_file():
+        manifest_path.unlink()
+    return written
+
+
+def _build(config: Path) -> int:
+    from esm.build import BuildError, build, manifest_path
+
+    if not config.is_file():
+        print(f"esm: {config}: no such config file", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        done, failed = build(config)
+    except BuildError as exc:
+        print(f"esm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not done and not failed:
+        print(
+            f"{config}: nothing to build (no {manifest_path(config).name} beside it: esm import "
+            "writes one when a function has a requirements.txt or layers in the template)"
+        )
+        return 0
+    for line in done:
+        print(f"esm build: {line}")
+    for line in failed:
+        print(f"esm build: {line}", file=sys.stderr)
+    return EXIT_START if failed else 0
 
 
 def _status(path: str) -> int:
@@ -182,6 +280,7 @@ def _run(path: str) -> int:
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.daemon.log_format, config.daemon.log_level)
+    _protect_secrets(config)
     from esm.daemon import Daemon
     from esm.sd_notify import Notifier
 
@@ -220,6 +319,20 @@ def _run(path: str) -> int:
         print(f"esm: {cause}", file=sys.stderr)
         return EXIT_START
     return 0
+
+
+def _protect_secrets(config: Config) -> None:
+    """Before any function runs: esm's memory and /proc/<pid>/environ closed to same-uid
+    processes (a hostile `kind = "process"` function), http tokens out of os.environ."""
+    from esm.invokers.http import retain_secrets
+    from esm.invokers.process import protect_daemon
+    from esm.observability import get_logger
+
+    get_logger("esm.cli").info(
+        "daemon.secrets_protected",
+        non_dumpable=protect_daemon(),
+        retained=retain_secrets(config.functions),
+    )
 
 
 def _startup_failure(exc: BaseException) -> BaseException | None:

@@ -9,7 +9,9 @@ each naming its key path and the rule (`mappings[0].batch_size: 20000 is above .
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +36,12 @@ UNRESOLVED_PREFIX = "<unresolved:"
 _BARE_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]+")
 """Bare keys, plus the dots and brackets of paths esm composes (`filters[1].pattern`)."""
 MAX_FILTER_PATTERN_CHARS = 4096
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""Largest config file esm reads (4 MiB: ~39,000 short mappings, which validate in ~2 s);
+a larger file is refused unparsed, so a runaway file cannot stall a reload or exhaust memory."""
+MAX_NESTING = 16
+"""Deepest nesting of tables and arrays esm accepts; its schema needs five levels
+(`mappings[0].destination_config.on_failure.destination`)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class DaemonConfig:
     drain_timeout: float = 910.0
     idle_shard_reads_per_second: float = DEFAULT_IDLE_SHARD_READS_PER_SECOND
     """GetRecords calls per second shared by all caught-up shards (esm.idle_pacing)."""
+    functions_use_endpoint_url: bool = True
+    """Give handlers AWS_ENDPOINT_URL = endpoint_url (esm.lambda_environment)."""
 
 
 @dataclass(frozen=True)
@@ -130,19 +140,83 @@ class Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    Any file at all gives a Config or a ConfigError, never another exception: a running
+    daemon reloads through here, and a file must never take it down (see README,
+    "Changing mappings while running")."""
     path = Path(path)
+    raw = _parse_toml(path, _read_text(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        return parse_config(raw, base_dir=path.parent)
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to validate"]) from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read only when it is a regular file of at most MAX_CONFIG_BYTES (a
+    FIFO or device would block or never end)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would already block
+            raise ConfigError([f"{path}: not a regular file"])
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([f"{path}: cannot read the config file ({reason})"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [f"{path}: larger than the maximum config file size ({MAX_CONFIG_BYTES} bytes)"]
+        )
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8"]) from None
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8"]
+        ) from None
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    return parse_config(raw, base_dir=path.parent)
+    except ValueError as exc:  # an integer of more than 4,300 digits (int's str limit)
+        reason = str(exc).split(";")[0]
+        raise ConfigError([f"{path}: not valid TOML ({reason})"]) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise ConfigError(
+            [f"{path}: nested more than {MAX_NESTING} levels deep (arrays or inline tables)"]
+        ) from None
+    problem = _document_problem(raw)
+    if problem is not None:
+        raise ConfigError([problem.replace("<file>", str(path), 1)])
+    return raw
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _document_problem(raw: Mapping[str, Any]) -> str | None:
+    """The first value nested deeper than MAX_NESTING, or integer outside TOML's 64-bit range
+    (which the TOML spec says to refuse, and which could not even be printed in a problem
+    line past 4,300 digits). Iterative, so that the check cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"<file>: nested more than {MAX_NESTING} levels deep at {path}"
+        if isinstance(node, int) and not isinstance(node, bool) and node not in _INT64:
+            return f"{path}: integer outside TOML's 64-bit range (-2^63 to 2^63-1)"
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                child_path = f"{path}.{_quoted_key(key)}" if path else _quoted_key(key)
+                stack.append((child, child_path, depth + 1))
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                stack.append((child, f"{path}[{index}]", depth + 1))
+    return None
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
@@ -155,13 +229,14 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
         name: _parse_function(name, section, base_dir)
         for name, section in top.named_tables("functions")
     }
-    mappings = tuple(
-        mapping
+    parsed = [
+        _parse_mapping(index, section, functions)
         for index, section in enumerate(top.array_of_tables("mappings"))
-        if (mapping := _parse_mapping(index, section, functions)) is not None
-    )
+    ]
     top.finish()
-    _check_unique_names(mappings, problems)
+    _check_unique_names([mapping for mapping, _ in parsed], problems)
+    mappings = tuple(mapping for mapping, usable in parsed if usable)
+    _check_in_process_environments(functions, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # a key read twice is reported once
     return Config(daemon=daemon, state=state, functions=functions, mappings=mappings)
@@ -172,7 +247,7 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
     host, port = _parse_address(t, "http_address", f"{defaults.http_host}:{defaults.http_port}")
     config = DaemonConfig(
         region=t.string("region", defaults.region),
-        endpoint_url=t.optional_string("endpoint_url"),
+        endpoint_url=_endpoint_url(t),
         http_host=host,
         http_port=port,
         log_format=t.choice("log_format", LOG_FORMATS, defaults.log_format),
@@ -180,6 +255,9 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
         drain_timeout=t.number("drain_timeout", defaults.drain_timeout, 0, 3600),
         idle_shard_reads_per_second=t.number(
             "idle_shard_reads_per_second", defaults.idle_shard_reads_per_second, 1, 100_000
+        ),
+        functions_use_endpoint_url=t.boolean(
+            "functions_use_endpoint_url", defaults.functions_use_endpoint_url
         ),
     )
     t.finish()
@@ -247,9 +325,16 @@ _HOP_BY_HOP_HEADERS = frozenset(
 
 def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
     kind = t.choice("kind", FUNCTION_KINDS, "python")
-    _reject_keys_of_other_kinds(t, kind)
     timeout = t.number("timeout", 3.0, 1, 900)
     concurrency = t.optional_integer("reserved_concurrent_executions", 1, 1000)
+    if "kind" in t.problems_for:
+        # Checking the keys against a kind the user did not mean would only add noise
+        # ("url: does not apply to kind 'python'", "handler: is required"): one line it is.
+        for key in {k for keys in _FUNCTION_KEYS_BY_KIND.values() for k in keys}:
+            t.consume(key)
+        t.finish()
+        return FunctionConfig(name=name, kind=kind, handler="", code_path=base_dir)
+    _reject_keys_of_other_kinds(t, kind)
     if kind == "http":
         config = _parse_http_function(name, t, timeout, concurrency)
     elif kind == "lambda":
@@ -390,9 +475,7 @@ def _parse_lambda_function(
             f"or arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER], at most "
             f"{_LAMBDA_FUNCTION_NAME_MAX} characters)",
         )
-    endpoint_url = t.optional_string("endpoint_url")
-    if endpoint_url is not None and not _is_http_url(endpoint_url):
-        t.problem("endpoint_url", f"{endpoint_url!r} is not an http:// or https:// URL with a host")
+    endpoint_url = _endpoint_url(t)
     return FunctionConfig(
         name=name,
         kind="lambda",
@@ -406,6 +489,35 @@ def _parse_lambda_function(
     )
 
 
+def _endpoint_url(t: _Table) -> str | None:
+    """An AWS endpoint override botocore can use: http(s)://HOST[:PORT][/PATH]. Credentials,
+    a query or a fragment cannot work there (botocore signs and sends them as they are, and
+    every call then fails with an opaque error), so they are refused here, naming the key."""
+    url = t.optional_string("endpoint_url")
+    if url is None:
+        return None
+    if not _is_http_url(url) or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        # A URL that does not parse may still hold a password: echo only its scheme.
+        shown = repr(url) if "@" not in url else "the value"
+        t.problem("endpoint_url", f"{shown} is not an http:// or https:// URL with a host")
+        return None
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Never echo the URL: it holds a secret, and problems end up in logs.
+        t.problem(
+            "endpoint_url",
+            "must not carry credentials (user:password@): AWS calls are signed with the "
+            "credential chain (AWS_ACCESS_KEY_ID, a profile, a role)",
+        )
+    elif parts.query or url.endswith("?"):
+        t.problem("endpoint_url", f"{url!r} must not have a query (?...): use http(s)://HOST:PORT")
+    elif parts.fragment or "#" in url:
+        t.problem("endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT")
+    else:
+        return url
+    return None
+
+
 def _is_http_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -417,7 +529,10 @@ def _is_http_url(url: str) -> bool:
 
 def _parse_mapping(
     index: int, t: _Table, functions: Mapping[str, FunctionConfig]
-) -> MappingConfig | None:
+) -> tuple[MappingConfig, bool]:
+    """The mapping, and False when its event source ARN is unusable. Either way every key is
+    checked, so one `esm validate` lists all of the mapping's problems: with a bad ARN the
+    keys are checked against the source kind the ARN or the keys suggest."""
     name = t.string("name", f"mapping-{index}")
     function = t.string("function", "", required=True)
     if function and function not in functions:
@@ -430,26 +545,35 @@ def _parse_mapping(
             source = parse_source_arn(arn_text)
         except ArnError as exc:
             t.problem("event_source_arn", str(exc))
-    enabled = t.boolean("enabled", True)
-    response_types = t.string_list("function_response_types", ("ReportBatchItemFailures",))
-    patterns = _parse_filter_criteria(t)
-    if source is None:
-        t.finish(ignore_unknown=True)
-        return None
     common: dict[str, Any] = dict(
         name=name,
         function=function,
-        source=source,
-        enabled=enabled,
-        function_response_types=frozenset(response_types),
-        filter_patterns=patterns,
+        source=source or _assumed_source(arn_text, t),
+        enabled=t.boolean("enabled", True),
+        function_response_types=frozenset(
+            t.string_list("function_response_types", ("ReportBatchItemFailures",))
+        ),
+        filter_patterns=_parse_filter_criteria(t),
     )
-    if source.kind == "sqs":
-        mapping = _parse_sqs_mapping(t, source, common)
+    if common["source"].kind == "sqs":
+        mapping = _parse_sqs_mapping(t, common["source"], common)
     else:
-        mapping = _parse_stream_mapping(t, source, common)
+        mapping = _parse_stream_mapping(t, common["source"], common)
     t.finish()
-    return mapping
+    return mapping, source is not None
+
+
+def _assumed_source(arn_text: str, t: _Table) -> SourceArn:
+    """What an unusable ARN most likely meant, only to check the mapping's other keys: the
+    ARN's service when it names one, else a stream when a stream-only key is set."""
+    parts = arn_text.split(":")
+    service = parts[2] if len(parts) > 2 and parts[0] == "arn" else ""
+    kind: SourceKind
+    if service in ("sqs", "kinesis", "dynamodb"):
+        kind = service  # type: ignore[assignment]
+    else:
+        kind = "kinesis" if any(key in t.raw for key in _STREAM_ONLY_KEYS) else "sqs"
+    return SourceArn(arn_text, kind, "", "", parts[-1] if kind == "sqs" else "")
 
 
 _STREAM_ONLY_KEYS = (
@@ -555,7 +679,8 @@ def _parse_filter_criteria(t: _Table) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _check_unique_names(mappings: tuple[MappingConfig, ...], problems: list[str]) -> None:
+def _check_unique_names(mappings: list[MappingConfig], problems: list[str]) -> None:
+    """By index in the file, counting mappings with other problems too."""
     seen: dict[str, int] = {}
     for index, mapping in enumerate(mappings):
         if mapping.name in seen:
@@ -567,6 +692,25 @@ def _check_unique_names(mappings: tuple[MappingConfig, ...], problems: list[str]
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
+
+
+def _check_in_process_environments(
+    functions: Mapping[str, FunctionConfig], problems: list[str]
+) -> None:
+    """In-process functions share one os.environ, so their `environment` tables must agree:
+    on Lambda each function has its own, and a silently shared value is the wrong one."""
+    seen: dict[str, tuple[str, str]] = {}
+    for function in functions.values():
+        if function.kind != "python":
+            continue
+        for variable, value in function.environment.items():
+            first = seen.setdefault(variable, (function.name, value))
+            if first[1] != value:
+                problems.append(
+                    f"functions.{_quoted_key(first[0])} and functions.{_quoted_key(function.name)}:"
+                    f" environment.{_quoted_key(variable)} differs, but in-process functions"
+                    ' share one environment; use kind = "process" for one of them'
+                )
 
 
 class _Table:
@@ -583,6 +727,7 @@ class _Table:
             raw = {}
         self.raw: Mapping[str, Any] = raw
         self._seen: set[str] = set()
+        self._placeholders: set[str] = set()
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{_quoted_key(key)}" if self.path else _quoted_key(key)
@@ -592,9 +737,14 @@ class _Table:
         self.problems.append(f"{self.key_path(key)}: {message}")
 
     def consume(self, key: str) -> Any:
+        """The key's value; a placeholder left by esm import reads as absent, so that its one
+        problem line is the only one (not also "is not an ARN", "is required", ...)."""
         self._seen.add(key)
         value = self.raw.get(key)
         self._reject_placeholders(key, value)
+        if isinstance(value, str) and value.startswith(UNRESOLVED_PREFIX):
+            self._placeholders.add(key)
+            return None
         return value
 
     def _reject_placeholders(self, key: str, value: Any) -> None:
@@ -628,7 +778,7 @@ class _Table:
     ) -> Any:
         value = self.consume(key)
         if value is None:
-            if required:
+            if required and key not in self._placeholders:
                 self.problem(key, "is required")
             return default
         if not check(value):

@@ -11,7 +11,9 @@ Reload (SIGHUP, `esm reload`, or `Daemon.reload`): mappings are compared by name
 ones start; removed, disabled and changed ones stop the way SIGTERM stops them (in-flight
 batches finish, checkpoints stay), and changed ones start again with the new settings. A
 changed function restarts every mapping that uses it. `[daemon]` and `[state]` changes
-need a restart; reload says so in its log line and keeps the running values.
+need a restart; reload says so in its log line and keeps the running values. A reload never
+takes the daemon down: a file that cannot be loaded, or a function that cannot be created,
+is one log line and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from esm.aws import AwsClients
-from esm.config import Config, FunctionConfig, MappingConfig, load_config
+from esm.config import Config, DaemonConfig, FunctionConfig, MappingConfig, load_config
 from esm.errors import ConfigError, EsmError
 from esm.filtering import FilterSet
 from esm.functions import Function, create_functions
@@ -43,7 +45,11 @@ DRAIN_MARGIN_SECONDS = 5.0
 
 class MappingRuntime(Protocol):
     name: str
-    ready: bool
+
+    @property
+    def ready(self) -> bool:
+        """Polling, and positioned: a record sent to the source from now on is delivered."""
+        ...
 
     async def run(self) -> None: ...
 
@@ -81,7 +87,7 @@ class Daemon:
         self.running: dict[str, _Running] = {}
         self.idle_pacer = IdleReadPacer(config.daemon.idle_shard_reads_per_second)
         self.metrics.caught_up_shards.set_function(lambda: self.idle_pacer.caught_up)
-        self.metrics.idle_read_interval.set_function(self.idle_pacer.shared_interval)
+        self.metrics.idle_read_interval.set_function(self.idle_pacer.longest_wait)
         self.http_port: int | None = None
         self.on_ready: Callable[[], None] | None = None
         """Called once, when every enabled mapping first reports ready (systemd READY=1)."""
@@ -116,7 +122,16 @@ class Daemon:
         self._reload_requested.set()
 
     def not_ready(self) -> list[str]:
-        return [r.name for r in self.runtimes if not r.ready]
+        """Mappings not yet positioned (before they are started, every enabled one: the HTTP
+        server answers /readyz from the start), then unhealthy functions as `function NAME: why`."""
+        if not self._mappings_started.is_set():
+            waiting = [m.name for m in self.config.mappings if m.enabled]
+        else:
+            waiting = [r.name for r in self.runtimes if not r.ready]
+        for name, function in self.functions.items():
+            if (reason := function.unhealthy) is not None:
+                waiting.append(f"function {name}: {reason}")
+        return waiting
 
     @property
     def drain_timeout(self) -> float:
@@ -190,12 +205,20 @@ class Daemon:
         await running.finished.wait()
 
     async def reload(self, new: Config) -> ReloadResult:
-        """Apply a validated config to the running daemon (see the module docstring)."""
+        """Apply a validated config to the running daemon (see the module docstring).
+
+        Changed functions are created before anything stops: a handler that cannot load
+        rejects the reload (EsmError) and the running mappings go on untouched."""
         async with self._reload_lock:
             if self._stop_requested is not None and self._stop_requested.is_set():
                 return ReloadResult([], [], [], [])
             old = self.config
             changed_functions = _changed_functions(old.functions, new.functions)
+            replacements = await _create_all(
+                {n: new.functions[n] for n in changed_functions if n in new.functions},
+                self.metrics,
+                old.daemon,
+            )
             wanted = {m.name: m for m in new.mappings if m.enabled}
             restart = [
                 name for name, running in self.running.items()
@@ -209,26 +232,21 @@ class Daemon:
             for name in changed_functions:
                 if name in self.functions:
                     await self.functions.pop(name).invoker.aclose()
-            self.functions.update(
-                create_functions(
-                    {n: new.functions[n] for n in changed_functions if n in new.functions},
-                    self.metrics,
-                    old.daemon,
-                )
+            self.functions.update(replacements)
+            self.config = Config(
+                daemon=old.daemon, state=old.state, functions=new.functions, mappings=new.mappings
             )
-            self.config = Config(daemon=old.daemon, state=old.state, functions=new.functions, mappings=new.mappings)
             start = [name for name in wanted if name not in self.running]
-            for name in start:
-                await self._start(wanted[name])
+            failed = [name for name in start if not await self._start_after_reload(wanted[name])]
             needs_restart = [
                 section for section, before, after in
                 (("daemon", old.daemon, new.daemon), ("state", old.state, new.state))
                 if before != after
             ]
             result = ReloadResult(
-                started=[n for n in start if n not in restart],
+                started=[n for n in start if n not in restart and n not in failed],
                 stopped=stop,
-                restarted=restart,
+                restarted=[n for n in restart if n not in failed],
                 needs_restart=needs_restart,
             )
             log.info(
@@ -240,16 +258,47 @@ class Daemon:
             )
             return result
 
+    async def _start_after_reload(self, mapping: MappingConfig) -> bool:
+        """Start one mapping of a reload; one that cannot start (its checkpoint store is
+        unreachable, ...) is logged and left out, the others start, and the next reload
+        tries it again."""
+        try:
+            await self._start(mapping)
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
+            log.error(
+                "daemon.mapping_start_failed",
+                mapping=mapping.name,
+                error_type=type(exc).__name__,
+                error=str(exc),
+            )
+            return False
+        return True
+
     async def reload_from_file(self) -> ReloadResult | None:
-        """Re-read `config_path`; an invalid file is rejected and the running mappings go on."""
+        """Re-read `config_path`; a file that is invalid, unreadable, huge or hostile is
+        rejected in one log line and the running configuration stays (README, "Changing
+        mappings while running"). Parsing runs in a worker thread, so a large file never
+        stalls the pollers."""
         assert self.config_path is not None
         try:
-            new = load_config(self.config_path)
-            return await self.reload(new)
+            new = await anyio.to_thread.run_sync(
+                load_config, self.config_path, abandon_on_cancel=True
+            )
         except ConfigError as exc:
             log.error("daemon.reload_rejected", problems=exc.problems)
+            return None
+        except Exception as exc:  # noqa: BLE001 - load_config's contract is ConfigError only
+            log.error(
+                "daemon.reload_rejected",
+                problems=[f"{self.config_path}: cannot be loaded ({type(exc).__name__})"],
+            )
+            return None
+        try:
+            return await self.reload(new)
         except EsmError as exc:
             log.error("daemon.reload_failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
+            log.error("daemon.reload_failed", error_type=type(exc).__name__, error=str(exc))
         return None
 
     async def _watch_reload_requests(self) -> None:
@@ -322,7 +371,7 @@ class Daemon:
             from esm.sources.sqs import SqsMapping
 
             return SqsMapping(mapping, function, aws, self.metrics, filters)
-        from esm.sources.stream_mapping import StreamMapping
+        from esm.sources.streams import StreamMapping
 
         store = await self._checkpoint_store()
         return StreamMapping(
@@ -337,6 +386,21 @@ def tune_garbage_collector() -> None:
     (modules, config, clients) are frozen out of every later collection."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+async def _create_all(
+    configs: Mapping[str, FunctionConfig], metrics: Metrics, daemon: DaemonConfig
+) -> dict[str, Function]:
+    """Every function or none: if one cannot be created, those already created are closed."""
+    created: dict[str, Function] = {}
+    try:
+        for name, config in configs.items():
+            created.update(create_functions({name: config}, metrics, daemon))
+    except BaseException:
+        for function in created.values():
+            await function.invoker.aclose()
+        raise
+    return created
 
 
 def _changed_functions(

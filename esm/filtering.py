@@ -38,7 +38,10 @@ function", the EventBridge "event patterns" pages, and LocalStack's AWS-validate
 - `anything-but` needs the field present: an absent field never matches it.
 - Not supported by Lambda (EventBridge Pipes, which shares Lambda's filter engine, lists
   them as unsupported): `anything-but` with `prefix`, `suffix`, `equals-ignore-case` or
-  `wildcard`; `cidr`. Compiling such a pattern fails, as creating the mapping would on AWS.
+  `wildcard`. Compiling such a pattern fails, as creating the mapping would on AWS.
+- `cidr` (EventBridge's IP address matching, used in published EventBridge samples) is not in
+  Lambda's filter rule syntax; compiling it fails with a line that says so (not a guess at a
+  meaning Lambda does not promise).
   `wildcard` itself is accepted although AWS does not confirm it for Lambda.
 
 Views (what a pattern is matched against):
@@ -78,6 +81,9 @@ from esm.errors import EsmError
 
 MAX_FILTERS: Final = 5
 MAX_PATTERN_CHARS: Final = 4096
+MAX_PATTERN_DEPTH: Final = 64
+"""Deepest nesting of objects and arrays in a pattern: ample for any event, and far from the
+interpreter's recursion limit that compiling and matching would otherwise reach."""
 
 Matcher = Callable[[Any], bool]
 """Matches the value found at a field (or `_MISSING`); object patterns match a whole record."""
@@ -97,7 +103,15 @@ _OPERATORS: Final = (
     "exists",
     "wildcard",
 )
-_NOT_FOR_LAMBDA: Final = frozenset({"cidr"})
+_NOT_FOR_LAMBDA: Final = {
+    "cidr": (
+        '"cidr" (IP address matching) is an EventBridge operator that Lambda does not document'
+        " for event filtering, so esm refuses it rather than guess what Lambda would do; match"
+        ' the address with "prefix" (e.g. {"prefix": "10.0.0."}) or check it in the handler'
+    ),
+}
+"""EventBridge operators absent from Lambda's filter rule syntax (Lambda developer guide,
+"Control which events Lambda sends to your function"), each with the line that says so."""
 
 
 class _Missing:
@@ -430,6 +444,9 @@ def _compile_pattern(text: str) -> _Compiled:
         raise _Invalid("", f"is not valid JSON ({exc})") from None
     if not isinstance(pattern, dict):
         raise _Invalid("", f"must be a JSON object, got {_describe(pattern)}")
+    if _depth(pattern) > MAX_PATTERN_DEPTH:
+        # Compiling and matching recurse once per level: deeper would raise RecursionError.
+        raise _Invalid("", f"is nested more than {MAX_PATTERN_DEPTH} levels deep")
     if not pattern:
         raise _Invalid("", "is empty; name at least one field to match")
     if len(pattern) == 1 and "$or" not in pattern:
@@ -437,6 +454,19 @@ def _compile_pattern(text: str) -> _Compiled:
         child = _compile_field(value, name, top=True)
         return _Compiled(_object_matcher(((name, child),), ()), frozenset({name}), (name, child))
     return _Compiled(_compile_object(pattern, "", top=True), _named_fields(pattern), None)
+
+
+def _depth(value: Any) -> int:
+    """Levels of objects and arrays in parsed JSON, counted without recursing."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _named_fields(pattern: dict[str, Any]) -> frozenset[str]:
@@ -541,7 +571,7 @@ def _compile_operator(rule: dict[str, Any], path: str) -> tuple[Test | None, boo
     if op == "wildcard":
         return _compile_wildcard(_string_operand(op, operand, path), path), False
     if op in _NOT_FOR_LAMBDA:
-        raise _Invalid(path, f'"{op}" is not supported by Lambda event filtering')
+        raise _Invalid(path, _NOT_FOR_LAMBDA[op])
     supported = ", ".join(_OPERATORS)
     raise _Invalid(path, f'unknown operator "{op}"; Lambda supports {supported}')
 

@@ -43,11 +43,11 @@ def create_invoker(config: FunctionConfig, daemon: DaemonConfig | None = None) -
     if config.kind == "python":
         from esm.invokers.python import PythonInvoker
 
-        return PythonInvoker(config)
+        return PythonInvoker(config, daemon)
     if config.kind == "process":
         from esm.invokers.process import ProcessInvoker
 
-        return ProcessInvoker(config, region)
+        return ProcessInvoker(config, region, daemon=daemon)
     if config.kind == "http":
         from esm.invokers.http import HttpInvoker
 
@@ -55,7 +55,11 @@ def create_invoker(config: FunctionConfig, daemon: DaemonConfig | None = None) -
     if config.kind == "lambda":
         from esm.invokers.lambda_ import LambdaInvoker
 
-        return LambdaInvoker(config, daemon.region if daemon is not None else None)
+        return LambdaInvoker(
+            config,
+            daemon.region if daemon is not None else None,
+            daemon.endpoint_url if daemon is not None else None,
+        )
     raise HandlerLoadError(f"function {config.name}: kind {config.kind!r} is not supported")
 
 
@@ -94,6 +98,17 @@ class Function:
         self._duration = metrics.duration.labels(self.name)
         self._concurrent = metrics.concurrent.labels(self.name)
         self._log = log.bind(function=self.name)
+        hung = getattr(invoker, "hung_threads", None)
+        if isinstance(hung, int):  # in-process sync handlers: threads that timed out
+            metrics.hung_threads.labels(self.name).set_function(
+                lambda: float(getattr(invoker, "hung_threads", 0))
+            )
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why the function cannot run invocations now (its invoker says), else None."""
+        reason = getattr(self.invoker, "unhealthy", None)
+        return reason if isinstance(reason, str) else None
 
     async def invoke(self, event: dict[str, Any]) -> InvocationResult:
         deadline = anyio.current_time() + self.throttle_budget

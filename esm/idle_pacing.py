@@ -37,10 +37,33 @@ class IdleReadPacer:
         self.reads_per_second = reads_per_second
         self.caught_up = 0
         self._random = random.Random()
+        self._latest_wake = 0.0
+        """Monotonic time at which the longest wait handed out so far ends."""
 
     def shared_interval(self) -> float:
-        """The wait that keeps all caught-up shards together within the budget."""
+        """The wait that keeps all caught-up shards together within the budget (the mean
+        spacing of a shard's reads, before jitter and tick alignment)."""
         return max(LAMBDA_IDLE_READ_INTERVAL, self.caught_up / self.reads_per_second)
+
+    def longest_wait(self) -> float:
+        """The longest pause between two reads of a caught-up shard, now: what a record
+        written to a quiet shard waits at most before the read that returns it starts.
+
+        A wait handed out now is at most the shared interval plus its jitter, plus up to one
+        tick to end on a whole second; a wait handed out earlier, when more shards were
+        caught up, may still be running and is counted until it ends. This is what the
+        `esm_idle_shard_read_interval_seconds` gauge reports."""
+        shared = self.shared_interval()
+        if shared > LAMBDA_IDLE_READ_INTERVAL:
+            bound = shared * (1 + JITTER) + TICK
+        else:
+            bound = LAMBDA_IDLE_READ_INTERVAL * (1 + JITTER)
+        return max(bound, self._latest_wake - time.monotonic())
+
+    def issued(self, seconds: float) -> float:
+        """Note a wait handed to a shard (for `longest_wait`) and return it."""
+        self._latest_wake = max(self._latest_wake, time.monotonic() + seconds)
+        return seconds
 
     def shard(self) -> ShardPacing:
         return ShardPacing(self)
@@ -79,6 +102,10 @@ class ShardPacing:
         if not self._counted:
             self._counted = True
             pacer.caught_up += 1
+        return pacer.issued(self._next_wait())
+
+    def _next_wait(self) -> float:
+        pacer = self._pacer
         ramp = self._next
         if ramp < LAMBDA_IDLE_READ_INTERVAL:
             self._next = min(ramp * IDLE_BACKOFF, LAMBDA_IDLE_READ_INTERVAL)

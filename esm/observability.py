@@ -13,25 +13,40 @@ import sys
 from typing import Any
 
 import structlog
+import structlog.stdlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
+ISOLATED_LOGGERS = (
+    "asyncio", "aiohttp", "aiobotocore", "botocore", "boto3", "s3transfer", "urllib3", "esm",
+)
+"""The stdlib loggers of esm and its libraries. They write through esm's own handler and do
+not propagate to the root logger, which belongs to in-process handlers as it does on Lambda:
+a handler that calls `logging.basicConfig(force=True)`, replaces the root's handlers or lowers
+its level (Powertools recipes do) must not turn esm's log lines into its format, nor raise
+botocore to DEBUG (which dumps signed requests)."""
+
+
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
-    """Route structlog (and stdlib logging of libraries) to stderr, one event per line."""
+    """Route structlog and the stdlib logging of esm's libraries to stderr, one event per
+    line, in `log_format` (JSON by default) whatever handlers do to the root logger."""
     numeric_level = getattr(logging, level.upper())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -39,7 +54,28 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    # Libraries stay at WARNING even at log_level = "debug": botocore's DEBUG output holds
+    # signed requests (README, "Secrets").
+    library_level = max(numeric_level, logging.WARNING)
+    for name in ISOLATED_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(library_level)
+        logger.propagate = False
+    # Anything else (other libraries) goes through the root logger, in esm's format until a
+    # handler reconfigures it.
+    logging.basicConfig(level=library_level, handlers=[handler], force=True)
 
 
 def get_logger(name: str) -> Any:
@@ -106,7 +142,8 @@ class Metrics:
         )
         self.idle_read_interval = Gauge(
             "esm_idle_shard_read_interval_seconds",
-            "Seconds between reads of each caught-up shard under the idle read budget.",
+            "Longest pause between two reads of a caught-up shard under the idle read budget"
+            " (shared interval, jitter and tick alignment included).",
             registry=r,
         )
         f = ["function"]
@@ -124,6 +161,13 @@ class Metrics:
         )
         self.concurrent = Gauge(
             "esm_function_concurrent_executions", "Invocations running now.", f, registry=r
+        )
+        self.hung_threads = Gauge(
+            "esm_function_hung_threads",
+            "In-process handler threads still running invocations that timed out; at the"
+            " limit the function is unhealthy and its invocations are throttled.",
+            f,
+            registry=r,
         )
         self.aws_retries = Counter(
             "esm_aws_call_retries", "AWS calls retried after a throttle or transient error.",

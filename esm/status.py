@@ -18,7 +18,7 @@ import anyio
 from esm.aws import AwsClients
 from esm.config import Config, MappingConfig
 from esm.errors import EsmError
-from esm.sources.streams import Position, ShardInfo, StreamSource
+from esm.sources.streams import Position, ShardInfo, StreamSource, open_source
 from esm.state.base import Checkpoint
 
 
@@ -53,8 +53,6 @@ CheckpointsReader = Callable[[str], Awaitable[dict[str, Checkpoint]]]
 
 
 async def collect(config: Config) -> list[ShardStatus]:
-    from esm.sources.stream_mapping import _create_source
-
     rows: list[ShardStatus] = []
     async with AwsClients(config.daemon) as aws:
         owners_of, checkpoints_of, close = await _reader(config, aws)
@@ -62,7 +60,7 @@ async def collect(config: Config) -> list[ShardStatus]:
             for mapping in config.mappings:
                 if mapping.source.kind == "sqs":
                     continue
-                source = _create_source(mapping, aws)
+                source = open_source(mapping, aws)
                 try:
                     shards = await source.list_shards()
                     checkpoints = await checkpoints_of(mapping.name)

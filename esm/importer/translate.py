@@ -1,9 +1,12 @@
 """Template resources -> esm config tables: mappings from event source mappings and SAM events,
 functions from the functions they call.
 
-Owns which template property becomes which config key, SAM's `Globals`, and the report of
-every property esm cannot honour (nothing is dropped silently). Pure: no I/O; values come
-resolved from `intrinsics.Resolver`, and an unresolved one is written as its placeholder.
+Owns which template property becomes which config key, SAM's `Globals`, the kind each
+function runs as, what `esm build` must install for it, and the report of every property esm
+cannot honour (nothing is dropped silently). Its only I/O is looking at the template's local
+directories (a function's `requirements.txt`, a layer's `python/`); files to write (inline
+code) are returned, not written. Values come resolved from `intrinsics.Resolver`, and an
+unresolved one is written as its placeholder.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from esm.arns import ArnError, parse_source_arn
+from esm.build import BUILD_DIR
 from esm.importer.intrinsics import NO_VALUE, Resolver, Unresolved
 
 SAM_FUNCTION = "AWS::Serverless::Function"
 LAMBDA_FUNCTION = "AWS::Lambda::Function"
+_LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
 EVENT_SOURCE_MAPPING = "AWS::Lambda::EventSourceMapping"
 _FUNCTION_TYPES = (SAM_FUNCTION, LAMBDA_FUNCTION)
 _SAM_EVENT_KINDS = {"SQS": "sqs", "Kinesis": "kinesis", "DynamoDB": "dynamodb"}
@@ -42,6 +47,10 @@ class Translation:
     """Key paths written as `<unresolved: ...>`."""
     external_functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Functions mappings name that the template does not define (written after the others)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Files to write, by path relative to the output directory (inline code)."""
+    builds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per function, what `esm build` installs (paths relative to the output directory)."""
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,27 @@ def translate(
             out.report.append(
                 f"{logical_id}: nested stack ({kind}) not followed; import its template separately"
             )
+    merged: dict[str, Mapping[str, Any]] = {}
     for logical_id in resources:
         if logical_id in wanted:
             resource = resources[logical_id]
             properties = resource.get("Properties") or {}
             if resource.get("Type") == SAM_FUNCTION:
                 properties = merge_globals(globals_function, properties)
-            out.functions[logical_id] = _function(
-                logical_id, resource.get("Type"), properties, resolver, paths, lambda_kind, out
-            )
+            merged[logical_id] = properties
+    in_process = [] if lambda_kind else [n for n, p in merged.items() if _python_zip(p, resolver)]
+    isolate = len(in_process) > 1
+    if isolate:
+        out.report.append(
+            f"{len(in_process)} Python functions ({', '.join(in_process)}) run as "
+            'kind = "process": each in its own process with its own code and environment, as '
+            'on Lambda (a template with one Python function runs it in-process, kind = "python")'
+        )
+    for logical_id, properties in merged.items():
+        described = _FunctionSource(logical_id, resources[logical_id].get("Type"), properties)
+        out.functions[logical_id] = _function(
+            described, resolver, paths, lambda_kind, isolate, resources, out
+        )
     for logical_id, resource in resources.items():
         if (
             isinstance(resource, Mapping)
@@ -457,12 +478,12 @@ _HONOURED_FUNCTION_PROPERTIES = frozenset(
         "Events",
         "FunctionName",
         "PackageType",
+        "Layers",
     }
 )
 _FUNCTION_REASONS = {
     "Role": "esm calls functions with its own credentials",
     "Policies": "esm calls functions with its own credentials",
-    "Layers": "layers are not unpacked; put their code on code_path",
     "VpcConfig": "functions run in esm's network",
     "Architectures": "functions run on the host's architecture",
     "Tracing": "X-Ray tracing is not supported",
@@ -501,15 +522,31 @@ def _process_command(runtime: str, handler: str) -> tuple[list[str] | None, str]
     return None, "no known bootstrap command"
 
 
+@dataclass(frozen=True)
+class _FunctionSource:
+    logical_id: str
+    resource_type: Any
+    properties: Mapping[str, Any]
+    """With SAM's Globals merged in."""
+
+
+def _python_zip(properties: Mapping[str, Any], resolver: Resolver) -> bool:
+    """A Python function whose code esm runs itself (not a container image)."""
+    runtime = resolver.resolve(properties.get("Runtime"))
+    package_type = resolver.resolve(properties.get("PackageType"))
+    return isinstance(runtime, str) and runtime.startswith("python") and package_type != "Image"
+
+
 def _function(
-    logical_id: str,
-    resource_type: Any,
-    properties: Mapping[str, Any],
+    source: _FunctionSource,
     resolver: Resolver,
     paths: Paths,
     lambda_kind: bool,
+    isolate: bool,
+    resources: Mapping[str, Any],
     out: Translation,
 ) -> dict[str, Any]:
+    logical_id, properties = source.logical_id, source.properties
     path = f"functions.{logical_id}"
 
     def get(key: str) -> Any:
@@ -537,7 +574,9 @@ def _function(
             _placeholder(out, f"{path}.handler", handler) if handler is not None else None
         )
         if runtime_text.startswith("python"):
-            entry["kind"] = "python"
+            # Several functions: one process each, so each has its own modules and
+            # environment variables, as each Lambda function has its own sandbox.
+            entry["kind"] = "process" if isolate else "python"
             if (
                 isinstance(handler_value, str)
                 and "/" in handler_value
@@ -562,7 +601,39 @@ def _function(
             entry["command"] = command
             if handler_value is not None:
                 entry["handler"] = handler_value
-        entry["code_path"] = _code_path(logical_id, resource_type, properties, resolver, paths, out)
+        code_path, local = _code_path(source, runtime_text, handler, resolver, paths, out)
+        entry["code_path"] = code_path
+        if runtime_text.startswith("python"):
+            layers = _layers(source, resolver, resources, paths, out)
+            build = _build_entry(logical_id, entry["kind"], local, layers, paths)
+            if local is None and layers:
+                out.report.append(
+                    f"{logical_id}.Layers: not carried over (the function's code is not local, "
+                    "so esm build has no package to put them in)"
+                )
+            if build is not None:
+                out.builds[logical_id] = build
+                entry["code_path"] = build["package"]
+        elif "Layers" in properties:
+            out.report.append(
+                f"{logical_id}.Layers: not carried over (esm builds layers for Python functions "
+                "only); put their content where the runtime finds it"
+            )
+    _function_settings(logical_id, entry, get, out)
+    for prop in properties:
+        if prop not in _HONOURED_FUNCTION_PROPERTIES:
+            reason = _FUNCTION_REASONS.get(prop, "not supported by esm")
+            out.report.append(f"{logical_id}.{prop}: not carried over ({reason})")
+        elif prop == "Layers" and entry["kind"] == "lambda":
+            out.report.append(f"{logical_id}.Layers: set on the deployed function, not by esm")
+    return entry
+
+
+def _function_settings(
+    logical_id: str, entry: dict[str, Any], get: Callable[[str], Any], out: Translation
+) -> None:
+    """Timeout, MemorySize, Environment and ReservedConcurrentExecutions."""
+    path = f"functions.{logical_id}"
     timeout = get("Timeout")
     if timeout is not None:
         entry["timeout"] = _placeholder(out, f"{path}.timeout", _number(timeout))
@@ -601,11 +672,6 @@ def _function(
             entry["reserved_concurrent_executions"] = _placeholder(
                 out, f"{path}.reserved_concurrent_executions", concurrency
             )
-    for prop in properties:
-        if prop not in _HONOURED_FUNCTION_PROPERTIES:
-            reason = _FUNCTION_REASONS.get(prop, "not supported by esm")
-            out.report.append(f"{logical_id}.{prop}: not carried over ({reason})")
-    return entry
 
 
 def _env_text(value: Any) -> Any:
@@ -616,24 +682,40 @@ def _env_text(value: Any) -> Any:
     return str(value)
 
 
+def _relative(local: Path, paths: Paths) -> str:
+    """A path as written in the config: relative to the config file's directory."""
+    return Path(os.path.relpath(local, paths.output_dir.resolve())).as_posix()
+
+
 def _code_path(
-    logical_id: str,
-    resource_type: Any,
-    properties: Mapping[str, Any],
+    source: _FunctionSource,
+    runtime: str,
+    handler: Any,
     resolver: Resolver,
     paths: Paths,
     out: Translation,
-) -> str:
-    """code_path relative to the written config file: CodeUri (SAM) or a local Code path
-    (`aws cloudformation package` style) is relative to the template."""
+) -> tuple[str, Path | None]:
+    """code_path relative to the written config file, and the local code directory (None if
+    the code is not local): CodeUri (SAM) or a local Code path (`aws cloudformation package`
+    style) is relative to the template; inline code is written out under `inline/`."""
+    logical_id, resource_type, properties = (
+        source.logical_id,
+        source.resource_type,
+        source.properties,
+    )
     key = "CodeUri" if resource_type == SAM_FUNCTION else "Code"
     code = resolver.resolve(properties.get(key)) if key in properties else None
     if "InlineCode" in properties or (isinstance(code, dict) and "ZipFile" in code):
-        out.report.append(
-            f"{logical_id}: inline code is not supported; write it to a file under code_path"
+        inline = (
+            resolver.resolve(properties["InlineCode"])
+            if "InlineCode" in properties
+            else code["ZipFile"]  # type: ignore[index]
         )
-        code = None
-    elif code is None and resource_type == SAM_FUNCTION:
+        written = _inline_code(logical_id, inline, runtime, handler, paths, out)
+        if written is not None:
+            return _relative(written, paths), written
+        return ".", None
+    if code is None and resource_type == SAM_FUNCTION:
         code = "."
     if not isinstance(code, str) or code.startswith("s3://"):
         if code is not None or resource_type == LAMBDA_FUNCTION:
@@ -641,7 +723,105 @@ def _code_path(
                 f'{logical_id}.{key}: code is not a local path; code_path set to "." '
                 "(point it at the unpacked code)"
             )
-        return "."
+        return ".", None
     local = (paths.template_dir / code).resolve()
-    relative = os.path.relpath(local, paths.output_dir.resolve())
-    return Path(relative).as_posix()
+    return _relative(local, paths), local
+
+
+_INLINE_EXTENSIONS = {"python": ".py", "nodejs": ".js"}
+
+
+def _inline_code(
+    logical_id: str, code: Any, runtime: str, handler: Any, paths: Paths, out: Translation
+) -> Path | None:
+    """Lambda writes inline code (ZipFile / InlineCode) to one file named after the handler's
+    module (`index.py` for `index.handler`); esm writes it to `inline/<function>/`."""
+    extension = next((e for r, e in _INLINE_EXTENSIONS.items() if runtime.startswith(r)), None)
+    if isinstance(code, Unresolved) or not isinstance(code, str):
+        hint = code.hint if isinstance(code, Unresolved) else "it is not text"
+        out.report.append(
+            f"{logical_id}: inline code cannot be evaluated ({hint}); not written, "
+            "write it to a file under code_path"
+        )
+        return None
+    if extension is None or not isinstance(handler, str) or "." not in handler:
+        out.report.append(
+            f"{logical_id}: inline code for runtime {runtime or '(none)'} with handler "
+            f"{handler!r} is not written (esm writes Python and Node.js inline code)"
+        )
+        return None
+    module = handler.rsplit(".", 1)[0].replace(".", "/")
+    directory = paths.output_dir.resolve() / "inline" / logical_id
+    relative = f"inline/{logical_id}/{module}{extension}"
+    out.files[relative] = code if code.endswith("\n") else code + "\n"
+    out.report.append(f"{logical_id}: inline code written to {relative}")
+    return directory
+
+
+def _layers(
+    source: _FunctionSource,
+    resolver: Resolver,
+    resources: Mapping[str, Any],
+    paths: Paths,
+    out: Translation,
+) -> list[dict[str, str]]:
+    """The function's layers defined in this template with a local ContentUri, in order:
+    the directory whose content Lambda puts on sys.path (/opt/python), and the layer's
+    requirements.txt when SAM builds it (`Metadata: BuildMethod: python3.x`)."""
+    found: list[dict[str, str]] = []
+    for item in source.properties.get("Layers") or []:
+        where = f"{source.logical_id}.Layers"
+        referenced = _referenced_resource(item)
+        resource = resources.get(referenced) if referenced else None
+        if not isinstance(resource, Mapping) or resource.get("Type") not in _LAYER_TYPES:
+            value = resolver.resolve(item)
+            shown = value.expression if isinstance(value, Unresolved) else value
+            out.report.append(
+                f"{where}: not carried over ({shown} is not a layer of this template with a "
+                "local ContentUri; put its python/ content in the function's code)"
+            )
+            continue
+        properties = resource.get("Properties") or {}
+        key = "ContentUri" if resource["Type"] == _LAYER_TYPES[0] else "Content"
+        content = resolver.resolve(properties.get(key))
+        if not isinstance(content, str) or content.startswith("s3://"):
+            out.report.append(
+                f"{where}: not carried over ({referenced}.{key} is not a local path; "
+                "put its python/ content in the function's code)"
+            )
+            continue
+        local = (paths.template_dir / content).resolve()
+        method = str(((resource.get("Metadata") or {}).get("BuildMethod")) or "")
+        layer: dict[str, str] = {"name": str(referenced)}
+        if method.startswith("python"):
+            layer["path"] = _relative(local, paths)
+            if (local / "requirements.txt").is_file():
+                layer["requirements"] = _relative(local / "requirements.txt", paths)
+        elif (local / "python").is_dir():
+            layer["path"] = _relative(local / "python", paths)
+        else:
+            out.report.append(
+                f"{where}: not carried over ({referenced} has no python/ directory and no "
+                "Metadata.BuildMethod python, so Lambda puts nothing of it on the Python path)"
+            )
+            continue
+        found.append(layer)
+    return found
+
+
+def _build_entry(
+    logical_id: str, kind: str, local: Path | None, layers: list[dict[str, str]], paths: Paths
+) -> dict[str, Any] | None:
+    """What `esm build` installs for a function with a requirements.txt or local layers
+    (`sam build`: code + `pip install -r requirements.txt -t` + layers, one directory)."""
+    requirements = local / "requirements.txt" if local is not None else None
+    has_requirements = requirements is not None and requirements.is_file()
+    if local is None or not (has_requirements or layers):
+        return None
+    build: dict[str, Any] = {"kind": kind, "source": _relative(local, paths)}
+    if has_requirements and requirements is not None:
+        build["requirements"] = _relative(requirements, paths)
+    if layers:
+        build["layers"] = layers
+    build["package"] = f"{BUILD_DIR}/{logical_id}"
+    return build

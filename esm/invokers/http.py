@@ -15,9 +15,11 @@ there as JSON, like an invocation:
 - no answer within the function's `timeout`: `Task timed out after N.NN seconds`.
 
 Requests carry the static `headers`, `Authorization: Bearer <token>` when
-`bearer_token_env` names an environment variable (read once at start; the token is never
-in the config file and never logged), and Lambda's `Lambda-Runtime-Aws-Request-Id`,
-`Lambda-Runtime-Deadline-Ms` and `Lambda-Runtime-Invoked-Function-Arn`. TLS certificates
+`bearer_token_env` names an environment variable (the token is never in the config file
+and never logged), and Lambda's `Lambda-Runtime-Aws-Request-Id`,
+`Lambda-Runtime-Deadline-Ms` and `Lambda-Runtime-Invoked-Function-Arn`. `esm run` moves
+every such variable out of its environment into memory at start-up (`retain_secrets`):
+no child process inherits it, and a reload still finds it. TLS certificates
 are verified unless `verify_tls = false`. The client session is created on the first
 invocation and closed by `aclose()`.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +54,34 @@ THROTTLE_STATUSES = frozenset({429, 503})
 CONNECT_TIMEOUT = 5.0
 MAX_ERROR_BODY_CHARS = 4096
 DEFAULT_CONNECTIONS = 100
+_secrets: dict[str, str] = {}
+"""Tokens taken out of os.environ by `retain_secrets`, by variable name."""
+
+
+def retain_secrets(functions: Mapping[str, FunctionConfig]) -> list[str]:
+    """Move each http function's `bearer_token_env` variable from os.environ to memory.
+
+    Called once at start-up: a child process inherits no token, and a reload (which builds
+    new invokers) still finds it. Returns the names moved.
+    """
+    moved = []
+    for function in functions.values():
+        name = function.bearer_token_env
+        if function.kind == "http" and name and name in os.environ:
+            _secrets[name] = os.environ.pop(name)
+            moved.append(name)
+    return moved
+
+
+def secret(name: str, environ: dict[str, str] | None = None) -> str:
+    """A token by variable name: from `environ` if given, else os.environ, else retained.
+
+    A variable first named by a reload is read from os.environ and stays there (only the
+    names known at start-up are moved, before any function runs).
+    """
+    if environ is not None:
+        return environ.get(name, "")
+    return os.environ.get(name) or _secrets.get(name, "")
 
 
 class HttpInvoker:
@@ -61,10 +92,9 @@ class HttpInvoker:
         self.arn = function.arn
         self.timeout = function.timeout
         self.url = function.url
-        environ = dict(os.environ) if environ is None else environ
         headers = {"Content-Type": "application/json", **function.headers}
         if function.bearer_token_env is not None:
-            token = environ.get(function.bearer_token_env, "")
+            token = secret(function.bearer_token_env, environ)
             if not token:
                 raise HandlerLoadError(
                     f"function {function.name}: bearer_token_env names "

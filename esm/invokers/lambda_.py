@@ -1,7 +1,8 @@
 """`kind = "lambda"`: AWS Lambda's Invoke API (RequestResponse), through aiobotocore.
 
 `function_name` is a name, `name:qualifier` or an ARN (with its qualifier); `endpoint_url`
-points the client elsewhere: the Lambda Runtime Interface Emulator
+points the client elsewhere (without it `[daemon] endpoint_url` does, as for every AWS
+call esm makes: moto's or LocalStack's Lambda): the Lambda Runtime Interface Emulator
 (`http://127.0.0.1:9000`, which serves any function name), `sam local start-lambda`
 (`http://127.0.0.1:3001`), or a Lambda-compatible service. Outcomes, as Lambda's own event
 source mappings read them:
@@ -102,7 +103,12 @@ def resolve_region(function_name: str, default: str | None = None) -> str:
 
 
 class LambdaInvoker:
-    def __init__(self, function: FunctionConfig, region: str | None = None) -> None:
+    def __init__(
+        self,
+        function: FunctionConfig,
+        region: str | None = None,
+        daemon_endpoint_url: str | None = None,
+    ) -> None:
         assert function.function_name is not None
         self.function = function
         self.name = function.name
@@ -115,6 +121,8 @@ class LambdaInvoker:
         )
         self.timeout = function.timeout
         self.emulator = function.endpoint_url is not None
+        self.endpoint_url = function.endpoint_url or daemon_endpoint_url
+        """The function's own endpoint, else `[daemon] endpoint_url` ("for all calls")."""
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._lock = anyio.Lock()
@@ -134,10 +142,10 @@ class LambdaInvoker:
                     get_session().create_client(
                         "lambda",
                         region_name=self.region,
-                        endpoint_url=self.function.endpoint_url,
+                        endpoint_url=self.endpoint_url,
                         verify=self.function.verify_tls,
                         config=config,
-                        **_local_credentials(self.function.endpoint_url),
+                        **_local_credentials(self.endpoint_url),
                     )
                 )
             return self._client

@@ -14,11 +14,17 @@ host process can follow them:
   invocation fails with `Task timed out after N.NN seconds`; a fresh one starts on demand;
 - an init error (`/runtime/init/error`) or an environment that exits mid-invocation is a
   function error carrying the runtime's message (`Runtime.ExitError` for an exit), and
-  that environment is replaced;
-- `memory_size` becomes RLIMIT_AS (address space) for the process, set in a preexec_fn:
-  allocations beyond it fail (Python raises MemoryError). It limits virtual memory, which
-  is stricter than Lambda's resident-memory limit for programs that reserve much more than
-  they touch (many threads, big arenas): raise `memory_size` for those;
+  that environment is replaced; an environment that exits before it asked for its first
+  event fails the invocation at once (not after INIT_TIMEOUT), and the error and the
+  `environment.exited` log line carry the last lines of its stderr;
+- `memory_size` becomes RLIMIT_DATA for the process (its private writable memory: heap,
+  anonymous mappings), set in a preexec_fn: allocations beyond it fail (Python raises
+  MemoryError, Node "allocation failed"). Not RLIMIT_AS (address space): V8 reserves
+  about 1 GB of address space it never touches, so Node could not even start under
+  Lambda's 128 MB default that way (it hung before its first /invocation/next);
+- when esm runs as root, the runtime starts with no capability (its bounding set is
+  emptied before exec; it keeps uid 0), so it cannot read the non-dumpable daemon's
+  /proc/<pid>/environ, maps or mem (see `protect_daemon`);
 - each environment gets its own temporary directory as TMPDIR (removed with it); /tmp
   itself is shared with the host;
 - the process does not inherit esm's environment, except PATH, HOME, LANG, LC_ALL and
@@ -48,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +63,8 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from esm.config import FunctionConfig
+from esm import lambda_environment
+from esm.config import DaemonConfig, FunctionConfig
 from esm.invocation import FunctionFailure, InvocationResult
 from esm.invokers.runtime_api import Invocation, InvocationChannel, RuntimeApiEndpoint
 from esm.observability import get_logger
@@ -71,6 +79,13 @@ KILL_WAIT = 5.0
 IDLE_LIFETIME = 600.0
 """Seconds an environment may wait unused before it is stopped."""
 MAX_LOG_LINE = 16_384
+EXIT_OUTPUT_WAIT = 0.2
+"""Seconds an exit waits for the environment's last output before it is reported."""
+STDERR_TAIL_LINES = 5
+STDERR_TAIL_CHARS = 1000
+"""How much of a dead environment's stderr goes into its error message."""
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
 INHERITED_VARIABLES = (
     "PATH",
     "HOME",
@@ -125,13 +140,23 @@ class _Output(asyncio.SubprocessProtocol):
             buffer.clear()
 
     def process_exited(self) -> None:
-        self.environment.on_exit()
+        # Its last stderr lines may still be in the pipes: wait for them (connection_lost),
+        # but not for long, as a surviving grandchild may hold the pipes open.
+        asyncio.get_running_loop().call_later(EXIT_OUTPUT_WAIT, self._exited)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._exited()
+
+    def _exited(self) -> None:
+        if not self.environment.exited.is_set():
+            self.environment.on_exit()
 
     def _emit(self, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if fd == 2:
+            self.environment.stderr_tail.append(text)
         self.environment.log.info(
-            "function.log",
-            stream="stdout" if fd == 1 else "stderr",
-            line=line.decode("utf-8", errors="replace").rstrip("\r"),
+            "function.log", stream="stdout" if fd == 1 else "stderr", line=text
         )
 
 
@@ -149,7 +174,11 @@ class Environment:
         self.exited = anyio.Event()
         self.returncode: int | None = None
         self.invocations = 0
+        self.asked = False
+        """Whether the runtime ever asked for an event (its init phase is over)."""
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.discarded = False
+        self.killed = False
         self.retirement: asyncio.TimerHandle | None = None
         """Set while idle: stops the environment when it stays unused too long."""
 
@@ -160,11 +189,20 @@ class Environment:
     def on_exit(self) -> None:
         self.returncode = self.transport.get_returncode() if self.transport is not None else None
         self.exited.set()
+        if not self.discarded and not self.killed:  # esm's own kills are logged elsewhere
+            self.log.warning(
+                "environment.exited",
+                returncode=self.returncode,
+                during_init=not self.asked,
+                stderr_tail=list(self.stderr_tail),
+            )
         for invocation in (self.channel.pending, self.channel.current):
             if invocation is not None:
                 invocation.finish(failure=self.exit_failure(invocation.request_id))
 
     def exit_failure(self, request_id: str) -> FunctionFailure:
+        """Lambda's Runtime.ExitError; before the first /next, with the stderr tail (why
+        the runtime could not start is what the user needs, and Lambda logs it too)."""
         code = self.returncode
         if code is None or code == 0:
             reason = "Runtime exited without providing a reason"
@@ -172,10 +210,14 @@ class Environment:
             reason = f"Runtime exited with error: signal: {_signal_name(-code)}"
         else:
             reason = f"Runtime exited with error: exit status {code}"
-        return FunctionFailure("Runtime.ExitError", f"RequestId: {request_id} Error: {reason}")
+        message = f"RequestId: {request_id} Error: {reason}"
+        if not self.asked and self.stderr_tail:
+            message += "; stderr: " + " | ".join(self.stderr_tail)[-STDERR_TAIL_CHARS:]
+        return FunctionFailure("Runtime.ExitError", message)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a bootstrap's children too)."""
+        self.killed = True
         if self.pid and not self.exited.is_set():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -185,9 +227,15 @@ class ProcessInvoker:
     """A pool of execution environments for one function."""
 
     def __init__(
-        self, function: FunctionConfig, region: str, idle_lifetime: float = IDLE_LIFETIME
+        self,
+        function: FunctionConfig,
+        region: str,
+        idle_lifetime: float = IDLE_LIFETIME,
+        daemon: DaemonConfig | None = None,
     ) -> None:
         self.function = function
+        self.daemon = daemon
+        """Feeds the Lambda environment (esm.lambda_environment): endpoint, credentials."""
         self.name = function.name
         self.arn = function.arn
         self.timeout = function.timeout
@@ -234,6 +282,9 @@ class ProcessInvoker:
         """Hand the event over and wait for its outcome; True if the environment stays warm."""
         environment.invocations += 1
         environment.channel.submit(invocation)
+        if environment.exited.is_set():  # died before this submit: no exit callback to come
+            invocation.finish(failure=environment.exit_failure(invocation.request_id))
+            return False
         with anyio.move_on_after(INIT_TIMEOUT):
             await invocation.delivered.wait()
         if not invocation.delivered.is_set():
@@ -244,8 +295,13 @@ class ProcessInvoker:
                     f"event within {INIT_TIMEOUT:g} seconds (GET /runtime/invocation/next)",
                 )
             )
-            self._log.warning("environment.unresponsive", environment=environment.id)
+            self._log.warning(
+                "environment.unresponsive",
+                environment=environment.id,
+                stderr_tail=list(environment.stderr_tail),
+            )
             return False
+        environment.asked = True
         if not invocation.finished.is_set():
             assert invocation.delivered_at is not None
             remaining = invocation.delivered_at + self.timeout - time.monotonic()
@@ -325,6 +381,7 @@ class ProcessInvoker:
             raise
         environment.transport = transport
         environment.pid = transport.get_pid()
+        endpoint.admit(environment.pid)  # start_new_session: the pid is the session id
         if transport.get_returncode() is not None:
             environment.on_exit()
         self._environments.add(environment)
@@ -332,28 +389,26 @@ class ProcessInvoker:
         return environment
 
     def _environment_variables(self, env_id: str, api_address: str, tmpdir: str) -> dict[str, str]:
+        """Lambda's environment (esm.lambda_environment) plus what this host adds: the
+        inherited variables, TZ, TMPDIR and the environment's Runtime API address."""
+        inherited = {k: os.environ[k] for k in INHERITED_VARIABLES if k in os.environ}
+        inherited.setdefault("PATH", os.defpath)
+        inherited.update({"TZ": ":UTC", "PYTHONUNBUFFERED": "1"})
         function = self.function
-        variables = {k: os.environ[k] for k in INHERITED_VARIABLES if k in os.environ}
-        variables.setdefault("PATH", os.defpath)
-        variables.update(
-            {
-                "AWS_REGION": self.region,
-                "AWS_DEFAULT_REGION": self.region,
-                "TZ": ":UTC",
-                "PYTHONUNBUFFERED": "1",
-            }
+        variables = lambda_environment.environment(
+            function,
+            self.daemon,
+            region=self.region,
+            inherited=inherited,
+            log_stream=f"esm/{env_id}",
+            execution_env=(
+                lambda_environment.python_execution_env() if function.command is None else None
+            ),
         )
-        variables.update(function.environment)
         variables.update(
             {
                 "AWS_LAMBDA_RUNTIME_API": api_address,
-                "_HANDLER": function.handler,
                 "LAMBDA_TASK_ROOT": str(self.code_path),
-                "AWS_LAMBDA_FUNCTION_NAME": function.name,
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_size),
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
-                "AWS_LAMBDA_LOG_STREAM_NAME": f"esm/{env_id}",
                 "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
                 "TMPDIR": tmpdir,
             }
@@ -415,35 +470,64 @@ def _result(invocation: Invocation, started: float) -> InvocationResult:
 
 
 def _limits(memory_mb: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: address-space limit, die with esm (Linux)."""
+    """Runs in the child between fork and exec: memory limit, die with esm and, under
+    root, no capability (the last two on Linux only)."""
     limit = memory_mb * 1024 * 1024
-    set_parent_death_signal = _parent_death_signal()
+    prctl = _prctl()
+    capabilities = range(_last_capability() + 1) if os.geteuid() == 0 else range(0)
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        if set_parent_death_signal is not None:
-            set_parent_death_signal()
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            # Root: empty the bounding set, so the runtime starts with no capability, as
+            # Lambda's do (CAP_SYS_PTRACE alone is not enough: /proc/<esm>/environ stays
+            # readable to a root process holding the others).
+            for capability in capabilities:
+                prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)
 
     return apply
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """prctl(PR_SET_PDEATHSIG, SIGKILL): environments do not outlive a killed daemon."""
+PR_SET_PDEATHSIG = 1
+"""prctl(PR_SET_PDEATHSIG, SIGKILL): environments do not outlive a killed daemon."""
+
+
+def _last_capability() -> int:
+    """The highest capability number this kernel knows (CAP_LAST_CAP)."""
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return 40
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, on Linux; looked up before fork (no import in the child)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
+        prctl: Callable[..., int] = libc.prctl
     except (OSError, AttributeError):
         return None
-    pr_set_pdeathsig = 1
+    return prctl
 
-    def apply() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
-    return apply
+def protect_daemon() -> bool:
+    """Make esm's own process non-dumpable (prctl PR_SET_DUMPABLE 0), once at start-up.
+
+    Then /proc/<esm pid>/environ, mem, maps and fd links are closed to processes of the same
+    uid, which is what environments are: a hostile function cannot read the daemon's
+    environment or memory (http bearer tokens, credentials). A root environment could
+    still with its capabilities, which `_limits` drops. Children are dumpable again after
+    exec. True when it took effect (Linux).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
 def _signal_name(number: int) -> str:

@@ -3,8 +3,11 @@
 Sync handlers run in a worker thread (bounded per function), async ones are awaited. At
 the timeout an async handler is cancelled; a sync handler's thread cannot be killed, so the
 invocation is counted failed ("Task timed out after N.NN seconds") while the thread runs
-on to its end. Use `kind = "process"` for isolation. Functions share the daemon's process:
-their `environment` is applied to os.environ when loaded, and modules are shared.
+on to its end; at MAX_HUNG_THREADS such threads the function is unhealthy and its
+invocations are throttled (retried, never lost) until some end. Use `kind = "process"`
+for isolation (it kills a timed-out handler). Functions share the daemon's process and
+its os.environ (InProcessEnvironment); each handler module is loaded from its own file
+(FunctionModules), and a failing import is the function's init error, never the daemon's.
 """
 
 from __future__ import annotations
@@ -12,23 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import importlib.machinery
 import inspect
 import json
 import os
 import queue
 import sys
+import sysconfig
 import threading
 import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
-from esm.config import FunctionConfig
+from esm import lambda_environment
+from esm.config import DaemonConfig, FunctionConfig
 from esm.errors import HandlerLoadError
 from esm.invocation import (
     MAX_RESPONSE_BYTES,
@@ -36,10 +44,17 @@ from esm.invocation import (
     InvocationResult,
     response_too_large,
 )
+from esm.lambda_environment import TRACE_VARIABLE
+from esm.observability import get_logger
+
+log = get_logger("esm.python")
 
 DEFAULT_CONCURRENCY = 100
 IDLE_THREAD_SECONDS = 10.0
 """A handler thread unused this long is stopped (the next invocation starts one)."""
+MAX_HUNG_THREADS = 16
+"""Threads of one function still running invocations that timed out; at this many the
+function takes no more invocations (they are throttled) until some of them end."""
 
 
 class LambdaContext:
@@ -52,7 +67,7 @@ class LambdaContext:
         self.memory_limit_in_mb = str(function.memory_size)
         self.aws_request_id = request_id
         self.log_group_name = f"/aws/lambda/{function.name}"
-        self.log_stream_name = f"esm/{os.getpid()}"
+        self.log_stream_name = log_stream_name()
         self.identity = None
         self.client_context = None
         self._deadline = deadline
@@ -62,15 +77,16 @@ class LambdaContext:
 
 
 def load_handler(function: FunctionConfig) -> Callable[..., Any]:
-    """Import `module.function` with code_path first on sys.path, like LAMBDA_TASK_ROOT."""
+    """Import `module.function` from code_path (on sys.path, like LAMBDA_TASK_ROOT) under
+    the identity of its file, never whatever module of that name was imported first.
+
+    Raises HandlerLoadError with Lambda's wording (Runtime.ImportModuleError /
+    Runtime.HandlerNotFound); the invoker turns it into the function's init error."""
     module_name, _, attribute = function.handler.rpartition(".")
-    code_path = str(Path(function.code_path).resolve())
-    if code_path not in sys.path:
-        sys.path.insert(0, code_path)
-    os.environ.update(function.environment)
+    code_path = Path(function.code_path).resolve()
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
+        module = _MODULES.load(module_name, code_path)
+    except Exception as exc:  # noqa: BLE001 - any import-time error is the function's init error
         raise HandlerLoadError(
             f"function {function.name}: Unable to import module '{module_name}': {exc}"
         ) from exc
@@ -82,28 +98,257 @@ def load_handler(function: FunctionConfig) -> Callable[..., Any]:
     return handler  # type: ignore[no-any-return]
 
 
+class FunctionModules:
+    """Loads each function's handler module by file, so same-named modules of different
+    code_paths (every `sam init` app has `app.py`) each run their own code.
+
+    One interpreter has one sys.modules and one sys.path, so the limit is this (README
+    "kind = python"): while a function's module is imported (its init), modules of the
+    same name from elsewhere and every module loaded from another function's code_path are
+    hidden from sys.modules, so its own `import utils` finds its own `utils.py`, and the
+    modules it binds stay its own. Afterwards the hidden modules come back: a contested
+    name stays with the function that loaded it first, which is what an import run at
+    invocation time then gets. Functions naming the same file share its module."""
+
+    def __init__(self) -> None:
+        self._code_paths: list[str] = []
+
+    def load(self, module_name: str, code_path: Path) -> ModuleType:
+        root = str(code_path)
+        if root not in self._code_paths:
+            self._code_paths.append(root)
+        origin = _find_origin(module_name, code_path)
+        existing = sys.modules.get(module_name)
+        if origin is None or (existing is not None and _module_file(existing) == origin):
+            # Not in code_path (an installed package, a layer on sys.path), or already
+            # loaded from this very file: Python's own import, as Lambda does.
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return importlib.import_module(module_name)
+        if root in sys.path:
+            sys.path.remove(root)
+        sys.path.insert(0, root)
+        hidden = self._hide_others(root, module_name)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.modules.update(hidden)  # the first to load a name keeps it
+
+    def _hide_others(self, root: str, module_name: str) -> dict[str, ModuleType]:
+        others = tuple(p + os.sep for p in self._code_paths if p != root)
+        top = module_name.partition(".")[0]
+        hidden: dict[str, ModuleType] = {}
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if not isinstance(file, str) or file.startswith(root + os.sep):
+                continue
+            same_name = name == top or name.startswith(top + ".")
+            if same_name or (file.startswith(others) and not file.startswith(_LIBRARY_PREFIXES)):
+                hidden[name] = sys.modules.pop(name)
+        return hidden
+
+
+def _find_origin(module_name: str, code_path: Path) -> Path | None:
+    """The file `module_name` is imported from when code_path is first on sys.path."""
+    search: list[str] | None = [str(code_path)]
+    spec = None
+    for part in module_name.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    if spec is None or spec.origin is None or not spec.has_location:
+        return None
+    return Path(spec.origin).resolve()
+
+
+def _module_file(module: ModuleType) -> Path | None:
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return None
+    try:
+        return Path(file).resolve()
+    except OSError:
+        return None
+
+
+_LIBRARY_PREFIXES = tuple(
+    {
+        os.path.join(path, "")
+        for p in {sys.prefix, sys.base_prefix, *sysconfig.get_paths().values()}
+        if p
+        for path in (p, os.path.realpath(p))
+    }
+)
+"""Installed libraries are shared, even when a virtualenv lives below a code_path."""
+_MODULES = FunctionModules()
+
+
+class InProcessEnvironment:
+    """Lambda's environment for in-process functions, in the one os.environ they share.
+
+    The shared variables (esm.lambda_environment) are set when the first in-process
+    function loads; the per-function ones and the function's `environment` are set for the
+    function being loaded and again when an invocation starts for a different function
+    than the last one (a no-op for a single function), so concurrent invocations of two
+    in-process functions see the values of the one started last. _X_AMZN_TRACE_ID is set
+    per invocation. The daemon's original values come back when the last one closes."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str | None] = {}
+        self._users = 0
+        self._current: object = None
+
+    def acquire(self, shared: Mapping[str, str]) -> None:
+        self._users += 1
+        self._saved.setdefault(TRACE_VARIABLE, os.environ.get(TRACE_VARIABLE))
+        self._set(shared)
+
+    def enter(self, owner: object, variables: Mapping[str, str]) -> None:
+        if owner is not self._current:
+            self._set(variables)
+            self._current = owner
+
+    def trace(self, trace_id: str) -> None:
+        """Python's view only (os.environ, os.getenv), not C's getenv(): glibc's setenv()
+        keeps every value ever set, so a new one per invocation would grow the daemon
+        without bound (~40 MB per 300,000 invocations, measured). The original value was
+        saved by acquire()."""
+        environ = os.environ
+        data: dict[Any, Any] = environ._data  # type: ignore[attr-defined]
+        data[environ.encodekey(TRACE_VARIABLE)] = environ.encodevalue(trace_id)
+
+    def release(self, owner: object) -> None:
+        self._users -= 1
+        if self._current is owner:
+            self._current = None
+        if self._users <= 0:
+            self._users = 0
+            os.environ.pop(TRACE_VARIABLE, None)  # set around putenv: drop it from both views
+            for name, value in self._saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._saved.clear()
+
+    def _set(self, variables: Mapping[str, str]) -> None:
+        environ = os.environ
+        for name, value in variables.items():
+            if name not in self._saved:
+                self._saved[name] = environ.get(name)
+            if environ.get(name) != value:
+                environ[name] = value
+
+
+IN_PROCESS_ENVIRONMENT = InProcessEnvironment()
+
+
 class PythonInvoker:
-    def __init__(self, function: FunctionConfig) -> None:
+    """A sync or async handler run in the daemon's process (no isolation: README)."""
+
+    def __init__(
+        self,
+        function: FunctionConfig,
+        daemon: DaemonConfig | None = None,
+        max_hung_threads: int = MAX_HUNG_THREADS,
+    ) -> None:
         self.function = function
         self.name = function.name
         self.arn = function.arn
         self.timeout = function.timeout
-        self._handler = load_handler(function)
-        self._is_async = inspect.iscoroutinefunction(self._handler)
+        self.max_hung_threads = max_hung_threads
+        region = daemon.region if daemon is not None else "us-east-1"
+        self._variables = {
+            **function.environment,
+            **lambda_environment.function_variables(function, log_stream_name()),
+        }
+        IN_PROCESS_ENVIRONMENT.acquire(
+            lambda_environment.shared_variables(
+                daemon,
+                region=region,
+                base={**os.environ, **function.environment},
+                execution_env=lambda_environment.python_execution_env(),
+            )
+        )
+        self._handler: Callable[..., Any] | None = None
+        self._is_async = False
+        self._init_error: HandlerLoadError | None = None
+        self._init_lock = anyio.Lock()
+        self._log = log.bind(function=self.name)
         self._slots = anyio.CapacityLimiter(
             function.reserved_concurrent_executions or DEFAULT_CONCURRENCY
         )
         self._threads = HandlerThreads(f"esm-{function.name}")
+        self._unhealthy_logged = False
+        self._load()
+
+    def _load(self) -> Callable[..., Any] | None:
+        """Run the function's init (import its module). A failure is the function's init
+        error: every invocation reports it and tries the init again, as Lambda does; it
+        never stops the daemon."""
+        IN_PROCESS_ENVIRONMENT.enter(self, self._variables)
+        try:
+            handler = load_handler(self.function)
+        except HandlerLoadError as exc:
+            if self._init_error is None:
+                self._log.error("function.init_failed", error=str(exc))
+            self._init_error = exc
+            return None
+        if self._init_error is not None:
+            self._log.info("function.init_recovered")
+        self._init_error = None
+        self._handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+        return handler
+
+    async def _init_again(self) -> Callable[..., Any] | None:
+        """After an init error, each invocation runs the init again (one at a time), in a
+        worker thread: a slow failing import must not stall the daemon's event loop."""
+        async with self._init_lock:
+            if self._handler is None:
+                importlib.invalidate_caches()  # files added since (a dependency installed)
+                await anyio.to_thread.run_sync(self._load)
+        return self._handler
+
+    @property
+    def hung_threads(self) -> int:
+        """Handler threads still running an invocation that timed out."""
+        return self._threads.abandoned
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why the function cannot take invocations now (for /readyz), else None."""
+        hung = self._threads.abandoned
+        if hung >= self.max_hung_threads:
+            return (
+                f"{hung} handler threads hung past the timeout (limit {self.max_hung_threads});"
+                ' use kind = "process", which kills a timed-out handler'
+            )
+        return None
 
     async def invoke(self, event: dict[str, Any]) -> InvocationResult:
         request_id = str(uuid.uuid4())
         started = time.monotonic()
+        handler = self._handler or await self._init_again()
+        if handler is None:
+            assert self._init_error is not None
+            return InvocationResult(
+                request_id, time.monotonic() - started, failure=_init_failure(self._init_error)
+            )
+        if not self._is_async and self._threads.abandoned >= self.max_hung_threads:
+            return self._refuse(request_id)
+        if self._unhealthy_logged:
+            self._unhealthy_logged = False
+            self._log.info("function.healthy", hung_threads=self._threads.abandoned)
+        IN_PROCESS_ENVIRONMENT.enter(self, self._variables)
+        IN_PROCESS_ENVIRONMENT.trace(lambda_environment.trace_id())
         context = LambdaContext(self.function, request_id, started + self.timeout)
         response: Any = None
         failure: FunctionFailure | None = None
         with anyio.move_on_after(self.timeout) as scope:
             try:
-                response = await self._call(event, context)
+                response = await self._call(handler, event, context)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in a handler is its error too
@@ -119,21 +364,48 @@ class PythonInvoker:
             response, failure = _marshal(response)
         return InvocationResult(request_id, duration, response=response, failure=failure)
 
-    async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
+    def _refuse(self, request_id: str) -> InvocationResult:
+        """Too many threads hung: a throttle (retried, never lost) instead of one more."""
+        if not self._unhealthy_logged:
+            self._unhealthy_logged = True
+            self._log.error(
+                "function.unhealthy",
+                hung_threads=self._threads.abandoned,
+                limit=self.max_hung_threads,
+                advice='use kind = "process", which kills a timed-out handler',
+            )
+        return InvocationResult(request_id, 0.0, throttled=True)
+
+    async def _call(
+        self, handler: Callable[..., Any], event: dict[str, Any], context: LambdaContext
+    ) -> Any:
         if self._is_async:
-            return await self._handler(event, context)
+            return await handler(event, context)
         slots = self._slots
         try:
             slots.acquire_nowait()  # no scheduling round when a slot is free (the usual case)
         except anyio.WouldBlock:
             await slots.acquire()
         try:
-            return await self._threads.run(self._handler, event, context)
+            return await self._threads.run(handler, event, context)
         finally:
             slots.release()
 
     async def aclose(self) -> None:
         self._threads.close()
+        IN_PROCESS_ENVIRONMENT.release(self)
+
+
+def log_stream_name() -> str:
+    """AWS_LAMBDA_LOG_STREAM_NAME and context.log_stream_name of in-process functions."""
+    return f"esm/{os.getpid()}"
+
+
+def _init_failure(error: HandlerLoadError) -> FunctionFailure:
+    message = str(error).partition(": ")[2] or str(error)
+    missing = "missing on module" in message
+    kind = "Runtime.HandlerNotFound" if missing else "Runtime.ImportModuleError"
+    return FunctionFailure(kind, message)
 
 
 class HandlerThreads:
@@ -151,23 +423,36 @@ class HandlerThreads:
         self._idle: deque[_HandlerThread] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.abandoned = 0
+        """Threads still running a call whose caller stopped waiting (timed out)."""
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self.close()  # threads report to the loop that started them
-            self._loop, self._closed = loop, False
+            self._loop, self._closed, self.abandoned = loop, False, 0
         now = time.monotonic()
         idle = self._idle
         while idle and now - idle[0].idle_since >= IDLE_THREAD_SECONDS:
             idle.popleft().stop()
         worker = idle.pop() if idle else _HandlerThread(self._name, loop, self)
         future: asyncio.Future[Any] = loop.create_future()
+        worker.running = True
         worker.jobs.put((future, contextvars.copy_context(), fn, args))
-        return await future
+        try:
+            return await future
+        except BaseException:
+            if worker.running and not worker.abandoned:  # cancelled: the thread runs on
+                worker.abandoned = True
+                self.abandoned += 1
+            raise
 
     def finished(self, worker: _HandlerThread) -> None:
         """A thread's call ended (in the loop thread): it waits for the next one."""
+        worker.running = False
+        if worker.abandoned:
+            worker.abandoned = False
+            self.abandoned -= 1
         if self._closed or worker.loop is not self._loop:
             worker.stop()
         else:
@@ -191,6 +476,8 @@ class _HandlerThread(threading.Thread):
         self.pool = pool
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.idle_since = 0.0
+        self.running = False
+        self.abandoned = False
         self.start()
 
     def stop(self) -> None:

@@ -15,20 +15,34 @@ environment's side of the protocol, at most one invocation at a time, as in Lamb
   one submitted after it, with the initialization error.
 
 This module owns the protocol only. It does not start or stop processes, keep time or
-decide retries: `esm.invokers.process` does. Threat model: the endpoint binds loopback
-only, so nothing off the host reaches it; any process on the host can connect to a
-loopback port, though, and the Runtime API has no authentication (in Lambda it is
-reachable only inside the sandbox). Run esm where local processes are trusted, or in its
-own network namespace (a container), if events are confidential.
+decide retries: `esm.invokers.process` does.
+
+Threat model: the endpoint binds loopback only, so nothing off the host reaches it. Any
+process on the host can connect to a loopback port, though (and find it in
+/proc/net/tcp), and Lambda's Runtime API has no authentication of its own: in Lambda it
+is reachable only inside the sandbox. So each endpoint answers only its own
+environment: every new connection is traced, through the kernel's sock_diag (or
+/proc/net/tcp) and /proc/<pid>/fd, to the process holding the client's socket, which
+must belong to the environment's session (the environment is started with setsid, so
+its process id is the session id every child inherits). Any other client gets 403 and
+never sees an event. A path secret in AWS_LAMBDA_RUNTIME_API would not do: Node's
+aws-lambda-ric refuses anything but host:port there. The check needs Linux's /proc;
+elsewhere every client is refused.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import orjson
 from aiohttp import web
 
@@ -38,6 +52,12 @@ API_PREFIX = "/2018-06-01/runtime"
 """Lambda's limit for a synchronous invocation's response payload."""
 ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
 MAX_ERROR_MESSAGE_CHARS = 65_536
+OWNER_WAIT = 5.0
+"""Seconds a request may wait for esm to learn which process it started (fork/exec)."""
+PROC = Path("/proc")
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
 
 
 class Invocation:
@@ -135,21 +155,35 @@ class InvocationChannel:
 
 
 class RuntimeApiEndpoint:
-    """The Runtime API for one environment: an aiohttp server on 127.0.0.1:<ephemeral>."""
+    """The Runtime API for one environment: an aiohttp server on 127.0.0.1:<ephemeral>.
+
+    Only clients in the session `admit()` names are served (see the module's threat
+    model); the verdict is kept per connection, so a kept-alive client is traced once.
+    """
 
     def __init__(self, channel: InvocationChannel, log: Any) -> None:
         self.channel = channel
         self._log = log
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.session: int | None = None
+        self._admitted = anyio.Event()
+        self._verdicts: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     @property
     def address(self) -> str:
         """What AWS_LAMBDA_RUNTIME_API holds: host:port, no scheme."""
         return f"127.0.0.1:{self.port}"
 
+    def admit(self, session: int) -> None:
+        """Serve the processes of this session (the environment's pid, as it runs setsid)."""
+        self.session = session
+        self._admitted.set()
+
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_RESPONSE_BYTES)
+        app = web.Application(
+            client_max_size=MAX_RESPONSE_BYTES, middlewares=[self._only_the_environment]
+        )
         app.router.add_get(f"{API_PREFIX}/invocation/next", self._next)
         app.router.add_post(f"{API_PREFIX}/invocation/{{request_id}}/response", self._response)
         app.router.add_post(f"{API_PREFIX}/invocation/{{request_id}}/error", self._error)
@@ -165,6 +199,42 @@ class RuntimeApiEndpoint:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+
+    @web.middleware
+    async def _only_the_environment(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """403 for any client that is not a process of this environment."""
+        if not await self._allowed(request):
+            return _error_response(
+                403, "AccessDeniedException", "this Runtime API serves another environment"
+            )
+        return await handler(request)
+
+    async def _allowed(self, request: web.Request) -> bool:
+        transport = request.transport
+        if transport is None:
+            return False
+        verdict = self._verdicts.get(transport)
+        if verdict is not None:
+            return verdict
+        with anyio.move_on_after(OWNER_WAIT):
+            await self._admitted.wait()
+        peer = transport.get_extra_info("peername")
+        session = self.session
+        verdict = False
+        if session is not None and isinstance(peer, tuple) and peer[0] == "127.0.0.1":
+            verdict = await anyio.to_thread.run_sync(
+                client_in_session, int(peer[1]), self.port, session
+            )
+        self._verdicts[transport] = verdict
+        if not verdict:
+            self._log.warning(
+                "runtime_api.foreign_client_refused", peer_port=peer[1] if peer else None
+            )
+        return verdict
 
     async def aclose(self) -> None:
         self.channel.close()
@@ -217,6 +287,105 @@ class RuntimeApiEndpoint:
         self._log.warning("environment.init_error", error_type=failure.error_type)
         self.channel.init_error(failure)
         return _accepted()
+
+
+def client_in_session(client_port: int, server_port: int, session: int) -> bool:
+    """Whether the socket 127.0.0.1:client_port -> 127.0.0.1:server_port is held open by a
+    process of `session`: its inode (sock_diag, else /proc/net/tcp), then the session
+    leader's file descriptors, then its other processes'. False when anything cannot be
+    read (refuse, never guess)."""
+    inode = _socket_inode(client_port, server_port)
+    if inode is None:
+        return False
+    target = f"socket:[{inode}]"
+    if _holds(session, target):  # most runtimes connect from their first process
+        return True
+    return any(_holds(pid, target) for pid in _session_members(session)[1:])
+
+
+def _holds(pid: int, target: str) -> bool:
+    """Whether one of `pid`'s file descriptors is `target` (socket:[inode])."""
+    try:
+        descriptors = os.listdir(PROC / str(pid) / "fd")
+    except OSError:
+        return False
+    for fd in descriptors:
+        try:
+            if os.readlink(PROC / str(pid) / "fd" / fd) == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _socket_inode(client_port: int, server_port: int) -> str | None:
+    """The client socket's inode: asked of the kernel (sock_diag), else read off
+    /proc/net/tcp (one line per socket on the host: ~8 ms with 3,000 of them)."""
+    inode = _sock_diag_inode(client_port, server_port)
+    return str(inode) if inode else _proc_net_tcp_inode(client_port, server_port)
+
+
+def _sock_diag_inode(client_port: int, server_port: int) -> int | None:
+    """One NETLINK_SOCK_DIAG request for exactly 127.0.0.1:client -> 127.0.0.1:server
+    (inet_diag_req_v2 by socket id; struct layouts of linux/inet_diag.h)."""
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    sockid = (
+        struct.pack("!HH", client_port, server_port)
+        + loopback
+        + loopback
+        + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+    )
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    body = request + sockid
+    header = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(header + body)
+            reply = nl.recv(65536)
+    except (OSError, AttributeError):
+        return None
+    if len(reply) < 88:
+        return None
+    _, kind, _, _, _ = struct.unpack_from("=IHHII", reply)
+    if kind != SOCK_DIAG_BY_FAMILY:
+        return None
+    (inode,) = struct.unpack_from("=I", reply, 84)
+    return int(inode)
+
+
+def _proc_net_tcp_inode(client_port: int, server_port: int) -> str | None:
+    local = f"0100007F:{client_port:04X}"
+    remote = f"0100007F:{server_port:04X}"
+    try:
+        lines = (PROC / "net" / "tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and fields[1] == local and fields[2] == remote:
+            return fields[9]
+    return None
+
+
+def _session_members(session: int) -> list[int]:
+    """Pids whose session id (field 6 of /proc/<pid>/stat) is `session`, leader first."""
+    members = [session]
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == session:
+            continue
+        try:
+            stat = (PROC / entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and fields[3] == str(session).encode():
+            members.append(int(entry))
+    return members
 
 
 def failure_from_error_body(

@@ -2,7 +2,7 @@
 
 Owns the shape of a checkpoint and the contract a backend keeps (a `put` that returned is
 durable). It must not decide *which* checkpoint to write: that arithmetic lives in
-`esm.shard_progress`, and the store stores whatever it is given, even a lower one.
+`esm.sources.streams.progress`, and the store stores whatever it is given, even a lower one.
 """
 
 from __future__ import annotations
@@ -31,10 +31,20 @@ class Checkpoint:
     a restart reads AFTER_SEQUENCE_NUMBER it; None means nothing is done yet. `shard_ended`
     records that a closed shard was read to its end and all of it is done, which is what lets
     its child shards start after a reshard (Lambda processes parents before children).
+
+    `incarnation` names the stream the checkpoint was taken on (`ShardInfo.incarnation`): a
+    stream deleted and created again under the same name has the same shard ids, and its
+    sequence numbers start over, so an old checkpoint would skip its records. None (a
+    checkpoint stored before esm recorded incarnations) matches any incarnation.
     """
 
     sequence_number: str | None
     shard_ended: bool = False
+    incarnation: str | None = None
+
+    def matches(self, incarnation: str | None) -> bool:
+        """Was this checkpoint taken on the stream incarnation given (unknown matches)?"""
+        return self.incarnation is None or incarnation is None or self.incarnation == incarnation
 
 
 class CheckpointStore(Protocol):

@@ -1,7 +1,8 @@
 """The DynamoDB checkpoint store: one lease table shared by a fleet of esm workers.
 
 Owns the lease table's shape and every conditional write to it (create, renew, take,
-release, checkpoint). It must not decide *which* leases to take: that is `esm.leases`.
+release, checkpoint). It must not decide *which* leases to take: that is
+`esm.sources.streams.leases`.
 
 The table follows the Kinesis Client Library's lease table, so people moving from KCL
 recognise it. One item per (mapping, shard):
@@ -15,6 +16,7 @@ recognise it. One item per (mapping, shard):
 | `checkpointSubSequenceNumber` | N | always 0 (esm does not de-aggregate KPL records) |
 | `ownerSwitchesSinceCheckpoint` | N | takes since the last checkpoint |
 | `parentShardId` | SS | parent shard ids (absent for shards without parents) |
+| `shardIncarnation` | S | the checkpoint's stream incarnation (absent on old leases: matches any) |
 | `shardId`, `esmMapping` | S | the two halves of `leaseKey`, for reading and filtering |
 
 Every write that matters is conditional on `leaseOwner` and `leaseCounter` still being what
@@ -76,6 +78,7 @@ class Lease:
     checkpoint: str = TRIM_HORIZON
     owner_switches: int = 0
     parent_ids: tuple[str, ...] = ()
+    incarnation: str | None = None
 
     @property
     def key(self) -> str:
@@ -87,10 +90,10 @@ class Lease:
 
     def as_checkpoint(self) -> Checkpoint:
         if self.checkpoint == SHARD_END:
-            return Checkpoint(None, shard_ended=True)
+            return Checkpoint(None, shard_ended=True, incarnation=self.incarnation)
         if self.checkpoint in SENTINELS:
-            return Checkpoint(None)
-        return Checkpoint(self.checkpoint)
+            return Checkpoint(None, incarnation=self.incarnation)
+        return Checkpoint(self.checkpoint, incarnation=self.incarnation)
 
 
 @dataclass
@@ -198,6 +201,8 @@ class LeaseTable:
         }
         if lease.parent_ids:
             item["parentShardId"] = {"SS": list(lease.parent_ids)}
+        if lease.incarnation is not None:
+            item["shardIncarnation"] = {"S": lease.incarnation}
         return await self._conditional(
             "PutItem",
             lambda c: c.put_item(
@@ -219,17 +224,54 @@ class LeaseTable:
             ),
         )
 
+    async def restart(self, lease: Lease, checkpoint: str, incarnation: str) -> bool:
+        """Point a lease of an earlier stream incarnation at the new one, from `checkpoint`
+        (the mapping's starting position), unless someone changed it since it was read. Its
+        owner, if any, loses it at its next renewal and the shard is taken afresh."""
+        return await self._conditional(
+            "UpdateItem",
+            lambda c: c.update_item(
+                TableName=self.table,
+                Key={"leaseKey": {"S": lease.key}},
+                UpdateExpression="SET leaseCounter = :next, #cp = :cp, shardIncarnation = :inc,"
+                " checkpointSubSequenceNumber = :zero REMOVE leaseOwner",
+                ConditionExpression="leaseCounter = :c",
+                ExpressionAttributeNames={"#cp": "checkpoint"},
+                ExpressionAttributeValues={
+                    ":c": {"N": str(lease.counter)},
+                    ":next": {"N": str(lease.counter + 1)},
+                    ":cp": {"S": checkpoint},
+                    ":inc": {"S": incarnation},
+                    ":zero": {"N": "0"},
+                },
+            ),
+        )
+
     async def renew(self, lease: Lease) -> Lease | None:
         """Bump the counter if this worker still holds it; None when it was lost."""
         return await self._update_held(lease, "SET leaseCounter = :next", {}, replace(lease))
 
-    async def checkpoint(self, lease: Lease, checkpoint: str) -> Lease | None:
+    async def checkpoint(
+        self, lease: Lease, checkpoint: str, incarnation: str | None = None
+    ) -> Lease | None:
+        update = (
+            "SET leaseCounter = :next, #cp = :cp, checkpointSubSequenceNumber = :zero,"
+            " ownerSwitchesSinceCheckpoint = :zero"
+        )
+        values: dict[str, Any] = {":cp": {"S": checkpoint}, ":zero": {"N": "0"}}
+        if incarnation is not None:
+            update += ", shardIncarnation = :inc"
+            values[":inc"] = {"S": incarnation}
         return await self._update_held(
             lease,
-            "SET leaseCounter = :next, #cp = :cp, checkpointSubSequenceNumber = :zero,"
-            " ownerSwitchesSinceCheckpoint = :zero",
-            {":cp": {"S": checkpoint}, ":zero": {"N": "0"}},
-            replace(lease, checkpoint=checkpoint, owner_switches=0),
+            update,
+            values,
+            replace(
+                lease,
+                checkpoint=checkpoint,
+                owner_switches=0,
+                incarnation=incarnation or lease.incarnation,
+            ),
             names={"#cp": "checkpoint"},
         )
 
@@ -322,6 +364,7 @@ def _from_item(item: dict[str, Any]) -> Lease:
         checkpoint=item.get("checkpoint", {}).get("S", TRIM_HORIZON),
         owner_switches=int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
         parent_ids=tuple(sorted(item.get("parentShardId", {}).get("SS", []))),
+        incarnation=item.get("shardIncarnation", {}).get("S"),
     )
 
 
@@ -344,7 +387,8 @@ class LeaseTimings:
 class DynamoDBCheckpointStore:
     """A `CheckpointStore` on the lease table; `put` only succeeds for leases held here.
 
-    `held` is this worker's view of its leases, kept by `esm.leases.LeaseCoordinator`."""
+    `held` is this worker's view of its leases, kept by
+    `esm.sources.streams.leases.LeaseCoordinator`."""
 
     def __init__(
         self, table: LeaseTable, worker_id: str, timings: LeaseTimings | None = None
@@ -377,10 +421,33 @@ class DynamoDBCheckpointStore:
     async def all(self, mapping: str) -> dict[str, Checkpoint]:
         return {lease.shard_id: lease.as_checkpoint() for lease in await self.table.scan(mapping)}
 
-    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+    def still_held(self, mapping: str, shard_id: str) -> bool:
+        """Is the lease held here *and* renewed within `failover_time`, on this worker's
+        monotonic clock? Past that, other workers may have taken it (a worker stalled by
+        SIGSTOP, swap or a long GC pause does not know it yet), so it is given up at once:
+        marked lost, which stops its shard before another invocation or checkpoint."""
         held = self.held.get(lease_key(mapping, shard_id))
         if held is None or held.lost.is_set():
+            return False
+        stale_for = time.monotonic() - held.renewed_at
+        if stale_for < self.timings.failover_time:
+            return True
+        held.lost.set()
+        self.held.pop(held.lease.key, None)
+        log.warning(
+            "lease.lost",
+            worker=self.worker_id,
+            mapping=mapping,
+            shard=shard_id,
+            reason="not renewed within failover_time (this worker was stalled)",
+            since_renewal_s=round(stale_for, 3),
+        )
+        return False
+
+    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+        if not self.still_held(mapping, shard_id):
             raise LeaseLost(f"{mapping}:{shard_id} is not leased by {self.worker_id}")
+        held = self.held[lease_key(mapping, shard_id)]
         if checkpoint.shard_ended:
             value = SHARD_END
         elif checkpoint.sequence_number is not None:
@@ -390,7 +457,7 @@ class DynamoDBCheckpointStore:
         async with held.lock:
             if held.lost.is_set():
                 raise LeaseLost(f"{mapping}:{shard_id} was lost by {self.worker_id}")
-            updated = await self.table.checkpoint(held.lease, value)
+            updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
             if updated is None:
                 held.lost.set()
                 self.held.pop(held.lease.key, None)

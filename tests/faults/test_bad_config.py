@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import HANDLERS, free_port, wait_for_http, wait_until
 from hypothesis import Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -363,15 +364,35 @@ def config_documents(draw: st.DrawFn) -> dict[str, Any]:
     return draw(top)
 
 
+NESTINGS = ("arrays", "inline-tables", "table-headers")
+
+
+def deeply_nested(shape: str, depth: int) -> str:
+    """A TOML line (or table header) nested `depth` levels deep."""
+    if shape == "arrays":
+        return "\ndeep = " + "[" * depth + "]" * depth + "\n"
+    if shape == "inline-tables":
+        return "\ndeep = " + "{ a = " * depth + "1" + " }" * depth + "\n"
+    return "\n[" + ".".join(["a"] * depth) + "]\n"
+
+
 @st.composite
 def documents(draw: st.DrawFn) -> bytes:
     """The bytes of a config file: a rendered document, random bytes, or a spliced one."""
-    kind = draw(st.sampled_from(["toml", "toml", "toml", "bytes", "spliced"]))
+    kind = draw(st.sampled_from(["toml", "toml", "toml", "bytes", "spliced", "deep", "huge"]))
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     rendered = toml_document(draw(config_documents())).encode()
     if kind == "toml":
         return rendered
+    if kind == "huge":  # an integer past 64 bits, decimal (tomllib's digit limit) or hex
+        digits = draw(st.integers(19, 6000))
+        number = draw(st.sampled_from(["9" * digits, "0x" + "f" * digits, "-" + "9" * digits]))
+        return rendered + f"\nhuge = {number}\n".encode()
+    if kind == "deep":
+        return rendered + deeply_nested(
+            draw(st.sampled_from(NESTINGS)), draw(st.integers(10, 2000))
+        ).encode()
     at = draw(st.integers(0, len(rendered)))
     junk = draw(
         st.one_of(
@@ -385,11 +406,18 @@ def documents(draw: st.DrawFn) -> bytes:
 # --- checking what esm printed -------------------------------------------------------------
 
 
+def written(key: str) -> str:
+    """A key as esm writes it in a key path: bare when TOML allows, else quoted and escaped."""
+    if re.fullmatch(r"[A-Za-z0-9_.\[\]-]+", key):
+        return key
+    return '"' + key.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
 def key_paths(node: Any, prefix: str = "") -> set[str]:
     """Every key path of a parsed document, written the way esm writes them."""
     paths: set[str] = set()
     children = (
-        [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()]
+        [(f"{prefix}.{written(k)}" if prefix else written(k), v) for k, v in node.items()]
         if isinstance(node, dict)
         else [(f"{prefix}[{i}]", v) for i, v in enumerate(node)]
         if isinstance(node, list)
@@ -435,7 +463,7 @@ def parsed(data: bytes) -> Any:
 
     try:
         return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
 
 
@@ -692,11 +720,11 @@ def test_environment_that_cannot_be_set_is_a_config_problem(
 def test_one_line_per_problem_even_for_key_names_with_newlines(tmp_path: Path) -> None:
     """Key names are user text: a newline in one must not split a problem over two lines."""
     path = tmp_path / "esm.toml"
-    path.write_text('[functions."bad\\nname"]\nkind = "java"\n', encoding="utf-8")
+    path.write_text('[functions."bad\\nname"]\nkind = "java"\ntimeout = 0\n', encoding="utf-8")
     code, _, err = validate_in_process(path)
     assert code == 2
     lines = err.splitlines()
-    assert len(lines) == 2, f"expected 2 problems (kind, handler) on 2 lines, got:\n{err}"
+    assert len(lines) == 2, f"expected 2 problems (kind, timeout) on 2 lines, got:\n{err}"
     assert all(line.startswith("functions.") for line in lines), err
 
 
@@ -707,3 +735,178 @@ def test_missing_file_and_directory_are_named(tmp_path: Path) -> None:
             assert "Traceback" not in result.stderr
             assert result.returncode == 2
             assert result.stderr.startswith(f"{path}: "), result.stderr
+
+
+# --- hostile and huge files: validate and a running daemon's reload -----------------------
+
+
+@pytest.mark.parametrize("shape", NESTINGS)
+def test_deeply_nested_file_is_one_line_without_traceback(tmp_path: Path, shape: str) -> None:
+    """tomllib recurses per nested array or inline table: 600 levels raised RecursionError."""
+    path, _ = write_config(tmp_path)
+    path.write_text(path.read_text() + deeply_nested(shape, 600))
+    code, _, err = validate_in_process(path)
+    assert code == 2
+    assert err.splitlines() == [err.strip()] and err.startswith(f"{path}: nested more than"), err
+    result = esm("validate", "-c", str(path))
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and result.stderr == err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9" * 5000, "{path}: not valid TOML (Exceeds the limit (4300 digits)"),
+        ("0x" + "f" * 4000, "daemon.drain_timeout: integer outside TOML's 64-bit range"),
+        ("9223372036854775808", "daemon.drain_timeout: integer outside TOML's 64-bit range"),
+    ],
+    ids=["5000-digits", "4000-hex-digits", "2^63"],
+)
+def test_integers_beyond_64_bits_are_one_line_without_traceback(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    """tomllib raised ValueError on 5,000 decimal digits; a 4,000-digit hex integer parsed
+    but could not be printed in its problem line (ValueError again)."""
+    path, _ = write_config(tmp_path, daemon=f"drain_timeout = {value}")
+    result = esm("validate", "-c", str(path))
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected.format(path=path)), result.stderr[:500]
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_file_above_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    from esm.config import MAX_CONFIG_BYTES
+
+    path, _ = write_config(tmp_path)
+    with path.open("a") as file:
+        # 50 MB of valid TOML: a 12-byte line repeated, so only the size can refuse it.
+        file.write("# padding.\n" * (50 * 1024 * 1024 // 11))
+    assert path.stat().st_size > MAX_CONFIG_BYTES
+    result = esm("validate", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"{path}: larger than the maximum config file size ({MAX_CONFIG_BYTES} bytes)\n"
+    )
+
+
+def test_many_mappings_under_the_size_limit_are_valid(tmp_path: Path) -> None:
+    """The limit leaves room: 10,000 mappings (1.3 MB) validate."""
+    path, _ = write_config(tmp_path)
+    with path.open("a") as file:
+        for i in range(10_000):
+            file.write(
+                f'[[mappings]]\nname = "m{i}"\nfunction = "f"\n'
+                f'event_source_arn = "arn:aws:sqs:us-east-1:000000000000:q{i}"\n'
+            )
+    code, out, err = validate_in_process(path)
+    assert code == 0, err[:2000]
+    assert "10001 mappings" in out
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "esm.toml"
+    os.mkfifo(path)
+    result = esm("validate", "-c", str(path), timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == f"{path}: not a regular file\n"
+
+
+def test_hostile_files_never_take_a_running_daemon_down(
+    endpoint: str, sqs: Any, unique: str, tmp_path: Path
+) -> None:
+    """Each hostile file, sent by SIGHUP or POST /-/reload, is one `daemon.reload_rejected`
+    line; the daemon keeps handling its mapping, applies the next valid file, and drains on
+    SIGTERM (exit 0). Before the fix the deeply nested file ended the daemon at once, and a
+    handler that could not load left its mappings stopped."""
+    from test_sqs_mapping import make_queue
+
+    url_a, arn_a = make_queue(sqs, f"cfg-a-{unique}", VisibilityTimeout="2")
+    url_b, arn_b = make_queue(sqs, f"cfg-b-{unique}", VisibilityTimeout="2")
+    record_path = tmp_path / "handled.jsonl"
+    config = tmp_path / "esm.toml"
+    port = free_port()
+
+    def valid(*arns: str, handler: str = "recorder.write_to_file") -> str:
+        mappings = "".join(
+            f'[[mappings]]\nname = "m{i}"\nfunction = "w"\nevent_source_arn = "{arn}"\n'
+            for i, arn in enumerate(arns)
+        )
+        return (
+            f'[daemon]\nendpoint_url = "{endpoint}"\nhttp_address = "127.0.0.1:{port}"\n'
+            f'[functions.w]\nhandler = "{handler}"\ncode_path = "{HANDLERS}"\n'
+            f'timeout = 1\nenvironment = {{ RECORD_PATH = "{record_path}" }}\n{mappings}'
+        )
+
+    def handled() -> str:
+        return record_path.read_text() if record_path.exists() else ""
+
+    config.write_text(valid(arn_a))
+    log_path = tmp_path / "esm.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esm", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("w"),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    def logged() -> str:
+        return log_path.read_text()
+
+    def reload(by_signal: bool) -> None:
+        if by_signal:
+            proc.send_signal(signal.SIGHUP)
+        else:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/-/reload", method="POST", data=b""
+            )
+            urllib.request.urlopen(request, timeout=5).close()
+
+    hostile_files: list[tuple[str, Any]] = [
+        ("arrays", lambda: config.write_text(valid(arn_a) + deeply_nested("arrays", 600))),
+        (
+            "inline-tables",
+            lambda: config.write_text(valid(arn_a) + deeply_nested("inline-tables", 600)),
+        ),
+        ("50 MB", lambda: config.write_text(valid(arn_a) + "# padding.\n" * 4_800_000)),
+        ("not UTF-8", lambda: config.write_bytes(b"\xff\xfe[daemon]\n")),
+        ("directory", lambda: (config.unlink(), config.mkdir())),
+    ]
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        sqs.send_message(QueueUrl=url_a, MessageBody="before")
+        wait_until(lambda: "before" in handled())
+        for count, (what, write) in enumerate(hostile_files, start=1):
+            write()
+            reload(by_signal=count % 2 == 1)
+            wait_until(lambda n=count: logged().count("daemon.reload_rejected") == n)
+            assert proc.poll() is None, f"the daemon exited after the {what} file:\n{logged()}"
+            sqs.send_message(QueueUrl=url_a, MessageBody=f"after {what}")
+            wait_until(lambda w=what: f"after {w}" in handled())
+        config.rmdir()
+        # A valid file whose changed handler cannot be imported applies, as UpdateFunctionCode
+        # does on Lambda: the import failure is the function's init error, not the daemon's.
+        config.write_text(valid(arn_a, arn_b, handler="no_such_module.handle"))
+        reload(by_signal=True)
+        wait_until(lambda: "function.init_failed" in logged())
+        wait_until(lambda: logged().count("daemon.reloaded") == 1)
+        assert proc.poll() is None, f"the daemon exited after an unloadable handler:\n{logged()}"
+        config.write_text(valid(arn_a, arn_b))
+        reload(by_signal=True)
+        sqs.send_message(QueueUrl=url_b, MessageBody="new mapping")
+        wait_until(lambda: "new mapping" in handled())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = logged().splitlines()
+    assert proc.returncode == 0, logged()[-3000:]
+    assert "Traceback" not in logged()
+    events = [json.loads(line) for line in lines]  # every line one JSON event
+    rejected = [e for e in events if e["event"] == "daemon.reload_rejected"]
+    assert len(rejected) == len(hostile_files)
+    assert all(len(e["problems"]) == 1 for e in rejected), rejected
+    assert [e["event"] for e in events].count("daemon.reloaded") == 2
+    assert "daemon.stopped" in [e["event"] for e in events]

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -411,3 +412,189 @@ destination_config = {{ on_failure = {{ destination = "{dest_arn}" }} }}
     }
     leaks = {name: lines for name, lines in leaks.items() if lines}
     assert not leaks, "planted secrets in the daemon's output:\n" + json.dumps(leaks, indent=2)
+
+
+# --- a hostile process function ------------------------------------------------------------
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_process_function_cannot_read_the_daemons_environment_or_memory(  # type: ignore[no-untyped-def]
+    endpoint, unique, tmp_path
+):
+    """The function greps /proc/<daemon>/environ and every readable region of
+    /proc/<daemon>/mem for the http function's bearer token, as an attacker would: the
+    daemon is non-dumpable (and a root environment has no capability). The token, moved
+    out of the daemon's environment at start-up, still authenticates after a reload."""
+    secrets = Secrets(SEED + 1)
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+    arns = {}
+    urls = {}
+    for name in ("snoop", "sidecar"):
+        # A receive cut short by the reload may still take a message: back in 5 s.
+        urls[name] = sqs.create_queue(
+            QueueName=f"{name}-{unique}", Attributes={"VisibilityTimeout": "5"}
+        )["QueueUrl"]
+        arns[name] = sqs.get_queue_attributes(QueueUrl=urls[name], AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    record_path = tmp_path / "snoop.jsonl"
+    port = free_port()
+    config = tmp_path / "esm.toml"
+    sidecar = Sidecar()
+
+    def write_config(sidecar_base: str, sidecar_timeout: int) -> None:
+        config.write_text(
+            f"""
+[daemon]
+endpoint_url = "{endpoint}"
+http_address = "127.0.0.1:{port}"
+log_format = "json"
+[state]
+path = "{tmp_path / "state.sqlite3"}"
+[functions.snoop]
+kind = "process"
+handler = "snooping_handlers.read_daemon_secrets"
+code_path = "{HANDLERS}"
+timeout = 5
+environment = {{ RECORD_PATH = "{record_path}" }}
+[functions.sidecar]
+kind = "http"
+url = "{sidecar_base}/invoke"
+bearer_token_env = "ESM_PLANTED_BEARER"
+timeout = {sidecar_timeout}
+[[mappings]]
+name = "snoop"
+function = "snoop"
+event_source_arn = "{arns["snoop"]}"
+[[mappings]]
+name = "sidecar"
+function = "sidecar"
+event_source_arn = "{arns["sidecar"]}"
+"""
+        )
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ESM_PLANTED_BEARER": secrets.bearer}
+    log_path = tmp_path / "esm.log"
+    with serve(sidecar.app()) as sidecar_base, log_path.open("wb") as log_file:
+        write_config(sidecar_base, 2)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esm", "run", "-c", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
+            # The sidecar's invoker (and token) are in use while the function snoops.
+            sqs.send_message(QueueUrl=urls["sidecar"], MessageBody="before-reload")
+            wait_until(lambda: sidecar.labels() or proc.poll() is not None, timeout=20)
+            sqs.send_message(QueueUrl=urls["snoop"], MessageBody="snoop")
+            wait_until(lambda: read_records(record_path) or proc.poll() is not None, timeout=40)
+            # A reload that rebuilds the sidecar function finds the token in memory.
+            write_config(sidecar_base, 3)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
+            urllib.request.urlopen(request, timeout=5).close()
+            wait_until(lambda: '"daemon.reloaded"' in log_path.read_text(), timeout=20)
+            sqs.send_message(QueueUrl=urls["sidecar"], MessageBody="after-reload")
+            wait_until(lambda: len(sidecar.labels()) >= 2 or proc.poll() is not None, timeout=30)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+        finally:
+            stop_process(proc, timeout=30)
+    report = read_records(record_path)[0]
+    assert report["daemon_pid"] == proc.pid
+    assert report["hits"] == [], f"the function found the daemon's token: {report}"
+    assert report["environ"] == "PermissionError", report
+    assert report["maps"] == "PermissionError", report
+    assert report["mem"] == "no maps" and report["mem_scanned"] == 0, report
+    assert sidecar.labels() == [
+        ("before-reload", f"Bearer {secrets.bearer}"),
+        ("after-reload", f"Bearer {secrets.bearer}"),
+    ]
+    assert '"restarted": ["sidecar"]' in log_path.read_text()
+
+
+def test_a_process_function_cannot_take_another_functions_events(  # type: ignore[no-untyped-def]
+    endpoint, unique, run_daemon, tmp_path
+):
+    """The thief finds the victim's Runtime API port listening in /proc/net/tcp, polls
+    /invocation/next on it while the victim's events flow, and tries to poison it with an
+    init error: every request is refused, and the victim handles every one of its events."""
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+
+    def queue(name: str) -> tuple[str, str]:
+        url = sqs.create_queue(
+            QueueName=f"{name}-{unique}", Attributes={"VisibilityTimeout": "60"}
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        return url, arn
+
+    victim_url, victim_arn = queue("victim")
+    thief_url, thief_arn = queue("thief")
+    victim_records = tmp_path / "victim.jsonl"
+    thief_records = tmp_path / "thief.jsonl"
+    config = parse_config(
+        {
+            "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0"},
+            "functions": {
+                "victim": {
+                    "kind": "process",
+                    "handler": "snooping_handlers.report_runtime_api",
+                    "code_path": str(HANDLERS),
+                    "reserved_concurrent_executions": 1,
+                    "environment": {"RECORD_PATH": str(victim_records)},
+                },
+                "thief": {
+                    "kind": "process",
+                    "handler": "snooping_handlers.steal_events",
+                    "code_path": str(HANDLERS),
+                    "timeout": 30,
+                    "environment": {
+                        "RECORD_PATH": str(thief_records),
+                        "RIVAL_RECORD_PATH": str(victim_records),
+                    },
+                },
+            },
+            "mappings": [
+                {
+                    "name": "victim",
+                    "function": "victim",
+                    "event_source_arn": victim_arn,
+                    "batch_size": 1,
+                },
+                {"name": "thief", "function": "thief", "event_source_arn": thief_arn},
+            ],
+        }
+    )
+    run_daemon(config)
+    sqs.send_message(QueueUrl=victim_url, MessageBody="v-0")
+    wait_until(lambda: read_records(victim_records), timeout=30)  # the victim is warm
+    sqs.send_message(QueueUrl=thief_url, MessageBody="attempts:40")
+    bodies = [f"v-{i}" for i in range(1, 41)]
+    for i in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=victim_url,
+            Entries=[{"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[i : i + 10])],
+        )
+    report = wait_until(lambda: read_records(thief_records), timeout=60)[0]
+    handled = wait_until(
+        lambda: (
+            seen
+            if len(seen := [b for r in read_records(victim_records) for b in r["bodies"]]) >= 41
+            else None
+        ),
+        timeout=60,
+    )
+    assert report["victim_port_listed"] and report["own_port_listed"], report
+    assert report["statuses"] == [403] * 40, report
+    assert report["init_error_status"] == 403, report
+    assert report["stolen"] == []
+    assert sorted(handled) == sorted(["v-0", *bodies])
+    assert len({r["api"] for r in read_records(victim_records)}) == 1, "the victim never restarted"

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget, fitting_prefix
-from esm.sources.streams import StreamRecord, _take_prefix
+from esm.sources.streams.lane import _take_prefix
+from esm.sources.streams.records import StreamRecord
 
 SIZES = st.lists(st.integers(1, 3_000), max_size=30)
 LIMITS = st.tuples(st.integers(1, 12), st.integers(ENVELOPE_BYTES, 20_000))

@@ -115,6 +115,151 @@ def test_all_problems_are_reported_at_once() -> None:
     assert len(problems) == 3
 
 
+def test_a_bad_arn_does_not_hide_the_mappings_other_problems() -> None:
+    """One pass lists everything: the destination placeholder and the batch size were only
+    reported once the ARN was fixed, and a placeholder ARN was reported twice."""
+    placeholder = "<unresolved: OrdersStream.Arn>"
+    problems = problems_of(
+        {
+            "event_source_arn": placeholder,
+            "starting_position": "LATEST",
+            "batch_size": 0,
+            "destination_config": {"on_failure": {"destination": "<unresolved: Dlq.Arn>"}},
+        }
+    )
+    assert problems == [
+        f"mappings[0].event_source_arn: {placeholder} is a placeholder left by esm import: "
+        "set the real value",
+        "mappings[0].destination_config.on_failure.destination: <unresolved: Dlq.Arn> is a "
+        "placeholder left by esm import: set the real value",
+        "mappings[0].batch_size: 0 is below the minimum 1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arn", "expected"),
+    [
+        ("arn:aws:kinesis:us-east-1:1:clicks", "mappings[0].starting_position: is required"),
+        ("arn:aws:sqs:us-east-1:1:a/b", "mappings[0].batch_size: 20000 is above the maximum 10000"),
+        ("not-an-arn", "mappings[0].batch_size: 20000 is above the maximum 10000"),
+    ],
+)
+def test_a_bad_arn_is_reported_once_beside_the_kinds_other_problems(
+    arn: str, expected: str
+) -> None:
+    problems = problems_of({"event_source_arn": arn, "batch_size": 20000, "typo": 1})
+    assert [p for p in problems if p.startswith("mappings[0].event_source_arn")] == [
+        next(p for p in problems if "event_source_arn" in p)
+    ]
+    assert any(p.startswith(expected) for p in problems), problems
+    assert "mappings[0].typo: unknown key" in problems
+
+
+def test_placeholders_are_reported_once_whatever_the_key() -> None:
+    value = "<unresolved: X>"
+    problems = problems_of(
+        {
+            "event_source_arn": STREAM,
+            "starting_position": value,
+            "starting_position_timestamp": value,
+            "batch_size": value,
+        }
+    )
+    assert sorted(problems) == sorted(
+        f"mappings[0].{key}: {value} is a placeholder left by esm import: set the real value"
+        for key in ("starting_position", "starting_position_timestamp", "batch_size")
+    )
+
+
+def test_an_unknown_kind_is_one_line_not_a_cascade() -> None:
+    """Checking the keys against the default kind said "url: does not apply to kind
+    'python'" and "handler: is required" for a mistyped kind = "htp"."""
+    functions = {"f": {"kind": "htp", "url": "http://127.0.0.1:8080/", "typo": 1}}
+    problems = problems_of({"event_source_arn": QUEUE}, functions)
+    assert problems == [
+        "functions.f.kind: 'htp' is not one of python, process, http, lambda",
+        "functions.f.typo: unknown key",
+    ]
+
+
+def test_duplicate_names_count_mappings_with_other_problems() -> None:
+    raw = {
+        "functions": {"f": {"handler": "app.handle"}},
+        "mappings": [
+            {"name": "a", "function": "f", "event_source_arn": "bad"},
+            {"name": "a", "function": "f", "event_source_arn": QUEUE},
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.problems == [
+        "mappings[0].event_source_arn: 'bad' is not an ARN "
+        "(arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)",
+        "mappings[1].name: 'a' is already used by mappings[0]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://user:secret@127.0.0.1:4566", "must not carry credentials (user:password@)"),
+        ("http://user:secret@127.0.0.1:99999", "the value is not an http:// or https:// URL"),
+        ("ftp://127.0.0.1:4566", "'ftp://127.0.0.1:4566' is not an http:// or https:// URL"),
+        ("localhost:4566", "'localhost:4566' is not an http:// or https:// URL"),
+        ("http://127.0.0.1:4566/?region=x", "must not have a query"),
+        ("http://127.0.0.1:4566/#top", "must not have a fragment"),
+        ("http://127.0.0.1:4566 ", "is not an http:// or https:// URL"),
+    ],
+)
+def test_endpoint_urls_that_cannot_work_are_refused(url: str, expected: str) -> None:
+    """`user:pass@` passed validate and left every mapping unavailable with an opaque
+    aiohttp error; a secret in the URL is never echoed."""
+    functions = {
+        "f": {"handler": "app.handle"},
+        "l": {"kind": "lambda", "function_name": "x", "endpoint_url": url},
+    }
+    problems = problems_of({"event_source_arn": QUEUE}, functions, daemon={"endpoint_url": url})
+    for key in ("daemon.endpoint_url", "functions.l.endpoint_url"):
+        assert any(p.startswith(f"{key}: ") and expected in p for p in problems), problems
+    assert not any("secret" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4566",
+        "https://sqs.eu-west-1.amazonaws.com",
+        "http://[::1]:4566/",
+        "http://localstack:4566/prefix",
+    ],
+)
+def test_endpoint_urls_that_work_are_kept(url: str) -> None:
+    config = parse_config({"daemon": {"endpoint_url": url}})
+    assert config.daemon.endpoint_url == url
+
+
+def test_config_file_size_and_nesting_are_bounded(tmp_path: Path) -> None:
+    from esm.config import MAX_CONFIG_BYTES, MAX_NESTING
+
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * MAX_CONFIG_BYTES + b"\n")
+    with pytest.raises(ConfigError, match="larger than the maximum config file size"):
+        load_config(big)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[" + ".".join(["a"] * (MAX_NESTING + 1)) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(deep)
+    assert info.value.problems == [
+        f"{deep}: nested more than {MAX_NESTING} levels deep at "
+        + ".".join(["a"] * (MAX_NESTING + 1))
+    ]
+    fine = tmp_path / "fine.toml"
+    fine.write_text("[" + ".".join(["a"] * MAX_NESTING) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(fine)
+    assert info.value.problems == ["a: unknown key"]
+
+
 def test_duplicate_mapping_names_are_rejected() -> None:
     raw = {
         "functions": {"f": {"handler": "app.handle"}},

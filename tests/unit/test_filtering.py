@@ -644,7 +644,10 @@ INVALID: list[tuple[str, str]] = [
         '{"p": [{"anything-but": {"equals-ignore-case": "x"}}]}',
         'p: "anything-but" with "equals-ignore-case" is not supported',
     ),
-    ('{"p": [{"cidr": "10.0.0.0/24"}]}', 'p: "cidr" is not supported by Lambda event filtering'),
+    (
+        '{"p": [{"cidr": "10.0.0.0/24"}]}',
+        'p: "cidr" (IP address matching) is an EventBridge operator that Lambda does not document',
+    ),
     ('{"p": [{"wildcard": "a**b"}]}', 'p: "wildcard" "a**b" has consecutive "*"'),
     ('{"p": [{"wildcard": "a\\\\b"}]}', 'p: "wildcard" "a\\\\b": "\\" may only escape "*" or "\\"'),
     ('{"$or": [{"a": ["1"]}]}', "$or: must be a list of at least two object patterns"),
@@ -676,6 +679,29 @@ def test_error_names_the_filter_and_keeps_the_problem_apart() -> None:
 def test_pattern_longer_than_4096_characters_is_rejected() -> None:
     pattern = json.dumps({"a": ["x" * 4100]})
     assert validate_pattern(pattern) == f"is {len(pattern)} characters; at most 4096"
+
+
+def _nested(depth: int) -> tuple[str, dict[str, Any]]:
+    """A pattern `depth` levels deep (objects, then the leaf list) and a record it matches."""
+    pattern: Any = ["x"]
+    record: Any = "x"
+    for _ in range(depth - 1):
+        pattern, record = {"a": pattern}, {"a": record}
+    return json.dumps(pattern, separators=(",", ":")), record
+
+
+def test_pattern_nested_within_4096_characters_is_a_problem_not_a_recursion_error() -> None:
+    """680 levels fit in 4,096 characters; compiling them raised RecursionError, which took
+    `esm validate` down with a traceback."""
+    from esm.filtering import MAX_PATTERN_DEPTH
+
+    deep, _ = _nested(680)
+    assert len(deep) <= 4096
+    assert validate_pattern(deep) == f"is nested more than {MAX_PATTERN_DEPTH} levels deep"
+    deepest, record = _nested(MAX_PATTERN_DEPTH)
+    assert validate_pattern(deepest) is None
+    assert FilterSet.compile([deepest]).matches(record)
+    assert validate_pattern(_nested(MAX_PATTERN_DEPTH + 1)[0]) is not None
 
 
 def test_more_than_five_filters_are_rejected() -> None:

@@ -66,3 +66,40 @@ def test_a_stopped_poller_is_counted_out_once() -> None:
     pacing.stop()
     pacing.stop()
     assert pacer.caught_up == 0
+
+
+def test_the_longest_wait_gauge_bounds_every_wait_handed_out() -> None:
+    """The gauge was the shared interval (1.33 s for 40 shards at 30 reads/s) while jitter and
+    tick alignment made real waits up to 1.97 s measured; now no wait exceeds it."""
+    pacer = IdleReadPacer(reads_per_second=30)
+    shards = [pacer.shard() for _ in range(40)]
+    waits = []
+    for _ in range(12):
+        for pacing in shards:
+            gauge_before = pacer.longest_wait()
+            wait = pacing.after_empty_read()
+            waits.append(wait)
+            assert wait <= gauge_before, (wait, gauge_before)
+            assert wait <= pacer.longest_wait() + 1e-3
+    assert max(waits) > pacer.shared_interval()  # what the old gauge said was the longest
+
+
+def test_the_longest_wait_gauge_counts_waits_still_running() -> None:
+    """Shards that turn busy shrink the shared interval, but waits handed out before still run."""
+    pacer = IdleReadPacer(reads_per_second=1)
+    shards = [pacer.shard() for _ in range(20)]
+    for pacing in shards:
+        for _ in range(6):
+            pacing.after_empty_read()
+    longest = max(pacing.after_empty_read() for pacing in shards)
+    for pacing in shards[1:]:
+        pacing.after_records()
+    assert pacer.shared_interval() == 1.0
+    assert pacer.longest_wait() >= longest - 0.1
+
+
+def test_within_the_budget_the_longest_wait_is_lambdas_second_plus_jitter() -> None:
+    pacer = IdleReadPacer(reads_per_second=30)
+    pacing = pacer.shard()
+    waits = [pacing.after_empty_read() for _ in range(50)]
+    assert max(waits) <= pacer.longest_wait() == pytest.approx(1 + JITTER)

@@ -364,3 +364,351 @@ def test_globals_merge_as_sam_does() -> None:
         "Layers": ["l1", "l2"],
         "Timeout": 9,
     }
+
+
+# -- #13: isolation, inline code, dependencies, the header and --help ----------------------
+
+APPS = Path(__file__).parent.parent / "apps"
+ORDERS_APP_PARAMS = {
+    "OrdersQueueArn": QUEUE,
+    "OrdersTable": "orders",
+    "OrdersTableStreamArn": TABLE_STREAM,
+    "AuditQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/audit",
+}
+
+
+def sam_function(name: str, queue: str, extra: str = "", code: str = "src/") -> str:
+    return f"""
+  {name}:
+    Type: AWS::Serverless::Function
+    Properties:
+      Runtime: python3.12
+      CodeUri: {code}
+      Handler: app.handler
+{extra}      Events:
+        Queue:
+          Type: SQS
+          Properties:
+            Queue: {queue}
+"""
+
+
+def sam_template(tmp_path: Path, *functions: str, head: str = "") -> Path:
+    path = tmp_path / "template.yaml"
+    path.write_text(
+        "Transform: AWS::Serverless-2016-10-31\n" + head + "Resources:\n" + "".join(functions)
+    )
+    return path
+
+
+def test_several_python_functions_run_as_processes_and_the_report_says_so(tmp_path: Path) -> None:
+    result = import_template(
+        APPS / "orders_app" / "template.yaml", ORDERS_APP_PARAMS, output_dir=tmp_path
+    )
+    raw = tomllib.loads(result.text)
+    assert {f["kind"] for f in raw["functions"].values()} == {"process"}
+    assert all("command" not in f for f in raw["functions"].values())  # esm's built-in client
+    assert any(
+        line.startswith("2 Python functions (OrdersFunction, AuditFunction) run as "
+                        'kind = "process"')
+        for line in result.report
+    )
+    assert 'run as kind = "process"' in result.text  # also in the file's header
+
+
+def test_a_single_python_function_stays_in_process(tmp_path: Path) -> None:
+    path, report = write(tmp_path, "e2e_sqs.yaml", {"OrdersQueueArn": QUEUE})
+    assert load_config(path).functions["RecorderFunction"].kind == "python"
+    assert not any("Python functions" in line for line in report)
+
+
+def test_inline_code_is_written_beside_the_config_under_the_handler_module(
+    tmp_path: Path,
+) -> None:
+    template = sam_template(
+        tmp_path,
+        """
+  Inline:
+    Type: AWS::Serverless::Function
+    Properties:
+      Runtime: python3.12
+      Handler: index.handler
+      InlineCode: |
+        def handler(event, context):
+            return {"batchItemFailures": []}
+      Events:
+        Queue:
+          Type: SQS
+          Properties:
+            Queue: arn:aws:sqs:us-east-1:123456789012:q
+  Zipped:
+    Type: AWS::Lambda::Function
+    Properties:
+      Runtime: nodejs20.x
+      Handler: index.handler
+      Code:
+        ZipFile: !Sub "exports.handler = async () => '${AWS::Region}';"
+  ZippedMapping:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !Ref Zipped
+      EventSourceArn: arn:aws:sqs:us-east-1:123456789012:q2
+""",
+    )
+    out = tmp_path / "out"
+    result = import_template(template, {}, output_dir=out, region="eu-west-1")
+    assert result.files == {
+        "inline/Inline/index.py": (
+            'def handler(event, context):\n    return {"batchItemFailures": []}\n'
+        ),
+        "inline/Zipped/index.js": "exports.handler = async () => 'eu-west-1';\n",
+    }
+    raw = tomllib.loads(result.text)
+    assert raw["functions"]["Inline"]["code_path"] == "inline/Inline"
+    assert raw["functions"]["Zipped"]["code_path"] == "inline/Zipped"
+    assert "Inline: inline code written to inline/Inline/index.py" in result.report
+
+
+def test_inline_code_that_cannot_be_evaluated_is_reported_not_written(tmp_path: Path) -> None:
+    template = sam_template(
+        tmp_path,
+        sam_function(
+            "Fn", "arn:aws:sqs:us-east-1:123456789012:q",
+            extra="      InlineCode: !Sub 'x = \"${Missing}\"'\n",
+        ),
+    )  # fmt: skip
+    result = import_template(template, {}, output_dir=tmp_path)
+    assert result.files == {}
+    assert any(line.startswith("Fn: inline code cannot be evaluated") for line in result.report)
+
+
+def test_requirements_and_local_layers_are_recorded_for_esm_build(tmp_path: Path) -> None:
+    result = import_template(
+        APPS / "orders_app" / "template.yaml", ORDERS_APP_PARAMS, output_dir=tmp_path
+    )
+    assert result.build_manifest is not None
+    manifest = tomllib.loads(result.build_manifest)["functions"]
+    orders = manifest["OrdersFunction"]
+    assert orders["kind"] == "process"
+    assert (tmp_path / orders["source"]).resolve() == (APPS / "orders_app/src/orders").resolve()
+    assert (tmp_path / orders["requirements"]).resolve() == (
+        APPS / "orders_app/src/orders/requirements.txt"
+    ).resolve()
+    layers = [(layer["name"], (tmp_path / layer["path"]).resolve()) for layer in orders["layers"]]
+    assert layers == [("SharedLayer", (APPS / "orders_app/layers/shared/python").resolve())]
+    assert orders["package"] == ".esm-build/OrdersFunction"
+    raw = tomllib.loads(result.text)
+    assert raw["functions"]["OrdersFunction"]["code_path"] == ".esm-build/OrdersFunction"
+    assert "run `esm build -c <this file>` before `esm run`" in result.text
+
+
+def test_a_function_without_requirements_needs_no_build(tmp_path: Path) -> None:
+    result = import_template(
+        TEMPLATES / "e2e_sqs.yaml", {"OrdersQueueArn": QUEUE}, output_dir=tmp_path
+    )
+    assert result.build_manifest is None
+    assert "esm build" not in result.text
+
+
+def test_layers_not_in_the_template_or_without_python_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "bare").mkdir()
+    template = sam_template(
+        tmp_path,
+        sam_function(
+            "Fn", "arn:aws:sqs:us-east-1:123456789012:q",
+            extra="      Layers:\n        - arn:aws:lambda:us-east-1:1:layer:x:1\n"
+            "        - !Ref Bare\n        - !Ref Remote\n",
+        ),
+        """
+  Bare:
+    Type: AWS::Serverless::LayerVersion
+    Properties:
+      ContentUri: bare/
+  Remote:
+    Type: AWS::Serverless::LayerVersion
+    Properties:
+      ContentUri: s3://bucket/layer.zip
+""",
+    )  # fmt: skip
+    (tmp_path / "local" / "python").mkdir(parents=True)
+    template = sam_template(
+        tmp_path,
+        template.read_text().split("Resources:\n", 1)[1],
+        sam_function(
+            "InS3", "arn:aws:sqs:us-east-1:123456789012:q2", code="s3://bucket/code.zip",
+            extra="      Layers:\n        - !Ref Local\n",
+        ),
+        "\n  Local:\n    Type: AWS::Serverless::LayerVersion\n"
+        "    Properties:\n      ContentUri: local/\n",
+    )  # fmt: skip
+    result = import_template(template, {}, output_dir=tmp_path)
+    text = "\n".join(result.report)
+    assert "InS3.Layers: not carried over (the function's code is not local" in text
+    assert "Fn.Layers: not carried over (arn:aws:lambda:us-east-1:1:layer:x:1 is not a" in text
+    assert "Fn.Layers: not carried over (Bare has no python/ directory" in text
+    assert "Fn.Layers: not carried over (Remote.ContentUri is not a local path" in text
+    assert result.build_manifest is None
+
+
+def test_in_process_requirements_esm_cannot_satisfy_are_reported_at_import(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "requirements.txt").write_text("boto3==1.20.0\ntabulate\n")
+    template = sam_template(tmp_path, sam_function("Fn", "arn:aws:sqs:us-east-1:123456789012:q"))
+    result = import_template(template, {}, output_dir=tmp_path)
+    conflict = [line for line in result.report if "does not satisfy" in line]
+    assert len(conflict) == 1
+    assert conflict[0].startswith("Fn: requirements esm's own environment does not satisfy: ")
+    assert "boto3==1.20.0 (esm runs boto3 " in conflict[0]
+    assert 'set kind = "process" for it' in conflict[0]
+    assert "tabulate" not in conflict[0]  # esm does not have it: esm build installs it
+
+
+def test_the_header_lists_the_params_used_and_masks_no_echo_ones(tmp_path: Path) -> None:
+    template = sam_template(
+        tmp_path,
+        sam_function(
+            "Fn", "!Ref QueueArn",
+            extra="      Environment:\n        Variables:\n          TOKEN: !Ref Token\n",
+        ),
+        head="Parameters:\n  QueueArn:\n    Type: String\n  Token:\n    Type: String\n"
+        "    NoEcho: true\n",
+    )  # fmt: skip
+    (tmp_path / "src").mkdir()
+    result = import_template(
+        template, {"QueueArn": QUEUE, "Token": "s3cret", "Unused": "x"}, output_dir=tmp_path
+    )
+    header = [line for line in result.text.splitlines() if line.startswith("#")]
+    assert "#   --param QueueArn=" + QUEUE in header
+    assert "#   --param Token=****" in header
+    assert "s3cret" not in "\n".join(header)
+    assert not any("--param Unused=" in line for line in header[:4])  # reported as unused
+    assert any("--param Unused: not used by the template" in line for line in header)
+
+
+def test_import_help_says_what_each_ref_expects(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    text = capsys.readouterr().out
+    assert "QueueArn=arn:aws:sqs:" in text
+    assert "a queue's Ref is its URL, not its ARN" in text
+    assert "TableStreamArn=arn:aws:dynamodb:" in text
+    assert 'kind = "process"' in text
+
+
+def test_cli_writes_inline_code_and_the_build_manifest_and_removes_a_stale_one(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out" / "esm.toml"
+    args = ["import", str(APPS / "orders_app" / "template.yaml"), "-o", str(out)]
+    args += [f"--param={k}={v}" for k, v in ORDERS_APP_PARAMS.items()]
+    assert main(args) == 0
+    assert (out.parent / "esm-build.toml").is_file()
+    assert "next: esm build -c" in capsys.readouterr().err
+    assert main(["import", str(TEMPLATES / "e2e_sqs.yaml"), f"--param=OrdersQueueArn={QUEUE}",
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert not (out.parent / "esm-build.toml").exists()
+    assert main(["build", "-c", str(out)]) == 0
+    assert "nothing to build" in capsys.readouterr().out
+
+
+# -- esm build (real pip, against the machine's configured index) --------------------------
+
+
+def imported_single_function(tmp_path: Path, requirements: str) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.py").write_text("def handler(event, context):\n    return None\n")
+    (tmp_path / "src" / "requirements.txt").write_text(requirements)
+    template = sam_template(tmp_path, sam_function("Fn", "arn:aws:sqs:us-east-1:123456789012:q"))
+    config = tmp_path / "out" / "esm.toml"
+    assert main(["import", str(template), "-o", str(config)]) == 0
+    return config
+
+
+def test_build_refuses_in_process_requirements_that_would_replace_esms_own(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    config = imported_single_function(tmp_path, "tabulate\nboto3==1.20.0  # pinned\n")
+    capsys.readouterr()
+    assert main(["build", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "function Fn: requirements esm's own environment does not satisfy: boto3==1.20.0" in err
+    assert 'nothing was installed: use kind = "process"' in err
+    assert not (config.parent / ".esm-build" / "Fn").exists()
+
+
+def test_build_installs_only_what_esm_lacks_for_an_in_process_function(tmp_path: Path) -> None:
+    config = imported_single_function(tmp_path, "PyYAML>=5\ntabulate\n")
+    assert main(["build", "-c", str(config)]) == 0
+    package = config.parent / ".esm-build" / "Fn"
+    assert (package / "app.py").is_file()
+    assert (package / "tabulate").is_dir()
+    assert not (package / "yaml").exists()  # esm's own PyYAML satisfies it: not shadowed
+    assert load_config(config).functions["Fn"].code_path.resolve() == package.resolve()
+
+
+def test_build_names_the_function_and_requirement_pip_cannot_install(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    config = imported_single_function(tmp_path, "no-such-distribution-esm-test==1.0\n")
+    capsys.readouterr()
+    assert main(["build", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "function Fn: pip could not install " in err
+    assert "requirements.txt" in err
+    assert "requirement no-such-distribution-esm-test==1.0" in err
+    assert "Traceback" not in err
+
+
+def test_requirements_files_are_read_as_pip_reads_them(tmp_path: Path) -> None:
+    from esm.build import BuildError, read_requirements
+
+    (tmp_path / "base.txt").write_text("humanize>=4 ; python_version >= '3'\n")
+    (tmp_path / "requirements.txt").write_text(
+        "# comment\n-r base.txt\n--index-url https://example.invalid/simple\n\ntabulate  # x\n"
+    )
+    assert [str(r) for r in read_requirements(tmp_path / "requirements.txt")] == [
+        'humanize>=4; python_version >= "3"',
+        "tabulate",
+    ]
+    (tmp_path / "bad.txt").write_text("tabulate\nnot a requirement!\n")
+    with pytest.raises(BuildError, match=r"bad.txt:2: 'not a requirement!' is not a requirement"):
+        read_requirements(tmp_path / "bad.txt")
+
+
+def test_pip_failure_names_the_requirement_pip_stopped_at() -> None:
+    from esm.build import pip_failure
+
+    output = (
+        "Collecting x\nERROR: Could not find a version that satisfies the requirement "
+        "foo==9 (from versions: 1.0)\nERROR: No matching distribution found for foo==9\n"
+    )
+    assert pip_failure(output).startswith("requirement foo==9: Could not find a version")
+    assert pip_failure("ERROR: Something else\n") == "Something else"
+    assert pip_failure("") == "pip failed without a message"
+
+
+def test_build_of_a_config_without_its_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    assert main(["build", "-c", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_build_refuses_a_dependency_that_would_shadow_esms_own_in_process(
+    tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A local project named like one of esm's distributions, in another version: pip installs
+    it into the package, which comes first on the shared sys.path, so it is refused."""
+    project = tmp_path / "vendored-yaml"
+    (project / "src" / "yaml_shadow").mkdir(parents=True)
+    (project / "src" / "yaml_shadow" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "PyYAML"\nversion = "0.0.1"\n'
+    )
+    config = imported_single_function(tmp_path, "../vendored-yaml\n")
+    capsys.readouterr()
+    assert main(["build", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "function Fn: its requirements bring PyYAML 0.0.1 (esm runs PyYAML " in err
+    assert not (config.parent / ".esm-build" / "Fn").exists()

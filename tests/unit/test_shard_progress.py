@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esm.shard_progress import ShardProgress
+from esm.sources.streams.progress import ShardProgress
 
 
 def test_checkpoint_waits_for_the_earliest_unfinished_record() -> None:

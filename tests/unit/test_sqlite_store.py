@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -188,5 +189,61 @@ async def test_put_that_returned_survives_sigkill(tmp_path: Path) -> None:
             "shard-0": Checkpoint("100", shard_ended=True),
             "shard-1": Checkpoint("last"),
         }
+    finally:
+        await store.close()
+
+
+async def test_the_file_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = await SqliteCheckpointStore.open(path)
+    try:
+        await store.put("orders", "shard-0", Checkpoint("1"))
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+    finally:
+        await store.close()
+
+
+async def test_a_world_readable_file_of_an_older_esm_is_narrowed(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    store = await SqliteCheckpointStore.open(path)
+    await store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_incarnation_is_stored_and_read_back(tmp_path: Path) -> None:
+    store = await SqliteCheckpointStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store.put("orders", "shard-0", Checkpoint("7", incarnation="created-1"))
+        assert await store.get("orders", "shard-0") == Checkpoint("7", False, "created-1")
+        assert await store.all("orders") == {"shard-0": Checkpoint("7", False, "created-1")}
+    finally:
+        await store.close()
+
+
+async def test_a_schema_1_file_is_migrated_its_rows_match_any_incarnation(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute(
+        "CREATE TABLE checkpoints (mapping TEXT NOT NULL, shard_id TEXT NOT NULL,"
+        " sequence_number TEXT, shard_ended INTEGER NOT NULL CHECK (shard_ended IN (0, 1)),"
+        " updated_at TEXT NOT NULL, PRIMARY KEY (mapping, shard_id)) WITHOUT ROWID"
+    )
+    raw.execute("INSERT INTO checkpoints VALUES ('orders', 'shard-0', '42', 0, 'then')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    store = await SqliteCheckpointStore.open(path)
+    try:
+        old = await store.get("orders", "shard-0")
+        assert old == Checkpoint("42")
+        assert old is not None and old.matches("any-incarnation")
+        await store.put("orders", "shard-0", Checkpoint("43", incarnation="now"))
+        assert await store.get("orders", "shard-0") == Checkpoint("43", False, "now")
     finally:
         await store.close()

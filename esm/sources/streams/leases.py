@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import anyio
 
 from esm.observability import Metrics, get_logger
-from esm.sources.streams import ShardInfo
+from esm.sources.streams.records import ShardInfo
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease, Lease, lease_key
 
 log = get_logger("esm.leases")
@@ -191,6 +191,7 @@ class LeaseCoordinator:
                 counter=0,
                 checkpoint="TRIM_HORIZON" if shard.parent_ids else self.initial_checkpoint,
                 parent_ids=shard.parent_ids,
+                incarnation=shard.incarnation,
             )
             if await self.table.create(lease):
                 self._log.info(
@@ -200,7 +201,41 @@ class LeaseCoordinator:
         for lease in leases:
             if lease.ended and lease.shard_id not in listed and lease.owner is None:
                 await self.table.delete(lease)
-        return await self.table.scan(self.mapping) if created else leases
+        restarted = await self._restart_new_incarnations(shards, leases)
+        return await self.table.scan(self.mapping) if created or restarted else leases
+
+    async def _restart_new_incarnations(
+        self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
+    ) -> bool:
+        """A stream deleted and created again has the same shard ids: its leases still hold
+        the old stream's checkpoints (or SHARD_END). Each is pointed at the new stream from
+        the mapping's starting position, by whichever worker's conditional write wins, and
+        that worker logs the one warning."""
+        by_shard = {shard.shard_id: shard for shard in shards}
+        restarted = False
+        for lease in leases:
+            shard = by_shard.get(lease.shard_id)
+            if shard is None or shard.incarnation is None or lease.incarnation is None:
+                continue
+            if lease.incarnation == shard.incarnation:
+                continue
+            start = "TRIM_HORIZON" if shard.parent_ids else self.initial_checkpoint
+            if not await self.table.restart(lease, start, shard.incarnation):
+                continue
+            restarted = True
+            self._log.warning(
+                "shard.new_incarnation",
+                shard=lease.shard_id,
+                stored=lease.incarnation,
+                current=shard.incarnation,
+                checkpoint=lease.checkpoint,
+                starting_position=start,
+            )
+            mine = self.held().get(lease.shard_id)
+            if mine is not None:
+                async with mine.lock:
+                    self._lose(mine, reason="the stream was created again")
+        return restarted
 
     async def _renew_loop(self) -> None:
         while True:

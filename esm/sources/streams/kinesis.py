@@ -11,7 +11,7 @@ from esm.arns import SourceArn
 from esm.aws import AwsClients, error_code
 from esm.aws_json import JsonApi
 from esm.events.kinesis import parse_get_records
-from esm.sources.streams import (
+from esm.sources.streams.records import (
     MAX_RECORDS_PER_READ,
     ExpiredIterator,
     Position,
@@ -42,6 +42,7 @@ class KinesisSource:
     async def list_shards(self) -> list[ShardInfo]:
         """ListShards with paging. AWS wants NextToken alone; moto also wants StreamName,
         so a rejected NextToken-only page is asked again with both."""
+        incarnation = await self._incarnation()
         shards: list[ShardInfo] = []
         payload: dict[str, Any] = {"StreamName": self.source.name}
         while True:
@@ -51,11 +52,17 @@ class KinesisSource:
                     p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
                 )
                 closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
-                shards.append(ShardInfo(shard["ShardId"], parents, closed))
+                shards.append(ShardInfo(shard["ShardId"], parents, closed, incarnation))
             token = page.get("NextToken")
             if not token:
                 return shards
             payload = {"NextToken": token}
+
+    async def _incarnation(self) -> str:
+        """The stream's creation time (DescribeStreamSummary): a stream created again under
+        the same name reuses shard ids and restarts sequence numbers, but not this."""
+        summary = await self._call("DescribeStreamSummary", {"StreamName": self.source.name})
+        return f"created:{summary['StreamDescriptionSummary']['StreamCreationTimestamp']}"
 
     async def _list_page(self, payload: dict[str, Any]) -> Any:
         try:

@@ -11,7 +11,13 @@ from esm.arns import SourceArn
 from esm.aws import AwsClients, error_code
 from esm.aws_json import JsonApi
 from esm.events.dynamodb import parse_get_records
-from esm.sources.streams import ExpiredIterator, Position, ReadResult, ShardInfo, StreamRecord
+from esm.sources.streams.records import (
+    ExpiredIterator,
+    Position,
+    ReadResult,
+    ShardInfo,
+    StreamRecord,
+)
 
 MAX_DYNAMODB_RECORDS_PER_READ = 1000
 
@@ -42,7 +48,9 @@ class DynamoDBStreamSource:
             for shard in description.get("Shards", []):
                 parent = shard.get("ParentShardId")
                 closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
-                shards.append(ShardInfo(shard["ShardId"], (parent,) if parent else (), closed))
+                parents = (parent,) if parent else ()
+                # The stream ARN carries the stream label, new for each stream of the table.
+                shards.append(ShardInfo(shard["ShardId"], parents, closed, self.source.arn))
             last = description.get("LastEvaluatedShardId")
             if not last:
                 return shards
@@ -62,7 +70,9 @@ class DynamoDBStreamSource:
     async def read(self, shard_id: str, iterator: str) -> ReadResult:
         payload = {"ShardIterator": iterator, "Limit": MAX_DYNAMODB_RECORDS_PER_READ}
         try:
-            raw = await self.aws.retry.call("GetRecords", lambda: self.api.call("GetRecords", payload))
+            raw = await self.aws.retry.call(
+                "GetRecords", lambda: self.api.call("GetRecords", payload)
+            )
         except ClientError as exc:
             if error_code(exc) == "ExpiredIteratorException":
                 raise ExpiredIterator(str(exc)) from exc

@@ -4,17 +4,23 @@ Shards are listed at start and every `SHARD_REFRESH_SECONDS` (and at once when a
 ends). Resharding follows Lambda: a child shard starts only after each of its parents is
 checkpointed at SHARD_END (a parent no longer listed has expired and does not block); a
 child starts at TRIM_HORIZON so nothing written to it is skipped. A shard with a stored
-checkpoint resumes right after it.
+checkpoint resumes right after it, unless the checkpoint was taken on another incarnation of
+the stream (deleted and created again: same shard ids, sequence numbers start over); then it
+starts at `starting_position` with one warning.
 
-With the DynamoDB store (fleet mode, README "Running a fleet") a `LeaseCoordinator` decides which
-shards this worker reads: pollers run only for leases held here, each with its own
-`stopping` event, set at once when its lease is lost (the poller then stops and its
-checkpoint is refused). A graceful stop releases every lease after the pollers finished.
+Every poller has its own `stopping` event, so one shard can stop alone. The mapping is ready
+once its shards are listed and every poller holds its first iterator (`/readyz`).
+
+With the DynamoDB store (fleet mode, README "Running a fleet") a `LeaseCoordinator` decides
+which shards this worker reads: pollers run only for leases held here, stopped at once when
+the lease is lost or (checked before each invocation) not renewed within `failover_time`;
+their checkpoints are refused. A graceful stop releases every lease after the pollers finished.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -28,12 +34,14 @@ from esm.filtering import FilterSet, dynamodb_filter_view, kinesis_filter_view
 from esm.functions import Function
 from esm.idle_pacing import IdleReadPacer
 from esm.observability import Metrics, get_logger
-from esm.sources.streams import Position, ShardContext, ShardInfo, ShardPoller, StreamSource
-from esm.state.base import CheckpointStore
+from esm.sources.streams.context import ShardContext
+from esm.sources.streams.poller import ShardPoller
+from esm.sources.streams.records import Position, ShardInfo, StreamSource
+from esm.state.base import Checkpoint, CheckpointStore
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease
 
 if TYPE_CHECKING:
-    from esm.leases import LeaseCoordinator
+    from esm.sources.streams.leases import LeaseCoordinator
 
 log = get_logger("esm.streams")
 
@@ -56,11 +64,12 @@ class StreamMapping:
     ) -> None:
         self.config = config
         self.name = config.name
-        self.ready = False
+        self._listed = False
+        """The last shard listing succeeded (and its pollers were started)."""
         self._m_ready = metrics.ready.labels(config.name)
         self._m_pollers = metrics.pollers.labels(config.name)
         self._m_ready.set(0)
-        source = _create_source(config, aws)
+        source = open_source(config, aws)
         destination_arn = config.on_failure_destination
         self.ctx = ShardContext(
             config=config,
@@ -79,7 +88,7 @@ class StreamMapping:
         self._log = log.bind(mapping=config.name)
         self.leases: LeaseCoordinator | None = None
         if isinstance(store, DynamoDBCheckpointStore):
-            from esm.leases import LeaseCoordinator
+            from esm.sources.streams.leases import LeaseCoordinator
 
             self._log = self._log.bind(worker=store.worker_id)
             self.leases = LeaseCoordinator(
@@ -97,9 +106,21 @@ class StreamMapping:
     def stop(self) -> None:
         self.ctx.stopping.set()
 
-    def _set_ready(self, ready: bool) -> None:
-        self.ready = ready
-        self._m_ready.set(1 if ready else 0)
+    @property
+    def ready(self) -> bool:
+        """Listed, and every shard poller it runs has its first iterator: a record put
+        after readiness is read even from LATEST (a LATEST iterator taken later would
+        start after it)."""
+        return self._listed and all(
+            p.positioned or p.ended or p.ctx.stopping.is_set() for p in self.pollers.values()
+        )
+
+    def _set_ready(self, listed: bool) -> None:
+        self._listed = listed
+        self._publish_ready()
+
+    def _publish_ready(self) -> None:
+        self._m_ready.set(1 if self.ready else 0)
 
     async def run(self) -> None:
         try:
@@ -123,7 +144,8 @@ class StreamMapping:
             while not self.ctx.stopping.is_set():
                 self._shard_finished = anyio.Event()
                 await self._refresh(tg)
-                with anyio.move_on_after(SHARD_REFRESH_SECONDS if self.ready else ERROR_RETRY_SECONDS):
+                wait = SHARD_REFRESH_SECONDS if self._listed else ERROR_RETRY_SECONDS
+                with anyio.move_on_after(wait):
                     async with anyio.create_task_group() as waiters:
                         waiters.start_soon(_wait_then_cancel, self.ctx.stopping, waiters)
                         waiters.start_soon(_wait_then_cancel, self._shard_finished, waiters)
@@ -145,9 +167,14 @@ class StreamMapping:
             self._log.error("mapping.source_unavailable", error=str(exc))
             return
         listed = {s.shard_id for s in shards}
+        checkpoints = self._of_current_incarnation(shards, checkpoints)
         for shard in shards:
             running = self.pollers.get(shard.shard_id)
             if running is not None:
+                if not _same_incarnation(running.shard, shard):
+                    # The stream was created again: stop; the restart begins it afresh.
+                    running.ctx.stopping.set()
+                    continue
                 # A shard closed by resharding after its poller started: tell the poller, so
                 # it ends once it has read everything (moto never returns a null iterator).
                 running.shard = shard
@@ -158,20 +185,56 @@ class StreamMapping:
             if checkpoint is not None and checkpoint.shard_ended:
                 continue
             waiting_for = [
-                p for p in shard.parent_ids
-                if p in listed and not (checkpoints.get(p) is not None and checkpoints[p].shard_ended)
+                p for p in shard.parent_ids if p in listed and not _ended(checkpoints.get(p))
             ]
             if waiting_for:
                 continue
-            position = self._start_position(shard, checkpoint.sequence_number if checkpoint else None)
+            position = self._start_position(
+                shard, checkpoint.sequence_number if checkpoint else None
+            )
             lease = held.get(shard.shard_id) if held is not None else None
-            # Own stop per leased poller, so losing one lease stops only that shard.
-            ctx = self.ctx if lease is None else replace(self.ctx, stopping=anyio.Event())
-            poller = ShardPoller(ctx, shard, position)
+            # Own stop per poller, so losing one lease (or one shard's stream) stops only it.
+            ctx = replace(self.ctx, stopping=anyio.Event())
+            poller = ShardPoller(
+                ctx,
+                shard,
+                position,
+                on_positioned=self._publish_ready,
+                still_owned=None if lease is None else self._lease_check(shard.shard_id),
+            )
             self.pollers[shard.shard_id] = poller
             tg.start_soon(self._run_poller, poller, lease)
         self._m_pollers.set(sum(1 for p in self.pollers.values() if not p.ended))
         self._set_ready(True)
+
+    def _of_current_incarnation(
+        self, shards: list[ShardInfo], checkpoints: dict[str, Checkpoint]
+    ) -> dict[str, Checkpoint]:
+        """Drop checkpoints taken on an earlier stream of the same name (same shard ids,
+        sequence numbers started over): those shards start at `starting_position`, and the
+        warning names each one once, when its poller starts."""
+        current = dict(checkpoints)
+        for shard in shards:
+            checkpoint = current.get(shard.shard_id)
+            if checkpoint is None or checkpoint.matches(shard.incarnation):
+                continue
+            del current[shard.shard_id]
+            if shard.shard_id not in self.pollers:
+                self._log.warning(
+                    "shard.new_incarnation",
+                    shard=shard.shard_id,
+                    stored=checkpoint.incarnation,
+                    current=shard.incarnation,
+                    checkpoint=checkpoint.sequence_number,
+                    starting_position=self.config.starting_position or "LATEST",
+                )
+        return current
+
+    def _lease_check(self, shard_id: str) -> Callable[[], bool]:
+        store = self.ctx.store
+        assert isinstance(store, DynamoDBCheckpointStore)
+        name = self.config.name
+        return lambda: store.still_held(name, shard_id)
 
     def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> Position:
         if checkpoint is not None:
@@ -184,10 +247,7 @@ class StreamMapping:
 
     async def _run_poller(self, poller: ShardPoller, lease: HeldLease | None = None) -> None:
         try:
-            if lease is None:
-                await poller.run()
-            else:
-                await self._run_leased(poller, lease)
+            await self._run_guarded(poller, lease)
         except Exception as exc:
             if lease is not None and lease.lost.is_set():
                 self._log.warning("shard.lease_lost", shard=poller.shard.shard_id)
@@ -201,21 +261,33 @@ class StreamMapping:
             # Checkpointed at SHARD_END: the lease no longer counts; children get theirs.
             await self.leases.release(poller.shard.shard_id)
         if not poller.ended:
-            # Not at SHARD_END (stopped or failed): let the next refresh restart it from its checkpoint.
+            # Not at SHARD_END (stopped or failed): the next refresh restarts it from its
+            # checkpoint.
             self.pollers.pop(poller.shard.shard_id, None)
+        self._publish_ready()
         self._shard_finished.set()
 
-    async def _run_leased(self, poller: ShardPoller, lease: HeldLease) -> None:
-        """Run a poller while its lease is held. A lease stolen from a live worker waits two
-        renewal intervals first: the old owner notices at its next renewal and stops."""
+    async def _run_guarded(self, poller: ShardPoller, lease: HeldLease | None) -> None:
+        """Run a poller until it ends, the mapping stops, or (fleet) its lease is lost. A
+        lease stolen from a live worker waits two renewal intervals first: the old owner
+        notices at its next renewal and stops."""
+        stop_on = (self.ctx.stopping,) if lease is None else (self.ctx.stopping, lease.lost)
         async with anyio.create_task_group() as guard:
-            guard.start_soon(_stop_on_first, poller.ctx.stopping, self.ctx.stopping, lease.lost)
-            if lease.taken_from_live_owner and self.leases is not None:
+            guard.start_soon(_stop_on_first, poller.ctx.stopping, *stop_on)
+            if lease is not None and lease.taken_from_live_owner and self.leases is not None:
                 with anyio.move_on_after(2 * self.leases.timings.renewal_interval):
                     await poller.ctx.stopping.wait()
-            if not (poller.ctx.stopping.is_set() or lease.lost.is_set()):
+            if not poller.ctx.stopping.is_set():
                 await poller.run()
             guard.cancel_scope.cancel()
+
+
+def _ended(checkpoint: Checkpoint | None) -> bool:
+    return checkpoint is not None and checkpoint.shard_ended
+
+
+def _same_incarnation(running: ShardInfo, listed: ShardInfo) -> bool:
+    return running.incarnation is None or running.incarnation == listed.incarnation
 
 
 async def _stop_on_first(target: anyio.Event, *events: anyio.Event) -> None:
@@ -231,11 +303,13 @@ async def _wait_then_cancel(event: anyio.Event, group: TaskGroup) -> None:
     group.cancel_scope.cancel()
 
 
-def _create_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
+def open_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
+    """The Kinesis or DynamoDB Streams adapter of a stream mapping (also `esm status`);
+    the caller closes it with `aclose`."""
     if config.source.kind == "kinesis":
-        from esm.sources.kinesis import KinesisSource
+        from esm.sources.streams.kinesis import KinesisSource
 
         return KinesisSource(config.source, aws)
-    from esm.sources.dynamodb import DynamoDBStreamSource
+    from esm.sources.streams.dynamodb import DynamoDBStreamSource
 
     return DynamoDBStreamSource(config.source, aws)

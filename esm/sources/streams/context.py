@@ -1,0 +1,38 @@
+"""What every shard poller of one stream mapping shares with it (config, source, function,
+store, destination, metrics) and its own stop event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from esm.config import MappingConfig
+from esm.destinations import OnFailureDestination
+from esm.filtering import FilterSet
+from esm.functions import Function
+from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND, IdleReadPacer
+from esm.observability import Metrics
+from esm.sources.streams.records import StreamSource
+from esm.state.base import CheckpointStore
+
+
+@dataclass
+class ShardContext:
+    """What a shard poller shares with its mapping."""
+
+    config: MappingConfig
+    source: StreamSource
+    function: Function
+    store: CheckpointStore
+    metrics: Metrics
+    filters: FilterSet | None
+    filter_view: Any
+    destination: OnFailureDestination | None
+    mapping_uuid: str
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+    idle_pacer: IdleReadPacer = field(
+        default_factory=lambda: IdleReadPacer(DEFAULT_IDLE_SHARD_READS_PER_SECOND)
+    )
+    """Shared by every mapping of the daemon: one budget of reads for caught-up shards."""

@@ -1,0 +1,273 @@
+"""One shard, read in order to its end (or until stopped), fanned out to its lanes, and
+checkpointed as its records are done.
+
+One `ShardPoller` per shard reads pages and hands records to `parallelization_factor`
+lanes (`lane.py`) by a stable hash of the partition key (Kinesis) or item key (DynamoDB),
+so records of one key keep their order. Filtered-out records are done at once. A record is
+checkpointed only when it and every record before it in the shard are done
+(`ShardProgress`); stopping abandons batches that have not succeeded: they are read again.
+Kinesis allows 5 GetRecords calls per second per shard; a caught-up shard is read less
+often (`esm.idle_pacing`), and just after a lane's tumbling window ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+
+import anyio
+
+from esm.idle_pacing import ShardPacing
+from esm.observability import get_logger
+from esm.sources.streams.context import ShardContext
+from esm.sources.streams.lane import Lane
+from esm.sources.streams.progress import ShardProgress
+from esm.sources.streams.records import (
+    MAX_RECORDS_PER_READ,
+    ExpiredIterator,
+    Position,
+    ReadResult,
+    ShardInfo,
+    StreamRecord,
+)
+from esm.state.base import Checkpoint
+
+log = get_logger("esm.streams")
+
+BUSY_POLL_INTERVAL = 0.2
+"""Kinesis allows 5 GetRecords calls per second per shard."""
+WINDOW_END_READ_DELAY = 0.05
+"""How long after a tumbling window's end a quiet shard is read to close the window."""
+
+_sequence_number = attrgetter("sequence_number")
+
+
+class ShardPoller:
+    def __init__(
+        self,
+        ctx: ShardContext,
+        shard: ShardInfo,
+        start: Position,
+        on_positioned: Callable[[], None] | None = None,
+        still_owned: Callable[[], bool] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.shard = shard
+        self.start = start
+        self.positioned = False
+        """The first iterator is in hand: every record put from now on will be read."""
+        self._on_positioned = on_positioned
+        self._still_owned = still_owned
+        self.progress = ShardProgress()
+        self.ended = False
+        self.caught_up = False
+        """The last read returned nothing: no record written before it is still unread."""
+        self.caught_up_since = 0.0
+        """Wall-clock time the last (empty) read was sent: records that arrived before it
+        have all been read."""
+        self._saved: str | None = start.sequence_number
+        self._space = anyio.Event()
+        self._progressed = anyio.Event()
+        self._reading_done = False
+        self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
+        m = ctx.config.name
+        self._m_polled = ctx.metrics.polled.labels(m)
+        self._m_filtered = ctx.metrics.filtered_out.labels(m)
+        self._m_age = ctx.metrics.iterator_age.labels(m, shard.shard_id)
+        self._passes = ctx.filters.predicate(ctx.filter_view) if ctx.filters is not None else None
+        self.lanes = [
+            Lane(self, ctx, i, self._log) for i in range(ctx.config.parallelization_factor)
+        ]
+
+    # --- what a lane sees (lane.LaneShard) --------------------------------------------------
+
+    @property
+    def shard_id(self) -> str:
+        return self.shard.shard_id
+
+    @property
+    def reading_done(self) -> bool:
+        return self._reading_done
+
+    def read_empty_since(self, moment: float) -> bool:
+        return self.caught_up and self.caught_up_since >= moment
+
+    def complete(self, indices: Iterable[int]) -> None:
+        self.progress.complete(indices)
+        self.progressed()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return sum(lane.buffered for lane in self.lanes)
+
+    @property
+    def buffer_limit(self) -> int:
+        return max(MAX_RECORDS_PER_READ, 2 * self.ctx.config.batch_size * len(self.lanes))
+
+    async def run(self) -> None:
+        """Read the shard to its end (or until stopped); checkpoint what is done."""
+        start = self.start
+        self._log.info("shard.started", position=start.kind, after=start.sequence_number)
+        async with anyio.create_task_group() as tg:
+            for lane in self.lanes:
+                tg.start_soon(lane.run)
+            tg.start_soon(self._checkpointer)
+            try:
+                await self._read_loop()
+            finally:
+                self._reading_done = True
+                for lane in self.lanes:
+                    lane.wake()
+                self.progressed()
+        await self._save(final=True)
+        self._log.info("shard.stopped", ended=self.ended, checkpoint=self._saved)
+
+    async def _read_loop(self) -> None:
+        pacing = self.ctx.idle_pacer.shard()
+        try:
+            await self._read_until_end(pacing)
+        finally:
+            pacing.stop()  # a stopped poller no longer shares the idle read budget
+
+    async def _read_until_end(self, pacing: ShardPacing) -> None:
+        ctx = self.ctx
+        iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
+        self.positioned = True
+        if self._on_positioned is not None:
+            self._on_positioned()
+        last_read: str | None = self.start.sequence_number
+        while not ctx.stopping.is_set():
+            while self.buffered >= self.buffer_limit and not ctx.stopping.is_set():
+                self._space = anyio.Event()
+                with anyio.move_on_after(1):
+                    await self._space.wait()
+            if ctx.stopping.is_set():
+                return
+            started, sent_at = time.monotonic(), time.time()
+            try:
+                result = await ctx.source.read(self.shard.shard_id, iterator)
+            except ExpiredIterator:
+                position = (
+                    Position("AFTER_SEQUENCE_NUMBER", last_read) if last_read else self.start
+                )
+                self._log.info("shard.iterator_expired", renew_after=last_read)
+                iterator = await ctx.source.iterator_at(self.shard.shard_id, position)
+                continue
+            if result.records:
+                last_read = result.records[-1].sequence_number
+                self._accept(result.records)
+            self._report_age(result)
+            if result.next_iterator is None or (self.shard.closed and not result.records):
+                self.ended = True
+                return
+            iterator = result.next_iterator
+            # Records came: more may follow at once (a full page, or a busy shard whose
+            # MillisBehindLatest some endpoints always report as 0), so only the per-shard
+            # read rate limits the next read. An empty read backs off (esm.idle_pacing).
+            self.caught_up = not result.records
+            if self.caught_up:
+                self.caught_up_since = sent_at
+                delay = min(pacing.after_empty_read(), self._until_a_window_ends())
+            else:
+                pacing.after_records()
+                delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await ctx.stopping.wait()
+
+    def _until_a_window_ends(self) -> float:
+        """Seconds until just after the end of a lane's open tumbling window: a window
+        closes only after a read sent past its end came back empty (`read_empty_since`),
+        so a quiet shard is read then, however long its idle wait. Once such a read was
+        sent, the window no longer counts here (its final invocation may take retries)."""
+        ends = [end for lane in self.lanes if (end := lane.window_end) is not None]
+        if not ends:
+            return math.inf
+        for lane in self.lanes:
+            lane.wake()  # a lane may be waiting for this read to close its window
+        unconfirmed = [end for end in ends if end > self.caught_up_since]
+        if not unconfirmed:
+            return math.inf
+        return max(0.0, min(unconfirmed) - time.time()) + WINDOW_END_READ_DELAY
+
+    def _accept(self, records: list[StreamRecord]) -> None:
+        """Register records for checkpointing; filtered-out ones are done at once."""
+        self._m_polled.inc(len(records))
+        first = self.progress.register(map(_sequence_number, records))
+        for offset, record in enumerate(records):
+            record.index = first + offset
+        passes = self._passes
+        if passes is not None:
+            passed = [r for r in records if passes(r.event)]
+            if len(passed) < len(records):
+                keep = {r.index for r in passed}
+                self._m_filtered.inc(len(records) - len(passed))
+                self.progress.complete(r.index for r in records if r.index not in keep)
+                self.progressed()
+            records = passed
+        lanes = self.lanes
+        if len(lanes) == 1:
+            lanes[0].push(records)
+            return
+        split: list[list[StreamRecord]] = [[] for _ in lanes]
+        for record in records:
+            split[zlib.crc32(record.key.encode()) % len(lanes)].append(record)
+        for lane, part in zip(lanes, split, strict=True):
+            if part:
+                lane.push(part)
+
+    def _report_age(self, result: ReadResult) -> None:
+        if result.millis_behind is not None:
+            self._m_age.set(result.millis_behind / 1000)
+        elif result.records:
+            self._m_age.set(max(0.0, time.time() - result.records[-1].arrival))
+        else:
+            self._m_age.set(0)
+
+    def progressed(self) -> None:
+        self._progressed.set()
+
+    def owned(self) -> bool:
+        """Checked before every invocation (fleet mode): is this worker's lease still fresh?
+        When not, the shard stops here, so a stalled worker never invokes a batch that its
+        successor may already have handled (out of order)."""
+        if self._still_owned is None or self._still_owned():
+            return True
+        self._log.warning("shard.stopped_not_owned")
+        self.ctx.stopping.set()
+        return False
+
+    def space_freed(self) -> None:
+        self._space.set()
+
+    async def _checkpointer(self) -> None:
+        """Write the checkpoint after progress, coalescing bursts into one write."""
+        while True:
+            await self._progressed.wait()
+            self._progressed = anyio.Event()
+            await self._save()
+            if self._reading_done and all(lane.finished for lane in self.lanes):
+                return
+
+    async def _save(self, final: bool = False) -> None:
+        checkpoint = self.progress.checkpoint
+        ended = (
+            final
+            and self.ended
+            and self.progress.outstanding == 0
+            and not self.ctx.stopping.is_set()
+        )
+        if checkpoint == self._saved and not ended:
+            return
+        with anyio.CancelScope(shield=True):
+            await self.ctx.store.put(
+                self.ctx.config.name,
+                self.shard.shard_id,
+                Checkpoint(checkpoint or self._saved, ended, self.shard.incarnation),
+            )
+        self._saved = checkpoint or self._saved

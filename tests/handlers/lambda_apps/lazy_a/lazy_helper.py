@@ -1,0 +1,1 @@
+WHO = "lazy_a"

@@ -1,8 +1,10 @@
 """The Kafka event source family: self-managed Apache Kafka and Amazon MSK.
 
 Modules: `config` (the mapping's keys), `auth` (source_access_configurations to client
-settings), `event` (Lambda's Kafka event JSON), `policy` (what happens to a batch after the
-invocation), `runtime` (the consumer: per-partition lanes and offset commits).
+settings), `event` (Lambda's Kafka event JSON), `items` (what the shared ordered-source
+policy `esm.sources.streams.policy` needs from a Kafka batch: rules, identifiers, positions),
+`onfailure` (the on-failure record and its delivery), `metrics`, `runtime` (the consumer:
+per-partition lanes and offset commits).
 """
 
 from esm.sources.kafka.config import (

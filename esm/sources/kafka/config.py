@@ -110,7 +110,7 @@ class KafkaMappingConfig:
     filter_patterns: tuple[str, ...] = ()
     function_response_types: frozenset[str] = frozenset()
     maximum_retry_attempts: int = -1
-    """As configured; see `policy.retry_limit` for AWS's cap of 10 with a destination."""
+    """As configured; `items.retry_rules` applies AWS's cap of 10 with a destination."""
     maximum_record_age_in_seconds: int = -1
     bisect_batch_on_function_error: bool = False
     on_failure_destination: str | None = None

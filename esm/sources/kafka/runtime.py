@@ -1,7 +1,8 @@
 """The Kafka consumer of one mapping: a fetch loop feeding one lane per assigned partition.
 
 Owns the consumer-group membership (aiokafka), the per-partition lanes and the offset
-commits; must not decide retries (that is `policy.decide`) or shape events (`event.py`).
+commits; must not decide retries, bisects, record age or give-ups (the shared ordered-source
+policy `esm.sources.streams.policy` does, fed by `items.py`) or shape events (`event.py`).
 
 AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-configurations):
 - Batches are per partition and in offset order: `batch_size` records, or what arrived in
@@ -10,7 +11,7 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
 - Offsets are committed only after a batch succeeded, was filtered out or was given up, and
   only up to the first record not done: a failed batch is retried from its first record
   (from the lowest reported offset with ReportBatchItemFailures), blocking only its
-  partition.
+  partition. The same records are retried (a retry is not a new, larger batch).
 - Scale-out is Kafka's consumer-group protocol. On rebalance a revoked partition's lane
   starts no new batch; its in-flight batch finishes (bounded by the function timeout) and
   is committed if it is done, else abandoned uncommitted: the next owner reads it again
@@ -18,8 +19,8 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
 - `starting_position` applies only when the group has no committed offset.
 - Given-up records (retries exhausted, older than `maximum_record_age_in_seconds`) are
   described to the on-failure destination before the commit past them; a delivery that
-  fails blocks the partition and is retried (`onfailure.py`). A bisected batch is retried in
-  halves until its end offset is passed.
+  fails blocks the partition and is retried (`onfailure.py`). A bisected batch's halves
+  are handled first half first, each committed once done.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import random
 import time
 import uuid
 from collections import deque
@@ -43,9 +43,10 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from esm.batch_response import judge
 from esm.filtering import FilterSet
 from esm.functions import Function
-from esm.invocation import MAX_RESPONSE_BYTES
+from esm.invocation import MAX_RESPONSE_BYTES, InvocationResult
 from esm.observability import Metrics, get_logger
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import (
@@ -55,9 +56,22 @@ from esm.sources.kafka.event import (
     kafka_filter_view,
     partition_key,
 )
+from esm.sources.kafka.items import OffsetPositions, item_identifier, retry_rules
 from esm.sources.kafka.metrics import kafka_metrics, offset_lag
 from esm.sources.kafka.onfailure import Condition, KafkaOnFailure, given_up_records
-from esm.sources.kafka.policy import Decision, decide, expired_prefix, retry_limit
+from esm.sources.streams.policy import (
+    Bisect,
+    Decision,
+    Done,
+    GiveUp,
+    RetryAfter,
+    RetryFrom,
+    Segment,
+    decide,
+    expired,
+    next_segments,
+    without_expired,
+)
 
 log = get_logger("esm.sources.kafka")
 
@@ -67,8 +81,6 @@ FETCH_TIMEOUT_MS = 200
 FETCH_MAX_RECORDS = 10_000
 PARTITION_FETCH_BYTES = 1_048_576
 FETCH_MAX_BYTES = 16 * 1_048_576
-RETRY_BACKOFF_INITIAL = 0.1
-RETRY_BACKOFF_MAX = 5.0
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
 
@@ -77,6 +89,11 @@ _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMEST
 
 Doc = dict[str, Any]
 """A fetched record, shaped once into its Lambda JSON; the lane keeps its size alongside."""
+
+
+def _arrival(doc: Doc) -> float:
+    """A record's arrival for the record-age rule: its Kafka timestamp, in seconds."""
+    return float(doc["timestamp"]) / 1000.0
 
 
 class _Lane:
@@ -96,8 +113,7 @@ class _Lane:
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
-        self._split: tuple[int, int] | None = None
-        """(records per batch, end offset) while a bisected batch is retried in halves."""
+        self._identify = item_identifier(self.key)
         self.committed: int | None = None
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
@@ -135,12 +151,11 @@ class _Lane:
 
     async def run(self) -> None:
         try:
-            retries = 0
             while not self._stopping:
                 batch = await self._next_batch()
                 if not batch:
                     break
-                retries = await self._process(batch, retries)
+                await self._process(batch)
         finally:
             self._stopped.set()
 
@@ -161,7 +176,7 @@ class _Lane:
         first_at = self._first_at if self._first_at is not None else anyio.current_time()
         deadline = first_at + config.maximum_batching_window_in_seconds
         budget = MAX_PAYLOAD_BYTES - self._runtime.envelope_bytes
-        limit = self._batch_limit()
+        limit = config.batch_size
         while (
             not self._stopping
             and len(self._buffer) < limit
@@ -181,60 +196,87 @@ class _Lane:
             size += entry_size
         return list(itertools.islice(self._buffer, count))
 
-    def _batch_limit(self) -> int:
-        """batch_size, or the half being retried while a bisected batch is worked through."""
-        config = self._runtime.config
-        if self._split is not None:
-            size, end = self._split
-            if self._buffer and self._buffer[0]["offset"] < end:
-                return size
-            self._split = None
-        return config.batch_size
-
-    async def _process(self, batch: list[Doc], retries: int) -> int:
-        """Invoke (unless all filtered out or too old), then commit, retry, split or give up;
-        returns the retry count for the next batch."""
+    async def _process(self, batch: list[Doc]) -> None:
+        """Invoke the batch's passing records until each is done or given up, asking the
+        shared policy after each invocation (bisect halves wait on a stack, first half on
+        top), committing what is done as it goes. Stopping abandons the rest uncommitted."""
         runtime = self._runtime
         after_last = batch[-1]["offset"] + 1
-        maximum_age = runtime.config.maximum_record_age_in_seconds
-        if maximum_age >= 0:
-            now_ms = int(time.time() * 1000)
-            expired = expired_prefix([d["timestamp"] for d in batch], now_ms, maximum_age)
-            if expired:
-                await self._give_up(batch[:expired], "RecordAgeExceeded", 0, None, "")
-                await self._commit_through(batch[expired - 1]["offset"] + 1)
-                return 0
         passing = batch
         if runtime.filtering:
             passing = [d for d in batch if runtime.passes(d)]
             runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
-        if not passing:
-            await self._commit_through(after_last)
-            return 0
-        decision, request_id = await runtime.invoke(self.key, passing, retries)
-        if decision.action in ("retry", "split"):
-            await self._commit_through(decision.offset)  # what precedes it is done
-            if decision.counts_attempt:
-                retries += 1
-            if decision.action == "split":
-                self._split = (decision.split_size, after_last)
-            self._log.warning(
-                f"kafka.batch.{decision.action}",
-                offset=decision.offset,
-                reason=decision.reason,
-                retries=retries,
-            )
-            await anyio.sleep(_backoff(retries))
-            return retries
-        if decision.action == "give_up":
-            failed_from = decision.failed_from if decision.failed_from is not None else 0
-            given_up = [d for d in passing if d["offset"] >= failed_from]
+        work: list[Segment[Doc]] = [Segment(passing)] if passing else []
+        while work:
+            if self._stopping:
+                return
+            segment: Segment[Doc] | None = work.pop()
+            assert segment is not None
+            too_old = expired(segment.records, time.time(), runtime.rules, arrival=_arrival)
+            if too_old is not None:
+                old = segment.records[: too_old.count]
+                await self._give_up(list(old), too_old.condition, segment.invocations, None, "")
+                segment = without_expired(segment, too_old)
+                if segment is None:
+                    await self._commit_through(_next_pending(work, after_last))
+                    continue
+                await self._commit_through(segment.records[0]["offset"])
+            decision = await self._invoke(segment)
+            work.extend(reversed(next_segments(segment, decision)))
+            await self._commit_through(_next_pending(work, after_last))
+            if isinstance(decision, (RetryFrom, RetryAfter)):
+                await self._pause(decision.delay)
+        await self._commit_through(after_last)
+
+    async def _invoke(self, segment: Segment[Doc]) -> Decision:
+        """One invocation of a segment and the policy's decision (given-up records are
+        described to the destination here, before anything is committed past them)."""
+        runtime, records = self._runtime, segment.records
+        result = await runtime.invoke(self.key, records)
+        rules = runtime.rules
+        positions = OffsetPositions(records)
+        verdict = judge(result, positions, rules.report_batch_item_failures, self._identify)
+        decision = decide(
+            verdict,
+            records,
+            segment.attempts,
+            rules,
+            throttled=result.throttled,
+            positions=positions,
+        )
+        if isinstance(decision, Done):
+            return decision
+        if isinstance(decision, Bisect):
+            self._log.info("kafka.batch.bisected", offset=records[0]["offset"], at=decision.at)
+            return decision
+        self._log.warning(
+            "kafka.batch.failed",
+            offset=records[0]["offset"],
+            size=len(records),
+            reason=verdict.reason or "batchItemFailures",
+            attempts=decision.attempts,
+            action=type(decision).__name__,
+        )
+        if isinstance(decision, GiveUp):
+            given_up = records[decision.succeeded : decision.succeeded + decision.count]
             await self._give_up(
-                given_up, "RetryAttemptsExhausted", retries + 1, decision.function_error,
-                request_id, reason=decision.reason,
+                list(given_up),
+                decision.condition,
+                segment.invocations + 1,
+                "Unhandled" if result.failure is not None else None,
+                result.request_id,
+                reason=verdict.reason,
             )
-        await self._commit_through(max(decision.offset, after_last))
-        return 0
+        return decision
+
+    async def _pause(self, delay: float) -> None:
+        """Wait before a retry; a stop ends the wait at once."""
+        if self._stopping:
+            return
+        with anyio.CancelScope(deadline=anyio.current_time() + delay) as scope:
+            self._wait_scope = scope
+            await anyio.sleep_forever()
+        self._wait_scope = None
 
     async def _give_up(
         self,
@@ -301,8 +343,10 @@ class _Lane:
         return self.committed
 
 
-def _backoff(retries: int) -> float:
-    return random.uniform(0, min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * 2 ** max(0, retries)))
+def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
+    """The offset to commit: the first record still to handle, else past the batch (its
+    filtered-out records included). Segments are handled in order, so all before it is done."""
+    return int(work[-1].records[0]["offset"]) if work else after_last
 
 
 class KafkaRuntime:
@@ -325,9 +369,8 @@ class KafkaRuntime:
         self.on_failure = on_failure
         """Where given-up records are described; the caller builds it from
         `config.on_failure_destination` (`onfailure.build_on_failure`)."""
-        self._retry_limit = retry_limit(
-            config.maximum_retry_attempts, config.on_failure_destination is not None
-        )
+        self.rules = retry_rules(config)
+        """What the shared policy reads (AWS's cap of 10 retries with a destination applied)."""
         self.function = function
         self.metrics = metrics
         self.bootstrap_servers = tuple(bootstrap_servers or config.bootstrap_servers)
@@ -443,10 +486,8 @@ class KafkaRuntime:
             {key: docs},
         )
 
-    async def invoke(
-        self, key: str, entries: list[Doc], retries: int
-    ) -> tuple[Decision, str]:
-        """Invoke the function with one partition's records: (decision, request id)."""
+    async def invoke(self, key: str, entries: Sequence[Doc]) -> InvocationResult:
+        """Invoke the function with one partition's records."""
         event = self.event_of(key, entries)
         m = self._m
         self.metrics.invoked.labels(m).inc(len(entries))
@@ -458,16 +499,7 @@ class KafkaRuntime:
             self.metrics.in_flight.labels(m).dec()
         if not result.ok:
             self.metrics.failed_invoke.labels(m).inc(len(entries))
-        decision = decide(
-            result,
-            key,
-            [d["offset"] for d in entries],
-            retries,
-            self._retry_limit,
-            "ReportBatchItemFailures" in self.config.function_response_types,
-            self.config.bisect_batch_on_function_error,
-        )
-        return decision, result.request_id
+        return result
 
     async def commit(self, tp: Any, next_offset: int) -> bool:
         """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
@@ -475,8 +507,10 @@ class KafkaRuntime:
             await self._consumer.commit({tp: next_offset})
         except KafkaError as exc:
             self._log.warning(
-                "kafka.commit.failed", partition=partition_key(tp.topic, tp.partition),
-                offset=next_offset, error=type(exc).__name__,
+                "kafka.commit.failed",
+                partition=partition_key(tp.topic, tp.partition),
+                offset=next_offset,
+                error=type(exc).__name__,
             )
             return False
         return True

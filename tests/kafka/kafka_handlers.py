@@ -21,6 +21,8 @@ from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventR
 EVENTS: dict[str, list[dict[str, Any]]] = defaultdict(list)
 FAILS_LEFT: dict[str, int] = {}
 """value -> how many more invocations containing it fail (set by a test)."""
+GATES: dict[str, threading.Event] = {}
+"""value -> an event the first invocation containing it waits for before failing."""
 _lock = threading.Lock()
 
 
@@ -57,6 +59,21 @@ def record(event: dict[str, Any], context: Any) -> None:
             FAILS_LEFT[v] -= 1
     if failing:
         raise RuntimeError(f"poison record {failing[0]}")
+
+
+def gated(event: dict[str, Any], context: Any) -> None:
+    """Record the event; if it holds a gated value, wait for the test's go, then fail once."""
+    with _lock:
+        EVENTS[_topic(event)].append(event)
+        gates = [
+            GATES.pop(base64.b64decode(r["value"]).decode(), None)
+            for records in event["records"].values()
+            for r in records
+        ]
+    gate = next((g for g in gates if g is not None), None)
+    if gate is not None:
+        gate.wait(timeout=50)
+        raise RuntimeError("gated record fails once")
 
 
 _processor = BatchProcessor(event_type=EventType.Kafka)

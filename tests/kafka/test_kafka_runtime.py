@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,8 +47,10 @@ def mapping(topic: KafkaTopic, group: str, **raw: Any) -> KafkaMappingConfig:
     return config
 
 
-def function(handler: str, metrics: Metrics) -> Function:
-    config = FunctionConfig(name="f", kind="python", handler=handler, code_path=HERE, timeout=5)
+def function(handler: str, metrics: Metrics, timeout: int = 5) -> Function:
+    config = FunctionConfig(
+        name="f", kind="python", handler=handler, code_path=HERE, timeout=timeout
+    )
     return Function(PythonInvoker(config), metrics)
 
 
@@ -78,9 +81,12 @@ async def committed(topic: KafkaTopic, group: str) -> list[int | None]:
 
 
 @asynccontextmanager
-async def running(config: KafkaMappingConfig, handler: str) -> AsyncIterator[KafkaRuntime]:
+async def running(
+    config: KafkaMappingConfig, handler: str, timeout: int = 5
+) -> AsyncIterator[KafkaRuntime]:
     metrics = Metrics()
-    runtime = KafkaRuntime(config, function(handler, metrics), metrics, client_options=FAST_GROUP)
+    invoked = function(handler, metrics, timeout)
+    runtime = KafkaRuntime(config, invoked, metrics, client_options=FAST_GROUP)
     async with anyio.create_task_group() as tg:
         tg.start_soon(runtime.run)
         yield runtime
@@ -166,6 +172,35 @@ async def test_powertools_partial_failure_retries_from_the_reported_offset(
     assert [r["offset"] for r in second["records"][key]] == [2, 3]
 
 
+async def test_a_retry_invokes_the_same_records_not_those_fetched_meanwhile(
+    kafka_topic: KafkaTopic,
+) -> None:
+    """Lambda retries the failed batch itself (the shared policy's segments): records fetched
+    while it ran wait for a later batch instead of joining the retry."""
+    gated = f"gate-{kafka_topic.name}"
+    go = threading.Event()
+    kafka_handlers.GATES[gated] = go
+    await produce(kafka_topic, [(0, gated.encode()), (0, b"a1")])
+    config = mapping(kafka_topic, "g-same", batch_size=10, maximum_batching_window_in_seconds=0.5)
+    async with running(config, "kafka_handlers.gated", timeout=60) as runtime:
+        try:
+            await poll_until(lambda: len(kafka_handlers.events_for(kafka_topic.name)) == 1)
+            await produce(kafka_topic, [(0, b"a2"), (0, b"a3")])
+            polled = "esm_polled_events_total"
+            await poll_until(lambda: _gauge(runtime.metrics, polled, mapping=config.name) == 4)
+        finally:
+            go.set()  # the blocked invocation fails now, with a2 and a3 in the lane's buffer
+        await poll_commits(kafka_topic, "g-same", [4, None, None])
+    key = f"{kafka_topic.name}-0"
+    invoked = [
+        [r["offset"] for r in e["records"][key]]
+        for e in kafka_handlers.events_for(kafka_topic.name)
+    ]
+    assert invoked[1] == invoked[0]  # the retry: exactly the failed batch
+    assert {2, 3}.isdisjoint(invoked[0] + invoked[1])
+    assert sorted(o for batch in invoked[1:] for o in batch) == [0, 1, 2, 3]
+
+
 async def poll_commits(topic: KafkaTopic, group: str, expected: list[int | None]) -> None:
     with anyio.fail_after(60):
         while await committed(topic, group) != expected:
@@ -194,8 +229,13 @@ async def test_two_runtimes_in_one_group_split_partitions_and_one_takes_over(
     config = mapping(kafka_topic, "g-split", batch_size=20)
     async with running(config, "kafka_handlers.record") as first:
         async with running(config, "kafka_handlers.record") as second:
-            await poll_until(lambda: len(first.lanes) + len(second.lanes) == 3 and
-                             bool(first.lanes) and bool(second.lanes))
+            await poll_until(
+                lambda: (
+                    len(first.lanes) + len(second.lanes) == 3
+                    and bool(first.lanes)
+                    and bool(second.lanes)
+                )
+            )
             await poll_commits(kafka_topic, "g-split", [100, 100, 100])
             assert not set(first.lanes) & set(second.lanes)
         await poll_until(lambda: len(first.lanes) == 3)  # the survivor takes every partition

@@ -2,8 +2,9 @@
 
 Owns the document Lambda sends when a Kafka mapping gives up records, and handing it to
 `esm.destinations` (whose interface stays as it is); must not decide when to give up
-(the shared `esm.sources.streams.policy`). The shape follows AWS's documented example (Lambda developer guide,
-"Capturing discarded batches for a self-managed Apache Kafka event source" / the MSK page):
+(the shared `esm.sources.streams.policy`). The shape follows AWS's documented example
+(Lambda developer guide, "Capturing discarded batches for a self-managed Apache Kafka event
+source" / the MSK page):
 
     {"requestContext": {"requestId", "functionArn",
                         "condition": "RetryAttemptsExhausted" | ..., "approximateInvokeCount"},

@@ -5,12 +5,14 @@ Full success: null, "", [], {}, a response without `batchItemFailures`, or one w
 error, a body that is not valid JSON or not an object, `batchItemFailures` that is not a
 list, an entry that is not an object with a non-empty string `itemIdentifier`, or an
 identifier that is not in the batch. Otherwise exactly the listed items failed.
+A family whose identifier is not a string (Kafka's `{"partition", "offset"}` object) passes
+`identify`, which turns one into the string its batch ids use or raises `ValueError(reason)`.
 Source of the rules: AWS's docs and recordings of AWS (see the spec, sections 2 and 3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +34,22 @@ class BatchVerdict:
 SUCCESS = BatchVerdict(frozenset())
 
 
+def string_identifier(identifier: Any) -> str:
+    """SQS, Kinesis, DynamoDB: an itemIdentifier is a non-empty string."""
+    if not isinstance(identifier, str) or not identifier:
+        raise ValueError("an itemIdentifier is missing, null or empty")
+    return identifier
+
+
+Identify = Callable[[Any], str]
+"""A raw itemIdentifier -> the id it names; raises ValueError(reason) when malformed."""
+
+
 def judge(
-    result: InvocationResult, batch_ids: Collection[str], report_batch_item_failures: bool
+    result: InvocationResult,
+    batch_ids: Collection[str],
+    report_batch_item_failures: bool,
+    identify: Identify = string_identifier,
 ) -> BatchVerdict:
     """Decide which items of a batch failed, from the invocation result."""
     if result.throttled:
@@ -44,10 +60,12 @@ def judge(
         return SUCCESS
     if result.invalid_response:
         return BatchVerdict(None, "response is not valid JSON")
-    return parse_batch_item_failures(result.response, batch_ids)
+    return parse_batch_item_failures(result.response, batch_ids, identify)
 
 
-def parse_batch_item_failures(response: Any, batch_ids: Collection[str]) -> BatchVerdict:
+def parse_batch_item_failures(
+    response: Any, batch_ids: Collection[str], identify: Identify = string_identifier
+) -> BatchVerdict:
     if response is None or response == "" or response == [] or response == {}:
         return SUCCESS
     if not isinstance(response, dict):
@@ -59,9 +77,11 @@ def parse_batch_item_failures(response: Any, batch_ids: Collection[str]) -> Batc
         return BatchVerdict(None, "batchItemFailures is not a list")
     failed: set[str] = set()
     for entry in failures:
-        identifier = entry.get("itemIdentifier") if isinstance(entry, dict) else None
-        if not isinstance(identifier, str) or not identifier:
-            return BatchVerdict(None, "an itemIdentifier is missing, null or empty")
+        raw = entry.get("itemIdentifier") if isinstance(entry, dict) else None
+        try:
+            identifier = identify(raw)
+        except ValueError as exc:
+            return BatchVerdict(None, str(exc))
         if identifier not in batch_ids:
             return BatchVerdict(None, "an itemIdentifier is not in the batch")
         failed.add(identifier)

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esm.batch_response import BatchVerdict, judge
+from esm.batch_response import BatchVerdict, judge, string_identifier
 from esm.invocation import FunctionFailure, InvocationResult
 from esm.sources.streams.policy import (
+    DESTINATION_RETRY_CAP,
     RETRY_BACKOFF,
     THROTTLE_DELAY,
     Bisect,
@@ -25,6 +26,7 @@ from esm.sources.streams.policy import (
     RetryRules,
     Segment,
     backoff,
+    capped_for_destination,
     decide,
     expired,
     next_segments,
@@ -388,3 +390,114 @@ def test_an_unknown_item_identifier_fails_the_whole_batch(
     assert not isinstance(decision, Done | RetryFrom)
     if isinstance(decision, GiveUp):
         assert (decision.succeeded, decision.count) == (0, size)
+
+
+# --- records that are not Items (Kafka's shaped dicts): positions and an arrival accessor ---
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 40), data=st.data())
+def test_positions_give_the_same_decisions_as_item_ids(size: int, data: st.DataObject) -> None:
+    """A family passing `positions` (id -> index) for plain records decides exactly as one
+    whose records carry `item_id`."""
+    records = batch(size)
+    plain = [{"offset": int(r.item_id) * 10} for r in records]  # ids unrelated to indices
+    positions = {str(d["offset"]): i for i, d in enumerate(plain)}
+    picked = data.draw(st.lists(st.integers(0, size - 1), unique=True))
+    rules = RetryRules(
+        maximum_retry_attempts=data.draw(st.integers(-1, 3)),
+        bisect_batch_on_function_error=data.draw(st.booleans()),
+        report_batch_item_failures=True,
+    )
+    attempts = data.draw(st.integers(0, 4))
+    by_item = decide(partial(*(records[i].item_id for i in picked)), records, attempts, rules)
+    by_position = decide(
+        partial(*(str(plain[i]["offset"]) for i in picked)),
+        plain,
+        attempts,
+        rules,
+        positions=positions,
+    )
+    assert by_position == by_item
+
+
+def test_positions_cut_at_the_lowest_reported_position_not_the_lowest_id() -> None:
+    plain = ["a", "b", "c", "d"]
+    positions = {"9": 0, "30": 1, "4": 2, "100": 3}  # string order differs from batch order
+    decision = decide(partial("4", "100"), plain, 0, RetryRules(), positions=positions)
+    assert decision == RetryFrom(2, 1, backoff(1))
+
+
+def test_expired_reads_arrival_through_the_accessor() -> None:
+    plain = [{"ms": (NOW - age) * 1000} for age in (100, 61, 60, 5, 100)]
+    decision = expired(
+        plain, NOW, RetryRules(maximum_record_age_in_seconds=60), arrival=lambda d: d["ms"] / 1000
+    )
+    assert decision == GiveUp("RecordAgeExceeded", 2, attempts=0)  # a leading run only
+    assert expired(plain, NOW, RetryRules(), arrival=lambda d: d["ms"] / 1000) is None
+
+
+def test_segments_hold_any_record_type() -> None:
+    segment: Segment[dict[str, int]] = Segment([{"offset": o} for o in range(4)], 1, 2)
+    halves = next_segments(segment, Bisect(2))
+    assert [[d["offset"] for d in h.records] for h in halves] == [[0, 1], [2, 3]]
+    assert [(h.attempts, h.invocations) for h in halves] == [(1, 0), (1, 0)]
+
+
+@pytest.mark.parametrize(
+    ("configured", "effective"),
+    [(-1, DESTINATION_RETRY_CAP), (0, 0), (3, 3), (10_000, 10_000)],
+)
+def test_capped_for_destination_caps_only_infinite_retries(configured: int, effective: int) -> None:
+    rules = RetryRules(maximum_retry_attempts=configured, bisect_batch_on_function_error=True)
+    capped = capped_for_destination(rules)
+    assert capped.maximum_retry_attempts == effective
+    assert capped.bisect_batch_on_function_error
+    assert DESTINATION_RETRY_CAP == 10
+
+
+def test_capped_infinite_retries_give_up_after_the_tenth_retry() -> None:
+    """`attempts` is the failed invocations before this one: the 10th retry still follows
+    the 10th failure; the 11th failure (initial + 10 retries) gives up."""
+    rules = capped_for_destination(RetryRules())
+    assert decide(WHOLE, batch(3), 9, rules) == RetryAfter(10, backoff(10))
+    assert decide(WHOLE, batch(3), 10, rules) == GiveUp("RetryAttemptsExhausted", 3, 11)
+
+
+# --- batch_response: a family's own identifier shape through `identify` ---
+
+
+def _offset_of(identifier: object) -> str:
+    if not isinstance(identifier, dict) or not isinstance(identifier.get("n"), int):
+        raise ValueError("an itemIdentifier is not an {n} object")
+    return str(identifier["n"])
+
+
+def test_identify_maps_objects_to_batch_ids() -> None:
+    ids = {"1", "2", "3"}
+    response = {"batchItemFailures": [{"itemIdentifier": {"n": 3}}, {"itemIdentifier": {"n": 2}}]}
+    verdict = judge(InvocationResult("r", 0.0, response=response), ids, True, _offset_of)
+    assert verdict.failed_ids == frozenset({"2", "3"})
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"itemIdentifier": "2"}, "an itemIdentifier is not an {n} object"),
+        ({"itemIdentifier": {"n": "2"}}, "an itemIdentifier is not an {n} object"),
+        ({"itemIdentifier": {"n": 9}}, "an itemIdentifier is not in the batch"),
+    ],
+)
+def test_identify_problems_fail_the_whole_batch_with_its_reason(
+    entry: dict[str, object], reason: str
+) -> None:
+    response = {"batchItemFailures": [entry]}
+    verdict = judge(InvocationResult("r", 0.0, response=response), {"1", "2"}, True, _offset_of)
+    assert verdict == BatchVerdict(None, reason)
+
+
+def test_string_identifier_is_the_default_rule() -> None:
+    assert string_identifier("abc") == "abc"
+    for bad in ("", None, 3, {"n": 1}):
+        with pytest.raises(ValueError, match="missing, null or empty"):
+            string_identifier(bad)

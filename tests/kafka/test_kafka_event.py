@@ -1,0 +1,124 @@
+"""Lambda's Kafka event shape, checked against Powertools' parser models and data class."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from aws_lambda_powertools.utilities.data_classes import KafkaEvent
+from aws_lambda_powertools.utilities.parser.models import (
+    KafkaMskEventModel,
+    KafkaSelfManagedEventModel,
+)
+
+from esm.filtering import FilterSet
+from esm.sources.kafka.event import (
+    KafkaRecord,
+    build_event,
+    kafka_filter_view,
+    partition_key,
+    record_json,
+)
+
+MSK_ARN = "arn:aws:kafka:us-east-1:123456789012:cluster/demo/abcd1234-ab12-cd34-ef56-1234567890ab-1"
+
+
+def record(offset: int = 15, key: bytes | None = b"recordKey", value: bytes | None = b'{"a":1}'):  # type: ignore[no-untyped-def]
+    return KafkaRecord(
+        topic="mytopic",
+        partition=0,
+        offset=offset,
+        timestamp_ms=1545084650987,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        headers=[("headerKey", b"headerValue")],
+    )
+
+
+def test_record_json_is_lambdas_shape() -> None:
+    assert record_json(record()) == {
+        "topic": "mytopic",
+        "partition": 0,
+        "offset": 15,
+        "timestamp": 1545084650987,
+        "timestampType": "CREATE_TIME",
+        "key": "cmVjb3JkS2V5",
+        "value": "eyJhIjoxfQ==",
+        "headers": [{"headerKey": [104, 101, 97, 100, 101, 114, 86, 97, 108, 117, 101]}],
+    }
+
+
+def test_key_is_left_out_when_the_record_has_none_and_log_append_time_is_named() -> None:
+    doc = record_json(KafkaRecord("t", 2, 7, 1, 1, None, None))
+    assert "key" not in doc
+    assert doc["value"] == ""
+    assert doc["timestampType"] == "LOG_APPEND_TIME"
+    assert doc["headers"] == []
+
+
+def test_self_managed_event_validates_against_powertools() -> None:
+    docs = [record_json(record(15)), record_json(record(16, key=None))]
+    event = build_event("SelfManagedKafka", "b1:9092,b2:9092", None, {"mytopic-0": docs})
+    assert "eventSourceArn" not in event
+    model = KafkaSelfManagedEventModel.model_validate(json.loads(json.dumps(event)))
+    assert model.bootstrapServers == ["b1:9092", "b2:9092"]
+    parsed = model.records["mytopic-0"]
+    assert [r.offset for r in parsed] == [15, 16]
+    assert parsed[0].key == b"recordKey" and parsed[1].key is None
+    assert parsed[0].value == '{"a":1}'
+    assert parsed[0].headers == [{"headerKey": b"headerValue"}]
+
+
+def test_msk_event_validates_against_powertools_and_its_data_class() -> None:
+    event = build_event("aws:kafka", "b1:9092", MSK_ARN, {"mytopic-0": [record_json(record())]})
+    model = KafkaMskEventModel.model_validate(json.loads(json.dumps(event)))
+    assert model.eventSource == "aws:kafka" and model.eventSourceArn == MSK_ARN
+    data = KafkaEvent(event)
+    (first,) = list(data.records)
+    assert data.bootstrap_servers == "b1:9092"
+    assert data.decoded_bootstrap_servers == ["b1:9092"]
+    assert first.topic == "mytopic" and first.offset == 15
+    assert first.decoded_key == b"recordKey"
+    assert first.json_value == {"a": 1}
+    assert first.decoded_headers == {"headerKey": b"headerValue"}
+
+
+def test_partition_key_is_topic_dash_partition() -> None:
+    assert partition_key("my-topic", 10) == "my-topic-10"
+
+
+def test_filters_see_the_decoded_json_value_and_metadata() -> None:
+    by_value = FilterSet.compile(['{"value": {"a": [1]}}'])
+    assert by_value.matches(kafka_filter_view(record_json(record())))
+    assert not by_value.matches(kafka_filter_view(record_json(record(value=b'{"a":2}'))))
+    assert not by_value.matches(kafka_filter_view(record_json(record(value=b"plain text"))))
+    by_offset = FilterSet.compile(['{"offset": [{"numeric": [">", 15]}]}'])
+    assert by_offset.matches(kafka_filter_view(record_json(record(16, value=b"plain"))))
+    assert not by_offset.matches(kafka_filter_view(record_json(record(15))))
+    assert base64.b64decode(record_json(record())["value"]) == b'{"a":1}'
+
+
+def test_shaper_size_is_the_exact_json_size_of_the_record() -> None:
+    """The 6 MB cap relies on the computed size; it must equal the serialised size."""
+    from esm.sources.kafka.event import PartitionShaper, record_json_size
+
+    cases = [
+        (0, -1, 0, None, None, ()),
+        (12345678901, 1545084650987, 1, b"k\x00\xff", b"x" * 1000, ()),
+        (7, 1, 0, b"", b"\xe2\x82\xac", [("h\u00e9\"\\", b"\x00\x01"), ("n", None)]),
+        (99, 10, 1, b"ab", b"abcd", [("a", b"")]),
+    ]
+    shaper = PartitionShaper("my.topic_name-1", 11)
+    for offset, stamp, stamp_type, key, value, headers in cases:
+        doc, size = shaper.shape(offset, stamp, stamp_type, key, value, headers)  # type: ignore[arg-type]
+        assert size == record_json_size(doc), doc
+
+
+def test_fast_base64_matches_the_standard_library() -> None:
+    import os
+
+    from esm.sources.kafka import event
+
+    for data in (b"", b"a", b"ab", b"abc", os.urandom(1024), os.urandom(4097)):
+        assert event._b64(data) == base64.b64encode(data).decode("ascii")

@@ -414,18 +414,21 @@ def written(key: str) -> str:
 
 
 def key_paths(node: Any, prefix: str = "") -> set[str]:
-    """Every key path of a parsed document, written the way esm writes them."""
+    """Every key path of a parsed document, written the way esm writes them (iterative: a
+    generated document may nest deeper than Python's recursion limit)."""
     paths: set[str] = set()
-    children = (
-        [(f"{prefix}.{written(k)}" if prefix else written(k), v) for k, v in node.items()]
-        if isinstance(node, dict)
-        else [(f"{prefix}[{i}]", v) for i, v in enumerate(node)]
-        if isinstance(node, list)
-        else []
-    )
-    for path, child in children:
-        paths.add(path)
-        paths |= key_paths(child, path)
+    stack = [(prefix, node)]
+    while stack:
+        base, current = stack.pop()
+        if isinstance(current, dict):
+            children = [(f"{base}.{written(k)}" if base else written(k), v) for k, v in current.items()]
+        elif isinstance(current, list):
+            children = [(f"{base}[{i}]", v) for i, v in enumerate(current)]
+        else:
+            continue
+        for path, child in children:
+            paths.add(path)
+            stack.append((path, child))
     return paths
 
 

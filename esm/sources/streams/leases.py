@@ -205,6 +205,9 @@ class LeaseCoordinator:
         self._stopping = stopping
         self._tracker = ExpiryTracker(self.timings.failover_time)
         self._rng = random.Random()
+        self._taking = anyio.Lock()
+        """Held by a take until its lease is in `held`, and by the incarnation restarts: a
+        lease taken while a restart runs would be seen neither as scanned nor as held."""
         self._m_held = metrics.leases_held.labels(mapping)
         self._m_taken = metrics.leases_taken.labels(mapping)
         self._m_lost = metrics.leases_lost.labels(mapping)
@@ -225,7 +228,9 @@ class LeaseCoordinator:
 
     async def sync_shards(self, shards: Sequence[ShardInfo]) -> list[Lease]:
         """Create leases for new shards whose parents are done; delete finished leases of
-        shards no longer listed. Returns the mapping's leases as now stored."""
+        shards no longer listed; restart leases of an earlier stream incarnation. Returns
+        the mapping's leases as now stored; until the caller's next await, no lease in
+        `held()` is of another incarnation than `shards`."""
         leases = await self.table.scan(self.mapping)
         listed = {s.shard_id for s in shards}
         created = False
@@ -247,8 +252,10 @@ class LeaseCoordinator:
         for lease in leases:
             if lease.ended and lease.shard_id not in listed and lease.owner is None:
                 await self.table.delete(lease)
-        restarted = await self._restart_new_incarnations(shards, leases)
-        return await self.table.scan(self.mapping) if created or restarted else leases
+        # Until the caller reads `held()` (no await between): no lease held then is stale.
+        async with self._taking:
+            restarted = await self._restart_new_incarnations(shards, leases)
+            return await self.table.scan(self.mapping) if created or restarted else leases
 
     async def _restart_new_incarnations(
         self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
@@ -256,7 +263,7 @@ class LeaseCoordinator:
         """A stream deleted and created again has the same shard ids: its leases still hold
         the old stream's checkpoints (or SHARD_END). Each is pointed at the new stream from
         the mapping's starting position once, by whichever worker's conditional write wins,
-        and that worker logs the one warning (issue #13.6).
+        and that worker logs the one warning (issue #13.6). Runs under `_taking`.
 
         A lease held here is restarted in place, so this worker keeps it: it may have been
         taken by this worker's balance loop after `leases` were scanned, and restarting it
@@ -276,9 +283,7 @@ class LeaseCoordinator:
                     restarted = True
                     self._warn_new_incarnation(lease, shard, start)
                 # Else another worker changed it since the scan, or this one's balance
-                # loop took it: then it is held here now and restarted below.
-        # Held leases last, with no await after the loop: one taken while the unowned
-        # restarts above ran is restarted too before the mapping reads `held()`.
+                # loop took it (before `_taking` was acquired): then it is restarted below.
         while stale := [
             h
             for h in self.held().values()
@@ -390,13 +395,14 @@ class LeaseCoordinator:
         for lease in choices:
             if self._stopping.is_set():
                 return
-            taken = await self.table.take(lease, self.worker)
-            if taken is None:
-                continue  # another worker was first, or the owner renewed it meanwhile
             stolen = lease.owner is not None and lease.key not in expired
-            self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
-                taken, taken_from_live_owner=stolen
-            )
+            async with self._taking:
+                taken = await self.table.take(lease, self.worker)
+                if taken is None:
+                    continue  # another worker was first, or the owner renewed it meanwhile
+                self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
+                    taken, taken_from_live_owner=stolen
+                )
             self._m_taken.inc()
             self._m_held.set(len(self.held()))
             self._log.info(

@@ -247,6 +247,11 @@ class LeaseTable:
             ),
         )
 
+    async def restart_held(self, lease: Lease, checkpoint: str, incarnation: str) -> Lease | None:
+        """`restart` for a lease this worker holds: it keeps it (the write is conditional on
+        its owner and counter, as a checkpoint is); None when it was lost."""
+        return await self.checkpoint(lease, checkpoint, incarnation)
+
     async def renew(self, lease: Lease) -> Lease | None:
         """Bump the counter if this worker still holds it; None when it was lost."""
         return await self._update_held(lease, "SET leaseCounter = :next", {}, replace(lease))
@@ -457,6 +462,20 @@ class DynamoDBCheckpointStore:
         async with held.lock:
             if held.lost.is_set():
                 raise LeaseLost(f"{mapping}:{shard_id} was lost by {self.worker_id}")
+            if not Checkpoint(None, incarnation=held.lease.incarnation).matches(
+                checkpoint.incarnation
+            ):
+                # A poller of the deleted stream, stopping, after the lease was restarted on
+                # the new one: its position means nothing there and must not be resumed.
+                log.info(
+                    "checkpoint.other_incarnation",
+                    worker=self.worker_id,
+                    mapping=mapping,
+                    shard=shard_id,
+                    lease=held.lease.incarnation,
+                    checkpoint=checkpoint.incarnation,
+                )
+                return
             updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
             if updated is None:
                 held.lost.set()

@@ -149,6 +149,22 @@ def choose_leases_to_take(
     return rng.sample(victims, steal) if steal > 0 else []
 
 
+def _other_incarnation(lease: Lease, shard: ShardInfo) -> bool:
+    """Was the lease's checkpoint taken on another stream of the same name (unknown on
+    either side matches, as for leases written before esm recorded incarnations)?"""
+    return (
+        lease.incarnation is not None
+        and shard.incarnation is not None
+        and lease.incarnation != shard.incarnation
+    )
+
+
+def _start_of(shard: ShardInfo, initial_checkpoint: str) -> str:
+    """Where a shard without a usable checkpoint starts: a child at TRIM_HORIZON (nothing
+    written to it is skipped), any other at the mapping's starting position."""
+    return "TRIM_HORIZON" if shard.parent_ids else initial_checkpoint
+
+
 def leases_to_create(shards: Sequence[ShardInfo], leases: Sequence[Lease]) -> list[ShardInfo]:
     """Listed shards without a lease whose parents are done: ended (SHARD_END) or no longer
     listed (expired from the stream). Lambda and KCL read parents before children."""
@@ -189,6 +205,9 @@ class LeaseCoordinator:
         self._stopping = stopping
         self._tracker = ExpiryTracker(self.timings.failover_time)
         self._rng = random.Random()
+        self._taking = anyio.Lock()
+        """Held by a take until its lease is in `held`, and by the incarnation restarts: a
+        lease taken while a restart runs would be seen neither as scanned nor as held."""
         self._m_held = metrics.leases_held.labels(mapping)
         self._m_taken = metrics.leases_taken.labels(mapping)
         self._m_lost = metrics.leases_lost.labels(mapping)
@@ -209,7 +228,9 @@ class LeaseCoordinator:
 
     async def sync_shards(self, shards: Sequence[ShardInfo]) -> list[Lease]:
         """Create leases for new shards whose parents are done; delete finished leases of
-        shards no longer listed. Returns the mapping's leases as now stored."""
+        shards no longer listed; restart leases of an earlier stream incarnation. Returns
+        the mapping's leases as now stored; until the caller's next await, no lease in
+        `held()` is of another incarnation than `shards`."""
         leases = await self.table.scan(self.mapping)
         listed = {s.shard_id for s in shards}
         created = False
@@ -219,7 +240,7 @@ class LeaseCoordinator:
                 shard.shard_id,
                 owner=None,
                 counter=0,
-                checkpoint="TRIM_HORIZON" if shard.parent_ids else self.initial_checkpoint,
+                checkpoint=_start_of(shard, self.initial_checkpoint),
                 parent_ids=shard.parent_ids,
                 incarnation=shard.incarnation,
             )
@@ -231,41 +252,74 @@ class LeaseCoordinator:
         for lease in leases:
             if lease.ended and lease.shard_id not in listed and lease.owner is None:
                 await self.table.delete(lease)
-        restarted = await self._restart_new_incarnations(shards, leases)
-        return await self.table.scan(self.mapping) if created or restarted else leases
+        # Until the caller reads `held()` (no await between): no lease held then is stale.
+        async with self._taking:
+            restarted = await self._restart_new_incarnations(shards, leases)
+            return await self.table.scan(self.mapping) if created or restarted else leases
 
     async def _restart_new_incarnations(
         self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
     ) -> bool:
         """A stream deleted and created again has the same shard ids: its leases still hold
         the old stream's checkpoints (or SHARD_END). Each is pointed at the new stream from
-        the mapping's starting position, by whichever worker's conditional write wins, and
-        that worker logs the one warning."""
+        the mapping's starting position once, by whichever worker's conditional write wins,
+        and that worker logs the one warning (issue #13.6). Runs under `_taking`.
+
+        A lease held here is restarted in place, so this worker keeps it: it may have been
+        taken by this worker's balance loop after `leases` were scanned, and restarting it
+        as unowned would fail (the take changed its counter) or make this worker drop the
+        lease it just took. Once this returns, no lease held here is of another
+        incarnation, so the mapping never starts a poller on one."""
         by_shard = {shard.shard_id: shard for shard in shards}
         restarted = False
         for lease in leases:
             shard = by_shard.get(lease.shard_id)
-            if shard is None or shard.incarnation is None or lease.incarnation is None:
+            if shard is None or not _other_incarnation(lease, shard):
                 continue
-            if lease.incarnation == shard.incarnation:
-                continue
-            start = "TRIM_HORIZON" if shard.parent_ids else self.initial_checkpoint
-            if not await self.table.restart(lease, start, shard.incarnation):
-                continue
-            restarted = True
-            self._log.warning(
-                "shard.new_incarnation",
-                shard=lease.shard_id,
-                stored=lease.incarnation,
-                current=shard.incarnation,
-                checkpoint=lease.checkpoint,
-                starting_position=start,
-            )
-            mine = self.held().get(lease.shard_id)
-            if mine is not None:
-                async with mine.lock:
-                    self._lose(mine, reason="the stream was created again")
+            if self.held().get(lease.shard_id) is None:
+                start = _start_of(shard, self.initial_checkpoint)
+                assert shard.incarnation is not None
+                if await self.table.restart(lease, start, shard.incarnation):
+                    restarted = True
+                    self._warn_new_incarnation(lease, shard, start)
+                # Else another worker changed it since the scan, or this one's balance
+                # loop took it (before `_taking` was acquired): then it is restarted below.
+        while stale := [
+            h
+            for h in self.held().values()
+            if h.lease.shard_id in by_shard
+            and _other_incarnation(h.lease, by_shard[h.lease.shard_id])
+        ]:
+            restarted |= await self._restart_held(stale[0], by_shard[stale[0].lease.shard_id])
         return restarted
+
+    async def _restart_held(self, held: HeldLease, shard: ShardInfo) -> bool:
+        """Point a lease held here at the new incarnation, keeping it (a write conditional
+        on this worker's owner and counter, like a checkpoint); lost if that fails."""
+        start = _start_of(shard, self.initial_checkpoint)
+        async with held.lock:
+            if held.lost.is_set() or not _other_incarnation(held.lease, shard):
+                return False
+            previous = held.lease
+            assert shard.incarnation is not None
+            updated = await self.table.restart_held(previous, start, shard.incarnation)
+            if updated is None:
+                self._lose(held, reason="taken by another worker")
+                return False
+            held.lease = updated
+            held.renewed_at = time.monotonic()
+        self._warn_new_incarnation(previous, shard, start)
+        return True
+
+    def _warn_new_incarnation(self, lease: Lease, shard: ShardInfo, start: str) -> None:
+        self._log.warning(
+            "shard.new_incarnation",
+            shard=lease.shard_id,
+            stored=lease.incarnation,
+            current=shard.incarnation,
+            checkpoint=lease.checkpoint,
+            starting_position=start,
+        )
 
     async def _renew_loop(self) -> None:
         while True:
@@ -341,13 +395,14 @@ class LeaseCoordinator:
         for lease in choices:
             if self._stopping.is_set():
                 return
-            taken = await self.table.take(lease, self.worker)
-            if taken is None:
-                continue  # another worker was first, or the owner renewed it meanwhile
             stolen = lease.owner is not None and lease.key not in expired
-            self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
-                taken, taken_from_live_owner=stolen
-            )
+            async with self._taking:
+                taken = await self.table.take(lease, self.worker)
+                if taken is None:
+                    continue  # another worker was first, or the owner renewed it meanwhile
+                self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
+                    taken, taken_from_live_owner=stolen
+                )
             self._m_taken.inc()
             self._m_held.set(len(self.held()))
             self._log.info(

@@ -212,14 +212,18 @@ class StreamMapping:
     ) -> dict[str, Checkpoint]:
         """Drop checkpoints taken on an earlier stream of the same name (same shard ids,
         sequence numbers started over): those shards start at `starting_position`, and the
-        warning names each one once, when its poller starts."""
+        warning names each one once, when its poller starts.
+
+        In a fleet the lease coordinator has already restarted every lease held here and
+        logged that warning (`sync_shards`); a stale checkpoint left is of a lease held
+        elsewhere, which this worker does not start, so it does not warn for it."""
         current = dict(checkpoints)
         for shard in shards:
             checkpoint = current.get(shard.shard_id)
             if checkpoint is None or checkpoint.matches(shard.incarnation):
                 continue
             del current[shard.shard_id]
-            if shard.shard_id not in self.pollers:
+            if self.leases is None and shard.shard_id not in self.pollers:
                 self._log.warning(
                     "shard.new_incarnation",
                     shard=shard.shard_id,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from esm.cli import main
 from esm.config import _Table
 from esm.errors import ConfigError
 from esm.importer import ImportResult, import_template
@@ -363,3 +364,12 @@ Resources:
     by_name, functions = tables(result)
     with pytest.raises(ConfigError, match=r"mappings\[0\]\.queues: must be a list of exactly one"):
         mq(by_name["FnJobs"], functions)
+
+
+def test_import_help_says_what_cluster_broker_and_secret_refs_expect(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    text = capsys.readouterr().out
+    assert "Cluster=arn:aws:kafka:" in text
+    assert "BrokerArn=arn:aws:mq:" in text
+    assert "Secret=arn:aws:secretsmanager:" in text

@@ -373,3 +373,46 @@ def test_import_help_says_what_cluster_broker_and_secret_refs_expect(capsys) -> 
     assert "Cluster=arn:aws:kafka:" in text
     assert "BrokerArn=arn:aws:mq:" in text
     assert "Secret=arn:aws:secretsmanager:" in text
+
+
+def test_an_unresolved_source_arn_takes_its_family_from_the_resource_it_names(
+    tmp_path: Path,
+) -> None:
+    text = """\
+Resources:
+  Handler:
+    Type: AWS::Lambda::Function
+    Properties: {Runtime: python3.12, Handler: app.handler, Code: src/}
+  Cluster: {Type: AWS::MSK::Cluster}
+  Broker: {Type: AWS::AmazonMQ::Broker}
+  Orders:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !Ref Handler
+      EventSourceArn: !GetAtt Cluster.Arn
+      Topics: [orders]
+      StartingPosition: LATEST
+      AmazonManagedKafkaEventSourceConfig: {ConsumerGroupId: orders-esm}
+  Jobs:
+    Type: AWS::Lambda::EventSourceMapping
+    Properties:
+      FunctionName: !Ref Handler
+      EventSourceArn: !GetAtt Broker.Arn
+      Queues: [jobs]
+"""
+    result = imported(tmp_path, text, {})
+    assert result.placeholders == ["mappings[0].event_source_arn", "mappings[1].event_source_arn"]
+    by_name, functions = tables(result)
+    orders, jobs = by_name["Orders"], by_name["Jobs"]
+    assert orders["amazon_managed_kafka_event_source_config"] == {"consumer_group_id": "orders-esm"}
+    assert "self_managed_event_source" not in orders
+    assert jobs["queues"] == ["jobs"]
+    config, problems = kafka(orders, functions)
+    assert config is None
+    # The first problem names the key; the Kafka parser then reads the mapping as self-managed.
+    assert problems[0] == (
+        "mappings[0].event_source_arn: <unresolved: !GetAtt Cluster.Arn - pass --param "
+        "ClusterArn=... or --stack-name> is a placeholder left by esm import: set the real value"
+    )
+    with pytest.raises(ConfigError, match=r"event_source_arn: '<unresolved: !GetAtt Broker\.Arn"):
+        mq(jobs, functions)

@@ -497,9 +497,13 @@ def _access_configurations(
                 "(esm connects to the brokers from its own network)"
             )
             continue
-        if access_type not in allowed or uri is None:
+        if uri is None and access_type in allowed:
+            out.report.append(f"{where}[{index}]: {access_type} without a URI; not carried over")
+            continue
+        if access_type not in allowed:
+            shown = access_type.expression if isinstance(access_type, Unresolved) else access_type
             out.report.append(
-                f"{where}[{index}]: type {access_type!r} with URI {uri!r} not carried over "
+                f"{where}[{index}]: type {shown!r} not carried over "
                 f"(esm reads {', '.join(allowed)} for {_mapping_label(kind, msk)})"
             )
             continue

@@ -24,8 +24,8 @@ from esm.observability import configure_logging
 EXIT_CONFIG = 2
 EXIT_START = 1
 IMPORT_EPILOG = """\
-what --param each reference in the template expects (Queue, Stream, Table, Function stand
-for the resource's logical id in the template):
+what --param each reference in the template expects (Queue, Stream, Table, Cluster, Broker,
+Secret, Function stand for the resource's logical id in the template):
   !GetAtt Queue.Arn          QueueArn=arn:aws:sqs:REGION:ACCOUNT:NAME    (the queue's ARN)
   !Ref Queue  (SQS queue)    Queue=https://sqs.REGION.amazonaws.com/ACCOUNT/NAME
                              (a queue's Ref is its URL, not its ARN)
@@ -33,10 +33,16 @@ for the resource's logical id in the template):
   !GetAtt Stream.Arn         StreamArn=arn:aws:kinesis:REGION:ACCOUNT:stream/NAME
   !Ref Table  (DynamoDB)     Table=NAME                     (the table's name)
   !GetAtt Table.StreamArn    TableStreamArn=arn:aws:dynamodb:...:table/NAME/stream/LABEL
+  !Ref Cluster (MSK)         Cluster=arn:aws:kafka:REGION:ACCOUNT:cluster/NAME/UUID
+                             (an MSK cluster's Ref is its ARN)
+  !GetAtt Broker.Arn (MQ)    BrokerArn=arn:aws:mq:REGION:ACCOUNT:broker:NAME:ID
+                             (needed with --stack-name too: the stack holds the broker's id)
+  !Ref Secret                Secret=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME
+                             (kept as the uri; esm reads the secret when the mapping starts)
   !Ref Function              Function=NAME                  (the function's name)
   !Ref Parameter             Parameter=VALUE                (overrides its Default)
   !ImportValue Export        Export=VALUE
-An event source (Queue:, Stream:, EventSourceArn:) must end up an ARN; an environment
+An event source (Queue:, Stream:, Broker:, EventSourceArn:) must end up an ARN; an environment
 variable gets whatever the reference gives on AWS (often a queue URL or a table name).
 --stack-name reads all of them from a deployed stack instead.
 

@@ -28,11 +28,29 @@ LAMBDA_FUNCTION = "AWS::Lambda::Function"
 _LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
 EVENT_SOURCE_MAPPING = "AWS::Lambda::EventSourceMapping"
 _FUNCTION_TYPES = (SAM_FUNCTION, LAMBDA_FUNCTION)
-_SAM_EVENT_KINDS = {"SQS": "sqs", "Kinesis": "kinesis", "DynamoDB": "dynamodb"}
+_SAM_EVENT_KINDS = {
+    "SQS": "sqs",
+    "Kinesis": "kinesis",
+    "DynamoDB": "dynamodb",
+    "MSK": "kafka",
+    "SelfManagedKafka": "kafka",
+    "MQ": "mq",
+}
+_SAM_ARN_KEYS = {
+    "SQS": "Queue",
+    "Kinesis": "Stream",
+    "DynamoDB": "Stream",
+    "MSK": "Stream",
+    "MQ": "Broker",
+}
+"""The SAM event property SAM passes as EventSourceArn (SelfManagedKafka has none)."""
 _SOURCE_TYPES = {
     "AWS::SQS::Queue": "sqs",
     "AWS::Kinesis::Stream": "kinesis",
     "AWS::DynamoDB::Table": "dynamodb",
+    "AWS::MSK::Cluster": "kafka",
+    "AWS::MSK::ServerlessCluster": "kafka",
+    "AWS::AmazonMQ::Broker": "mq",
 }
 _NESTED_STACKS = ("AWS::Serverless::Application", "AWS::CloudFormation::Stack")
 
@@ -85,17 +103,20 @@ def translate(
                         "event source mapping; esm does not run it"
                     )
                     continue
-                event_props = dict(event.get("Properties") or {})
-                arn_key = "Queue" if event_type == "SQS" else "Stream"
+                where = f"{logical_id}.Events.{event_name}"
+                event_props = _sam_event_properties(
+                    event_type, dict(event.get("Properties") or {}), where, out
+                )
+                arn_key = _SAM_ARN_KEYS.get(event_type)
                 _add_mapping(
                     out,
                     resolver,
                     f"{logical_id}{event_name}",
                     logical_id,
-                    event_props.pop(arn_key, None),
+                    event_props.pop(arn_key, None) if arn_key else None,
                     event_props,
                     _SAM_EVENT_KINDS[event_type],
-                    f"{logical_id}.Events.{event_name}",
+                    where,
                 )
                 if logical_id not in wanted:
                     wanted.append(logical_id)
@@ -150,7 +171,8 @@ def translate(
             and logical_id not in out.functions
         ):
             out.report.append(
-                f"{logical_id}: function without an SQS, Kinesis or DynamoDB event; not imported"
+                f"{logical_id}: function without an event source mapping event (SQS, Kinesis, "
+                "DynamoDB, MSK, SelfManagedKafka, MQ); not imported"
             )
     for name, entry in out.external_functions.items():
         out.functions.setdefault(name, entry)
@@ -256,29 +278,244 @@ _SCALARS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("TumblingWindowInSeconds", "tumbling_window_in_seconds", _integer),
     ("FunctionResponseTypes", "function_response_types", _string_list),
 )
-_STREAM_ONLY = (
-    "StartingPosition",
-    "StartingPositionTimestamp",
-    "ParallelizationFactor",
-    "BisectBatchOnFunctionError",
-    "MaximumRetryAttempts",
-    "MaximumRecordAgeInSeconds",
-    "TumblingWindowInSeconds",
-    "DestinationConfig",
-)
+_STREAMS = ("kinesis", "dynamodb")
+_APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "StartingPosition": (*_STREAMS, "kafka"),
+    "StartingPositionTimestamp": (*_STREAMS, "kafka"),
+    "ParallelizationFactor": _STREAMS,
+    "BisectBatchOnFunctionError": (*_STREAMS, "kafka"),
+    "MaximumRetryAttempts": (*_STREAMS, "kafka"),
+    "MaximumRecordAgeInSeconds": (*_STREAMS, "kafka"),
+    "TumblingWindowInSeconds": _STREAMS,
+    "FunctionResponseTypes": ("sqs", *_STREAMS, "kafka"),
+    "DestinationConfig": (*_STREAMS, "kafka"),
+    "ScalingConfig": ("sqs",),
+}
+"""Which sources a CreateEventSourceMapping parameter applies to (Lambda's per-source parameter
+tables: with-sqs, with-kinesis, with-ddb, kafka-esm-parameters, with-mq); absent: all of them."""
+_KIND_LABELS = {
+    "sqs": "SQS",
+    "kinesis": "Kinesis",
+    "dynamodb": "DynamoDB",
+    "kafka": "Kafka",
+    "mq": "Amazon MQ",
+}
 _UNSUPPORTED_REASONS = {
     "KmsKeyArn": "esm keeps no filter criteria encrypted at rest; the key is not used",
     "MetricsConfig": "esm always exposes its metrics on /metrics",
     "ProvisionedPollerConfig": "esm scales its own pollers",
     "Tags": "esm mappings have no tags",
-    "Queues": "Amazon MQ sources are not supported",
-    "Topics": "Kafka sources are not supported",
-    "SourceAccessConfigurations": "MQ / Kafka / DocumentDB sources are not supported",
-    "SelfManagedEventSource": "self-managed Kafka is not supported",
-    "SelfManagedKafkaEventSourceConfig": "self-managed Kafka is not supported",
-    "AmazonManagedKafkaEventSourceConfig": "Amazon MSK is not supported",
+    "Queues": "applies to Amazon MQ sources only",
+    "Topics": "applies to Kafka sources only",
+    "SourceAccessConfigurations": "applies to Kafka and Amazon MQ sources only",
+    "SelfManagedEventSource": "applies to self-managed Kafka only",
+    "SelfManagedKafkaEventSourceConfig": "applies to self-managed Kafka only",
+    "AmazonManagedKafkaEventSourceConfig": "applies to Amazon MSK only",
     "DocumentDBEventSourceConfig": "DocumentDB sources are not supported",
+    "SchemaRegistryConfig": "schema registries are not supported; records reach the function "
+    "as the broker holds them",
+    "SecretsManagerKmsKeyId": "esm reads the secret with its own credentials; the key is not used",
+    "ConsumptionMode": "not supported by esm",
 }
+
+
+_NOT_APPLICABLE_HINTS = {
+    ("DestinationConfig", "sqs"): "; use the queue's redrive policy",
+    ("DestinationConfig", "mq"): "; use the broker's dead-letter queue",
+}
+
+
+def _not_applicable(prop: str, kind: str) -> str | None:
+    """Why `prop` is not carried over for a `kind` mapping, or None when it applies."""
+    kinds = _APPLIES_TO.get(prop)
+    if kinds is None or kind in kinds:
+        return None
+    names = ", ".join(_KIND_LABELS[k] for k in kinds)
+    hint = _NOT_APPLICABLE_HINTS.get((prop, kind), "")
+    return f"applies to {names} sources only; not carried over for {_KIND_LABELS[kind]}{hint}"
+
+
+def _sam_event_properties(
+    event_type: str, props: dict[str, Any], where: str, out: Translation
+) -> dict[str, Any]:
+    """A SAM event's own properties in the EventSourceMapping shape SAM generates from them
+    (SAM guide: sam-property-function-msk, -selfmanagedkafka, -mq)."""
+    if event_type in ("MSK", "SelfManagedKafka") and "ConsumerGroupId" in props:
+        config = (
+            "AmazonManagedKafkaEventSourceConfig"
+            if event_type == "MSK"
+            else "SelfManagedKafkaEventSourceConfig"
+        )
+        props[config] = {"ConsumerGroupId": props.pop("ConsumerGroupId")}
+    if event_type == "SelfManagedKafka":
+        endpoints = {}
+        if "KafkaBootstrapServers" in props:
+            endpoints["KafkaBootstrapServers"] = props.pop("KafkaBootstrapServers")
+        props["SelfManagedEventSource"] = {"Endpoints": endpoints}
+    if event_type == "MQ" and "DynamicPolicyName" in props:
+        del props["DynamicPolicyName"]
+        out.report.append(
+            f"{where}.DynamicPolicyName: ignored (it only names the IAM policy SAM generates; "
+            "esm reads the broker with its own credentials)"
+        )
+    return props
+
+
+_KAFKA_ACCESS = {
+    "self_managed": (
+        "BASIC_AUTH",
+        "SASL_SCRAM_256_AUTH",
+        "SASL_SCRAM_512_AUTH",
+        "CLIENT_CERTIFICATE_TLS_AUTH",
+        "SERVER_ROOT_CA_CERTIFICATE",
+    ),
+    "msk": ("SASL_SCRAM_512_AUTH", "CLIENT_CERTIFICATE_TLS_AUTH"),
+}
+"""SourceAccessConfigurations types esm's Kafka family reads (kafka-cluster-auth,
+msk-cluster-auth); MSK's IAM auth has no entry."""
+_MQ_ACCESS = ("BASIC_AUTH", "VIRTUAL_HOST")
+_NETWORK_ACCESS = ("VPC_SUBNET", "VPC_SECURITY_GROUP")
+
+
+def _broker_keys(
+    out: Translation,
+    resolver: Resolver,
+    props: dict[str, Any],
+    entry: dict[str, Any],
+    kind: str,
+    where: str,
+    path: str,
+) -> None:
+    """Kafka's and Amazon MQ's own parameters (Topics / Queues, SelfManagedEventSource, the
+    consumer group config, SourceAccessConfigurations), in the keys the families parse."""
+    msk = "event_source_arn" in entry
+    if kind == "kafka":
+        if not msk:
+            servers = _bootstrap_servers(out, resolver, props, where, path)
+            entry["self_managed_event_source"] = {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": servers}}
+        entry_key, prop = ("topics", "Topics")
+    else:
+        entry_key, prop = ("queues", "Queues")
+    if prop in props:
+        names = resolver.resolve(props.pop(prop))
+        names = names if isinstance(names, list) else [names]
+        entry[entry_key] = [
+            _placeholder(out, f"{path}.{entry_key}[{i}]", name) for i, name in enumerate(names)
+        ]
+    else:
+        out.report.append(
+            f'{where}: no {prop}; Lambda requires exactly one, set {entry_key} = ["..."]'
+        )
+    if kind == "kafka":
+        _consumer_group(out, resolver, props, entry, msk, where, path)
+    if "SourceAccessConfigurations" in props:
+        access = _access_configurations(out, resolver, props, kind, msk, where, path)
+        if access:
+            entry["source_access_configurations"] = access
+
+
+def _bootstrap_servers(
+    out: Translation, resolver: Resolver, props: dict[str, Any], where: str, path: str
+) -> list[Any]:
+    """SelfManagedEventSource.Endpoints.KafkaBootstrapServers (CloudFormation's spelling of
+    the API's KAFKA_BOOTSTRAP_SERVERS); a placeholder when the template has none."""
+    key = f"{path}.self_managed_event_source.endpoints.KAFKA_BOOTSTRAP_SERVERS"
+    source = resolver.resolve(props.pop("SelfManagedEventSource", None))
+    endpoints = source.get("Endpoints") if isinstance(source, dict) else source
+    servers = endpoints.get("KafkaBootstrapServers") if isinstance(endpoints, dict) else endpoints
+    if isinstance(servers, dict):
+        for extra in sorted(servers):
+            out.report.append(f"{where}.SelfManagedEventSource.Endpoints.{extra}: not supported")
+        servers = None
+    if servers is None:
+        servers = Unresolved(f"{where} without KafkaBootstrapServers", "add host:port brokers")
+    if isinstance(servers, str):
+        servers = [part.strip() for part in servers.split(",") if part.strip()]
+    if not isinstance(servers, list):
+        servers = [servers]
+    return [_placeholder(out, f"{key}[{i}]", server) for i, server in enumerate(servers)]
+
+
+def _consumer_group(
+    out: Translation,
+    resolver: Resolver,
+    props: dict[str, Any],
+    entry: dict[str, Any],
+    msk: bool,
+    where: str,
+    path: str,
+) -> None:
+    """AmazonManagedKafkaEventSourceConfig (MSK) or SelfManagedKafkaEventSourceConfig: the
+    ConsumerGroupId; the other one stays in `props` and is reported as not applying."""
+    prop = "AmazonManagedKafkaEventSourceConfig" if msk else "SelfManagedKafkaEventSourceConfig"
+    if prop not in props:
+        return
+    config = resolver.resolve(props.pop(prop))
+    key = f"{'amazon' if msk else 'self'}_managed_kafka_event_source_config"
+    if not isinstance(config, dict):
+        entry[key] = {"consumer_group_id": _placeholder(out, f"{path}.{key}", config)}
+        return
+    for extra in sorted(set(config) - {"ConsumerGroupId"}):
+        reason = _UNSUPPORTED_REASONS.get(extra, "not supported by esm")
+        out.report.append(f"{where}.{prop}.{extra}: not carried over ({reason})")
+    if "ConsumerGroupId" in config:
+        group = _placeholder(out, f"{path}.{key}.consumer_group_id", config["ConsumerGroupId"])
+        entry[key] = {"consumer_group_id": group}
+
+
+def _access_configurations(
+    out: Translation,
+    resolver: Resolver,
+    props: dict[str, Any],
+    kind: str,
+    msk: bool,
+    where: str,
+    path: str,
+) -> list[dict[str, Any]]:
+    """`{Type, URI}` -> `{type, uri}`: a secret ARN stays the `uri` (read when the mapping
+    starts, never at import); VPC entries do not apply (esm connects from its own network)."""
+    where = f"{where}.SourceAccessConfigurations"
+    raw = resolver.resolve(props.pop("SourceAccessConfigurations"))
+    if isinstance(raw, Unresolved) or not isinstance(raw, list):
+        hint = raw.hint if isinstance(raw, Unresolved) else "it is not a list"
+        out.report.append(
+            f"{where}: cannot be evaluated ({hint}); not carried over, "
+            "set source_access_configurations by hand"
+        )
+        return []
+    if kind == "mq":
+        allowed: tuple[str, ...] = _MQ_ACCESS
+    else:
+        allowed = _KAFKA_ACCESS["msk" if msk else "self_managed"]
+    result: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        item = item if isinstance(item, dict) else {}
+        access_type, uri = item.get("Type"), item.get("URI")
+        if access_type in _NETWORK_ACCESS:
+            out.report.append(
+                f"{where}[{index}]: {access_type} not carried over "
+                "(esm connects to the brokers from its own network)"
+            )
+            continue
+        if uri is None and access_type in allowed:
+            out.report.append(f"{where}[{index}]: {access_type} without a URI; not carried over")
+            continue
+        if access_type not in allowed:
+            shown = access_type.expression if isinstance(access_type, Unresolved) else access_type
+            out.report.append(
+                f"{where}[{index}]: type {shown!r} not carried over "
+                f"(esm reads {', '.join(allowed)} for {_mapping_label(kind, msk)})"
+            )
+            continue
+        at = f"{path}.source_access_configurations[{len(result)}].uri"
+        result.append({"type": access_type, "uri": _placeholder(out, at, uri)})
+    return result
+
+
+def _mapping_label(kind: str, msk: bool) -> str:
+    if kind == "kafka":
+        return "Amazon MSK" if msk else "self-managed Kafka"
+    return _KIND_LABELS[kind]
 
 
 def _add_mapping(
@@ -298,7 +535,9 @@ def _add_mapping(
     path = f"mappings[{index}]"
     entry: dict[str, Any] = {"name": name}
     entry["function"] = _placeholder(out, f"{path}.function", function)
-    if source is None:
+    if kind == "kafka" and source is None and "SelfManagedEventSource" in props:
+        pass  # self-managed Kafka: its brokers, not an ARN (_broker_keys)
+    elif source is None:
         entry["event_source_arn"] = _placeholder(
             out,
             f"{path}.event_source_arn",
@@ -308,16 +547,17 @@ def _add_mapping(
         entry["event_source_arn"] = _placeholder(
             out, f"{path}.event_source_arn", resolver.resolve(source)
         )
+    if kind in ("kafka", "mq"):
+        _broker_keys(out, resolver, props, entry, kind, where, path)
+    for prop in list(props):
+        reason = _not_applicable(prop, kind)
+        if reason is not None:
+            del props[prop]
+            out.report.append(f"{where}.{prop}: {reason}")
     for prop, config_key, convert in _SCALARS:
         if prop not in props:
             continue
         raw = props.pop(prop)
-        if kind == "sqs" and prop in _STREAM_ONLY:
-            out.report.append(
-                f"{where}.{prop}: applies to Kinesis and DynamoDB streams only; "
-                "not carried over for SQS"
-            )
-            continue
         value = resolver.resolve(raw)
         if value is NO_VALUE:
             continue
@@ -336,14 +576,18 @@ def _add_mapping(
             filters.append({"pattern": _placeholder(out, f"{path}.filter_criteria", criteria)})
         if filters:
             entry["filter_criteria"] = {"filters": filters}
+    if kind == "kafka" and "starting_position" not in entry:
+        entry["starting_position"] = _placeholder(
+            out,
+            f"{path}.starting_position",
+            Unresolved(
+                f"{where} without StartingPosition",
+                "Lambda requires it for Kafka: set TRIM_HORIZON, LATEST or AT_TIMESTAMP",
+            ),
+        )
     if "DestinationConfig" in props:
         config = resolver.resolve(props.pop("DestinationConfig"))
-        if kind == "sqs":
-            out.report.append(
-                f"{where}.DestinationConfig: applies to streams only; "
-                "for SQS use the queue's redrive policy"
-            )
-        elif isinstance(config, dict):
+        if isinstance(config, dict):
             on_failure = config.get("OnFailure") or {}
             for extra in sorted(set(config) - {"OnFailure"}):
                 out.report.append(
@@ -370,11 +614,7 @@ def _add_mapping(
             }
     if "ScalingConfig" in props:
         scaling = resolver.resolve(props.pop("ScalingConfig"))
-        if kind != "sqs":
-            out.report.append(
-                f"{where}.ScalingConfig: applies to SQS only; not carried over for streams"
-            )
-        elif isinstance(scaling, dict) and "MaximumConcurrency" in scaling:
+        if isinstance(scaling, dict) and "MaximumConcurrency" in scaling:
             entry["scaling_config"] = {
                 "maximum_concurrency": _placeholder(
                     out,
@@ -399,8 +639,12 @@ def _source_kind(
     source: Any, resources: Mapping[str, Any], resolver: Resolver, props: Mapping[str, Any]
 ) -> str:
     """Which service a mapping reads: from its ARN if known, else from the type of the
-    resource it refers to, else from whether it has a StartingPosition (streams need one)."""
+    resource it refers to, else from its Kafka (Topics, SelfManagedEventSource) or Amazon MQ
+    (Queues) parameters, else from whether it has a StartingPosition (streams need one)."""
     resolved = resolver.resolve(source)
+    service = resolved.split(":")[2:3] if isinstance(resolved, str) else []
+    if service in (["kafka"], ["mq"]):
+        return service[0]
     if isinstance(resolved, str):
         try:
             return parse_source_arn(resolved).kind
@@ -411,6 +655,10 @@ def _source_kind(
         kind = _SOURCE_TYPES.get(resources[referenced].get("Type", ""))
         if kind:
             return kind
+    if "Topics" in props or "SelfManagedEventSource" in props:
+        return "kafka"
+    if "Queues" in props:
+        return "mq"
     return "kinesis" if "StartingPosition" in props else "sqs"
 
 

@@ -104,7 +104,7 @@ def test_properties_esm_cannot_honour_are_reported(tmp_path: Path) -> None:
         "OrdersFunction.Events.Changes.KmsKeyArn: not carried over",
         "OrdersFunction.Events.Http: event type 'Api' is not an event source mapping",
         "Globals.Api: not used",
-        "UnusedFunction: function without an SQS, Kinesis or DynamoDB event",
+        "UnusedFunction: function without an event source mapping event",
     ):
         assert expected in text
     assert not any("placeholder" in line for line in report)

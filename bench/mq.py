@@ -98,7 +98,9 @@ async def esm_side(url: str, count: int) -> float:
     function = Function(
         create_invoker(
             FunctionConfig(
-                name="fn", kind="python", handler="esm_bench_handlers.noop",
+                name="fn",
+                kind="python",
+                handler="esm_bench_handlers.noop",
                 code_path=ROOT / "bench" / "handlers",
             )
         ),
@@ -136,8 +138,11 @@ def main() -> None:
             anyio.run(fill, broker.url, args.messages)
             elapsed = anyio.run(drain, broker.url, args.messages)
             rates[side] = args.messages / elapsed
-            print(f"{side:>20}: {args.messages} messages in {elapsed:.2f} s = "
-                  f"{rates[side]:,.0f} msg/s", flush=True)
+            print(
+                f"{side:>20}: {args.messages} messages in {elapsed:.2f} s = "
+                f"{rates[side]:,.0f} msg/s",
+                flush=True,
+            )
         ratio = rates["esm MqMapping"] / rates["bare aio-pika loop"]
         print(f"{'esm / bare':>20}: {ratio:.0%} (target >= 80%)")
     finally:

@@ -212,15 +212,23 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
             endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window, log=_log
         )
         lambda_pace = scale.run_kinesis(
-            endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log,
+            endpoint,
+            sizes.idle_shards,
+            sizes.scale_warmup,
+            sizes.scale_window / 2,
+            log=_log,
             lambda_pace=True,
         )
         sweep = [lambda_pace]
         for shards in (sizes.idle_shards // 10, sizes.idle_shards * 3 // 10):
             sweep.append(
                 scale.run_kinesis(
-                    endpoint, max(1, shards), sizes.scale_warmup, sizes.scale_window / 4,
-                    log=_log, lambda_pace=True,
+                    endpoint,
+                    max(1, shards),
+                    sizes.scale_warmup,
+                    sizes.scale_window / 4,
+                    log=_log,
+                    lambda_pace=True,
                 )
             )
     plot = scale.plot_lambda_pace(sweep, args.out)

@@ -36,7 +36,12 @@ def parse_source_arn(arn: str) -> SourceArn:
     if service == "kinesis" and resource.startswith("stream/") and len(resource) > 7:
         return SourceArn(arn, "kinesis", region, account, resource.split("/", 1)[1])
     pieces = resource.split("/")
-    if service == "dynamodb" and len(pieces) == 4 and pieces[0] == "table" and pieces[2] == "stream":
+    if (
+        service == "dynamodb"
+        and len(pieces) == 4
+        and pieces[0] == "table"
+        and pieces[2] == "stream"
+    ):
         return SourceArn(arn, "dynamodb", region, account, pieces[1])
     raise ArnError(
         f"{arn!r} is not an SQS queue, Kinesis stream or DynamoDB stream ARN "

@@ -345,8 +345,10 @@ def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
         # module.function.
         needs_module_function = command is None
         handler = t.string("handler", "", required=needs_module_function)
-        if needs_module_function and handler and (
-            "." not in handler or handler.startswith(".") or handler.endswith(".")
+        if (
+            needs_module_function
+            and handler
+            and ("." not in handler or handler.startswith(".") or handler.endswith("."))
         ):
             t.problem("handler", f"{handler!r} is not module.function (as Lambda writes it)")
         config = FunctionConfig(
@@ -369,9 +371,13 @@ def _environment(t: _Table) -> dict[str, str]:
     environment = t.string_map("environment")
     for name, value in environment.items():
         if not name or "=" in name or "\0" in name:
-            t.problem("environment", f"{_quoted_key(name)} is not a valid environment variable name")
+            t.problem(
+                "environment", f"{_quoted_key(name)} is not a valid environment variable name"
+            )
         elif "\0" in value:
-            t.problem("environment", f"{_quoted_key(name)}: a value may not contain a NUL character")
+            t.problem(
+                "environment", f"{_quoted_key(name)}: a value may not contain a NUL character"
+            )
     return environment
 
 
@@ -412,8 +418,8 @@ def _parse_command(t: _Table) -> tuple[str, ...] | None:
     ):
         t.problem(
             "command",
-            "must be a non-empty list of strings, e.g. [\"./bootstrap\"] or "
-            "[\"python\", \"-m\", \"awslambdaric\", \"app.handler\"]",
+            'must be a non-empty list of strings, e.g. ["./bootstrap"] or '
+            '["python", "-m", "awslambdaric", "app.handler"]',
         )
         return None
     return tuple(value)
@@ -512,7 +518,9 @@ def _endpoint_url(t: _Table) -> str | None:
     elif parts.query or url.endswith("?"):
         t.problem("endpoint_url", f"{url!r} must not have a query (?...): use http(s)://HOST:PORT")
     elif parts.fragment or "#" in url:
-        t.problem("endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT")
+        t.problem(
+            "endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT"
+        )
     else:
         return url
     return None
@@ -598,7 +606,11 @@ def _parse_sqs_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> 
     limit = 10 if fifo else 10_000
     batch_size = t.integer("batch_size", 10, 1, limit, what="FIFO SQS" if fifo else "SQS")
     window = t.number("maximum_batching_window_in_seconds", 0.0, 0, 300)
-    if batch_size > 10 and window < 1 and "maximum_batching_window_in_seconds" not in t.problems_for:
+    if (
+        batch_size > 10
+        and window < 1
+        and "maximum_batching_window_in_seconds" not in t.problems_for
+    ):
         t.problem(
             "maximum_batching_window_in_seconds",
             f"must be at least 1 when batch_size is above 10 (batch_size is {batch_size}), as AWS requires",
@@ -617,14 +629,20 @@ def _parse_sqs_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> 
 def _parse_stream_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> MappingConfig:
     if "scaling_config" in t.raw:
         t.consume("scaling_config")
-        t.problem("scaling_config", "applies to SQS only; streams scale with parallelization_factor")
+        t.problem(
+            "scaling_config", "applies to SQS only; streams scale with parallelization_factor"
+        )
     positions = STARTING_POSITIONS if source.kind == "kinesis" else STARTING_POSITIONS[:2]
     position = t.choice("starting_position", positions, "", required=True)
     timestamp = t.optional_timestamp("starting_position_timestamp")
     if position == "AT_TIMESTAMP" and timestamp is None:
-        t.problem("starting_position_timestamp", "is required when starting_position is AT_TIMESTAMP")
+        t.problem(
+            "starting_position_timestamp", "is required when starting_position is AT_TIMESTAMP"
+        )
     if timestamp is not None and position != "AT_TIMESTAMP":
-        t.problem("starting_position_timestamp", "is only allowed with starting_position AT_TIMESTAMP")
+        t.problem(
+            "starting_position_timestamp", "is only allowed with starting_position AT_TIMESTAMP"
+        )
     retries = t.integer("maximum_retry_attempts", -1, -1, 10_000)
     record_age = t.integer("maximum_record_age_in_seconds", -1, -1, 604_800)
     if 0 <= record_age < 60:
@@ -643,7 +661,9 @@ def _parse_stream_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) 
     destination.finish()
     return MappingConfig(
         batch_size=t.integer("batch_size", 100, 1, 10_000),
-        maximum_batching_window_in_seconds=t.number("maximum_batching_window_in_seconds", 0.0, 0, 300),
+        maximum_batching_window_in_seconds=t.number(
+            "maximum_batching_window_in_seconds", 0.0, 0, 300
+        ),
         starting_position=position or None,
         starting_position_timestamp=timestamp,
         parallelization_factor=t.integer("parallelization_factor", 1, 1, 10),
@@ -665,12 +685,16 @@ def _parse_filter_criteria(t: _Table) -> tuple[str, ...]:
     criteria = t.table("filter_criteria")
     filters = criteria.array_of_tables("filters")
     if len(filters) > MAX_FILTERS:
-        criteria.problem("filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed")
+        criteria.problem(
+            "filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed"
+        )
     patterns = []
     for f in filters:
         pattern = f.string("pattern", "", required=True)
         if len(pattern) > MAX_FILTER_PATTERN_CHARS:
-            f.problem("pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}")
+            f.problem(
+                "pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}"
+            )
         elif pattern and (problem := validate_pattern(pattern)) is not None:
             f.problem("pattern", problem)
         f.finish()
@@ -827,7 +851,9 @@ class _Table:
         checked = self._in_range(key, value, low, high)
         return default if checked is None else float(checked)
 
-    def _in_range(self, key: str, value: N | None, low: float, high: float, what: str = "") -> N | None:
+    def _in_range(
+        self, key: str, value: N | None, low: float, high: float, what: str = ""
+    ) -> N | None:
         if value is None:
             return None
         if isinstance(value, float) and not math.isfinite(value):
@@ -908,7 +934,10 @@ class _Table:
         if not isinstance(value, list):
             self.problem(key, f"must be an array of tables ([[{key}]]), not {_type_name(value)}")
             return []
-        return [_Table(item, f"{self.key_path(key)}[{i}]", self.problems) for i, item in enumerate(value)]
+        return [
+            _Table(item, f"{self.key_path(key)}[{i}]", self.problems)
+            for i, item in enumerate(value)
+        ]
 
 
 def _type_name(value: Any) -> str:

@@ -20,7 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 THROTTLE_ERRORS = (
-    (400, b'{"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded for shard"}'),
+    (
+        400,
+        b'{"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded for shard"}',
+    ),
     (400, b'{"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded"}'),
     (400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'),
     (503, b'{"__type": "ServiceUnavailable", "message": "Service unavailable"}'),
@@ -138,7 +141,9 @@ class FaultProxy:
             writer.close()
         rhead, _, rbody = response.partition(b"\r\n\r\n")
         rlines = [l for l in rhead.split(b"\r\n") if not l.lower().startswith(b"connection:")]
-        if not any(l.lower().startswith((b"content-length:", b"transfer-encoding:")) for l in rlines):
+        if not any(
+            l.lower().startswith((b"content-length:", b"transfer-encoding:")) for l in rlines
+        ):
             rlines.append(b"Content-Length: %d" % len(rbody))
         return b"\r\n".join(rlines) + b"\r\n\r\n" + rbody
 

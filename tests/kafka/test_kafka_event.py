@@ -106,7 +106,7 @@ def test_shaper_size_is_the_exact_json_size_of_the_record() -> None:
     cases = [
         (0, -1, 0, None, None, ()),
         (12345678901, 1545084650987, 1, b"k\x00\xff", b"x" * 1000, ()),
-        (7, 1, 0, b"", b"\xe2\x82\xac", [("h\u00e9\"\\", b"\x00\x01"), ("n", None)]),
+        (7, 1, 0, b"", b"\xe2\x82\xac", [('h\u00e9"\\', b"\x00\x01"), ("n", None)]),
         (99, 10, 1, b"ab", b"abcd", [("a", b"")]),
     ]
     shaper = PartitionShaper("my.topic_name-1", 11)

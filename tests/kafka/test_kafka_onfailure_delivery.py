@@ -145,9 +145,10 @@ async def test_bisect_isolates_the_poison_record_and_gives_up_only_it(
         await poll_commits(kafka_topic, "g-bisect", [None, 4, None])
     body = await receive_one(sqs, url)
     key = f"{kafka_topic.name}-1"
-    invoked = [[r["offset"] for r in e["records"][key]] for e in kafka_handlers.events_for(
-        kafka_topic.name
-    )]
+    invoked = [
+        [r["offset"] for r in e["records"][key]]
+        for e in kafka_handlers.events_for(kafka_topic.name)
+    ]
     # halves: [0..3] fails -> [0,1] ok -> [2,3] fails -> [2] fails, given up -> [3] ok
     assert invoked == [[0, 1, 2, 3], [0, 1], [2, 3], [2], [3]]
     info = body["KafkaBatchInfo"]

@@ -111,12 +111,19 @@ def start_rabbitmq() -> Broker:
     out = log.open("wb")
     epmd = subprocess.Popen(
         ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         preexec_fn=_die_with_parent,
     )
     server = subprocess.Popen(
         [str(RABBITMQ_SERVER)],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=work,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=work,
         preexec_fn=_die_with_parent,
     )
     broker = Broker(f"amqp://127.0.0.1:{port}", port, work, [epmd, server], log)
@@ -179,14 +186,25 @@ def start_activemq() -> Broker:
     )
     log = work / "server.log"
     command = [
-        "java", "-Xmx256M", "-XX:TieredStopAtLevel=1",
-        f"-Dactivemq.base={work}", f"-Dactivemq.conf={work / 'conf'}",
-        f"-Dactivemq.data={work / 'data'}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
-        "-jar", str(jar), "start", f"xbean:file:{work / 'conf' / 'activemq.xml'}",
+        "java",
+        "-Xmx256M",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dactivemq.base={work}",
+        f"-Dactivemq.conf={work / 'conf'}",
+        f"-Dactivemq.data={work / 'data'}",
+        f"-Dactivemq.home={ACTIVEMQ_HOME}",
+        "-jar",
+        str(jar),
+        "start",
+        f"xbean:file:{work / 'conf' / 'activemq.xml'}",
     ]
     server = subprocess.Popen(
-        command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        cwd=work, preexec_fn=_die_with_parent,
+        command,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=work,
+        preexec_fn=_die_with_parent,
     )
     broker = Broker(f"stomp://127.0.0.1:{port}", port, work, [server], log)
     try:

@@ -70,7 +70,10 @@ class RunningMapping:
         self._stack = ExitStack()
         self.portal = self._stack.enter_context(start_blocking_portal())
         function_config = FunctionConfig(
-            name="fn", kind="python", handler=f"mq_handlers.{handler}", code_path=HERE,
+            name="fn",
+            kind="python",
+            handler=f"mq_handlers.{handler}",
+            code_path=HERE,
             timeout=10,
         )
         function = Function(create_invoker(function_config), self.metrics)
@@ -129,9 +132,7 @@ def declare(url: str, queue: str, arguments: dict[str, Any] | None = None) -> No
     rabbit_call(url, go)
 
 
-def publish(
-    url: str, queue: str, bodies: Sequence[str | bytes], **properties: Any
-) -> None:
+def publish(url: str, queue: str, bodies: Sequence[str | bytes], **properties: Any) -> None:
     async def go(channel: aio_pika.abc.AbstractChannel) -> None:
         for body in bodies:
             data = body.encode() if isinstance(body, str) else body
@@ -176,8 +177,13 @@ def stomp_params(port: int, login: tuple[str, str]) -> list[stompman.ConnectionP
     return [stompman.ConnectionParameters("127.0.0.1", port, login[0], login[1])]
 
 
-def stomp_send_text(port: int, login: tuple[str, str], queue: str, body: str,
-                    headers: Mapping[str, str] | None = None) -> None:
+def stomp_send_text(
+    port: int,
+    login: tuple[str, str],
+    queue: str,
+    body: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """SEND a JMS TextMessage: a frame without content-length, which ActiveMQ reads as
     text (stompman always sets content-length, which makes a BytesMessage)."""
     import socket
@@ -187,8 +193,17 @@ def stomp_send_text(port: int, login: tuple[str, str], queue: str, body: str,
         return ("\n".join(lines) + "\x00").encode()
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(frame("CONNECT", {"accept-version": "1.2", "host": "localhost",
-                                    "login": login[0], "passcode": login[1]}))
+        s.sendall(
+            frame(
+                "CONNECT",
+                {
+                    "accept-version": "1.2",
+                    "host": "localhost",
+                    "login": login[0],
+                    "passcode": login[1],
+                },
+            )
+        )
         assert s.recv(4096).startswith(b"CONNECTED")
         s.sendall(frame("SEND", {"destination": f"/queue/{queue}", **(headers or {})}, body))
         s.sendall(frame("DISCONNECT", {"receipt": "bye"}))
@@ -209,8 +224,13 @@ def stomp_call(port: int, login: tuple[str, str], fn: Callable[[stompman.Client]
         return portal.call(run)
 
 
-def stomp_send(port: int, login: tuple[str, str], queue: str, bodies: Sequence[bytes],
-               headers: Mapping[str, str] | None = None) -> None:
+def stomp_send(
+    port: int,
+    login: tuple[str, str],
+    queue: str,
+    bodies: Sequence[bytes],
+    headers: Mapping[str, str] | None = None,
+) -> None:
     async def go(client: stompman.Client) -> None:
         for body in bodies:
             await client.send(body, f"/queue/{queue}", headers=dict(headers or {}))
@@ -218,8 +238,13 @@ def stomp_send(port: int, login: tuple[str, str], queue: str, bodies: Sequence[b
     stomp_call(port, login, go)
 
 
-def stomp_receive(port: int, login: tuple[str, str], queue: str, wanted: Callable[[bytes], bool],
-                  timeout: float = 20) -> list[bytes]:
+def stomp_receive(
+    port: int,
+    login: tuple[str, str],
+    queue: str,
+    wanted: Callable[[bytes], bool],
+    timeout: float = 20,
+) -> list[bytes]:
     """Consume (and acknowledge) a queue until a message `wanted` arrives; the bodies seen."""
     import anyio
 
@@ -251,7 +276,9 @@ def start_worker(table: dict[str, Any], handled: Path) -> subprocess.Popen[bytes
     env = dict(os.environ, MQ_HANDLED_FILE=str(handled))
     return subprocess.Popen(
         [sys.executable, str(HERE / "run_mapping.py"), json.dumps(table)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 

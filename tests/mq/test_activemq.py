@@ -45,15 +45,26 @@ def test_event_has_lambdas_activemq_shape(activemq: Broker, queue: str) -> None:
     try:
         wait_until(lambda: running.mapping.ready)
         stomp_send_text(
-            activemq.port, ACTIVEMQ_USER, queue, '{"order": 7}',
-            {"persistent": "true", "correlation-id": "corr-7", "reply-to": "/queue/replies",
-             "type": "order.created", "priority": "7", "region": "eu"},
+            activemq.port,
+            ACTIVEMQ_USER,
+            queue,
+            '{"order": 7}',
+            {
+                "persistent": "true",
+                "correlation-id": "corr-7",
+                "reply-to": "/queue/replies",
+                "type": "order.created",
+                "priority": "7",
+                "region": "eu",
+            },
         )
         stomp_send(activemq.port, ACTIVEMQ_USER, queue, [b"\x00\x01binary"])
         events = wait_until(
-            lambda: (found := events_for(running.arn))
-            and sum(len(messages_of(e)) for e in found) == 2
-            and found
+            lambda: (
+                (found := events_for(running.arn))
+                and sum(len(messages_of(e)) for e in found) == 2
+                and found
+            )
         )
     finally:
         running.stop()
@@ -64,7 +75,9 @@ def test_event_has_lambdas_activemq_shape(activemq: Broker, queue: str) -> None:
     assert text.destination_physicalname == queue
     assert (text.delivery_mode, text.priority) == (2, 7)
     assert (text.correlation_id, text.reply_to, text.get_type) == (
-        "corr-7", "replies", "order.created"
+        "corr-7",
+        "replies",
+        "order.created",
     )
     assert text.redelivered is False
     assert text.properties == {"region": "eu"}

@@ -195,15 +195,32 @@ def test_activemq_event_matches_powertools_and_recorded_shape() -> None:
     assert m.properties == {"index": "1", "doAlarm": "false"}
     # The keys and their order as in a recorded Amazon MQ invocation.
     assert list(message) == [
-        "messageID", "messageType", "timestamp", "deliveryMode", "correlationID", "replyTo",
-        "destination", "redelivered", "type", "expiration", "priority", "data",
-        "brokerInTime", "brokerOutTime", "properties",
+        "messageID",
+        "messageType",
+        "timestamp",
+        "deliveryMode",
+        "correlationID",
+        "replyTo",
+        "destination",
+        "redelivered",
+        "type",
+        "expiration",
+        "priority",
+        "data",
+        "brokerInTime",
+        "brokerOutTime",
+        "properties",
     ]
 
 
 def test_activemq_bytes_message_and_redelivered() -> None:
-    headers = {"message-id": "ID:1", "destination": "/queue/q", "content-length": "3",
-               "redelivered": "true", "reply-to": "/queue/replies"}
+    headers = {
+        "message-id": "ID:1",
+        "destination": "/queue/q",
+        "content-length": "3",
+        "redelivered": "true",
+        "reply-to": "/queue/replies",
+    }
     message = activemq_message(headers, b"\x00\x01\x02", 5)
     assert message["messageType"] == "jms/bytes-message"
     assert message["redelivered"] is True and message["replyTo"] == "replies"
@@ -221,9 +238,13 @@ def test_describe_broker_and_secret_from_moto(endpoint: str) -> None:
 
     mq = boto3.client("mq", endpoint_url=endpoint, region_name="us-east-1")
     broker = mq.create_broker(
-        BrokerName="orders", EngineType="RABBITMQ", EngineVersion="3.10.20",
-        HostInstanceType="mq.t3.micro", DeploymentMode="SINGLE_INSTANCE",
-        PubliclyAccessible=False, AutoMinorVersionUpgrade=True,
+        BrokerName="orders",
+        EngineType="RABBITMQ",
+        EngineVersion="3.10.20",
+        HostInstanceType="mq.t3.micro",
+        DeploymentMode="SINGLE_INSTANCE",
+        PubliclyAccessible=False,
+        AutoMinorVersionUpgrade=True,
         Users=[{"Username": "admin", "Password": "adminadminadmin"}],
     )
     secrets = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")

@@ -40,11 +40,20 @@ def test_event_has_lambdas_rabbitmq_shape(rabbitmq: Broker, queue: str) -> None:
     running = RunningMapping(rabbit_mapping(rabbitmq.url, queue))
     try:
         publish(
-            rabbitmq.url, queue, ['{"order": 1}'],
-            content_type="application/json", headers={"source": "shop", "attempt": 3},
-            priority=5, correlation_id="corr-1", reply_to="replies", expiration=60,
-            message_id="m-1", timestamp=dt.datetime(2026, 12, 1, 13, 5, 9, tzinfo=dt.UTC),
-            type="order.created", app_id="shop", delivery_mode=2,
+            rabbitmq.url,
+            queue,
+            ['{"order": 1}'],
+            content_type="application/json",
+            headers={"source": "shop", "attempt": 3},
+            priority=5,
+            correlation_id="corr-1",
+            reply_to="replies",
+            expiration=60,
+            message_id="m-1",
+            timestamp=dt.datetime(2026, 12, 1, 13, 5, 9, tzinfo=dt.UTC),
+            type="order.created",
+            app_id="shop",
+            delivery_mode=2,
         )
         (event,) = wait_until(lambda: events_for(running.arn))
     finally:
@@ -69,7 +78,9 @@ def test_event_has_lambdas_rabbitmq_shape(rabbitmq: Broker, queue: str) -> None:
     assert props.cluster_id == ""  # aio-pika sends an empty cluster-id; passed on as is
     assert props.body_size == len(b'{"order": 1}')
     assert set(event["rmqMessagesByQueue"][f"{queue}::/"][0]) == {
-        "basicProperties", "redelivered", "data"
+        "basicProperties",
+        "redelivered",
+        "data",
     }
 
 
@@ -97,10 +108,13 @@ def test_failed_batch_is_redelivered_then_dead_lettered(rabbitmq: Broker) -> Non
     dlq = f"{name}-dlq"
     declare(rabbitmq.url, dlq)
     declare(
-        rabbitmq.url, name,
+        rabbitmq.url,
+        name,
         {
-            "x-queue-type": "quorum", "x-delivery-limit": 2,
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq,
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 2,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dlq,
         },
     )
     running = RunningMapping(
@@ -123,15 +137,22 @@ def test_filter_on_json_data_acknowledges_filtered_out(rabbitmq: Broker, queue: 
     pattern = json.dumps({"data": {"kind": ["keep"]}})
     running = RunningMapping(
         rabbit_mapping(
-            rabbitmq.url, queue, filter_criteria={"filters": [{"pattern": pattern}]},
+            rabbitmq.url,
+            queue,
+            filter_criteria={"filters": [{"pattern": pattern}]},
             maximum_batching_window_in_seconds=0,
         )
     )
     try:
         publish(
-            rabbitmq.url, queue,
-            ['{"kind": "keep", "n": 1}', '{"kind": "drop", "n": 2}', "not json",
-             '{"kind": "keep", "n": 3}'],
+            rabbitmq.url,
+            queue,
+            [
+                '{"kind": "keep", "n": 1}',
+                '{"kind": "drop", "n": 2}',
+                "not json",
+                '{"kind": "keep", "n": 3}',
+            ],
         )
         wait_until(lambda: running.metric("esm_acknowledged_events_total") == 4)
         assert queue_counts(rabbitmq.url, queue)[0] == 0
@@ -193,9 +214,11 @@ def test_two_workers_share_a_queue_without_loss(rabbitmq: Broker, queue: str) ->
         wait_until(lambda: queue_counts(rabbitmq.url, queue)[1] == 2)
         publish(rabbitmq.url, queue, sent)
         wait_until(
-            lambda: first.metric("esm_acknowledged_events_total")
-            + second.metric("esm_acknowledged_events_total")
-            == len(sent)
+            lambda: (
+                first.metric("esm_acknowledged_events_total")
+                + second.metric("esm_acknowledged_events_total")
+                == len(sent)
+            )
         )
     finally:
         first.stop()

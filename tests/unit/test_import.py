@@ -409,8 +409,9 @@ def test_several_python_functions_run_as_processes_and_the_report_says_so(tmp_pa
     assert {f["kind"] for f in raw["functions"].values()} == {"process"}
     assert all("command" not in f for f in raw["functions"].values())  # esm's built-in client
     assert any(
-        line.startswith("2 Python functions (OrdersFunction, AuditFunction) run as "
-                        'kind = "process"')
+        line.startswith(
+            '2 Python functions (OrdersFunction, AuditFunction) run as kind = "process"'
+        )
         for line in result.report
     )
     assert 'run as kind = "process"' in result.text  # also in the file's header

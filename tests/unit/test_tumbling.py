@@ -5,11 +5,23 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esm.sources.streams.tumbling import MAX_STATE_BYTES, Window, WindowState, returned_state, state_too_large, window_event, window_of
+from esm.sources.streams.tumbling import (
+    MAX_STATE_BYTES,
+    Window,
+    WindowState,
+    returned_state,
+    state_too_large,
+    window_event,
+    window_of,
+)
 
 
-@given(st.floats(min_value=0, max_value=4e9, allow_nan=False), st.integers(min_value=1, max_value=900))
-def test_a_record_falls_in_the_epoch_aligned_window_that_contains_it(arrival: float, length: int) -> None:
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False), st.integers(min_value=1, max_value=900)
+)
+def test_a_record_falls_in_the_epoch_aligned_window_that_contains_it(
+    arrival: float, length: int
+) -> None:
     window = window_of(arrival, length)
     assert window.start <= arrival < window.end
     assert window.end - window.start == length

@@ -238,8 +238,17 @@ def given_up_records(
     """The `GivenUpRecords` of a run of (offset, timestamp ms) pairs, in offset order."""
     (first, first_ts), (last, last_ts) = offsets_and_stamps[0], offsets_and_stamps[-1]
     return GivenUpRecords(
-        partition_key, first, last, first_ts, last_ts, len(offsets_and_stamps), payload_size,
-        condition, invoke_count, function_error, request_id,
+        partition_key,
+        first,
+        last,
+        first_ts,
+        last_ts,
+        len(offsets_and_stamps),
+        payload_size,
+        condition,
+        invoke_count,
+        function_error,
+        request_id,
     )
 
 

@@ -145,7 +145,11 @@ def parse_mq_mapping(
         enabled=_boolean(p, raw, "enabled", True),
         batch_size=int(_number(p, raw, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE, True)),
         maximum_batching_window_in_seconds=_number(
-            p, raw, "maximum_batching_window_in_seconds", DEFAULT_BATCHING_WINDOW, 0,
+            p,
+            raw,
+            "maximum_batching_window_in_seconds",
+            DEFAULT_BATCHING_WINDOW,
+            0,
             MAX_BATCHING_WINDOW,
         ),
         maximum_concurrency=_concurrency(p, raw),
@@ -197,8 +201,10 @@ def _number(
     value = raw.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-        integer and not isinstance(value, int)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
     ):
         p.add(key, f"must be {'an integer' if integer else 'a number'} from {low:g} to {high:g}")
         return default
@@ -313,7 +319,7 @@ def _access(
         kind = entry.get("type") if isinstance(entry, Mapping) else None
         uri = entry.get("uri") if isinstance(entry, Mapping) else None
         if kind not in ACCESS_TYPES or not isinstance(uri, str) or not uri:
-            p.add(f"{key}[{i}]", f"must be {{ type = {' or '.join(ACCESS_TYPES)}, uri = \"...\" }}")
+            p.add(f"{key}[{i}]", f'must be {{ type = {" or ".join(ACCESS_TYPES)}, uri = "..." }}')
         elif kind in found:
             p.add(f"{key}[{i}]", f"{kind} appears more than once")
         else:

@@ -126,9 +126,7 @@ STOMP_HEADERS: Final = frozenset(
 """STOMP frame headers that carry JMS fields; every other header is a message property."""
 
 
-def activemq_message(
-    headers: Mapping[str, str], body: bytes, received_ms: int
-) -> dict[str, Any]:
+def activemq_message(headers: Mapping[str, str], body: bytes, received_ms: int) -> dict[str, Any]:
     """One entry of an ActiveMQ event's `messages`, from a STOMP MESSAGE frame."""
     timestamp = _int(headers.get("timestamp"))
     return {

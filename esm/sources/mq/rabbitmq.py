@@ -61,8 +61,7 @@ class RabbitMqSession:
             await channel.queue_declare(self.config.queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise SourceUnavailable(
-                f"queue {self.config.queue!r} does not exist in virtual host "
-                f"{self.virtual_host!r}"
+                f"queue {self.config.queue!r} does not exist in virtual host {self.virtual_host!r}"
             ) from None
         await channel.basic_qos(prefetch_count=self.prefetch)
         outstanding = self._outstanding

@@ -270,7 +270,9 @@ class MqMapping:
         self._set_ready(True)
         self._m_pollers.set(1)
         self._log.info(
-            "mapping.started", engine=broker.engine, queue=self.config.queue,
+            "mapping.started",
+            engine=broker.engine,
+            queue=self.config.queue,
             concurrency=self._concurrency,
         )
         try:
@@ -403,13 +405,16 @@ class MqMapping:
         result = await self.function.invoke(session.event([d.record for d in batch]))
         if result.ok:
             self._log.info(
-                "batch.succeeded", size=len(batch), duration_s=round(result.duration_s, 4),
+                "batch.succeeded",
+                size=len(batch),
+                duration_s=round(result.duration_s, 4),
                 request_id=result.request_id,
             )
             return True
         self._m_failed.inc(len(batch))
         self._log.warning(
-            "batch.failed", size=len(batch),
+            "batch.failed",
+            size=len(batch),
             reason="throttled" if result.throttled else "function error",
             error_type=result.failure.error_type if result.failure else None,
             request_id=result.request_id,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from esm.observability import Metrics, get_logger
+from esm.observability import MappingMetrics, get_logger
 from esm.sources.streams.records import ShardInfo
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease, Lease, lease_key
 
@@ -143,7 +143,7 @@ class LeaseCoordinator:
         self,
         store: DynamoDBCheckpointStore,
         mapping: str,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         *,
         initial_checkpoint: str,
         on_change: Callable[[], None],
@@ -159,9 +159,9 @@ class LeaseCoordinator:
         self._stopping = stopping
         self._tracker = ExpiryTracker(self.timings.failover_time)
         self._rng = random.Random()
-        self._m_held = metrics.leases_held.labels(mapping)
-        self._m_taken = metrics.leases_taken.labels(mapping)
-        self._m_lost = metrics.leases_lost.labels(mapping)
+        self._m_held = metrics.leases_held
+        self._m_taken = metrics.leases_taken
+        self._m_lost = metrics.leases_lost
         self._log = log.bind(mapping=mapping, worker=self.worker)
 
     def held(self) -> dict[str, HeldLease]:

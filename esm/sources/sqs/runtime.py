@@ -27,12 +27,14 @@ from esm.aws import AwsClients
 from esm.aws_json import JsonApi, RawJsonApi
 from esm.batch_response import judge
 from esm.batching import BatchBudget
-from esm.config import MappingConfig
 from esm.errors import SourceUnavailable
+from esm.events.envelope import records_envelope
 from esm.events.sqs import sqs_record
 from esm.filtering import FilterSet, sqs_filter_view
-from esm.functions import Function
-from esm.observability import Metrics, get_logger
+from esm.invokers import Function
+from esm.observability import MappingMetrics, get_logger
+from esm.sources.base import MappingRuntime, RuntimeResources
+from esm.sources.sqs.config import SqsMappingConfig
 
 log = get_logger("esm.sqs")
 
@@ -61,15 +63,26 @@ class Received:
         return self.record["attributes"].get("MessageGroupId")  # type: ignore[no-any-return]
 
 
+async def build_runtime(
+    config: SqsMappingConfig,
+    function: Function,
+    filters: FilterSet | None,
+    resources: RuntimeResources,
+) -> MappingRuntime:
+    """The registry's runtime for an SQS mapping (esm/sources/registry.py)."""
+    metrics = MappingMetrics(resources.metrics, config.name)
+    return SqsMapping(config, function, resources.aws, metrics, filters)
+
+
 class SqsMapping:
     """One [[mappings]] entry whose source is an SQS queue."""
 
     def __init__(
         self,
-        config: MappingConfig,
+        config: SqsMappingConfig,
         function: Function,
         aws: AwsClients,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         filters: FilterSet | None,
         api: RawJsonApi | None = None,
     ) -> None:
@@ -100,16 +113,15 @@ class SqsMapping:
         self._receivers = 0
         self._last_scale_up = 0.0
         self._log = log.bind(mapping=self.name)
-        m = self.name
-        self._m_polled = metrics.polled.labels(m)
-        self._m_filtered = metrics.filtered_out.labels(m)
-        self._m_invoked = metrics.invoked.labels(m)
-        self._m_failed = metrics.failed_invoke.labels(m)
-        self._m_deleted = metrics.deleted.labels(m)
-        self._m_batch = metrics.batch_size.labels(m)
-        self._m_in_flight = metrics.in_flight.labels(m)
-        self._m_pollers = metrics.pollers.labels(m)
-        self._m_ready = metrics.ready.labels(m)
+        self._m_polled = metrics.polled
+        self._m_filtered = metrics.filtered_out
+        self._m_invoked = metrics.invoked
+        self._m_failed = metrics.failed_invoke
+        self._m_deleted = metrics.deleted
+        self._m_batch = metrics.batch_size
+        self._m_in_flight = metrics.in_flight
+        self._m_pollers = metrics.pollers
+        self._m_ready = metrics.ready
         self._m_ready.set(0)
 
     def stop(self) -> None:
@@ -317,7 +329,7 @@ class SqsMapping:
         """Invoke once; return the ids of messages that must stay in the queue."""
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
-        result = await self.function.invoke({"Records": [m.record for m in batch]})
+        result = await self.function.invoke(records_envelope([m.record for m in batch]))
         ids = {m.message_id for m in batch}
         verdict = judge(result, ids, self.config.report_batch_item_failures)
         failed = ids if verdict.failed_ids is None else set(verdict.failed_ids)

@@ -12,7 +12,7 @@ mapping of the family first runs (`load`), so reading a config never imports a p
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,17 +155,17 @@ def load(target: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def parse_source_arn(arn: str) -> SourceArn:
+def parse_source_arn(arn: str, families: Sequence[SourceFamily] = FAMILIES) -> SourceArn:
     """Split an event source ARN into the family that reads it; the forms are AWS's (see
     each family's `ArnForm`)."""
     parts = split_arn(arn)
-    for family in FAMILIES:
+    for family in families:
         form = family.arn
         if form is not None and parts.service == form.service:
             name = form.name_of(parts.resource)
             if name is not None:
                 return SourceArn(arn, family.name, parts.region, parts.account, name)
-    forms = [family.arn for family in FAMILIES if family.arn is not None]
+    forms = [family.arn for family in families if family.arn is not None]
     titles = [form.title for form in forms]
     named = ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else titles[0]
     raise ArnError(
@@ -183,10 +183,12 @@ class Recognised:
     """Why event_source_arn is unusable (the family parses the table anyway)."""
 
 
-def recognise(raw: Mapping[str, Any]) -> Recognised:
+def recognise(raw: Mapping[str, Any], families: Sequence[SourceFamily] = FAMILIES) -> Recognised:
     """Endpoint families first (their own keys), then the ARN's form; an unusable ARN is
-    checked as the family its service names, else one whose keys are set, else SQS."""
-    for family in FAMILIES:
+    checked as the family its service names, else one whose keys are set, else the first
+    ARN family (SQS)."""
+    by_name = {family.name: family for family in families}
+    for family in families:
         if family.recognises is not None and family.recognises(raw):
             return Recognised(family, None, None)
     text = raw.get("event_source_arn")
@@ -194,18 +196,20 @@ def recognise(raw: Mapping[str, Any]) -> Recognised:
         text = ""
     if text:
         try:
-            source = parse_source_arn(text)
+            source = parse_source_arn(text, families)
         except ArnError as exc:
-            return Recognised(*_assumed(text, raw), str(exc))
-        return Recognised(BY_NAME[source.kind], source, None)
-    return Recognised(*_assumed(text, raw), None)
+            return Recognised(*_assumed(text, raw, families), str(exc))
+        return Recognised(by_name[source.kind], source, None)
+    return Recognised(*_assumed(text, raw, families), None)
 
 
-def _assumed(text: str, raw: Mapping[str, Any]) -> tuple[SourceFamily, SourceArn]:
+def _assumed(
+    text: str, raw: Mapping[str, Any], families: Sequence[SourceFamily]
+) -> tuple[SourceFamily, SourceArn]:
     """What an unusable ARN most likely meant, only to check the mapping's other keys."""
     pieces = text.split(":")
     service = pieces[2] if len(pieces) > 2 and pieces[0] == "arn" else ""
-    arn_families = [family for family in FAMILIES if family.arn is not None]
+    arn_families = [family for family in families if family.arn is not None]
     family = next((f for f in arn_families if f.arn and f.arn.service == service), None)
     if family is None:
         family = next(

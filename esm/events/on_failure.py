@@ -63,7 +63,7 @@ BATCH_INFO: dict[str, BatchInfoShape] = {
     "kinesis": KINESIS_BATCH_INFO,
     "dynamodb": DYNAMODB_BATCH_INFO,
 }
-"""Per family name (esm/sources/registry.py names the same shapes)."""
+"""Per stream family, by its registry name (`GivenUpBatch.source`)."""
 
 
 def _arrival(epoch_seconds: float, shape: BatchInfoShape) -> str:

@@ -19,7 +19,6 @@ from typing import Any, Literal
 from esm.arns import ArnError, SourceArn, split_arn
 from esm.config_table import UNRESOLVED_PREFIX, Table
 from esm.events.envelope import records_envelope
-from esm.events.on_failure import DYNAMODB_BATCH_INFO, KINESIS_BATCH_INFO, BatchInfoShape
 from esm.filtering import dynamodb_filter_view, kinesis_filter_view, sqs_filter_view
 from esm.sources.base import MappingConfig, MappingContext
 from esm.sources.sqs.config import parse_sqs_mapping
@@ -55,8 +54,10 @@ class SourceFamily:
     list (None: too broken to run; an ARN family always returns one)."""
     runtime: str
     """`module:attribute` of its `RuntimeBuilder` (esm/sources/base.py)."""
-    envelope: Callable[[list[Any]], dict[str, Any]]
-    """A batch's invocation event from its records."""
+    envelope: Callable[..., dict[str, Any]]
+    """A batch's invocation event from its records (`{"Records": [...]}` for SQS and
+    streams; a family whose event carries more, as Kafka's `eventSource` and
+    `bootstrapServers`, names its own event builder)."""
     filter_view: Callable[[dict[str, Any]], Any]
     """What FilterCriteria patterns see of one record (esm/filtering.py)."""
     arn: ArnForm | None = None
@@ -69,8 +70,9 @@ class SourceFamily:
     are still checked against the right rules."""
     adapter: str | None = None
     """`module:attribute` of the service adapter the runtime and `esm status` open."""
-    on_failure: BatchInfoShape | None = None
-    """The batch info of its on-failure record; None: the source redelivers (queue DLQs)."""
+    on_failure: str | None = None
+    """`module:attribute` of the function building its on-failure record; None: nothing is
+    given up to a destination (the source redelivers, then its own dead-letter queue)."""
     status: str | None = None
     """`module:attribute` of its `StatusCollector`; None: `esm status` lists nothing."""
     ordered: bool = False
@@ -117,7 +119,7 @@ KINESIS = SourceFamily(
     adapter="esm.sources.streams.kinesis:KinesisSource",
     envelope=records_envelope,
     filter_view=kinesis_filter_view,
-    on_failure=KINESIS_BATCH_INFO,
+    on_failure="esm.events.on_failure:failure_record",  # KinesisBatchInfo
     status="esm.sources.streams.status:shard_rows",
     ordered=True,
 )
@@ -135,7 +137,7 @@ DYNAMODB = SourceFamily(
     adapter="esm.sources.streams.dynamodb:DynamoDBStreamSource",
     envelope=records_envelope,
     filter_view=dynamodb_filter_view,
-    on_failure=DYNAMODB_BATCH_INFO,
+    on_failure="esm.events.on_failure:failure_record",  # DDBStreamBatchInfo
     status="esm.sources.streams.status:shard_rows",
     ordered=True,
 )

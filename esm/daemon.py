@@ -31,9 +31,9 @@ from esm.aws import AwsClients
 from esm.config import Config, DaemonConfig, FunctionConfig, load_config
 from esm.errors import ConfigError, EsmError
 from esm.filtering import FilterSet
-from esm.invokers import Function, create_functions
 from esm.http_server import StatusServer
 from esm.idle_pacing import IdleReadPacer
+from esm.invokers import Function, create_functions
 from esm.observability import Metrics, get_logger
 from esm.sources import registry
 from esm.sources.base import MappingConfig, MappingRuntime, RuntimeBuilder, RuntimeResources

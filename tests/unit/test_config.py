@@ -46,7 +46,7 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ({"event_source_arn": QUEUE, "batch_size": 20000}, "mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"),
         ({"event_source_arn": QUEUE, "batch_size": 0}, "mappings[0].batch_size: 0 is below the minimum 1 for SQS"),
         ({"event_source_arn": FIFO, "batch_size": 11, "maximum_batching_window_in_seconds": 1}, "mappings[0].batch_size: 11 is above the maximum 10 for FIFO SQS"),
-        ({"event_source_arn": QUEUE, "batch_size": 50}, "mappings[0].maximum_batching_window_in_seconds: must be at least 1 when batch_size is above 10"),
+        ({"event_source_arn": QUEUE, "batch_size": 50}, "mappings[0].maximum_batching_window_in_seconds:" " must be at least 1 when batch_size is above 10"),
         ({"event_source_arn": QUEUE, "maximum_batching_window_in_seconds": 301}, "mappings[0].maximum_batching_window_in_seconds: 301 is above the maximum 300"),
         ({"event_source_arn": QUEUE, "batch_size": "10"}, "mappings[0].batch_size: must be an integer, not string '10'"),
         ({"event_source_arn": QUEUE, "batchsize": 10}, "mappings[0].batchsize: unknown key"),
@@ -55,19 +55,19 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ({"event_source_arn": QUEUE, "function_response_types": ["Partial"]}, "mappings[0].function_response_types: 'Partial' is not one of ReportBatchItemFailures"),
         ({"event_source_arn": QUEUE, "starting_position": "LATEST"}, "mappings[0].starting_position: applies to Kinesis and DynamoDB streams only, not SQS"),
         ({"event_source_arn": QUEUE, "enabled": "yes"}, "mappings[0].enabled: must be true or false"),
-        ({"event_source_arn": "arn:aws:s3:::bucket"}, "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is not an SQS queue, Kinesis stream or DynamoDB stream ARN"),
+        ({"event_source_arn": "arn:aws:s3:::bucket"}, "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is" " not an SQS queue, Kinesis stream or DynamoDB stream ARN"),
         ({"event_source_arn": "orders"}, "mappings[0].event_source_arn: 'orders' is not an ARN"),
         ({}, "mappings[0].event_source_arn: is required"),
         ({"event_source_arn": QUEUE, "function": "nope"}, "mappings[0].function: 'nope' is not a [functions.*] entry (known: f)"),
         ({"event_source_arn": STREAM}, "mappings[0].starting_position: is required"),
-        ({"event_source_arn": STREAM, "starting_position": "EARLIEST"}, "mappings[0].starting_position: 'EARLIEST' is not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP"),
+        ({"event_source_arn": STREAM, "starting_position": "EARLIEST"}, "mappings[0].starting_position: 'EARLIEST' is" " not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP"),
         ({"event_source_arn": DDB, "starting_position": "AT_TIMESTAMP", "starting_position_timestamp": 1}, "mappings[0].starting_position: 'AT_TIMESTAMP' is not one of TRIM_HORIZON, LATEST"),
-        ({"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"}, "mappings[0].starting_position_timestamp: is required when starting_position is AT_TIMESTAMP"),
+        ({"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"}, "mappings[0].starting_position_timestamp: is" " required when starting_position is AT_TIMESTAMP"),
         ({"event_source_arn": STREAM, "starting_position": "LATEST", "parallelization_factor": 11}, "mappings[0].parallelization_factor: 11 is above the maximum 10"),
         ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_retry_attempts": -2}, "mappings[0].maximum_retry_attempts: -2 is below the minimum -1"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_record_age_in_seconds": 30}, "mappings[0].maximum_record_age_in_seconds: 30 is not allowed: use -1 (infinite) or 60..604800"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_record_age_in_seconds": 30}, "mappings[0].maximum_record_age_in_seconds: 30" " is not allowed: use -1 (infinite) or 60..604800"),
         ({"event_source_arn": STREAM, "starting_position": "LATEST", "tumbling_window_in_seconds": 901}, "mappings[0].tumbling_window_in_seconds: 901 is above the maximum 900"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "destination_config": {"on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}}}, "mappings[0].destination_config.on_failure.destination: 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue, SNS topic or S3 bucket ARN"),
+        ({"event_source_arn": STREAM, "starting_position": "LATEST", "destination_config": {"on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}}}, "mappings[0].destination_config.on_failure.destination:" " 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue," " SNS topic or S3 bucket ARN"),
         ({"event_source_arn": STREAM, "starting_position": "LATEST", "scaling_config": {"maximum_concurrency": 5}}, "mappings[0].scaling_config: applies to SQS only"),
         ({"event_source_arn": QUEUE, "filter_criteria": {"filters": [{"pattern": "{}"}] * 6}}, "mappings[0].filter_criteria.filters: has 6 filters; at most 5 are allowed"),
     ],
@@ -292,7 +292,8 @@ def test_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: P
     path = tmp_path / "bad.toml"
     path.write_text(
         '[functions.f]\nhandler = "app.handle"\n'
-        '[[mappings]]\nfunction = "f"\nevent_source_arn = "arn:aws:sqs:us-east-1:1:q"\nbatch_size = 20000\n'
+        '[[mappings]]\nfunction = "f"\nevent_source_arn = "arn:aws:sqs:us-east-1:1:q"\n'
+        "batch_size = 20000\n"
     )
     result = run_cli("validate", "-c", str(path))
     assert result.returncode == 2
@@ -380,7 +381,7 @@ def test_lambda_kind_accepts_names_qualifiers_and_arns() -> None:
         ({"kind": "http", "url": "http://h/", "verify_tls": "no"}, "functions.x.verify_tls: must be true or false"),
         ({"kind": "http", "url": "http://h/", "handler": "a.b"}, "functions.x.handler: does not apply to kind = 'http'"),
         ({"kind": "http", "url": "http://h/", "environment": {}}, "functions.x.environment: does not apply to kind = 'http'"),
-        ({"kind": "http", "url": "http://h/", "function_name": "f"}, "functions.x.function_name: does not apply to kind = 'http' (it applies to kind 'lambda')"),
+        ({"kind": "http", "url": "http://h/", "function_name": "f"}, "functions.x.function_name: does not apply to" " kind = 'http' (it applies to kind 'lambda')"),
         ({"kind": "lambda"}, "functions.x.function_name: is required"),
         ({"kind": "lambda", "function_name": "my function"}, "functions.x.function_name: 'my function' is not a Lambda function name or ARN"),
         ({"kind": "lambda", "function_name": "f", "endpoint_url": "localhost:9000"}, "functions.x.endpoint_url: 'localhost:9000' is not an http:// or https:// URL"),

@@ -5,8 +5,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from esm.sources.streams.leases import ExpiryTracker, choose_leases_to_take, fair_share, leases_to_create
 from esm.sources.streams import ShardInfo
+from esm.sources.streams.leases import (
+    ExpiryTracker,
+    choose_leases_to_take,
+    fair_share,
+    leases_to_create,
+)
 from esm.state.dynamodb import SHARD_END, Lease
 
 

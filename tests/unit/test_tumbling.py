@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esm.sources.streams.tumbling import MAX_STATE_BYTES, Window, WindowState, returned_state, state_too_large, window_event, window_of
+from esm.sources.streams.tumbling import (
+    MAX_STATE_BYTES,
+    Window,
+    WindowState,
+    returned_state,
+    state_too_large,
+    window_event,
+    window_of,
+)
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False), st.integers(min_value=1, max_value=900))

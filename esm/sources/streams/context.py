@@ -12,8 +12,8 @@ import anyio
 from esm.destinations import OnFailureDestination
 from esm.events.envelope import records_envelope
 from esm.filtering import FilterSet
-from esm.invokers import Function
 from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND, IdleReadPacer
+from esm.invokers import Function
 from esm.observability import MappingMetrics
 from esm.sources.streams.config import StreamMappingConfig
 from esm.sources.streams.records import StreamSource

@@ -30,8 +30,8 @@ from anyio.abc import TaskGroup
 from esm.aws import AwsClients
 from esm.destinations import create_destination
 from esm.filtering import FilterSet
-from esm.invokers import Function
 from esm.idle_pacing import IdleReadPacer
+from esm.invokers import Function
 from esm.observability import MappingMetrics, get_logger
 from esm.sources.base import MappingRuntime, RuntimeResources
 from esm.sources.registry import family_of, load

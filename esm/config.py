@@ -3,9 +3,10 @@
 Owns every range and default of the config file; the rest of esm never sees raw TOML.
 `[daemon]`, `[state]` and `[functions.*]` are parsed here; each `[[mappings]]` table goes to
 its source family's parser, found through esm/sources/registry.py, into the family's own
-frozen config (a `MappingConfig` subclass). Mapping keys are AWS CreateEventSourceMapping parameter names in snake_case, so AWS's
-documentation tells a user what each one does. Validation collects every problem at once,
-each naming its key path and the rule (`mappings[0].batch_size: 20000 is above ...`).
+frozen config (a `MappingConfig` subclass). Mapping keys are AWS CreateEventSourceMapping
+parameter names in snake_case, so AWS's documentation tells a user what each one does.
+Validation collects every problem at once, each naming its key path and the rule
+(`mappings[0].batch_size: 20000 is above ...`).
 """
 
 from __future__ import annotations

@@ -188,7 +188,11 @@ def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
             endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window, log=_log
         )
         lambda_pace = scale.run_kinesis(
-            endpoint, sizes.idle_shards, sizes.scale_warmup, sizes.scale_window / 2, log=_log,
+            endpoint,
+            sizes.idle_shards,
+            sizes.scale_warmup,
+            sizes.scale_window / 2,
+            log=_log,
             lambda_pace=True,
         )
     with endpoints.start_kinesis_endpoint(
@@ -336,7 +340,11 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             if key == "kinesis_lambda_pace" or not isinstance(k, dict) or "rss_mb_max" not in k:
                 continue
             # The baseline: the same shards read once a second each, as Lambda reads them.
-            baseline = paced if key == "kinesis" and isinstance(paced, dict) and "cpu_percent" in paced else None
+            baseline = (
+                paced
+                if key == "kinesis" and isinstance(paced, dict) and "cpu_percent" in paced
+                else None
+            )
             where = k["endpoint"]
             row(
                 f"5 {k['shards']:,} idle shards: RSS ({where})",
@@ -350,8 +358,12 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             row(
                 f"5 {k['shards']:,} idle shards: CPU over {k['window_s']:.0f} s ({where})",
                 _num(k["cpu_percent"], ".1f", "%"),
-                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard" if baseline else "",
-                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less" if baseline and k["cpu_percent"] else "",
+                f"{_num(baseline['cpu_percent'], '.1f', '%')} at 1 read/s/shard"
+                if baseline
+                else "",
+                f"{baseline['cpu_percent'] / k['cpu_percent']:.1f}x less"
+                if baseline and k["cpu_percent"]
+                else "",
                 f"< {TARGETS['idle_shards_cpu_percent']}% of a core",
                 _verdict(k["cpu_percent"], TARGETS["idle_shards_cpu_percent"], False),
                 f"endpoint {_num(k['endpoint_cpu_percent'], '.0f', '%')} of a core"

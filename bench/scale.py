@@ -99,9 +99,7 @@ def _observe(
     with tempfile.TemporaryDirectory(prefix="esm-bench-scale-") as tmp:
         http_port = free_port()
         config = Path(tmp) / "esm.toml"
-        config.write_text(
-            _toml(endpoint, http_port, Path(tmp) / "state.sqlite3", mappings, daemon)
-        )
+        config.write_text(_toml(endpoint, http_port, Path(tmp) / "state.sqlite3", mappings, daemon))
         stderr = open(Path(tmp) / "esm.log", "wb")  # noqa: SIM115 - closed below
         command = esm_command or [sys.executable, "-m", "esm", "run"]
         proc = subprocess.Popen(

@@ -54,9 +54,7 @@ class JsonApi:
             client = await self._aws.client(self._client_service)
             self._url = client.meta.endpoint_url
             self._credentials = client._request_signer._credentials
-            self._signer = JsonRequestSigner(
-                self._url, self._signing_name, client.meta.region_name
-            )
+            self._signer = JsonRequestSigner(self._url, self._signing_name, client.meta.region_name)
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=40, connect=5),
                 connector=aiohttp.TCPConnector(limit=0),
@@ -95,8 +93,13 @@ def _client_error(operation: str, status: int, raw: bytes) -> ClientError:
     if not isinstance(document, dict):
         document = {}
     code = str(document.get("__type", "") or f"HTTP{status}").rsplit("#", 1)[-1]
-    message = str(document.get("message") or document.get("Message") or raw[:200].decode(errors="replace"))
+    message = str(
+        document.get("message") or document.get("Message") or raw[:200].decode(errors="replace")
+    )
     return ClientError(
-        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
         operation,
     )

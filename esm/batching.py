@@ -42,8 +42,10 @@ class BatchBudget:
         usual case, are added at once."""
         count = len(sizes)
         total = sum(sizes) + count - (0 if self.count else 1)
-        if count and self.count + count <= self.batch_size and (
-            self.size + total <= self.max_bytes or (self.count == 0 and count == 1)
+        if (
+            count
+            and self.count + count <= self.batch_size
+            and (self.size + total <= self.max_bytes or (self.count == 0 and count == 1))
         ):
             self.count += count
             self.size += total
@@ -61,7 +63,9 @@ class BatchBudget:
         return self.count >= self.batch_size
 
 
-def fitting_prefix(sizes: Iterable[int], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> int:
+def fitting_prefix(
+    sizes: Iterable[int], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> int:
     """How many leading records of these sizes form the next batch: BatchBudget's rule in
     one pass with local counters, for the stream hot path."""
     count = 0
@@ -79,7 +83,9 @@ def fitting_prefix(sizes: Iterable[int], batch_size: int, max_bytes: int = MAX_P
     return count
 
 
-def split_by_budget(sizes: list[int], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> list[int]:
+def split_by_budget(
+    sizes: list[int], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> list[int]:
     """Cut points for consecutive batches of records with these sizes (ends, exclusive)."""
     cuts: list[int] = []
     budget = BatchBudget(batch_size, max_bytes)

@@ -218,7 +218,7 @@ def build_function(function: FunctionBuild) -> str:
         if conflicts:
             raise BuildError(
                 f"function {function.name}: requirements esm's own environment does not satisfy: "
-                f"{'; '.join(conflicts)}. An in-process function (kind = \"python\") shares esm's "
+                f'{"; ".join(conflicts)}. An in-process function (kind = "python") shares esm\'s '
                 'interpreter; nothing was installed: use kind = "process" for it, or relax them'
             )
         to_install = [str(r) for r in missing_in_process(wanted)]

@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with sample handlers and a live view",
     )
     demo.add_argument(
-        "--messages", type=int, default=1000,
+        "--messages",
+        type=int,
+        default=1000,
         help="events to produce per source first (DynamoDB: a fifth of it; default 1000)",
     )
     demo.add_argument(
@@ -72,20 +74,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--port", type=int, default=0, help="port of the embedded endpoint")
     demo.add_argument(
-        "--metrics-port", type=int, default=9464,
+        "--metrics-port",
+        type=int,
+        default=9464,
         help="port of esm's /metrics on 127.0.0.1 (default 9464; 0: any free port)",
     )
     demo.add_argument(
-        "--exit-when-drained", action="store_true",
+        "--exit-when-drained",
+        action="store_true",
         help="produce one round, stop once every event was handled or given up",
     )
     imp = commands.add_parser(
-        "import", help="write an esm config from a SAM or CloudFormation template",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EPILOG,
+        "import",
+        help="write an esm config from a SAM or CloudFormation template",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=IMPORT_EPILOG,
     )
     imp.add_argument("template", help="template file (YAML or JSON)")
     imp.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a template parameter (KEY is its name) or the value of a reference to a resource "
         "(see below for what each one expects); repeatable",
     )
@@ -95,11 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     imp.add_argument("--region", help="AWS region; also written to [daemon]")
     imp.add_argument(
-        "--lambda", dest="lambda_kind", action="store_true",
-        help="call the deployed functions (kind = \"lambda\") instead of running their code",
+        "--lambda",
+        dest="lambda_kind",
+        action="store_true",
+        help='call the deployed functions (kind = "lambda") instead of running their code',
     )
     imp.add_argument(
-        "-o", "--output",
+        "-o",
+        "--output",
         help="config file to write (default: standard output); inline code (inline/) and "
         f"{BUILD_MANIFEST} are written beside it",
     )
@@ -136,8 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from esm.demo import run_demo
 
     return run_demo(
-        messages=args.messages, port=args.port, exit_when_drained=args.exit_when_drained,
-        rate=args.rate, metrics_port=args.metrics_port,
+        messages=args.messages,
+        port=args.port,
+        exit_when_drained=args.exit_when_drained,
+        rate=args.rate,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -319,8 +319,10 @@ def _parse_function(name: str, t: Table, base_dir: Path) -> FunctionConfig:
         # module.function.
         needs_module_function = command is None
         handler = t.string("handler", "", required=needs_module_function)
-        if needs_module_function and handler and (
-            "." not in handler or handler.startswith(".") or handler.endswith(".")
+        if (
+            needs_module_function
+            and handler
+            and ("." not in handler or handler.startswith(".") or handler.endswith("."))
         ):
             t.problem("handler", f"{handler!r} is not module.function (as Lambda writes it)")
         config = FunctionConfig(
@@ -378,8 +380,8 @@ def _parse_command(t: Table) -> tuple[str, ...] | None:
     ):
         t.problem(
             "command",
-            "must be a non-empty list of strings, e.g. [\"./bootstrap\"] or "
-            "[\"python\", \"-m\", \"awslambdaric\", \"app.handler\"]",
+            'must be a non-empty list of strings, e.g. ["./bootstrap"] or '
+            '["python", "-m", "awslambdaric", "app.handler"]',
         )
         return None
     return tuple(value)
@@ -478,7 +480,9 @@ def _endpoint_url(t: Table) -> str | None:
     elif parts.query or url.endswith("?"):
         t.problem("endpoint_url", f"{url!r} must not have a query (?...): use http(s)://HOST:PORT")
     elif parts.fragment or "#" in url:
-        t.problem("endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT")
+        t.problem(
+            "endpoint_url", f"{url!r} must not have a fragment (#...): use http(s)://HOST:PORT"
+        )
     else:
         return url
     return None
@@ -503,9 +507,7 @@ def _parse_mapping(
     recognised = registry.recognise(t.raw)
     name = t.raw.get("name")
     name = name if isinstance(name, str) else f"mapping-{index}"
-    context = MappingContext(
-        index, tuple(functions), recognised.source, recognised.arn_problem
-    )
+    context = MappingContext(index, tuple(functions), recognised.source, recognised.arn_problem)
     mapping = recognised.family.parse(t, context)
     t.finish()
     return name, mapping if recognised.arn_problem is None else None

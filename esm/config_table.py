@@ -32,12 +32,16 @@ def parse_filter_criteria(t: Table) -> tuple[str, ...]:
     criteria = t.table("filter_criteria")
     filters = criteria.array_of_tables("filters")
     if len(filters) > MAX_FILTERS:
-        criteria.problem("filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed")
+        criteria.problem(
+            "filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed"
+        )
     patterns = []
     for f in filters:
         pattern = f.string("pattern", "", required=True)
         if len(pattern) > MAX_FILTER_PATTERN_CHARS:
-            f.problem("pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}")
+            f.problem(
+                "pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}"
+            )
         elif pattern and (problem := validate_pattern(pattern)) is not None:
             f.problem("pattern", problem)
         f.finish()
@@ -172,7 +176,9 @@ class Table:
         checked = self._in_range(key, value, low, high)
         return default if checked is None else float(checked)
 
-    def _in_range(self, key: str, value: N | None, low: float, high: float, what: str = "") -> N | None:
+    def _in_range(
+        self, key: str, value: N | None, low: float, high: float, what: str = ""
+    ) -> N | None:
         if value is None:
             return None
         if isinstance(value, float) and not math.isfinite(value):
@@ -253,7 +259,9 @@ class Table:
         if not isinstance(value, list):
             self.problem(key, f"must be an array of tables ([[{key}]]), not {type_name(value)}")
             return []
-        return [Table(item, f"{self.key_path(key)}[{i}]", self.problems) for i, item in enumerate(value)]
+        return [
+            Table(item, f"{self.key_path(key)}[{i}]", self.problems) for i, item in enumerate(value)
+        ]
 
 
 def type_name(value: Any) -> str:

@@ -127,7 +127,10 @@ class Daemon:
         return min(self.config.daemon.drain_timeout, longest + DRAIN_MARGIN_SECONDS)
 
     async def run(
-        self, *, handle_signals: bool = False, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until `request_stop()` (or a signal), then drain and return."""
         daemon = self.config.daemon
@@ -138,7 +141,10 @@ class Daemon:
         async with AwsClients(daemon, self.metrics) as aws:
             self._aws = aws
             server = StatusServer(
-                daemon.http_host, daemon.http_port, self.metrics.registry, self.not_ready,
+                daemon.http_host,
+                daemon.http_port,
+                self.metrics.registry,
+                self.not_ready,
                 on_reload=self.request_reload if self.config_path is not None else None,
             )
             async with anyio.create_task_group() as tg:
@@ -209,7 +215,8 @@ class Daemon:
             )
             wanted = {m.name: m for m in new.mappings if m.enabled}
             restart = [
-                name for name, running in self.running.items()
+                name
+                for name, running in self.running.items()
                 if name in wanted
                 and (running.config != wanted[name] or running.config.function in changed_functions)
             ]
@@ -227,8 +234,11 @@ class Daemon:
             start = [name for name in wanted if name not in self.running]
             failed = [name for name in start if not await self._start_after_reload(wanted[name])]
             needs_restart = [
-                section for section, before, after in
-                (("daemon", old.daemon, new.daemon), ("state", old.state, new.state))
+                section
+                for section, before, after in (
+                    ("daemon", old.daemon, new.daemon),
+                    ("state", old.state, new.state),
+                )
                 if before != after
             ]
             result = ReloadResult(
@@ -294,7 +304,9 @@ class Daemon:
             await self._reload_requested.wait()
             self._reload_requested = anyio.Event()
             if self.config_path is None:
-                log.warning("daemon.reload_ignored", reason="the daemon was not started from a file")
+                log.warning(
+                    "daemon.reload_ignored", reason="the daemon was not started from a file"
+                )
                 continue
             await self.reload_from_file()
 

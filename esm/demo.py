@@ -64,11 +64,19 @@ STREAM_RETRIES = 2
 REFRESH_SECONDS = 1.0
 RECENT_EVENTS = 8
 
-NOTABLE_EVENTS = frozenset({
-    "batch.bisected", "batch.failed", "batch.partial_failure", "batch.dropped",
-    "destination.delivered", "destination.delivery_failed", "daemon.draining",
-    "daemon.drain_timed_out", "daemon.signal",
-})
+NOTABLE_EVENTS = frozenset(
+    {
+        "batch.bisected",
+        "batch.failed",
+        "batch.partial_failure",
+        "batch.dropped",
+        "destination.delivered",
+        "destination.delivery_failed",
+        "daemon.draining",
+        "daemon.drain_timed_out",
+        "daemon.signal",
+    }
+)
 """Log events the view shows (and every warning or error): where retries, bisect and the
 on-failure destination become visible. Per-batch successes would drown them."""
 
@@ -173,10 +181,12 @@ def _create_resources(endpoint: str) -> Resources:
     dynamodb = _client("dynamodb", endpoint)
     r = Resources(endpoint)
     r.dlq_url = sqs.create_queue(QueueName="orders-dlq")["QueueUrl"]
-    redrive = json.dumps({
-        "deadLetterTargetArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders-dlq",
-        "maxReceiveCount": str(MAX_RECEIVES),
-    })
+    redrive = json.dumps(
+        {
+            "deadLetterTargetArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders-dlq",
+            "maxReceiveCount": str(MAX_RECEIVES),
+        }
+    )
     r.queue_url = sqs.create_queue(
         QueueName="orders",
         Attributes={"VisibilityTimeout": str(SQS_FUNCTION_TIMEOUT), "RedrivePolicy": redrive},
@@ -299,7 +309,9 @@ class Producer:
                 self.dynamodb.put_item(TableName=table, Item=item)
             elif i % 3 == 1:
                 self.dynamodb.update_item(
-                    TableName=table, Key=key, UpdateExpression="SET visits = :v",
+                    TableName=table,
+                    Key=key,
+                    UpdateExpression="SET visits = :v",
                     ExpressionAttributeValues={":v": {"N": str(i)}},
                 )
             else:
@@ -380,16 +392,18 @@ def snapshot(
             given_up = int(delivered)
         else:
             given_up = None
-        rows.append(Row(
-            mapping=m,
-            ready=value("esm_mapping_ready", mapping=m.name) == 1,
-            records=int(value("esm_polled_events_total", mapping=m.name)),
-            invocations=int(value("esm_function_invocations_total", function=m.function)),
-            errors=int(value("esm_function_errors_total", function=m.function)),
-            failed_records=int(value("esm_failed_invoke_events_total", mapping=m.name)),
-            iterator_age=ages.get(m.name) if stream else None,
-            given_up=given_up,
-        ))
+        rows.append(
+            Row(
+                mapping=m,
+                ready=value("esm_mapping_ready", mapping=m.name) == 1,
+                records=int(value("esm_polled_events_total", mapping=m.name)),
+                invocations=int(value("esm_function_invocations_total", function=m.function)),
+                errors=int(value("esm_function_errors_total", function=m.function)),
+                failed_records=int(value("esm_failed_invoke_events_total", mapping=m.name)),
+                iterator_age=ages.get(m.name) if stream else None,
+                given_up=given_up,
+            )
+        )
     return Snapshot(elapsed, tuple(rows), draining)
 
 
@@ -409,8 +423,15 @@ class LogLine:
 
 
 HEADER = (
-    "mapping", "source", "ready", "records", "invocations", "errors", "failed records",
-    "iterator age", "given up -> where",
+    "mapping",
+    "source",
+    "ready",
+    "records",
+    "invocations",
+    "errors",
+    "failed records",
+    "iterator age",
+    "given up -> where",
 )
 LEFT_ALIGNED = frozenset({0, 1, 2, 8})
 
@@ -425,11 +446,19 @@ def render_table(snap: Snapshot, endpoint: str, metrics_url: str, recent: list[s
     for row in snap.rows:
         age = "-" if row.iterator_age is None else f"{row.iterator_age:.1f} s"
         given_up = "-" if row.given_up is None else f"{row.given_up} -> {row.mapping.failures_to}"
-        table.append((
-            row.mapping.name, row.mapping.source, "yes" if row.ready else "no",
-            f"{row.records:,}", f"{row.invocations:,}", f"{row.errors:,}",
-            f"{row.failed_records:,}", age, given_up,
-        ))
+        table.append(
+            (
+                row.mapping.name,
+                row.mapping.source,
+                "yes" if row.ready else "no",
+                f"{row.records:,}",
+                f"{row.invocations:,}",
+                f"{row.errors:,}",
+                f"{row.failed_records:,}",
+                age,
+                given_up,
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
     for r in table:
         cells = [
@@ -507,10 +536,7 @@ class LogCapture:
             print(line, file=sys.stderr, flush=True)
 
     def _processor(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
-        fields = {
-            k: v for k, v in event_dict.items()
-            if k not in _HIDDEN_FIELDS and v is not None
-        }
+        fields = {k: v for k, v in event_dict.items() if k not in _HIDDEN_FIELDS and v is not None}
         self.add(str(event_dict.get("level", method)), str(event_dict.get("event")), fields)
         raise structlog.DropEvent
 
@@ -713,4 +739,3 @@ def _wait_for(url: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-

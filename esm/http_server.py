@@ -67,7 +67,11 @@ class StatusServer:
     def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if path == "/-/reload" and method == "POST":
             if self._on_reload is None:
-                return "409 Conflict", "text/plain", b"this daemon was not started from a config file\n"
+                return (
+                    "409 Conflict",
+                    "text/plain",
+                    b"this daemon was not started from a config file\n",
+                )
             self._on_reload()
             return "202 Accepted", "text/plain", b"reload requested\n"
         if method not in ("GET", "HEAD"):

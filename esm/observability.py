@@ -21,7 +21,14 @@ BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
 
 
 ISOLATED_LOGGERS = (
-    "asyncio", "aiohttp", "aiobotocore", "botocore", "boto3", "s3transfer", "urllib3", "esm",
+    "asyncio",
+    "aiohttp",
+    "aiobotocore",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "esm",
 )
 """The stdlib loggers of esm and its libraries. They write through esm's own handler and do
 not propagate to the root logger, which belongs to in-process handlers as it does on Lambda:
@@ -90,7 +97,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         m = ["mapping"]
-        self.polled = Counter("esm_polled_events", "Records read from the event source.", m, registry=r)
+        self.polled = Counter(
+            "esm_polled_events", "Records read from the event source.", m, registry=r
+        )
         self.filtered_out = Counter(
             "esm_filtered_out_events", "Records that matched no filter pattern.", m, registry=r
         )
@@ -122,9 +131,15 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "esm_batch_size_records", "Records per invocation.", m, buckets=BATCH_SIZE_BUCKETS, registry=r
+            "esm_batch_size_records",
+            "Records per invocation.",
+            m,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
-        self.in_flight = Gauge("esm_in_flight_batches", "Batches being processed now.", m, registry=r)
+        self.in_flight = Gauge(
+            "esm_in_flight_batches", "Batches being processed now.", m, registry=r
+        )
         self.pollers = Gauge("esm_pollers", "Receivers or shard pollers running.", m, registry=r)
         self.ready = Gauge(
             "esm_mapping_ready", "1 when the mapping is polling its source, else 0.", m, registry=r
@@ -147,7 +162,9 @@ class Metrics:
             registry=r,
         )
         f = ["function"]
-        self.invocations = Counter("esm_function_invocations", "Function invocations.", f, registry=r)
+        self.invocations = Counter(
+            "esm_function_invocations", "Function invocations.", f, registry=r
+        )
         self.errors = Counter("esm_function_errors", "Invocations that failed.", f, registry=r)
         self.throttles = Counter(
             "esm_function_throttles", "Invocations that could not run.", f, registry=r
@@ -170,22 +187,31 @@ class Metrics:
             registry=r,
         )
         self.aws_retries = Counter(
-            "esm_aws_call_retries", "AWS calls retried after a throttle or transient error.",
-            ["operation"], registry=r,
+            "esm_aws_call_retries",
+            "AWS calls retried after a throttle or transient error.",
+            ["operation"],
+            registry=r,
         )
         self.leases_held = Gauge(
             "esm_leases_held", "Shard leases this worker holds (fleet mode).", m, registry=r
         )
         self.leases_taken = Counter(
-            "esm_leases_taken", "Shard leases this worker took (unowned, expired or stolen).",
-            m, registry=r,
+            "esm_leases_taken",
+            "Shard leases this worker took (unowned, expired or stolen).",
+            m,
+            registry=r,
         )
         self.leases_lost = Counter(
-            "esm_leases_lost", "Shard leases this worker lost to another or to expiry.", m, registry=r
+            "esm_leases_lost",
+            "Shard leases this worker lost to another or to expiry.",
+            m,
+            registry=r,
         )
         self.worker_info = Gauge(
-            "esm_worker_info", "1, labelled with this worker's lease owner id (fleet mode).",
-            ["worker"], registry=r,
+            "esm_worker_info",
+            "1, labelled with this worker's lease owner id (fleet mode).",
+            ["worker"],
+            registry=r,
         )
 
 
@@ -204,9 +230,7 @@ class MappingMetrics:
         self.deleted = metrics.deleted.labels(mapping)
         self.dropped = metrics.dropped.labels(mapping)
         self.on_failure_delivered = metrics.on_failure_delivered.labels(mapping)
-        self.destination_delivery_failures = metrics.destination_delivery_failures.labels(
-            mapping
-        )
+        self.destination_delivery_failures = metrics.destination_delivery_failures.labels(mapping)
         self.batch_size = metrics.batch_size.labels(mapping)
         self.in_flight = metrics.in_flight.labels(mapping)
         self.pollers = metrics.pollers.labels(mapping)

@@ -70,8 +70,12 @@ class JsonRequestSigner:
             )
         )
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(credentials.secret_key, day), to_sign.encode(), "sha256")
+        to_sign = (
+            f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+        signature = hmac.new(
+            self._signing_key(credentials.secret_key, day), to_sign.encode(), "sha256"
+        )
         headers["Authorization"] = (
             f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
             f"SignedHeaders={names}, Signature={signature.hexdigest()}"

@@ -100,9 +100,7 @@ def build_config(endpoint: str, functions: dict, mappings: list, **daemon):  # t
 
     raw = {
         "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0", **daemon},
-        "functions": {
-            name: {"code_path": str(HANDLERS), **f} for name, f in functions.items()
-        },
+        "functions": {name: {"code_path": str(HANDLERS), **f} for name, f in functions.items()},
         "mappings": mappings,
     }
     return parse_config(raw)
@@ -177,12 +175,16 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:  # type: ignor
         proc.wait()
 
 
-def make_table_with_stream(ddb, name: str, key: str = "id", key_type: str = "S", view: str = "NEW_IMAGE") -> str:  # type: ignore[no-untyped-def]
+def make_table_with_stream(
+    ddb, name: str, key: str = "id", key_type: str = "S", view: str = "NEW_IMAGE"
+) -> str:  # type: ignore[no-untyped-def]
     """An on-demand table keyed by `key`, with a stream of `view`; returns the stream ARN."""
-    return str(ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": key, "AttributeType": key_type}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": view},
-    )["TableDescription"]["LatestStreamArn"])
+    return str(
+        ddb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": key, "AttributeType": key_type}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": view},
+        )["TableDescription"]["LatestStreamArn"]
+    )

@@ -53,7 +53,9 @@ def parse_get_records(raw: bytes, *, stream_arn: str, region: str) -> DynamoDBPa
         change = record["dynamodb"]
         records.append(record)
         sequence_numbers.append(str(change.get("SequenceNumber", "")))
-        keys_hashes.append(orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode())
+        keys_hashes.append(
+            orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode()
+        )
         arrival_times.append(float(change.get("ApproximateCreationDateTime") or 0.0))
         sizes.append(len(orjson.dumps(record)))
     return DynamoDBPage(

@@ -170,9 +170,7 @@ def parse_source_arn(arn: str, families: Sequence[SourceFamily] = FAMILIES) -> S
     forms = [family.arn for family in families if family.arn is not None]
     titles = [form.title for form in forms]
     named = ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else titles[0]
-    raise ArnError(
-        f"{arn!r} is not an {named} ARN ({', '.join(form.form for form in forms)})"
-    )
+    raise ArnError(f"{arn!r} is not an {named} ARN ({', '.join(form.form for form in forms)})")
 
 
 @dataclass(frozen=True)

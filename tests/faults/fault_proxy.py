@@ -20,7 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 THROTTLE_ERRORS = (
-    (400, b'{"__type": "ProvisionedThroughputExceededException",' b' "message": "Rate exceeded for shard"}'),
+    (
+        400,
+        b'{"__type": "ProvisionedThroughputExceededException",'
+        b' "message": "Rate exceeded for shard"}',
+    ),
     (400, b'{"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded"}'),
     (400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'),
     (503, b'{"__type": "ServiceUnavailable", "message": "Service unavailable"}'),
@@ -113,7 +117,10 @@ class FaultProxy:
             await writer.drain()
             return True
         if mode == "deny":
-            body = b'{"__type": "UnrecognizedClientException", "message": "The' b' security token included in the request is invalid."}'
+            body = (
+                b'{"__type": "UnrecognizedClientException", "message": "The'
+                b' security token included in the request is invalid."}'
+            )
             writer.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)

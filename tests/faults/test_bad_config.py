@@ -390,9 +390,10 @@ def documents(draw: st.DrawFn) -> bytes:
         number = draw(st.sampled_from(["9" * digits, "0x" + "f" * digits, "-" + "9" * digits]))
         return rendered + f"\nhuge = {number}\n".encode()
     if kind == "deep":
-        return rendered + deeply_nested(
-            draw(st.sampled_from(NESTINGS)), draw(st.integers(10, 2000))
-        ).encode()
+        return (
+            rendered
+            + deeply_nested(draw(st.sampled_from(NESTINGS)), draw(st.integers(10, 2000))).encode()
+        )
     at = draw(st.integers(0, len(rendered)))
     junk = draw(
         st.one_of(

@@ -22,14 +22,16 @@ PARALLELIZATION = 2
 KINESIS_SHARDS = 2
 
 
-def write_config(path: Path, endpoint: str, port: int, record_path: Path, arns: dict[str, str]) -> None:
+def write_config(
+    path: Path, endpoint: str, port: int, record_path: Path, arns: dict[str, str]
+) -> None:
     path.write_text(
         f"""
 [daemon]
 endpoint_url = "{endpoint}"
 http_address = "127.0.0.1:{port}"
 [state]
-path = "{path.parent / 'state.sqlite3'}"
+path = "{path.parent / "state.sqlite3"}"
 [functions.w]
 handler = "fault_handlers.write_ids"
 code_path = "{HANDLERS}"
@@ -38,20 +40,20 @@ environment = {{ RECORD_PATH = "{record_path}", HANDLER_SLEEP = "0.02" }}
 [[mappings]]
 name = "kinesis"
 function = "w"
-event_source_arn = "{arns['kinesis']}"
+event_source_arn = "{arns["kinesis"]}"
 starting_position = "TRIM_HORIZON"
 batch_size = {BATCH_SIZE}
 parallelization_factor = {PARALLELIZATION}
 [[mappings]]
 name = "dynamodb"
 function = "w"
-event_source_arn = "{arns['dynamodb']}"
+event_source_arn = "{arns["dynamodb"]}"
 starting_position = "TRIM_HORIZON"
 batch_size = {BATCH_SIZE}
 [[mappings]]
 name = "sqs"
 function = "w"
-event_source_arn = "{arns['sqs']}"
+event_source_arn = "{arns["sqs"]}"
 batch_size = {BATCH_SIZE}
 scaling_config = {{ maximum_concurrency = 2 }}
 """
@@ -68,16 +70,29 @@ def produce(endpoint: str, unique: str) -> tuple[dict[str, str], dict[str, list[
     sent: dict[str, list[str]] = {"kinesis": [f"k{i}" for i in range(1200)]}
     for start in range(0, len(sent["kinesis"]), 500):
         chunk = sent["kinesis"][start : start + 500]
-        kinesis.put_records(StreamName=stream, Records=[{"PartitionKey": f"p{d[1:]}", "Data": d.encode()} for d in chunk])
+        kinesis.put_records(
+            StreamName=stream,
+            Records=[{"PartitionKey": f"p{d[1:]}", "Data": d.encode()} for d in chunk],
+        )
     table_stream_arn = make_table_with_stream(ddb, f"crash-{unique}")
     sent["dynamodb"] = [f"d{i}" for i in range(300)]
     for item in sent["dynamodb"]:
         ddb.put_item(TableName=f"crash-{unique}", Item={"id": {"S": item}})
-    url = sqs.create_queue(QueueName=f"crash-{unique}", Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
-    sqs_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(QueueName=f"crash-{unique}", Attributes={"VisibilityTimeout": "2"})[
+        "QueueUrl"
+    ]
+    sqs_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     sent["sqs"] = [f"s{i}" for i in range(400)]
     for start in range(0, len(sent["sqs"]), 10):
-        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(sent["sqs"][start : start + 10])])
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageBody": b}
+                for i, b in enumerate(sent["sqs"][start : start + 10])
+            ],
+        )
     return {"kinesis": kinesis_arn, "dynamodb": table_stream_arn, "sqs": sqs_arn}, sent
 
 
@@ -93,7 +108,11 @@ def test_sigkill_at_random_moments_loses_nothing(endpoint, unique, tmp_path):  #
         return record_path.read_text().split() if record_path.exists() else []
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "esm", "run", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "esm", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     everything = {i for ids in sent.values() for i in ids}
     kills = 0
@@ -127,6 +146,9 @@ def test_sigkill_at_random_moments_loses_nothing(endpoint, unique, tmp_path):  #
         "dynamodb": KILLS * BATCH_SIZE * 2,
         "sqs": KILLS * 2 * BATCH_SIZE,
     }
-    print("crash suite:", {"kills": kills, "produced": len(everything), "lost": 0, "duplicates": duplicates})
+    print(
+        "crash suite:",
+        {"kills": kills, "produced": len(everything), "lost": 0, "duplicates": duplicates},
+    )
     for source, count in duplicates.items():
         assert count <= in_flight_bound[source], (source, count)

@@ -21,7 +21,9 @@ BUDGET = 2
 WINDOW_S = 8.0
 
 
-def test_idle_shards_share_the_read_budget_and_still_deliver(endpoint, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_idle_shards_share_the_read_budget_and_still_deliver(
+    endpoint, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
     name = f"idle-{unique}"
     kinesis.create_stream(StreamName=name, ShardCount=SHARDS)
@@ -30,15 +32,33 @@ def test_idle_shards_share_the_read_budget_and_still_deliver(endpoint, unique, t
     proxy = FaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 80).start()
     try:
         record_path = tmp_path / "handled.txt"
-        daemon = run_daemon(parse_config({
-            "daemon": {"endpoint_url": proxy.url, "http_address": "127.0.0.1:0",
-                       "idle_shard_reads_per_second": BUDGET},
-            "state": {"path": str(tmp_path / "state.sqlite3")},
-            "functions": {"w": {"handler": "fault_handlers.write_ids", "code_path": str(HANDLERS),
-                                "environment": {"RECORD_PATH": str(record_path)}}},
-            "mappings": [{"name": "idle", "function": "w", "event_source_arn": arn,
-                          "starting_position": "TRIM_HORIZON"}],
-        }))
+        daemon = run_daemon(
+            parse_config(
+                {
+                    "daemon": {
+                        "endpoint_url": proxy.url,
+                        "http_address": "127.0.0.1:0",
+                        "idle_shard_reads_per_second": BUDGET,
+                    },
+                    "state": {"path": str(tmp_path / "state.sqlite3")},
+                    "functions": {
+                        "w": {
+                            "handler": "fault_handlers.write_ids",
+                            "code_path": str(HANDLERS),
+                            "environment": {"RECORD_PATH": str(record_path)},
+                        }
+                    },
+                    "mappings": [
+                        {
+                            "name": "idle",
+                            "function": "w",
+                            "event_source_arn": arn,
+                            "starting_position": "TRIM_HORIZON",
+                        }
+                    ],
+                }
+            )
+        )
         wait_until(lambda: daemon.get("/readyz")[0] == 200, timeout=30)
         time.sleep(4)  # every shard's first backoff (0.25 s .. 1 s) is over
         before = proxy.total_requests()

@@ -26,44 +26,83 @@ def proxy(endpoint: str):  # type: ignore[no-untyped-def]
     p.stop()
 
 
-def setup_sources(endpoint: str, unique: str, messages: int, records: int) -> tuple[str, str, set[str]]:
+def setup_sources(
+    endpoint: str, unique: str, messages: int, records: int
+) -> tuple[str, str, set[str]]:
     sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
-    url = sqs.create_queue(QueueName=f"net-{unique}", Attributes={"VisibilityTimeout": "3"})["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(QueueName=f"net-{unique}", Attributes={"VisibilityTimeout": "3"})[
+        "QueueUrl"
+    ]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     bodies = [f"s{i}" for i in range(messages)]
     for start in range(0, messages, 10):
-        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])])
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])
+            ],
+        )
     kinesis.create_stream(StreamName=f"net-{unique}", ShardCount=1)
-    stream_arn = kinesis.describe_stream(StreamName=f"net-{unique}")["StreamDescription"]["StreamARN"]
+    stream_arn = kinesis.describe_stream(StreamName=f"net-{unique}")["StreamDescription"][
+        "StreamARN"
+    ]
     datas = [f"k{i}" for i in range(records)]
-    kinesis.put_records(StreamName=f"net-{unique}", Records=[{"PartitionKey": d, "Data": d.encode()} for d in datas])
+    kinesis.put_records(
+        StreamName=f"net-{unique}", Records=[{"PartitionKey": d, "Data": d.encode()} for d in datas]
+    )
     return queue_arn, stream_arn, set(bodies) | set(datas)
 
 
 def config_for(proxy_url: str, tmp_path, queue_arn: str, stream_arn: str):  # type: ignore[no-untyped-def]
     record_path = tmp_path / "handled.txt"
-    return record_path, parse_config({
-        "daemon": {"endpoint_url": proxy_url, "http_address": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.sqlite3")},
-        "functions": {"w": {"handler": "fault_handlers.write_ids", "code_path": str(HANDLERS), "timeout": 2,
-                            "environment": {"RECORD_PATH": str(record_path)}}},
-        "mappings": [
-            {"name": "q", "function": "w", "event_source_arn": queue_arn, "batch_size": 10},
-            {"name": "k", "function": "w", "event_source_arn": stream_arn, "starting_position": "TRIM_HORIZON", "batch_size": 20},
-        ],
-    })
+    return record_path, parse_config(
+        {
+            "daemon": {"endpoint_url": proxy_url, "http_address": "127.0.0.1:0"},
+            "state": {"path": str(tmp_path / "state.sqlite3")},
+            "functions": {
+                "w": {
+                    "handler": "fault_handlers.write_ids",
+                    "code_path": str(HANDLERS),
+                    "timeout": 2,
+                    "environment": {"RECORD_PATH": str(record_path)},
+                }
+            },
+            "mappings": [
+                {"name": "q", "function": "w", "event_source_arn": queue_arn, "batch_size": 10},
+                {
+                    "name": "k",
+                    "function": "w",
+                    "event_source_arn": stream_arn,
+                    "starting_position": "TRIM_HORIZON",
+                    "batch_size": 20,
+                },
+            ],
+        }
+    )
 
 
 def handled(path) -> set[str]:  # type: ignore[no-untyped-def]
     return set(path.read_text().split()) if path.exists() else set()
 
 
-def test_resets_stalls_latency_and_half_open_connections_lose_nothing(endpoint, proxy, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_resets_stalls_latency_and_half_open_connections_lose_nothing(
+    endpoint, proxy, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     queue_arn, stream_arn, everything = setup_sources(endpoint, unique, messages=60, records=200)
     record_path, config = config_for(proxy.url, tmp_path, queue_arn, stream_arn)
     daemon = run_daemon(config)
-    for mode, seconds in [("reset", 2), ("pass", 1), ("latency", 3), ("stall", 2), ("pass", 1), ("half_open", 2), ("reset", 1)]:
+    for mode, seconds in [
+        ("reset", 2),
+        ("pass", 1),
+        ("latency", 3),
+        ("stall", 2),
+        ("pass", 1),
+        ("half_open", 2),
+        ("reset", 1),
+    ]:
         proxy.mode = mode
         time.sleep(seconds)
     proxy.mode = "pass"
@@ -71,7 +110,9 @@ def test_resets_stalls_latency_and_half_open_connections_lose_nothing(endpoint, 
     assert daemon.get("/healthz")[0] == 200
 
 
-def test_long_outage_turns_not_ready_then_ready_again(endpoint, proxy, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_long_outage_turns_not_ready_then_ready_again(
+    endpoint, proxy, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     queue_arn, stream_arn, everything = setup_sources(endpoint, unique, messages=10, records=10)
     record_path, config = config_for(proxy.url, tmp_path, queue_arn, stream_arn)
     daemon = run_daemon(config)
@@ -98,15 +139,26 @@ def test_throttling_storm_backs_off_and_completes(endpoint, proxy, unique, tmp_p
     assert "esm_aws_call_retries_total" in metrics
 
 
-def test_credentials_that_stop_working_turn_mappings_not_ready_until_they_work_again(endpoint, proxy, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_credentials_that_stop_working_turn_mappings_not_ready_until_they_work_again(
+    endpoint, proxy, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     queue_arn, stream_arn, everything = setup_sources(endpoint, unique, messages=5, records=5)
     record_path, config = config_for(proxy.url, tmp_path, queue_arn, stream_arn)
     daemon = run_daemon(config)
     wait_until(lambda: everything <= handled(record_path), timeout=30)
     proxy.mode = "deny"
-    wait_until(lambda: daemon.get("/readyz")[0] == 503 and set(json.loads(daemon.get("/readyz")[1])["not_ready"]) == {"q", "k"}, timeout=90)
+    wait_until(
+        lambda: (
+            daemon.get("/readyz")[0] == 503
+            and set(json.loads(daemon.get("/readyz")[1])["not_ready"]) == {"q", "k"}
+        ),
+        timeout=90,
+    )
     _, metrics = daemon.get("/metrics")
-    assert 'esm_mapping_ready{mapping="q"} 0.0' in metrics and 'esm_mapping_ready{mapping="k"} 0.0' in metrics
+    assert (
+        'esm_mapping_ready{mapping="q"} 0.0' in metrics
+        and 'esm_mapping_ready{mapping="k"} 0.0' in metrics
+    )
     assert daemon.get("/healthz")[0] == 200  # the daemon itself lives on
     proxy.mode = "pass"
     wait_until(lambda: daemon.get("/readyz")[0] == 200, timeout=60)

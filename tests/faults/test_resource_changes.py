@@ -17,7 +17,9 @@ def not_ready(daemon) -> list[str]:  # type: ignore[no-untyped-def]
     return json.loads(daemon.get("/readyz")[1])["not_ready"]  # type: ignore[no-any-return]
 
 
-def test_deleted_queue_and_stream_turn_only_their_mapping_not_ready(endpoint, sqs, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_deleted_queue_and_stream_turn_only_their_mapping_not_ready(
+    endpoint, sqs, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
     doomed_url, doomed_arn = make_queue(sqs, f"doomed-{unique}", VisibilityTimeout="3")
     steady_url, steady_arn = make_queue(sqs, f"steady-{unique}", VisibilityTimeout="3")
@@ -46,16 +48,30 @@ def test_deleted_queue_and_stream_turn_only_their_mapping_not_ready(endpoint, sq
     wait_until(lambda: f"m-doomed-{unique}" not in not_ready(daemon), timeout=30)
 
 
-def test_shard_split_while_running_reads_parent_then_children(endpoint, unique, tmp_path, run_daemon):  # type: ignore[no-untyped-def]
+def test_shard_split_while_running_reads_parent_then_children(
+    endpoint, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
     name = f"livesplit-{unique}"
     arn = make_stream(kinesis, name)
     put(kinesis, name, [(f"p{i}", f"before-{i}") for i in range(30)])
-    daemon = run_daemon(config_with_state(endpoint, tmp_path, {"f": {"handler": "recorder.record"}}, [stream_mapping(arn, batch_size=5)]))
+    daemon = run_daemon(
+        config_with_state(
+            endpoint,
+            tmp_path,
+            {"f": {"handler": "recorder.record"}},
+            [stream_mapping(arn, batch_size=5)],
+        )
+    )
     wait_until(lambda: len(datas(arn)) >= 30)
     shard = kinesis.list_shards(StreamName=name)["Shards"][0]
-    low, high = int(shard["HashKeyRange"]["StartingHashKey"]), int(shard["HashKeyRange"]["EndingHashKey"])
-    kinesis.split_shard(StreamName=name, ShardToSplit=shard["ShardId"], NewStartingHashKey=str((low + high) // 2))
+    low, high = (
+        int(shard["HashKeyRange"]["StartingHashKey"]),
+        int(shard["HashKeyRange"]["EndingHashKey"]),
+    )
+    kinesis.split_shard(
+        StreamName=name, ShardToSplit=shard["ShardId"], NewStartingHashKey=str((low + high) // 2)
+    )
     put(kinesis, name, [(f"c{i}", f"after-{i}") for i in range(40)])
     wait_until(lambda: len(set(datas(arn))) >= 70, timeout=60)
     seen = datas(arn)
@@ -63,7 +79,9 @@ def test_shard_split_while_running_reads_parent_then_children(endpoint, unique, 
     # The parent, closed under its running poller, reaches its end and is checkpointed
     # there; then both children get pollers. (moto keeps routing writes to the closed
     # parent, so which shard served the later records is moto's choice, not checked.)
-    wait_until(lambda: f'esm_pollers{{mapping="k-{name}"}} 2.0' in daemon.get("/metrics")[1], timeout=60)
+    wait_until(
+        lambda: f'esm_pollers{{mapping="k-{name}"}} 2.0' in daemon.get("/metrics")[1], timeout=60
+    )
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
         ended = db.execute("SELECT shard_id FROM checkpoints WHERE shard_ended = 1").fetchall()
     assert ended == [(shard["ShardId"],)]

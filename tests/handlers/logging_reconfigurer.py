@@ -17,8 +17,10 @@ from typing import Any
 STYLE = os.environ["LOGGING_STYLE"]
 if STYLE == "basicconfig":
     logging.basicConfig(
-        level=logging.DEBUG, force=True, stream=sys.stdout,
-        format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG,
+        force=True,
+        stream=sys.stdout,
+        format="%(levelname)s %(name)s: %(message)s",
     )
 elif STYLE == "handlers":
     root = logging.getLogger()

@@ -25,7 +25,7 @@ http_address = "127.0.0.1:{port}"
 handler = "recorder.write_to_file"
 code_path = "{HANDLERS}"
 timeout = {timeout}
-environment = {{ RECORD_PATH = "{tmp_path / 'handled.jsonl'}", HANDLER_SLEEP = "1" }}
+environment = {{ RECORD_PATH = "{tmp_path / "handled.jsonl"}", HANDLER_SLEEP = "1" }}
 
 [[mappings]]
 name = "drain"
@@ -50,11 +50,21 @@ def test_sigterm_finishes_in_flight_batches_and_loses_nothing(endpoint, sqs, uni
     sent = [f"m{i}" for i in range(40)]
     for start in range(0, 40, 10):
         sqs.send_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(sent[start : start + 10])]
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageBody": b} for i, b in enumerate(sent[start : start + 10])
+            ],
         )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "esm", "run", "-c", str(write_config(tmp_path, endpoint, arn, port))],
+        [
+            sys.executable,
+            "-m",
+            "esm",
+            "run",
+            "-c",
+            str(write_config(tmp_path, endpoint, arn, port)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

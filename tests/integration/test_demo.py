@@ -25,7 +25,9 @@ def fields_of(line: str, mapping: str) -> dict[str, str]:
 def test_exit_when_drained_handles_every_event_retrying_bisecting_and_giving_up() -> None:
     proc = subprocess.run(
         [*DEMO, "--exit-when-drained", "--messages", "100"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("esm demo t=")]
@@ -94,16 +96,36 @@ def test_view_and_summary_show_each_mappings_numbers() -> None:
         ),
     )
     table = render_table(
-        snap, "http://127.0.0.1:5000", "http://127.0.0.1:9464/metrics",
+        snap,
+        "http://127.0.0.1:5000",
+        "http://127.0.0.1:9464/metrics",
         ["12:00:00 info batch.bisected"],
     )
     lines = table.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("mapping"))
     assert lines[header + 1].split() == [
-        "orders-queue", "sqs", "yes", "1,204", "130", "0", "12", "-", "4", "->", "orders-dlq"
+        "orders-queue",
+        "sqs",
+        "yes",
+        "1,204",
+        "130",
+        "0",
+        "12",
+        "-",
+        "4",
+        "->",
+        "orders-dlq",
     ]
     assert lines[header + 2].split()[:9] == [
-        "readings-stream", "kinesis", "yes", "1,000", "140", "60", "900", "2.5", "s"
+        "readings-stream",
+        "kinesis",
+        "yes",
+        "1,000",
+        "140",
+        "60",
+        "900",
+        "2.5",
+        "s",
     ]
     assert "10 -> readings-failures" in lines[header + 2]
     assert lines[header + 3].split()[:3] == ["customers-changes", "dynamodb", "no"]
@@ -111,7 +133,12 @@ def test_view_and_summary_show_each_mappings_numbers() -> None:
     line = summary_line(snap)
     assert fields_of(line, "orders-queue")["dlq"] == "4"
     assert fields_of(line, "readings-stream") == {
-        "ready": "yes", "records": "1000", "invocations": "140", "errors": "60",
-        "failed_records": "900", "iterator_age": "2.5s", "on_failure": "10",
+        "ready": "yes",
+        "records": "1000",
+        "invocations": "140",
+        "errors": "60",
+        "failed_records": "900",
+        "iterator_age": "2.5s",
+        "on_failure": "10",
     }
     assert "on_failure" not in fields_of(line, "customers-changes")

@@ -244,11 +244,15 @@ def test_three_workers_balance_fail_over_and_hand_over(fleet, kinesis, dynamodb)
     assert {shard_of[d] for d in duplicated} <= victim_shards
 
 
-def test_a_worker_stalled_past_failover_time_invokes_nothing_after_it_resumes(fleet, kinesis, dynamodb):  # type: ignore[no-untyped-def]
+def test_a_worker_stalled_past_failover_time_invokes_nothing_after_it_resumes(
+    fleet, kinesis, dynamodb
+):  # type: ignore[no-untyped-def]
     f = fleet(1)
     stream = f.arn.rsplit("/", 1)[1]
     stalled = f.start()
-    wait_until(lambda: owners(dynamodb, f.table) == Counter({stalled.id: 1}), timeout=30, interval=0.2)
+    wait_until(
+        lambda: owners(dynamodb, f.table) == Counter({stalled.id: 1}), timeout=30, interval=0.2
+    )
     successor = f.start()
     sent = records(0, 2000)
     put(kinesis, stream, sent)
@@ -256,14 +260,25 @@ def test_a_worker_stalled_past_failover_time_invokes_nothing_after_it_resumes(fl
     wait_until(lambda: len(f.handled()) >= 100, timeout=30, interval=0.01)
     stalled.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: set(owners(dynamodb, f.table)) == {successor.id}, timeout=FAILOVER + 20, interval=0.2)
+        wait_until(
+            lambda: set(owners(dynamodb, f.table)) == {successor.id},
+            timeout=FAILOVER + 20,
+            interval=0.2,
+        )
         wait_until(lambda: {d for _, d in sent} <= set(f.handled()), timeout=60, interval=0.2)
         handled_by_the_fleet = f.handled()
     finally:
         stalled.proc.send_signal(signal.SIGCONT)
     # Resumed: it learns the lease is gone (its own clock says failover_time has passed, or
     # its renewal is refused) and stops the shard without invoking its buffered records.
-    wait_until(lambda: "shard.lease_lost" in stalled.log.read_text() or "shard.stopped" in stalled.log.read_text(), timeout=30, interval=0.1)
+    wait_until(
+        lambda: (
+            "shard.lease_lost" in stalled.log.read_text()
+            or "shard.stopped" in stalled.log.read_text()
+        ),
+        timeout=30,
+        interval=0.1,
+    )
     assert "lease.lost" in stalled.log.read_text()
     assert f.handled() == handled_by_the_fleet
     assert_in_order_per_key(f.handled())
@@ -271,14 +286,20 @@ def test_a_worker_stalled_past_failover_time_invokes_nothing_after_it_resumes(fl
     assert stalled.stop(signal.SIGTERM) == 0
 
 
-def test_a_stream_created_again_resets_its_lease_and_every_new_record_is_handled(fleet, kinesis, dynamodb):  # type: ignore[no-untyped-def]
+def test_a_stream_created_again_resets_its_lease_and_every_new_record_is_handled(
+    fleet, kinesis, dynamodb
+):  # type: ignore[no-untyped-def]
     f = fleet(1)
     stream = f.arn.rsplit("/", 1)[1]
     worker = f.start()
     old = records(0, 30)
     put(kinesis, stream, old)
     wait_until(lambda: {d for _, d in old} <= set(f.handled()), timeout=30, interval=0.2)
-    wait_until(lambda: leases(dynamodb, f.table)["shardId-000000000000"]["checkpoint"] == "30", timeout=30, interval=0.2)
+    wait_until(
+        lambda: leases(dynamodb, f.table)["shardId-000000000000"]["checkpoint"] == "30",
+        timeout=30,
+        interval=0.2,
+    )
     assert worker.stop(signal.SIGTERM) == 0
 
     kinesis.delete_stream(StreamName=stream)
@@ -288,8 +309,12 @@ def test_a_stream_created_again_resets_its_lease_and_every_new_record_is_handled
     worker = f.start()
     wait_until(lambda: {d for _, d in new} <= set(f.handled()), timeout=30, interval=0.2)
     assert worker.stop(signal.SIGTERM) == 0
-    warnings = [line for line in worker.log.read_text().splitlines() if "shard.new_incarnation" in line]
-    assert len(warnings) == 1 and '"warning"' in warnings[0] and "shardId-000000000000" in warnings[0]
+    warnings = [
+        line for line in worker.log.read_text().splitlines() if "shard.new_incarnation" in line
+    ]
+    assert (
+        len(warnings) == 1 and '"warning"' in warnings[0] and "shardId-000000000000" in warnings[0]
+    )
 
 
 def test_resharding_while_two_workers_run(fleet, kinesis, dynamodb):  # type: ignore[no-untyped-def]

@@ -306,9 +306,18 @@ def test_inline_code_template_runs(endpoint, sqs, unique, run_daemon, tmp_path):
     assert (
         main(
             [
-                "import", str(TEMPLATES / "inline_sqs.yaml"),
-                "--param", f"JobsQueueArn={arn}", "--param", f"OutFile={out}",
-                "--endpoint-url", endpoint, "--region", "us-east-1", "-o", str(config),
+                "import",
+                str(TEMPLATES / "inline_sqs.yaml"),
+                "--param",
+                f"JobsQueueArn={arn}",
+                "--param",
+                f"OutFile={out}",
+                "--endpoint-url",
+                endpoint,
+                "--region",
+                "us-east-1",
+                "-o",
+                str(config),
             ]
         )  # fmt: skip
         == 0

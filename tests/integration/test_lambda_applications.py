@@ -99,7 +99,9 @@ def test_esm_validate_prints_the_disagreement_on_one_line(tmp_path: Path) -> Non
     )
     result = subprocess.run(
         [sys.executable, "-m", "esm", "validate", "-c", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
@@ -113,8 +115,13 @@ def test_esm_validate_prints_the_disagreement_on_one_line(tmp_path: Path) -> Non
 
 def environment_function(kind: str, **settings: Any) -> dict[str, Any]:
     return function(
-        "env", "sdk_app", kind, handler="app.environment", memory_size=256,
-        environment={"TABLE_NAME": "unused", **settings.pop("environment", {})}, **settings,
+        "env",
+        "sdk_app",
+        kind,
+        handler="app.environment",
+        memory_size=256,
+        environment={"TABLE_NAME": "unused", **settings.pop("environment", {})},
+        **settings,
     )
 
 
@@ -301,8 +308,11 @@ def test_lambda_kind_without_endpoint_url_invokes_through_the_daemon_endpoint(  
     role = iam.create_role(RoleName=f"r-{unique}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     lam = boto3.client("lambda", endpoint_url=moto_lambda, region_name="us-east-1")
     lam.create_function(
-        FunctionName=f"orders-{unique}", Runtime="python3.12", Role=role,
-        Handler="app.handler", Code={"ZipFile": archive.getvalue()},
+        FunctionName=f"orders-{unique}",
+        Runtime="python3.12",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": archive.getvalue()},
     )
     sqs = boto3.client("sqs", endpoint_url=moto_lambda, region_name="us-east-1")
     url, arn = make_queue(sqs, f"lam-{unique}", VisibilityTimeout="1")
@@ -349,9 +359,9 @@ async def test_after_an_init_error_the_next_invocation_runs_the_init_again(tmp_p
     (tmp_path / "late_app.py").write_text(
         "import late_dependency\n\ndef handler(event, context):\n    return late_dependency.VALUE\n"
     )
-    config = functions(
-        {"late": {"handler": "late_app.handler", "code_path": str(tmp_path)}}
-    )["late"]
+    config = functions({"late": {"handler": "late_app.handler", "code_path": str(tmp_path)}})[
+        "late"
+    ]
     invoker = create_invoker(config)
     try:
         failed = await invoker.invoke({})

@@ -25,7 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("style", ["basicconfig", "handlers", "powertools"])
 def test_a_handler_that_reconfigures_the_root_logger_leaves_esm_log_json(
-    endpoint, sqs, unique, tmp_path: Path, style: str  # type: ignore[no-untyped-def]
+    endpoint,
+    sqs,
+    unique,
+    tmp_path: Path,
+    style: str,  # type: ignore[no-untyped-def]
 ) -> None:
     url, arn = make_queue(sqs, f"logs-{style}-{unique}")
     record_path = tmp_path / "handled.jsonl"

@@ -107,9 +107,7 @@ async def test_node_init_error_is_reported_by_the_client_at_once() -> None:
 
 @pytest.mark.anyio
 async def test_environment_exiting_before_its_first_next_fails_at_once_with_its_stderr() -> None:
-    script = (
-        "import sys; print('runtime: cannot load libfoo.so', file=sys.stderr); sys.exit(3)"
-    )
+    script = "import sys; print('runtime: cannot load libfoo.so', file=sys.stderr); sys.exit(3)"
     invoker = process_invoker(command=[sys.executable, "-c", script])
     started = time.monotonic()
     try:

@@ -33,19 +33,31 @@ def request_ids(path: Path) -> set[str]:
     return {line.split(" ", 1)[1] for line in path.read_text().splitlines()}
 
 
-def config(endpoint: str, tmp_path: Path, kind: str, handler: str, mapping: dict[str, Any]) -> Config:
-    return parse_config({
-        "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.sqlite3")},
-        "functions": {"pt": {
-            "kind": kind,
-            "handler": f"powertools_app.{handler}",
-            "code_path": str(HANDLERS),
-            "timeout": 3,
-            "environment": {"RECORD_PATH": str(tmp_path / "handled.txt")},
-        }},
-        "mappings": [{"function": "pt", "function_response_types": ["ReportBatchItemFailures"], **mapping}],
-    })
+def config(
+    endpoint: str, tmp_path: Path, kind: str, handler: str, mapping: dict[str, Any]
+) -> Config:
+    return parse_config(
+        {
+            "daemon": {"endpoint_url": endpoint, "http_address": "127.0.0.1:0"},
+            "state": {"path": str(tmp_path / "state.sqlite3")},
+            "functions": {
+                "pt": {
+                    "kind": kind,
+                    "handler": f"powertools_app.{handler}",
+                    "code_path": str(HANDLERS),
+                    "timeout": 3,
+                    "environment": {"RECORD_PATH": str(tmp_path / "handled.txt")},
+                }
+            },
+            "mappings": [
+                {
+                    "function": "pt",
+                    "function_response_types": ["ReportBatchItemFailures"],
+                    **mapping,
+                }
+            ],
+        }
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -53,15 +65,29 @@ def test_sqs_batch_processor_partial_failures(endpoint, unique, tmp_path, run_da
     sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
     dlq_url, dlq_arn = make_queue(sqs, f"pt-dlq-{unique}")
     url, arn = make_queue(
-        sqs, f"pt-{unique}", VisibilityTimeout="3",
+        sqs,
+        f"pt-{unique}",
+        VisibilityTimeout="3",
         RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
     )
     bodies = ["ok-1", "ok-2", "flaky-3", "ok-4", "poison-5"]
-    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
-    run_daemon(config(endpoint, tmp_path, kind, "sqs_handler", {
-        "name": "pt-sqs", "event_source_arn": arn, "batch_size": 10,
-        "maximum_batching_window_in_seconds": 1,
-    }))
+    sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+    )
+    run_daemon(
+        config(
+            endpoint,
+            tmp_path,
+            kind,
+            "sqs_handler",
+            {
+                "name": "pt-sqs",
+                "event_source_arn": arn,
+                "batch_size": 10,
+                "maximum_batching_window_in_seconds": 1,
+            },
+        )
+    )
     dead = wait_until(lambda: receive_all(sqs, dlq_url), timeout=60)
     assert [m["Body"] for m in dead] == ["poison-5"]
     handled = tmp_path / "handled.txt"
@@ -75,17 +101,31 @@ def test_sqs_batch_processor_partial_failures(endpoint, unique, tmp_path, run_da
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_kinesis_batch_processor_retries_from_the_first_failed_record(endpoint, unique, tmp_path, run_daemon, kind):  # type: ignore[no-untyped-def]
+def test_kinesis_batch_processor_retries_from_the_first_failed_record(
+    endpoint, unique, tmp_path, run_daemon, kind
+):  # type: ignore[no-untyped-def]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
     name = f"pt-{unique}"
     kinesis.create_stream(StreamName=name, ShardCount=1)
     arn = kinesis.describe_stream(StreamName=name)["StreamDescription"]["StreamARN"]
     datas = ["ok-1", "ok-2", "flaky-3", "ok-4"]
-    kinesis.put_records(StreamName=name, Records=[{"PartitionKey": "k", "Data": d.encode()} for d in datas])
-    run_daemon(config(endpoint, tmp_path, kind, "kinesis_handler", {
-        "name": "pt-kinesis", "event_source_arn": arn, "starting_position": "TRIM_HORIZON",
-        "batch_size": 10,
-    }))
+    kinesis.put_records(
+        StreamName=name, Records=[{"PartitionKey": "k", "Data": d.encode()} for d in datas]
+    )
+    run_daemon(
+        config(
+            endpoint,
+            tmp_path,
+            kind,
+            "kinesis_handler",
+            {
+                "name": "pt-kinesis",
+                "event_source_arn": arn,
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": 10,
+            },
+        )
+    )
     handled = tmp_path / "handled.txt"
     wait_until(lambda: attempts(handled)["ok-4"] >= 2, timeout=60)
     # Powertools reports flaky-3's sequence number; like Lambda, esm checkpoints before it
@@ -95,16 +135,28 @@ def test_kinesis_batch_processor_retries_from_the_first_failed_record(endpoint, 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dynamodb_batch_processor_retries_from_the_first_failed_record(endpoint, unique, tmp_path, run_daemon, kind):  # type: ignore[no-untyped-def]
+def test_dynamodb_batch_processor_retries_from_the_first_failed_record(
+    endpoint, unique, tmp_path, run_daemon, kind
+):  # type: ignore[no-untyped-def]
     ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
     table = f"pt-{unique}"
     stream_arn = make_table_with_stream(ddb, table)
     for item_id in ["ok-1", "flaky-2", "ok-3"]:
         ddb.put_item(TableName=table, Item={"id": {"S": item_id}})
-    run_daemon(config(endpoint, tmp_path, kind, "dynamodb_handler", {
-        "name": "pt-dynamodb", "event_source_arn": stream_arn, "starting_position": "TRIM_HORIZON",
-        "batch_size": 10,
-    }))
+    run_daemon(
+        config(
+            endpoint,
+            tmp_path,
+            kind,
+            "dynamodb_handler",
+            {
+                "name": "pt-dynamodb",
+                "event_source_arn": stream_arn,
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": 10,
+            },
+        )
+    )
     handled = tmp_path / "handled.txt"
     wait_until(lambda: attempts(handled)["ok-3"] >= 2, timeout=60)
     assert attempts(handled) == {"ok-1": 1, "flaky-2": 2, "ok-3": 2}

@@ -226,8 +226,12 @@ async def test_warm_environment_is_reused_and_survives_a_handler_exception() -> 
 
 
 @pytest.mark.anyio
-async def test_an_environment_idle_past_its_lifetime_is_stopped_and_the_next_call_starts_cold() -> None:
-    invoker = ProcessInvoker(function_config(handler="process_app.behave"), "us-east-1", idle_lifetime=0.5)
+async def test_an_environment_idle_past_its_lifetime_is_stopped_and_the_next_call_starts_cold() -> (
+    None
+):
+    invoker = ProcessInvoker(
+        function_config(handler="process_app.behave"), "us-east-1", idle_lifetime=0.5
+    )
     try:
         first = await invoker.invoke({})
         pid = first.response["pid"]

@@ -30,14 +30,22 @@ def test_reload_starts_added_stops_removed_and_restarts_changed(endpoint, sqs, u
     send(sqs, url_a, "a1")
     wait_until(lambda: recorder.bodies_for(arn_a) == ["a1"])
 
-    result = daemon.portal.call(daemon.daemon.reload, build_config(endpoint, functions, [mapping(arn_a), mapping(arn_b)]))
+    result = daemon.portal.call(
+        daemon.daemon.reload, build_config(endpoint, functions, [mapping(arn_a), mapping(arn_b)])
+    )
     assert (result.started, result.stopped, result.restarted) == ([f"m-rb-{unique}"], [], [])
     send(sqs, url_b, "b1")
     wait_until(lambda: recorder.bodies_for(arn_b) == ["b1"])
 
     changed_b = mapping(arn_b, batch_size=5)
-    result = daemon.portal.call(daemon.daemon.reload, build_config(endpoint, functions, [changed_b]))
-    assert (result.started, result.stopped, result.restarted) == ([], [f"m-ra-{unique}"], [f"m-rb-{unique}"])
+    result = daemon.portal.call(
+        daemon.daemon.reload, build_config(endpoint, functions, [changed_b])
+    )
+    assert (result.started, result.stopped, result.restarted) == (
+        [],
+        [f"m-ra-{unique}"],
+        [f"m-rb-{unique}"],
+    )
     assert [r.name for r in daemon.daemon.runtimes] == [f"m-rb-{unique}"]
     assert daemon.daemon.running[f"m-rb-{unique}"].config.batch_size == 5
     send(sqs, url_a, "a2")
@@ -45,7 +53,9 @@ def test_reload_starts_added_stops_removed_and_restarts_changed(endpoint, sqs, u
     wait_until(lambda: recorder.bodies_for(arn_b) == ["b1", "b2"])
     # The removed mapping no longer polls: a2 stays in its queue.
     assert recorder.bodies_for(arn_a) == ["a1"]
-    left = wait_until(lambda: sqs.receive_message(QueueUrl=url_a, WaitTimeSeconds=1).get("Messages"))
+    left = wait_until(
+        lambda: sqs.receive_message(QueueUrl=url_a, WaitTimeSeconds=1).get("Messages")
+    )
     assert [m["Body"] for m in left] == ["a2"]
 
 
@@ -54,19 +64,31 @@ def test_disabling_a_mapping_pauses_it_and_enabling_resumes(endpoint, sqs, uniqu
     functions = FUNCTIONS
     daemon = run_daemon(build_config(endpoint, functions, [mapping(arn)]))
     wait_until(lambda: daemon.get("/readyz")[0] == 200)
-    result = daemon.portal.call(daemon.daemon.reload, build_config(endpoint, functions, [mapping(arn, enabled=False)]))
+    result = daemon.portal.call(
+        daemon.daemon.reload, build_config(endpoint, functions, [mapping(arn, enabled=False)])
+    )
     assert result.stopped == [f"m-pause-{unique}"]
     send(sqs, url, "while-paused")
     assert daemon.get("/readyz")[0] == 200  # nothing enabled is waiting
-    visible = wait_until(lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"] == "1")
+    visible = wait_until(
+        lambda: (
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+                "Attributes"
+            ]["ApproximateNumberOfMessages"]
+            == "1"
+        )
+    )
     assert visible and recorder.bodies_for(arn) == []
     daemon.portal.call(daemon.daemon.reload, build_config(endpoint, functions, [mapping(arn)]))
     wait_until(lambda: recorder.bodies_for(arn) == ["while-paused"])
 
 
-def write_config(path: Path, endpoint: str, port: int, arns: list[str], record_path: Path, extra: str = "") -> None:
+def write_config(
+    path: Path, endpoint: str, port: int, arns: list[str], record_path: Path, extra: str = ""
+) -> None:
     mappings = "".join(
-        f'\n[[mappings]]\nname = "m{i}"\nfunction = "w"\nevent_source_arn = "{arn}"\n' for i, arn in enumerate(arns)
+        f'\n[[mappings]]\nname = "m{i}"\nfunction = "w"\nevent_source_arn = "{arn}"\n'
+        for i, arn in enumerate(arns)
     )
     path.write_text(
         f"""
@@ -84,7 +106,9 @@ environment = {{ RECORD_PATH = "{record_path}" }}
     )
 
 
-def test_sighup_and_esm_reload_apply_the_file_and_reject_an_invalid_one(endpoint, sqs, unique, tmp_path):  # type: ignore[no-untyped-def]
+def test_sighup_and_esm_reload_apply_the_file_and_reject_an_invalid_one(
+    endpoint, sqs, unique, tmp_path
+):  # type: ignore[no-untyped-def]
     url_a, arn_a = make_queue(sqs, f"ha-{unique}", **QUEUE)
     url_b, arn_b = make_queue(sqs, f"hb-{unique}", **QUEUE)
     url_c, arn_c = make_queue(sqs, f"hc-{unique}", **QUEUE)
@@ -102,7 +126,8 @@ def test_sighup_and_esm_reload_apply_the_file_and_reject_an_invalid_one(endpoint
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "esm", "run", "-c", str(config)],
-        stdout=subprocess.DEVNULL, stderr=log_path.open("w"),
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("w"),
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz")
@@ -112,15 +137,25 @@ def test_sighup_and_esm_reload_apply_the_file_and_reject_an_invalid_one(endpoint
         wait_until(lambda: "via-sighup" in handled())
 
         # An invalid file is refused by `esm reload` and, if sent anyway, by the daemon.
-        write_config(config, endpoint, port, [arn_a, arn_b, arn_c], record_path, extra="batch_sizes = 3")
-        refused = subprocess.run([sys.executable, "-m", "esm", "reload", "-c", str(config)], capture_output=True, text=True)
+        write_config(
+            config, endpoint, port, [arn_a, arn_b, arn_c], record_path, extra="batch_sizes = 3"
+        )
+        refused = subprocess.run(
+            [sys.executable, "-m", "esm", "reload", "-c", str(config)],
+            capture_output=True,
+            text=True,
+        )
         assert refused.returncode == 2
         assert "daemon.batch_sizes: unknown key" in refused.stderr
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "daemon.reload_rejected" in logged())
 
         write_config(config, endpoint, port, [arn_a, arn_b, arn_c], record_path)
-        accepted = subprocess.run([sys.executable, "-m", "esm", "reload", "-c", str(config)], capture_output=True, text=True)
+        accepted = subprocess.run(
+            [sys.executable, "-m", "esm", "reload", "-c", str(config)],
+            capture_output=True,
+            text=True,
+        )
         assert accepted.returncode == 0, accepted.stderr
         send(sqs, url_c, "via-esm-reload")
         send(sqs, url_a, "a-still-polled")

@@ -92,7 +92,9 @@ def test_a_socket_nobody_listens_on_is_logged_not_raised(tmp_path: Path) -> None
 
 def test_environment_is_read_then_unset_so_handler_processes_cannot_notify() -> None:
     env = {
-        "NOTIFY_SOCKET": "/run/esm.sock", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "42",
+        "NOTIFY_SOCKET": "/run/esm.sock",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "42",
         "PATH": "/bin",
     }
     notifier = Notifier.from_environment(env, pid=42)
@@ -150,7 +152,10 @@ event_source_arn = "{arn}"
     env = {**os.environ, "NOTIFY_SOCKET": systemd.address, "WATCHDOG_USEC": "200000"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "esm", "run", "-c", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         before_ready = systemd.receive_until("READY=1")

@@ -14,12 +14,19 @@ ACCOUNT = "123456789012"
 def make_queue(sqs, name: str, **attributes: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     attrs = {"VisibilityTimeout": "30", **attributes}
     url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     return url, arn
 
 
 def mapping(arn: str, function: str = "f", **extra):  # type: ignore[no-untyped-def]
-    return {"name": f"m-{arn.rsplit(':', 1)[1]}", "function": function, "event_source_arn": arn, **extra}
+    return {
+        "name": f"m-{arn.rsplit(':', 1)[1]}",
+        "function": function,
+        "event_source_arn": arn,
+        **extra,
+    }
 
 
 def queue_depth(sqs, url: str) -> int:  # type: ignore[no-untyped-def]
@@ -27,7 +34,9 @@ def queue_depth(sqs, url: str) -> int:  # type: ignore[no-untyped-def]
         QueueUrl=url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
 def test_event_has_every_key_of_a_lambda_sqs_record(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
@@ -51,16 +60,37 @@ def test_event_has_every_key_of_a_lambda_sqs_record(endpoint, sqs, unique, run_d
     records = {r["body"]: r for e in recorder.events_for(arn) for r in e["Records"]}
     with_attrs = records['{"foo": "bar"}']
     assert list(with_attrs) == [
-        "messageId", "receiptHandle", "body", "attributes", "messageAttributes",
-        "md5OfMessageAttributes", "md5OfBody", "eventSource", "eventSourceARN", "awsRegion",
+        "messageId",
+        "receiptHandle",
+        "body",
+        "attributes",
+        "messageAttributes",
+        "md5OfMessageAttributes",
+        "md5OfBody",
+        "eventSource",
+        "eventSourceARN",
+        "awsRegion",
     ]
     assert list(with_attrs["attributes"])[:4] == [
-        "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp",
+        "ApproximateReceiveCount",
+        "SentTimestamp",
+        "SenderId",
+        "ApproximateFirstReceiveTimestamp",
     ]
     assert with_attrs["attributes"]["ApproximateReceiveCount"] == "1"
     assert with_attrs["messageAttributes"] == {
-        "Author": {"stringValue": "John Grisham", "stringListValues": [], "binaryListValues": [], "dataType": "String"},
-        "Blob": {"binaryValue": "AAE=", "stringListValues": [], "binaryListValues": [], "dataType": "Binary"},
+        "Author": {
+            "stringValue": "John Grisham",
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "String",
+        },
+        "Blob": {
+            "binaryValue": "AAE=",
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "Binary",
+        },
     }
     assert isinstance(with_attrs["md5OfMessageAttributes"], str)
     assert with_attrs["md5OfBody"] == hashlib.md5(b'{"foo": "bar"}').hexdigest()
@@ -87,18 +117,26 @@ def receive_all(sqs, url: str) -> list[dict]:  # type: ignore[no-untyped-def]
     """Drain a queue (used for DLQs and leftovers); returns the messages."""
     out: list[dict] = []
     while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        )
         if not got:
             return out
         out.extend(got)
 
 
 def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
-    url, arn = make_queue(sqs, f"order-{unique}.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    url, arn = make_queue(
+        sqs, f"order-{unique}.fifo", FifoQueue="true", ContentBasedDeduplication="true"
+    )
     for i in range(20):
         for group in ("a", "b", "c"):
             sqs.send_message(QueueUrl=url, MessageBody=f"{group}-{i}", MessageGroupId=group)
-    config = build_config(endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn, scaling_config={"maximum_concurrency": 3})])
+    config = build_config(
+        endpoint,
+        {"f": {"handler": "recorder.record"}},
+        [mapping(arn, scaling_config={"maximum_concurrency": 3})],
+    )
     run_daemon(config)
     # Every message once at least: a duplicate must not end the wait early.
     wait_until(lambda: len(set(recorder.bodies_for(arn))) >= 60)
@@ -114,7 +152,13 @@ def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daem
 
 
 def test_fifo_failure_returns_rest_of_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
-    url, arn = make_queue(sqs, f"fifofail-{unique}.fifo", FifoQueue="true", ContentBasedDeduplication="true", VisibilityTimeout="2")
+    url, arn = make_queue(
+        sqs,
+        f"fifofail-{unique}.fifo",
+        FifoQueue="true",
+        ContentBasedDeduplication="true",
+        VisibilityTimeout="2",
+    )
     for body in ("a-1", "a-2-fail-once", "a-3"):
         sqs.send_message(QueueUrl=url, MessageBody=body, MessageGroupId="a")
     config = build_config(
@@ -141,16 +185,24 @@ def test_handler_exception_redelivers_then_dead_letters(endpoint, sqs, unique, r
         RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
     )
     sqs.send_message(QueueUrl=url, MessageBody="poison")
-    config = build_config(endpoint, {"f": {"handler": "recorder.fail_on_poison", "timeout": 1}}, [mapping(arn)])
+    config = build_config(
+        endpoint, {"f": {"handler": "recorder.fail_on_poison", "timeout": 1}}, [mapping(arn)]
+    )
     daemon = run_daemon(config)
     dead = wait_until(lambda: receive_all(sqs, dlq_url), timeout=30)
     assert [m["Body"] for m in dead] == ["poison"]
-    counts = [r["attributes"]["ApproximateReceiveCount"] for e in recorder.events_for(arn) for r in e["Records"]]
+    counts = [
+        r["attributes"]["ApproximateReceiveCount"]
+        for e in recorder.events_for(arn)
+        for r in e["Records"]
+    ]
     assert counts == ["1", "2"]
     _, metrics = daemon.get("/metrics")
     assert 'esm_function_errors_total{function="f"} 2.0' in metrics
-    assert f'esm_deleted_events_total{{mapping="m-poison-{unique}"}}' not in metrics or \
-        f'esm_deleted_events_total{{mapping="m-poison-{unique}"}} 0.0' in metrics
+    assert (
+        f'esm_deleted_events_total{{mapping="m-poison-{unique}"}}' not in metrics
+        or f'esm_deleted_events_total{{mapping="m-poison-{unique}"}} 0.0' in metrics
+    )
 
 
 def test_partial_batch_failure_deletes_only_successes(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
@@ -162,7 +214,9 @@ def test_partial_batch_failure_deletes_only_successes(endpoint, sqs, unique, run
         RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
     )
     bodies = ["ok-1", "fail-2", "ok-3", "fail-4", "ok-5"]
-    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
+    sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+    )
     config = build_config(
         endpoint,
         {"f": {"handler": "recorder.report_failures", "timeout": 1}},
@@ -174,12 +228,19 @@ def test_partial_batch_failure_deletes_only_successes(endpoint, sqs, unique, run
     assert sorted(m["Body"] for m in dead) == ["fail-2", "fail-4"]
     delivered = recorder.bodies_for(arn)
     assert sorted(b for b in delivered if b.startswith("ok")) == ["ok-1", "ok-3", "ok-5"]
-    assert sorted(b for b in delivered if b.startswith("fail")) == ["fail-2", "fail-2", "fail-4", "fail-4"]
+    assert sorted(b for b in delivered if b.startswith("fail")) == [
+        "fail-2",
+        "fail-2",
+        "fail-4",
+        "fail-4",
+    ]
 
 
 def test_malformed_partial_response_fails_the_whole_batch(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
     url, arn = make_queue(sqs, f"malformed-{unique}", VisibilityTimeout="1")
-    hostile = {"response": {"batchItemFailures": [{"itemIdentifier": "not-a-message-of-this-batch"}]}}
+    hostile = {
+        "response": {"batchItemFailures": [{"itemIdentifier": "not-a-message-of-this-batch"}]}
+    }
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(hostile))
     config = build_config(
         endpoint,
@@ -188,7 +249,9 @@ def test_malformed_partial_response_fails_the_whole_batch(endpoint, sqs, unique,
     )
     run_daemon(config)
     wait_until(lambda: len(recorder.events_for(arn)) >= 2, timeout=20)
-    counts = [e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in recorder.events_for(arn)]
+    counts = [
+        e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in recorder.events_for(arn)
+    ]
     assert counts[:2] == ["1", "2"]
 
 
@@ -210,7 +273,9 @@ def test_batch_size_above_ten_gathers_receives_within_the_window(endpoint, sqs, 
     for start in range(0, 25, 10):
         sqs.send_message_batch(
             QueueUrl=url,
-            Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, min(start + 10, 25))],
+            Entries=[
+                {"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, min(start + 10, 25))
+            ],
         )
     config = build_config(
         endpoint,
@@ -225,8 +290,12 @@ def test_batch_size_above_ten_gathers_receives_within_the_window(endpoint, sqs, 
 
 def test_window_zero_invokes_with_what_one_receive_returned(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
     url, arn = make_queue(sqs, f"nowindow-{unique}")
-    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(7)])
-    config = build_config(endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn, batch_size=3)])
+    sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(7)]
+    )
+    config = build_config(
+        endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn, batch_size=3)]
+    )
     run_daemon(config)
     wait_until(lambda: len(recorder.bodies_for(arn)) == 7)
     assert all(len(e["Records"]) <= 3 for e in recorder.events_for(arn))
@@ -235,7 +304,9 @@ def test_window_zero_invokes_with_what_one_receive_returned(endpoint, sqs, uniqu
 def test_async_handler_timeout_is_a_function_error(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
     url, arn = make_queue(sqs, f"hang-{unique}", VisibilityTimeout="1")
     sqs.send_message(QueueUrl=url, MessageBody="hang")
-    config = build_config(endpoint, {"f": {"handler": "recorder.hang_async", "timeout": 1}}, [mapping(arn)])
+    config = build_config(
+        endpoint, {"f": {"handler": "recorder.hang_async", "timeout": 1}}, [mapping(arn)]
+    )
     daemon = run_daemon(config)
     wait_until(lambda: len(recorder.events_for(arn)) >= 2, timeout=20)
     _, metrics = daemon.get("/metrics")
@@ -246,7 +317,10 @@ def test_async_handler_timeout_is_a_function_error(endpoint, sqs, unique, run_da
 def test_maximum_concurrency_caps_batches_in_flight(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
     url, arn = make_queue(sqs, f"conc-{unique}")
     for start in range(0, 60, 10):
-        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, start + 10)])
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, start + 10)],
+        )
     config = build_config(
         endpoint,
         {"f": {"handler": "recorder.slow_counted"}},

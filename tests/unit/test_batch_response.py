@@ -43,7 +43,9 @@ def test_full_failure_responses(response: object) -> None:
 
 
 def test_listed_items_fail_and_only_those() -> None:
-    verdict = parse_batch_item_failures({"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]}, IDS)
+    verdict = parse_batch_item_failures(
+        {"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]}, IDS
+    )
     assert verdict.failed_ids == {"b", "c"}
 
 

@@ -51,8 +51,10 @@ def test_a_record_larger_than_the_cap_still_forms_a_batch_of_one() -> None:
     assert budget.add_fitting([1]) == 0
 
 
-@given(sizes=st.lists(st.integers(1, 3 * MAX_PAYLOAD_BYTES // 4), min_size=1, max_size=30),
-       batch_size=st.integers(1, 12))
+@given(
+    sizes=st.lists(st.integers(1, 3 * MAX_PAYLOAD_BYTES // 4), min_size=1, max_size=30),
+    batch_size=st.integers(1, 12),
+)
 def test_a_lane_takes_the_batch_the_budget_rule_allows(sizes: list[int], batch_size: int) -> None:
     """Lanes pop their next batch in bulk (`_take_prefix`): the same records, in order."""
     records = deque(StreamRecord({}, str(i), "k", 0.0, size, i) for i, size in enumerate(sizes))

@@ -19,14 +19,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def problems_of(mapping: dict, functions: dict | None = None, **top: object) -> list[str]:
-    raw = {"functions": functions or {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", **mapping}], **top}
+    raw = {
+        "functions": functions or {"f": {"handler": "app.handle"}},
+        "mappings": [{"function": "f", **mapping}],
+        **top,
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     return info.value.problems
 
 
 def test_valid_sqs_mapping_gets_lambda_defaults() -> None:
-    config = parse_config({"functions": {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", "event_source_arn": QUEUE}]})
+    config = parse_config(
+        {
+            "functions": {"f": {"handler": "app.handle"}},
+            "mappings": [{"function": "f", "event_source_arn": QUEUE}],
+        }
+    )
     m = config.mappings[0]
     assert (m.batch_size, m.maximum_batching_window_in_seconds, m.enabled) == (10, 0.0, True)
     assert m.source.kind == "sqs" and m.source.name == "orders"
@@ -35,41 +44,159 @@ def test_valid_sqs_mapping_gets_lambda_defaults() -> None:
 
 
 def test_stream_mapping_defaults_to_batch_size_100() -> None:
-    config = parse_config({"functions": {"f": {"handler": "app.handle"}}, "mappings": [{"function": "f", "event_source_arn": STREAM, "starting_position": "LATEST"}]})
+    config = parse_config(
+        {
+            "functions": {"f": {"handler": "app.handle"}},
+            "mappings": [
+                {"function": "f", "event_source_arn": STREAM, "starting_position": "LATEST"}
+            ],
+        }
+    )
     m = config.mappings[0]
-    assert (m.batch_size, m.maximum_retry_attempts, m.maximum_record_age_in_seconds, m.parallelization_factor) == (100, -1, -1, 1)
+    assert (
+        m.batch_size,
+        m.maximum_retry_attempts,
+        m.maximum_record_age_in_seconds,
+        m.parallelization_factor,
+    ) == (100, -1, -1, 1)
 
 
 @pytest.mark.parametrize(
     ("mapping", "expected"),
     [
-        ({"event_source_arn": QUEUE, "batch_size": 20000}, "mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"),
-        ({"event_source_arn": QUEUE, "batch_size": 0}, "mappings[0].batch_size: 0 is below the minimum 1 for SQS"),
-        ({"event_source_arn": FIFO, "batch_size": 11, "maximum_batching_window_in_seconds": 1}, "mappings[0].batch_size: 11 is above the maximum 10 for FIFO SQS"),
-        ({"event_source_arn": QUEUE, "batch_size": 50}, "mappings[0].maximum_batching_window_in_seconds:" " must be at least 1 when batch_size is above 10"),
-        ({"event_source_arn": QUEUE, "maximum_batching_window_in_seconds": 301}, "mappings[0].maximum_batching_window_in_seconds: 301 is above the maximum 300"),
-        ({"event_source_arn": QUEUE, "batch_size": "10"}, "mappings[0].batch_size: must be an integer, not string '10'"),
+        (
+            {"event_source_arn": QUEUE, "batch_size": 20000},
+            "mappings[0].batch_size: 20000 is above the maximum 10000 for SQS",
+        ),
+        (
+            {"event_source_arn": QUEUE, "batch_size": 0},
+            "mappings[0].batch_size: 0 is below the minimum 1 for SQS",
+        ),
+        (
+            {"event_source_arn": FIFO, "batch_size": 11, "maximum_batching_window_in_seconds": 1},
+            "mappings[0].batch_size: 11 is above the maximum 10 for FIFO SQS",
+        ),
+        (
+            {"event_source_arn": QUEUE, "batch_size": 50},
+            "mappings[0].maximum_batching_window_in_seconds:"
+            " must be at least 1 when batch_size is above 10",
+        ),
+        (
+            {"event_source_arn": QUEUE, "maximum_batching_window_in_seconds": 301},
+            "mappings[0].maximum_batching_window_in_seconds: 301 is above the maximum 300",
+        ),
+        (
+            {"event_source_arn": QUEUE, "batch_size": "10"},
+            "mappings[0].batch_size: must be an integer, not string '10'",
+        ),
         ({"event_source_arn": QUEUE, "batchsize": 10}, "mappings[0].batchsize: unknown key"),
-        ({"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1}}, "mappings[0].scaling_config.maximum_concurrency: 1 is below the minimum 2"),
-        ({"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1001}}, "mappings[0].scaling_config.maximum_concurrency: 1001 is above the maximum 1000"),
-        ({"event_source_arn": QUEUE, "function_response_types": ["Partial"]}, "mappings[0].function_response_types: 'Partial' is not one of ReportBatchItemFailures"),
-        ({"event_source_arn": QUEUE, "starting_position": "LATEST"}, "mappings[0].starting_position: applies to Kinesis and DynamoDB streams only, not SQS"),
-        ({"event_source_arn": QUEUE, "enabled": "yes"}, "mappings[0].enabled: must be true or false"),
-        ({"event_source_arn": "arn:aws:s3:::bucket"}, "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is" " not an SQS queue, Kinesis stream or DynamoDB stream ARN"),
+        (
+            {"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1}},
+            "mappings[0].scaling_config.maximum_concurrency: 1 is below the minimum 2",
+        ),
+        (
+            {"event_source_arn": QUEUE, "scaling_config": {"maximum_concurrency": 1001}},
+            "mappings[0].scaling_config.maximum_concurrency: 1001 is above the maximum 1000",
+        ),
+        (
+            {"event_source_arn": QUEUE, "function_response_types": ["Partial"]},
+            "mappings[0].function_response_types: 'Partial' is not one of ReportBatchItemFailures",
+        ),
+        (
+            {"event_source_arn": QUEUE, "starting_position": "LATEST"},
+            "mappings[0].starting_position: applies to Kinesis and DynamoDB streams only, not SQS",
+        ),
+        (
+            {"event_source_arn": QUEUE, "enabled": "yes"},
+            "mappings[0].enabled: must be true or false",
+        ),
+        (
+            {"event_source_arn": "arn:aws:s3:::bucket"},
+            "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is"
+            " not an SQS queue, Kinesis stream or DynamoDB stream ARN",
+        ),
         ({"event_source_arn": "orders"}, "mappings[0].event_source_arn: 'orders' is not an ARN"),
         ({}, "mappings[0].event_source_arn: is required"),
-        ({"event_source_arn": QUEUE, "function": "nope"}, "mappings[0].function: 'nope' is not a [functions.*] entry (known: f)"),
+        (
+            {"event_source_arn": QUEUE, "function": "nope"},
+            "mappings[0].function: 'nope' is not a [functions.*] entry (known: f)",
+        ),
         ({"event_source_arn": STREAM}, "mappings[0].starting_position: is required"),
-        ({"event_source_arn": STREAM, "starting_position": "EARLIEST"}, "mappings[0].starting_position: 'EARLIEST' is" " not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP"),
-        ({"event_source_arn": DDB, "starting_position": "AT_TIMESTAMP", "starting_position_timestamp": 1}, "mappings[0].starting_position: 'AT_TIMESTAMP' is not one of TRIM_HORIZON, LATEST"),
-        ({"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"}, "mappings[0].starting_position_timestamp: is" " required when starting_position is AT_TIMESTAMP"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "parallelization_factor": 11}, "mappings[0].parallelization_factor: 11 is above the maximum 10"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_retry_attempts": -2}, "mappings[0].maximum_retry_attempts: -2 is below the minimum -1"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "maximum_record_age_in_seconds": 30}, "mappings[0].maximum_record_age_in_seconds: 30" " is not allowed: use -1 (infinite) or 60..604800"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "tumbling_window_in_seconds": 901}, "mappings[0].tumbling_window_in_seconds: 901 is above the maximum 900"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "destination_config": {"on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}}}, "mappings[0].destination_config.on_failure.destination:" " 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue," " SNS topic or S3 bucket ARN"),
-        ({"event_source_arn": STREAM, "starting_position": "LATEST", "scaling_config": {"maximum_concurrency": 5}}, "mappings[0].scaling_config: applies to SQS only"),
-        ({"event_source_arn": QUEUE, "filter_criteria": {"filters": [{"pattern": "{}"}] * 6}}, "mappings[0].filter_criteria.filters: has 6 filters; at most 5 are allowed"),
+        (
+            {"event_source_arn": STREAM, "starting_position": "EARLIEST"},
+            "mappings[0].starting_position: 'EARLIEST' is"
+            " not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP",
+        ),
+        (
+            {
+                "event_source_arn": DDB,
+                "starting_position": "AT_TIMESTAMP",
+                "starting_position_timestamp": 1,
+            },
+            "mappings[0].starting_position: 'AT_TIMESTAMP' is not one of TRIM_HORIZON, LATEST",
+        ),
+        (
+            {"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"},
+            "mappings[0].starting_position_timestamp: is"
+            " required when starting_position is AT_TIMESTAMP",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "parallelization_factor": 11,
+            },
+            "mappings[0].parallelization_factor: 11 is above the maximum 10",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "maximum_retry_attempts": -2,
+            },
+            "mappings[0].maximum_retry_attempts: -2 is below the minimum -1",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "maximum_record_age_in_seconds": 30,
+            },
+            "mappings[0].maximum_record_age_in_seconds: 30"
+            " is not allowed: use -1 (infinite) or 60..604800",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "tumbling_window_in_seconds": 901,
+            },
+            "mappings[0].tumbling_window_in_seconds: 901 is above the maximum 900",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "destination_config": {
+                    "on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}
+                },
+            },
+            "mappings[0].destination_config.on_failure.destination:"
+            " 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue,"
+            " SNS topic or S3 bucket ARN",
+        ),
+        (
+            {
+                "event_source_arn": STREAM,
+                "starting_position": "LATEST",
+                "scaling_config": {"maximum_concurrency": 5},
+            },
+            "mappings[0].scaling_config: applies to SQS only",
+        ),
+        (
+            {"event_source_arn": QUEUE, "filter_criteria": {"filters": [{"pattern": "{}"}] * 6}},
+            "mappings[0].filter_criteria.filters: has 6 filters; at most 5 are allowed",
+        ),
     ],
 )
 def test_each_problem_names_the_key_and_the_rule(mapping: dict, expected: str) -> None:
@@ -80,12 +207,21 @@ def test_each_problem_names_the_key_and_the_rule(mapping: dict, expected: str) -
 @pytest.mark.parametrize(
     ("function", "expected"),
     [
-        ({"handler": "app.handle", "timeout": 901}, "functions.f.timeout: 901 is above the maximum 900"),
+        (
+            {"handler": "app.handle", "timeout": 901},
+            "functions.f.timeout: 901 is above the maximum 900",
+        ),
         ({"handler": "app.handle", "timeout": 0}, "functions.f.timeout: 0 is below the minimum 1"),
         ({"handler": "handle"}, "functions.f.handler: 'handle' is not module.function"),
         ({}, "functions.f.handler: is required"),
-        ({"handler": "app.handle", "kind": "java"}, "functions.f.kind: 'java' is not one of python"),
-        ({"handler": "app.handle", "environment": {"A": 1}}, "functions.f.environment.A: must be a string, not integer"),
+        (
+            {"handler": "app.handle", "kind": "java"},
+            "functions.f.kind: 'java' is not one of python",
+        ),
+        (
+            {"handler": "app.handle", "environment": {"A": 1}},
+            "functions.f.environment.A: must be a string, not integer",
+        ),
         ({"handler": "app.handle", "memory": 128}, "functions.f.memory: unknown key"),
     ],
 )
@@ -100,7 +236,10 @@ def test_function_problems_name_the_key(function: dict, expected: str) -> None:
         ({"daemon": {"http_address": "nope"}}, "daemon.http_address: 'nope' is not HOST:PORT"),
         ({"daemon": {"log_format": "xml"}}, "daemon.log_format: 'xml' is not one of json, console"),
         ({"daemon": {"regoin": "x"}}, "daemon.regoin: unknown key"),
-        ({"daemon": {"idle_shard_reads_per_second": 0}}, "daemon.idle_shard_reads_per_second: 0 is below the minimum 1"),
+        (
+            {"daemon": {"idle_shard_reads_per_second": 0}},
+            "daemon.idle_shard_reads_per_second: 0 is below the minimum 1",
+        ),
         ({"state": {"backend": "redis"}}, "state.backend: 'redis' is not one of sqlite"),
         ({"extra": 1}, "extra: unknown key"),
     ],
@@ -111,7 +250,14 @@ def test_top_level_problems_name_the_key(top: dict, expected: str) -> None:
 
 
 def test_all_problems_are_reported_at_once() -> None:
-    problems = problems_of({"event_source_arn": QUEUE, "batch_size": 0, "maximum_batching_window_in_seconds": -1, "typo": 1})
+    problems = problems_of(
+        {
+            "event_source_arn": QUEUE,
+            "batch_size": 0,
+            "maximum_batching_window_in_seconds": -1,
+            "typo": 1,
+        }
+    )
     assert len(problems) == 3
 
 
@@ -279,7 +425,9 @@ def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "esm", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "esm", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_validate_accepts_the_example_config() -> None:
@@ -297,7 +445,9 @@ def test_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: P
     )
     result = run_cli("validate", "-c", str(path))
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"]
+    assert result.stderr.splitlines() == [
+        "mappings[0].batch_size: 20000 is above the maximum 10000 for SQS"
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -322,7 +472,11 @@ def test_process_kind_defaults_to_the_built_in_client_and_takes_a_command() -> N
         {
             "functions": {
                 "default": {"kind": "process", "handler": "app.handle", "memory_size": 256},
-                "custom": {"kind": "process", "command": ["./bootstrap"], "handler": "function.handler"},
+                "custom": {
+                    "kind": "process",
+                    "command": ["./bootstrap"],
+                    "handler": "function.handler",
+                },
                 "bare": {"kind": "process", "command": ["./bootstrap"]},
             }
         }
@@ -356,8 +510,15 @@ def test_http_kind_keys_and_defaults() -> None:
 
 
 def test_lambda_kind_accepts_names_qualifiers_and_arns() -> None:
-    for name in ("orders", "orders:live", "orders:$LATEST", "arn:aws:lambda:eu-west-1:123456789012:function:orders:7"):
-        f = parse_config({"functions": {"x": {"kind": "lambda", "function_name": name}}}).functions["x"]
+    for name in (
+        "orders",
+        "orders:live",
+        "orders:$LATEST",
+        "arn:aws:lambda:eu-west-1:123456789012:function:orders:7",
+    ):
+        f = parse_config({"functions": {"x": {"kind": "lambda", "function_name": name}}}).functions[
+            "x"
+        ]
         assert (f.function_name, f.endpoint_url) == (name, None)
 
 
@@ -365,31 +526,101 @@ def test_lambda_kind_accepts_names_qualifiers_and_arns() -> None:
     ("section", "expected"),
     [
         ({"kind": "process"}, "functions.x.handler: is required"),
-        ({"kind": "process", "handler": "app"}, "functions.x.handler: 'app' is not module.function"),
-        ({"kind": "process", "handler": "a.b", "command": []}, "functions.x.command: must be a non-empty list of strings"),
-        ({"kind": "process", "handler": "a.b", "command": "./bootstrap"}, "functions.x.command: must be a non-empty list of strings"),
-        ({"kind": "process", "handler": "a.b", "memory_size": 64}, "functions.x.memory_size: 64 is below the minimum 128"),
-        ({"kind": "process", "handler": "a.b", "url": "http://x"}, "functions.x.url: does not apply to kind = 'process' (it applies to kind 'http')"),
-        ({"kind": "python", "handler": "a.b", "command": ["x"]}, "functions.x.command: does not apply to kind = 'python' (it applies to kind 'process')"),
+        (
+            {"kind": "process", "handler": "app"},
+            "functions.x.handler: 'app' is not module.function",
+        ),
+        (
+            {"kind": "process", "handler": "a.b", "command": []},
+            "functions.x.command: must be a non-empty list of strings",
+        ),
+        (
+            {"kind": "process", "handler": "a.b", "command": "./bootstrap"},
+            "functions.x.command: must be a non-empty list of strings",
+        ),
+        (
+            {"kind": "process", "handler": "a.b", "memory_size": 64},
+            "functions.x.memory_size: 64 is below the minimum 128",
+        ),
+        (
+            {"kind": "process", "handler": "a.b", "url": "http://x"},
+            "functions.x.url: does not apply to kind = 'process' (it applies to kind 'http')",
+        ),
+        (
+            {"kind": "python", "handler": "a.b", "command": ["x"]},
+            "functions.x.command: does not apply to kind = 'python' (it applies to kind 'process')",
+        ),
         ({"kind": "http"}, "functions.x.url: is required"),
-        ({"kind": "http", "url": "ftp://host/x"}, "functions.x.url: 'ftp://host/x' is not an http:// or https:// URL with a host"),
-        ({"kind": "http", "url": "http:///path"}, "functions.x.url: 'http:///path' is not an http:// or https:// URL"),
-        ({"kind": "http", "url": "http://h/", "headers": {"Authorization": "Bearer abc"}}, "functions.x.headers: Authorization must not be written in the config file"),
-        ({"kind": "http", "url": "http://h/", "headers": {"Bad Header": "v"}}, "functions.x.headers: 'Bad Header' is not a valid HTTP header name"),
-        ({"kind": "http", "url": "http://h/", "headers": {"X-N": 1}}, "functions.x.headers.X-N: must be a string"),
-        ({"kind": "http", "url": "http://h/", "bearer_token_env": "Bearer abc123"}, "functions.x.bearer_token_env: 'Bearer abc123' is not an environment variable name"),
-        ({"kind": "http", "url": "http://h/", "verify_tls": "no"}, "functions.x.verify_tls: must be true or false"),
-        ({"kind": "http", "url": "http://h/", "handler": "a.b"}, "functions.x.handler: does not apply to kind = 'http'"),
-        ({"kind": "http", "url": "http://h/", "environment": {}}, "functions.x.environment: does not apply to kind = 'http'"),
-        ({"kind": "http", "url": "http://h/", "function_name": "f"}, "functions.x.function_name: does not apply to" " kind = 'http' (it applies to kind 'lambda')"),
+        (
+            {"kind": "http", "url": "ftp://host/x"},
+            "functions.x.url: 'ftp://host/x' is not an http:// or https:// URL with a host",
+        ),
+        (
+            {"kind": "http", "url": "http:///path"},
+            "functions.x.url: 'http:///path' is not an http:// or https:// URL",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "headers": {"Authorization": "Bearer abc"}},
+            "functions.x.headers: Authorization must not be written in the config file",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "headers": {"Bad Header": "v"}},
+            "functions.x.headers: 'Bad Header' is not a valid HTTP header name",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "headers": {"X-N": 1}},
+            "functions.x.headers.X-N: must be a string",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "bearer_token_env": "Bearer abc123"},
+            "functions.x.bearer_token_env: 'Bearer abc123' is not an environment variable name",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "verify_tls": "no"},
+            "functions.x.verify_tls: must be true or false",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "handler": "a.b"},
+            "functions.x.handler: does not apply to kind = 'http'",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "environment": {}},
+            "functions.x.environment: does not apply to kind = 'http'",
+        ),
+        (
+            {"kind": "http", "url": "http://h/", "function_name": "f"},
+            "functions.x.function_name: does not apply to"
+            " kind = 'http' (it applies to kind 'lambda')",
+        ),
         ({"kind": "lambda"}, "functions.x.function_name: is required"),
-        ({"kind": "lambda", "function_name": "my function"}, "functions.x.function_name: 'my function' is not a Lambda function name or ARN"),
-        ({"kind": "lambda", "function_name": "f", "endpoint_url": "localhost:9000"}, "functions.x.endpoint_url: 'localhost:9000' is not an http:// or https:// URL"),
-        ({"kind": "lambda", "function_name": "f", "memory_size": 256}, "functions.x.memory_size: does not apply to kind = 'lambda'"),
-        ({"kind": "lambda", "function_name": "f", "url": "http://h/"}, "functions.x.url: does not apply to kind = 'lambda'"),
-        ({"kind": "lambda", "function_name": "f", "timeout": 901}, "functions.x.timeout: 901 is above the maximum 900"),
-        ({"kind": "lambda", "function_name": "f", "reserved_concurrent_executions": 0}, "functions.x.reserved_concurrent_executions: 0 is below the minimum 1"),
-        ({"kind": "container"}, "functions.x.kind: 'container' is not one of python, process, http, lambda"),
+        (
+            {"kind": "lambda", "function_name": "my function"},
+            "functions.x.function_name: 'my function' is not a Lambda function name or ARN",
+        ),
+        (
+            {"kind": "lambda", "function_name": "f", "endpoint_url": "localhost:9000"},
+            "functions.x.endpoint_url: 'localhost:9000' is not an http:// or https:// URL",
+        ),
+        (
+            {"kind": "lambda", "function_name": "f", "memory_size": 256},
+            "functions.x.memory_size: does not apply to kind = 'lambda'",
+        ),
+        (
+            {"kind": "lambda", "function_name": "f", "url": "http://h/"},
+            "functions.x.url: does not apply to kind = 'lambda'",
+        ),
+        (
+            {"kind": "lambda", "function_name": "f", "timeout": 901},
+            "functions.x.timeout: 901 is above the maximum 900",
+        ),
+        (
+            {"kind": "lambda", "function_name": "f", "reserved_concurrent_executions": 0},
+            "functions.x.reserved_concurrent_executions: 0 is below the minimum 1",
+        ),
+        (
+            {"kind": "container"},
+            "functions.x.kind: 'container' is not one of python, process, http, lambda",
+        ),
         ({"kind": "http", "url": "http://h/", "typo": 1}, "functions.x.typo: unknown key"),
     ],
 )

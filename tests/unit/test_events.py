@@ -21,45 +21,66 @@ DDB_STREAM = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2015-06-27T
 
 
 def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> None:
-    body = orjson.dumps({
-        "Records": [{
-            "SequenceNumber": "49590338271490256608559692538361571095921575989136588898",
-            "ApproximateArrivalTimestamp": 1545084650.987,
-            "Data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
-            "PartitionKey": "1",
-        }],
-        "NextShardIterator": "next",
-        "MillisBehindLatest": 1200,
-    })
-    page = parse_kinesis(body, shard_id="shardId-000000000006", stream_arn=STREAM, region="us-east-2",
-                         record=StreamRecord)
-    assert [r.event for r in page.records] == [{
-        "kinesis": {
-            "kinesisSchemaVersion": "1.0",
-            "partitionKey": "1",
-            "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
-            "data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
-            "approximateArrivalTimestamp": 1545084650.987,
-        },
-        "eventSource": "aws:kinesis",
-        "eventVersion": "1.0",
-        "eventID": "shardId-000000000006:" "49590338271490256608559692538361571095921575989136588898",
-        "eventName": "aws:kinesis:record",
-        "invokeIdentityArn": "arn:aws:iam::123456789012:role/esm",
-        "awsRegion": "us-east-2",
-        "eventSourceARN": STREAM,
-    }]
+    body = orjson.dumps(
+        {
+            "Records": [
+                {
+                    "SequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+                    "ApproximateArrivalTimestamp": 1545084650.987,
+                    "Data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
+                    "PartitionKey": "1",
+                }
+            ],
+            "NextShardIterator": "next",
+            "MillisBehindLatest": 1200,
+        }
+    )
+    page = parse_kinesis(
+        body,
+        shard_id="shardId-000000000006",
+        stream_arn=STREAM,
+        region="us-east-2",
+        record=StreamRecord,
+    )
+    assert [r.event for r in page.records] == [
+        {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": "1",
+                "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+                "data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
+                "approximateArrivalTimestamp": 1545084650.987,
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": "shardId-000000000006:"
+            "49590338271490256608559692538361571095921575989136588898",
+            "eventName": "aws:kinesis:record",
+            "invokeIdentityArn": "arn:aws:iam::123456789012:role/esm",
+            "awsRegion": "us-east-2",
+            "eventSourceARN": STREAM,
+        }
+    ]
     assert (page.next_shard_iterator, page.millis_behind_latest) == ("next", 1200)
     (record,) = page.records
     assert (record.sequence_number, record.key, record.arrival) == (
-        "49590338271490256608559692538361571095921575989136588898", "1", 1545084650.987)
+        "49590338271490256608559692538361571095921575989136588898",
+        "1",
+        1545084650.987,
+    )
     # The size covers the serialised record (it feeds the 6 MB cap).
     assert record.size >= len(orjson.dumps(record.event))
 
 
-def kinesis_item(sequence_number: int, partition_key: str, data: bytes, arrival: float | int) -> dict[str, object]:
-    return {"SequenceNumber": str(sequence_number), "ApproximateArrivalTimestamp": arrival,
-            "Data": base64.b64encode(data).decode(), "PartitionKey": partition_key}
+def kinesis_item(
+    sequence_number: int, partition_key: str, data: bytes, arrival: float | int
+) -> dict[str, object]:
+    return {
+        "SequenceNumber": str(sequence_number),
+        "ApproximateArrivalTimestamp": arrival,
+        "Data": base64.b64encode(data).decode(),
+        "PartitionKey": partition_key,
+    }
 
 
 def test_kinesis_record_sizes_never_fall_short_of_the_serialised_record() -> None:
@@ -68,11 +89,19 @@ def test_kinesis_record_sizes_never_fall_short_of_the_serialised_record() -> Non
     keys = ["1", "pk-7", 'quote"and\\backslash', "tab\tnewline\n\x01", "clé-ü", "鍵" * 256, "😀"]
     arrivals: list[float | int] = [1545084650.987, 0, 1545084650, -2.2250738585072014e-308, 1e300]
     for keys_in_page in ([keys[0], keys[1]], keys):
-        items = [kinesis_item(49590338271490256608559692538361571095921575989136588898 + i, key,
-                              b"x" * i, arrival)
-                 for i, (key, arrival) in enumerate(itertools.product(keys_in_page, arrivals))]
-        page = parse_kinesis(orjson.dumps({"Records": items}), shard_id="shardId-000000000006",
-                             stream_arn=STREAM, region="us-east-2", record=StreamRecord)
+        items = [
+            kinesis_item(
+                49590338271490256608559692538361571095921575989136588898 + i, key, b"x" * i, arrival
+            )
+            for i, (key, arrival) in enumerate(itertools.product(keys_in_page, arrivals))
+        ]
+        page = parse_kinesis(
+            orjson.dumps({"Records": items}),
+            shard_id="shardId-000000000006",
+            stream_arn=STREAM,
+            region="us-east-2",
+            record=StreamRecord,
+        )
         assert len(page.records) == len(items)
         for record in page.records:
             exact = len(orjson.dumps(record.event))
@@ -81,30 +110,59 @@ def test_kinesis_record_sizes_never_fall_short_of_the_serialised_record() -> Non
 
 
 def test_closed_kinesis_shard_has_no_next_iterator() -> None:
-    page = parse_kinesis(b'{"Records": [], "NextShardIterator": null, "MillisBehindLatest": 0}',
-                         shard_id="s", stream_arn=STREAM, region="us-east-2", record=StreamRecord)
+    page = parse_kinesis(
+        b'{"Records": [], "NextShardIterator": null, "MillisBehindLatest": 0}',
+        shard_id="s",
+        stream_arn=STREAM,
+        region="us-east-2",
+        record=StreamRecord,
+    )
     assert page.records == [] and page.next_shard_iterator is None
 
 
 def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None:
     item = {
-        "eventID": "c4ca4238a0b923820dcc509a6f75849b", "eventName": "REMOVE", "eventVersion": "1.0",
-        "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
-        "dynamodb": {"ApproximateCreationDateTime": 1428537600, "Keys": {"Id": {"N": "101"}},
-                     "OldImage": {"Id": {"N": "101"}}, "SequenceNumber": "4421584500000000017450439091",
-                     "SizeBytes": 26, "StreamViewType": "OLD_IMAGE"},
+        "eventID": "c4ca4238a0b923820dcc509a6f75849b",
+        "eventName": "REMOVE",
+        "eventVersion": "1.0",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1428537600,
+            "Keys": {"Id": {"N": "101"}},
+            "OldImage": {"Id": {"N": "101"}},
+            "SequenceNumber": "4421584500000000017450439091",
+            "SizeBytes": 26,
+            "StreamViewType": "OLD_IMAGE",
+        },
         "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
     }
-    page = parse_dynamodb(orjson.dumps({"Records": [item]}), stream_arn=DDB_STREAM, region="us-east-1")
+    page = parse_dynamodb(
+        orjson.dumps({"Records": [item]}), stream_arn=DDB_STREAM, region="us-east-1"
+    )
     record = page.records[0]
-    assert list(record) == ["eventID", "eventName", "eventVersion", "eventSource", "awsRegion", "dynamodb", "eventSourceARN", "userIdentity"]
+    assert list(record) == [
+        "eventID",
+        "eventName",
+        "eventVersion",
+        "eventSource",
+        "awsRegion",
+        "dynamodb",
+        "eventSourceARN",
+        "userIdentity",
+    ]
     assert record["eventVersion"] == "1.1"
     assert record["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
     assert page.sequence_numbers == ["4421584500000000017450439091"]
     assert page.arrival_times == [1428537600.0]
     # Records of the same item share a lane key whatever the key order in the document.
-    other = parse_dynamodb(orjson.dumps({"Records": [{**item, "dynamodb": {**item["dynamodb"], "Keys": {"Id": {"N": "101"}}}}]}),
-                           stream_arn=DDB_STREAM, region="us-east-1")
+    other = parse_dynamodb(
+        orjson.dumps(
+            {"Records": [{**item, "dynamodb": {**item["dynamodb"], "Keys": {"Id": {"N": "101"}}}}]}
+        ),
+        stream_arn=DDB_STREAM,
+        region="us-east-1",
+    )
     assert other.keys_hashes == page.keys_hashes
 
 
@@ -144,7 +202,11 @@ def test_sqs_record_matches_the_lambda_example() -> None:
     }
     # Key order is AWS's, whatever order the queue sent the attributes in.
     assert list(record["attributes"]) == [
-        "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp"]
+        "ApproximateReceiveCount",
+        "SentTimestamp",
+        "SenderId",
+        "ApproximateFirstReceiveTimestamp",
+    ]
 
 
 def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> None:
@@ -183,28 +245,53 @@ def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> 
         "MessageDeduplicationId": "1",
     }
     assert list(record["attributes"]) == [
-        "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp",
-        "AWSTraceHeader", "SequenceNumber", "MessageGroupId", "MessageDeduplicationId"]
+        "ApproximateReceiveCount",
+        "SentTimestamp",
+        "SenderId",
+        "ApproximateFirstReceiveTimestamp",
+        "AWSTraceHeader",
+        "SequenceNumber",
+        "MessageGroupId",
+        "MessageDeduplicationId",
+    ]
     assert record["messageAttributes"] == {
-        "Author": {"stringValue": "John Grisham", "stringListValues": [], "binaryListValues": [],
-                   "dataType": "String"},
-        "Blob": {"binaryValue": "AAE=", "stringListValues": [], "binaryListValues": [],
-                 "dataType": "Binary"},
+        "Author": {
+            "stringValue": "John Grisham",
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "String",
+        },
+        "Blob": {
+            "binaryValue": "AAE=",
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "Binary",
+        },
         "Tags": {"stringListValues": ["a", "b"], "binaryListValues": [], "dataType": "String"},
     }
     assert record["md5OfMessageAttributes"] == "c6a2f3b1a4c1bd1ea5d0b4f1d5c1a0e2"
-    minimal = sqs_record({"MessageId": "m", "ReceiptHandle": "r"}, queue_arn=QUEUE, region="us-east-2")
+    minimal = sqs_record(
+        {"MessageId": "m", "ReceiptHandle": "r"}, queue_arn=QUEUE, region="us-east-2"
+    )
     assert (minimal["body"], minimal["attributes"], minimal["messageAttributes"]) == ("", {}, {})
 
 
 def given_up(**overrides: object) -> GivenUpBatch:
     fields: dict[str, object] = dict(
-        source="kinesis", shard_id="shardId-000000000001", stream_arn=STREAM,
+        source="kinesis",
+        shard_id="shardId-000000000001",
+        stream_arn=STREAM,
         function_arn="arn:aws:lambda:us-east-2:123456789012:function:myfunction",
-        start_sequence_number="1", end_sequence_number="9",
-        first_arrival=1573691884.835, last_arrival=1573691885.580, batch_size=500,
-        condition="RetryAttemptsExhausted", approximate_invoke_count=3, function_error="Unhandled",
-        request_id="c9b8fa9f-5a7f-xmpl-af9c-0c604cde93a5", mapping_uuid="0b1e5f2c-7d0e-5d8e-9a0b-1c2d3e4f5a6b",
+        start_sequence_number="1",
+        end_sequence_number="9",
+        first_arrival=1573691884.835,
+        last_arrival=1573691885.580,
+        batch_size=500,
+        condition="RetryAttemptsExhausted",
+        approximate_invoke_count=3,
+        function_error="Unhandled",
+        request_id="c9b8fa9f-5a7f-xmpl-af9c-0c604cde93a5",
+        mapping_uuid="0b1e5f2c-7d0e-5d8e-9a0b-1c2d3e4f5a6b",
     )
     fields.update(overrides)
     return GivenUpBatch(**fields)  # type: ignore[arg-type]
@@ -215,22 +302,42 @@ NOW = datetime(2019, 11, 14, 0, 38, 6, 21000, tzinfo=UTC)
 
 def test_kinesis_failure_record_is_the_aws_document() -> None:
     assert failure_record(given_up(), now=NOW) == {
-        "requestContext": {"requestId": "c9b8fa9f-5a7f-xmpl-af9c-0c604cde93a5",
-                           "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
-                           "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 3},
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "requestContext": {
+            "requestId": "c9b8fa9f-5a7f-xmpl-af9c-0c604cde93a5",
+            "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
         "version": "1.0",
         "timestamp": "2019-11-14T00:38:06.021Z",
-        "KinesisBatchInfo": {"shardId": "shardId-000000000001", "startSequenceNumber": "1", "endSequenceNumber": "9",
-                             "approximateArrivalOfFirstRecord": "2019-11-14T00:38:04.835Z",
-                             "approximateArrivalOfLastRecord": "2019-11-14T00:38:05.580Z",
-                             "batchSize": 500, "streamArn": STREAM},
+        "KinesisBatchInfo": {
+            "shardId": "shardId-000000000001",
+            "startSequenceNumber": "1",
+            "endSequenceNumber": "9",
+            "approximateArrivalOfFirstRecord": "2019-11-14T00:38:04.835Z",
+            "approximateArrivalOfLastRecord": "2019-11-14T00:38:05.580Z",
+            "batchSize": 500,
+            "streamArn": STREAM,
+        },
     }
 
 
 def test_record_age_exceeded_has_no_response_context_and_dynamodb_uses_whole_seconds() -> None:
-    record = failure_record(given_up(source="dynamodb", stream_arn=DDB_STREAM, condition="RecordAgeExceeded",
-                                     approximate_invoke_count=1, function_error=None), now=NOW)
+    record = failure_record(
+        given_up(
+            source="dynamodb",
+            stream_arn=DDB_STREAM,
+            condition="RecordAgeExceeded",
+            approximate_invoke_count=1,
+            function_error=None,
+        ),
+        now=NOW,
+    )
     assert list(record) == ["requestContext", "version", "timestamp", "DDBStreamBatchInfo"]
     assert record["DDBStreamBatchInfo"]["approximateArrivalOfFirstRecord"] == "2019-11-14T00:38:04Z"
     assert record["timestamp"] == "2019-11-14T00:38:06.021Z"
@@ -238,9 +345,13 @@ def test_record_age_exceeded_has_no_response_context_and_dynamodb_uses_whole_sec
 
 def test_s3_object_carries_the_payload_under_the_aws_key_layout() -> None:
     payload = {"Records": [{"kinesis": {"data": "aGk="}}]}
-    key, body = s3_failure_object(given_up(), payload, now=NOW, object_uuid="6f1c9a3e-2b4d-4e8f-9a1b-3c5d7e9f1a2b")
-    assert key == ("aws/lambda/0b1e5f2c-7d0e-5d8e-9a0b-1c2d3e4f5a6b/shardId-000000000001/"
-                   "2019/11/14/2019-11-14T00.38.06-6f1c9a3e-2b4d-4e8f-9a1b-3c5d7e9f1a2b")
+    key, body = s3_failure_object(
+        given_up(), payload, now=NOW, object_uuid="6f1c9a3e-2b4d-4e8f-9a1b-3c5d7e9f1a2b"
+    )
+    assert key == (
+        "aws/lambda/0b1e5f2c-7d0e-5d8e-9a0b-1c2d3e4f5a6b/shardId-000000000001/"
+        "2019/11/14/2019-11-14T00.38.06-6f1c9a3e-2b4d-4e8f-9a1b-3c5d7e9f1a2b"
+    )
     document = json.loads(body)
     assert document["payload"] == payload
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", document["timestamp"])

@@ -885,7 +885,11 @@ def test_predicate_agrees_with_the_whole_view(
 ) -> None:
     body = sqs_record(json.dumps(record))
     data = kinesis_record(json.dumps(record).encode())
-    for pattern in ({"$or": [first, second]} if use_or else first, {"body": first}, {"data": first}):
+    for pattern in (
+        {"$or": [first, second]} if use_or else first,
+        {"body": first},
+        {"data": first},
+    ):
         filters = FilterSet.compile([json.dumps(pattern)])
         assert filters.predicate(sqs_filter_view)(body) is filters.matches(sqs_filter_view(body))
         assert filters.predicate(kinesis_filter_view)(data) is filters.matches(

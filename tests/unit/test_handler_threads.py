@@ -35,8 +35,12 @@ def test_a_call_runs_in_another_thread_and_returns_its_result() -> None:
 
 @pytest.mark.parametrize(
     ("raised", "seen"),
-    [(ValueError("bad"), ValueError), (SystemExit(3), SystemExit),
-     (KeyboardInterrupt(), KeyboardInterrupt), (StopIteration(), RuntimeError)],
+    [
+        (ValueError("bad"), ValueError),
+        (SystemExit(3), SystemExit),
+        (KeyboardInterrupt(), KeyboardInterrupt),
+        (StopIteration(), RuntimeError),
+    ],
 )
 def test_what_the_handler_raises_is_raised_in_the_caller(
     raised: BaseException, seen: type[BaseException]

@@ -219,7 +219,8 @@ def test_unresolved_arns_are_placeholders_that_validate_rejects_by_key(tmp_path:
     }
     assert (
         "mappings[0].event_source_arn: <unresolved: !GetAtt OrdersQueue.Arn - pass --param"
-        " OrdersQueueArn=... or --stack-name> is a" " placeholder left by esm import: set the real value"
+        " OrdersQueueArn=... or --stack-name> is a"
+        " placeholder left by esm import: set the real value"
     ) in problems
     assert any(
         "mappings[0].event_source_arn, mappings[3].event_source_arn" in line for line in report
@@ -409,8 +410,9 @@ def test_several_python_functions_run_as_processes_and_the_report_says_so(tmp_pa
     assert {f["kind"] for f in raw["functions"].values()} == {"process"}
     assert all("command" not in f for f in raw["functions"].values())  # esm's built-in client
     assert any(
-        line.startswith("2 Python functions (OrdersFunction, AuditFunction) run as "
-                        'kind = "process"')
+        line.startswith(
+            '2 Python functions (OrdersFunction, AuditFunction) run as kind = "process"'
+        )
         for line in result.report
     )
     assert 'run as kind = "process"' in result.text  # also in the file's header

@@ -148,7 +148,11 @@ def test_state_config_for_a_fleet_names_each_bad_key() -> None:
         " or live leases would expire"
     ]
     state = parse_config({"state": {"backend": "dynamodb", "table": "t"}}).state
-    assert (state.lease_renewal_interval, state.failover_time, state.max_leases_taken_per_cycle) == (
+    assert (
+        state.lease_renewal_interval,
+        state.failover_time,
+        state.max_leases_taken_per_cycle,
+    ) == (
         2.0,
         10.0,
         2,

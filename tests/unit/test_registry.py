@@ -73,7 +73,9 @@ def test_each_family_parses_into_its_own_config() -> None:
 
 
 def test_the_registry_knows_what_each_family_shows_and_gives_up_to() -> None:
-    shown = {f.name: (f.status is not None, f.given_up_to, f.on_failure is not None) for f in FAMILIES}
+    shown = {
+        f.name: (f.status is not None, f.given_up_to, f.on_failure is not None) for f in FAMILIES
+    }
     assert shown == {
         "sqs": (False, "dlq", False),
         "kinesis": (True, "on_failure", True),

@@ -37,7 +37,11 @@ def test_indices_continue_across_registrations() -> None:
     assert progress.checkpoint == "3"
 
 
-@given(st.integers(min_value=1, max_value=60).flatmap(lambda n: st.tuples(st.just(n), st.permutations(range(n)), st.integers(0, n))))
+@given(
+    st.integers(min_value=1, max_value=60).flatmap(
+        lambda n: st.tuples(st.just(n), st.permutations(range(n)), st.integers(0, n))
+    )
+)
 def test_checkpoint_is_the_longest_done_prefix(case: tuple[int, list[int], int]) -> None:
     n, order, how_many = case
     progress = ShardProgress()
@@ -56,9 +60,7 @@ def test_checkpoint_is_the_longest_done_prefix(case: tuple[int, list[int], int])
     st.integers(min_value=1, max_value=40).flatmap(
         lambda n: st.tuples(
             st.just(n),
-            st.lists(
-                st.tuples(st.integers(0, n), st.integers(0, n), st.booleans()), max_size=12
-            ),
+            st.lists(st.tuples(st.integers(0, n), st.integers(0, n), st.booleans()), max_size=12),
         )
     )
 )

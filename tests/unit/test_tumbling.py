@@ -16,8 +16,12 @@ from esm.sources.streams.tumbling import (
 )
 
 
-@given(st.floats(min_value=0, max_value=4e9, allow_nan=False), st.integers(min_value=1, max_value=900))
-def test_a_record_falls_in_the_epoch_aligned_window_that_contains_it(arrival: float, length: int) -> None:
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False), st.integers(min_value=1, max_value=900)
+)
+def test_a_record_falls_in_the_epoch_aligned_window_that_contains_it(
+    arrival: float, length: int
+) -> None:
     window = window_of(arrival, length)
     assert window.start <= arrival < window.end
     assert window.end - window.start == length

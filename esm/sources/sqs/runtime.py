@@ -392,7 +392,8 @@ class SqsMapping:
                 ]
                 try:
                     await self._api.call(
-                        "ChangeMessageVisibilityBatch", {"QueueUrl": self.queue_url, "Entries": entries}
+                        "ChangeMessageVisibilityBatch",
+                        {"QueueUrl": self.queue_url, "Entries": entries},
                     )
                 except Exception as exc:
                     self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))

@@ -100,7 +100,9 @@ def _on_failure_destination(t: Table) -> str | None:
     on_failure = destination.table("on_failure")
     arn = on_failure.optional_string("destination")
     if arn is not None and not is_destination_arn(arn):
-        on_failure.problem("destination", f"{arn!r} is not an SQS queue, SNS topic or S3 bucket ARN")
+        on_failure.problem(
+            "destination", f"{arn!r} is not an SQS queue, SNS topic or S3 bucket ARN"
+        )
     on_failure.finish()
     destination.finish()
     return arn

@@ -191,4 +191,3 @@ def without_expired(segment: Segment[ItemT], decision: GiveUp) -> Segment[ItemT]
     """The segment after its too-old leading records were given up (not an invocation)."""
     rest = segment.records[decision.count :]
     return Segment(rest, segment.attempts, segment.invocations) if rest else None
-

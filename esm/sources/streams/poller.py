@@ -151,9 +151,7 @@ class ShardPoller:
             try:
                 result = await ctx.source.read(self.shard.shard_id, iterator)
             except ExpiredIterator:
-                position = (
-                    Position("AFTER_SEQUENCE_NUMBER", last_read) if last_read else self.start
-                )
+                position = Position("AFTER_SEQUENCE_NUMBER", last_read) if last_read else self.start
                 self._log.info("shard.iterator_expired", renew_after=last_read)
                 iterator = await ctx.source.iterator_at(self.shard.shard_id, position)
                 continue

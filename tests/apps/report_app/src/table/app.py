@@ -9,5 +9,14 @@ def handler(event, context):
     with open(os.environ["OUT_FILE"], "a") as out:
         for row in rows:
             line = tabulate([row], tablefmt="plain")
-            out.write(json.dumps({"by": "table", "line": line, "pid": os.getpid(),
-                                  "only_table": os.environ.get("ONLY_TABLE")}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "by": "table",
+                        "line": line,
+                        "pid": os.getpid(),
+                        "only_table": os.environ.get("ONLY_TABLE"),
+                    }
+                )
+                + "\n"
+            )

@@ -466,6 +466,8 @@ def parsed(data: bytes) -> Any:
         return tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
+    except ValueError:  # an integer of more than 4,300 digits: esm says "not valid TOML" too
+        return None
 
 
 def validate_in_process(path: Path) -> tuple[int | None, str, str]:

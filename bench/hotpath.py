@@ -6,7 +6,7 @@ Kinesis-shaped: `MemoryKinesisSource` implements the `StreamSource` protocol
 `esm.events.kinesis.parse_get_records` on the raw body (so JSON parsing and Lambda event
 shaping are measured), then `StreamRecord`s. Real `ShardPoller`s and `Lane`s run on it with
 a real `SqliteCheckpointStore` (WAL, synchronous=FULL) and a real in-process Python
-function (`esm.functions.Function` + `PythonInvoker`, a sync no-op handler).
+function (`esm.invokers.Function` + `PythonInvoker`, a sync no-op handler).
 
 SQS-shaped: a real `SqsMapping` runs on `MemorySqsClient`, which answers ReceiveMessage
 with botocore-shaped messages (what aiobotocore hands esm after parsing) and acknowledges
@@ -130,8 +130,8 @@ async def _run_kinesis(
 ) -> dict[str, Any]:
     import esm.sources.streams.poller as streams
     from esm.filtering import FilterSet, kinesis_filter_view
-    from esm.functions import create_functions
-    from esm.observability import Metrics
+    from esm.invokers import create_functions
+    from esm.observability import MappingMetrics, Metrics
     from esm.sources.streams.context import ShardContext
     from esm.sources.streams.poller import ShardPoller
     from esm.sources.streams.records import Position
@@ -163,7 +163,7 @@ async def _run_kinesis(
         source=source,  # type: ignore[arg-type]
         function=function,
         store=store,
-        metrics=metrics,
+        metrics=MappingMetrics(metrics, mapping.name),
         filters=FilterSet.compile(mapping.filter_patterns) if mapping.filter_patterns else None,
         filter_view=kinesis_filter_view,
         destination=None,
@@ -306,8 +306,8 @@ async def _run_sqs(
     concurrency: int,
 ) -> dict[str, Any]:
     from esm.filtering import FilterSet
-    from esm.functions import create_functions
-    from esm.observability import Metrics
+    from esm.invokers import create_functions
+    from esm.observability import MappingMetrics, Metrics
     from esm.sources.sqs import SqsMapping
 
     config = esm_config(
@@ -332,7 +332,14 @@ async def _run_sqs(
         if mapping_config.filter_patterns
         else None
     )
-    mapping = SqsMapping(mapping_config, function, MemoryAws(client), metrics, filters, client)  # type: ignore[arg-type]
+    mapping = SqsMapping(
+        mapping_config,  # type: ignore[arg-type]
+        function,
+        MemoryAws(client),  # type: ignore[arg-type]
+        MappingMetrics(metrics, mapping_config.name),
+        filters,
+        client,  # type: ignore[arg-type]
+    )
     with measure() as span:
         async with anyio.create_task_group() as tg:
             tg.start_soon(mapping.run)

@@ -205,7 +205,7 @@ async def drain_esm(bootstrap: str, topic: str, records: int, batch_size: int) -
     import anyio
 
     from esm.config import FunctionConfig, _Table
-    from esm.functions import Function
+    from esm.invokers import Function
     from esm.invokers.python import PythonInvoker
     from esm.observability import Metrics
     from esm.sources.kafka.config import parse_kafka_mapping

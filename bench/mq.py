@@ -83,7 +83,7 @@ async def bare(url: str, count: int) -> float:
 
 async def esm_side(url: str, count: int) -> float:
     from esm.config import FunctionConfig
-    from esm.functions import Function, create_invoker
+    from esm.invokers import Function, create_invoker
     from esm.observability import Metrics
     from esm.sources.mq import MqMapping, parse_mq_mapping
 

@@ -67,10 +67,11 @@ async def _cpu_per_call(calls: int, call: Callable[[], Any]) -> float:
 
 
 async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, float]:
+    from esm.sources.kinesis import KinesisSource
+
     from esm.arns import parse_source_arn
     from esm.aws import AwsClients
     from esm.config import DaemonConfig
-    from esm.sources.kinesis import KinesisSource
     from esm.sources.streams import Position
 
     source_arn = parse_source_arn(f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}")
@@ -93,7 +94,7 @@ async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, flo
 
 async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str, float]:
     from esm.aws import AwsClients
-    from esm.functions import create_functions
+    from esm.invokers import create_functions
     from esm.observability import Metrics
     from esm.sources.sqs import Received, SqsMapping
 

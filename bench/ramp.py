@@ -45,7 +45,7 @@ async def _ramp(
     endpoint: Endpoint, queue: str, seconds: float, provisioned: Any
 ) -> list[tuple[float, int, int, int]]:
     from esm.aws import AwsClients
-    from esm.functions import create_functions
+    from esm.invokers import create_functions
     from esm.observability import Metrics
     from esm.sources.sqs import SqsMapping
 
@@ -88,7 +88,7 @@ async def _ramp(
 
 def run(seconds: float, messages: int, log: Log = print, out: Path | None = None) -> dict[str, Any]:
     """Both modes' ramps on one fake_sqs; a PNG in `out` when matplotlib is installed."""
-    from esm.sources.sqs_scaling import ProvisionedPollers
+    from esm.sources.sqs.scaling import ProvisionedPollers
 
     modes: dict[str, Any] = {
         "standard": None,

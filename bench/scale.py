@@ -212,8 +212,8 @@ def run_kinesis(
             f"{result['cpu_us_per_get_records'] or float('nan'):.0f} us of esm CPU each"
         )
     log(
-        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}: "
-        f"RSS {result['rss_mb_max']:.0f} MB, "
+        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}:"
+        f" RSS {result['rss_mb_max']:.0f} MB, "
         f"CPU {result['cpu_percent']:.1f}% of a core "
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "
         f"{result['pollers']:.0f} pollers up after {result['startup_s']:.1f} s, "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from esm.invocation import InvocationResult
+from esm.invokers import InvocationResult
 
 
 @dataclass(frozen=True)

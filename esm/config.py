@@ -1,41 +1,44 @@
 """TOML configuration -> immutable, validated objects.
 
 Owns every range and default of the config file; the rest of esm never sees raw TOML.
-Mapping keys are AWS CreateEventSourceMapping parameter names in snake_case, so AWS's
-documentation tells a user what each one does. Validation collects every problem at once,
-each naming its key path and the rule (`mappings[0].batch_size: 20000 is above ...`).
+`[daemon]`, `[state]` and `[functions.*]` are parsed here; each `[[mappings]]` table goes to
+its source family's parser, found through esm/sources/registry.py, into the family's own
+frozen config (a `MappingConfig` subclass). Mapping keys are AWS CreateEventSourceMapping
+parameter names in snake_case, so AWS's documentation tells a user what each one does.
+Validation collects every problem at once, each naming its key path and the rule
+(`mappings[0].batch_size: 20000 is above ...`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-from esm.arns import ArnError, SourceArn, parse_source_arn
+from esm.config_table import (
+    Table,
+    parse_filter_criteria,
+    quoted_key,
+)
 from esm.errors import ConfigError
-from esm.filtering import validate_pattern
 from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND
+from esm.sources import registry
+from esm.sources.base import MappingConfig, MappingContext
 
-SourceKind = Literal["sqs", "kinesis", "dynamodb"]
-STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
+# The names family config modules written before esm/config_table.py imported from here.
+_Table = Table
+_quoted_key = quoted_key
+_parse_filter_criteria = parse_filter_criteria
 FUNCTION_KINDS = ("python", "process", "http", "lambda")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_BACKENDS = ("sqlite", "dynamodb")
-MAX_FILTERS = 5
-UNRESOLVED_PREFIX = "<unresolved:"
-_BARE_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]+")
-"""Bare keys, plus the dots and brackets of paths esm composes (`filters[1].pattern`)."""
-MAX_FILTER_PATTERN_CHARS = 4096
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 """Largest config file esm reads (4 MiB: ~39,000 short mappings, which validate in ~2 s);
 a larger file is refused unparsed, so a runaway file cannot stall a reload or exhaust memory."""
@@ -100,35 +103,6 @@ class FunctionConfig:
     @property
     def arn(self) -> str:
         return f"arn:aws:lambda:local:000000000000:function:{self.name}"
-
-
-@dataclass(frozen=True)
-class MappingConfig:
-    name: str
-    function: str
-    source: SourceArn
-    enabled: bool = True
-    batch_size: int = 10
-    maximum_batching_window_in_seconds: float = 0.0
-    function_response_types: frozenset[str] = frozenset()
-    maximum_concurrency: int | None = None
-    filter_patterns: tuple[str, ...] = ()
-    starting_position: str | None = None
-    starting_position_timestamp: datetime | None = None
-    parallelization_factor: int = 1
-    bisect_batch_on_function_error: bool = False
-    maximum_retry_attempts: int = -1
-    maximum_record_age_in_seconds: int = -1
-    on_failure_destination: str | None = None
-    tumbling_window_in_seconds: int = 0
-
-    @property
-    def event_source_arn(self) -> str:
-        return self.source.arn
-
-    @property
-    def report_batch_item_failures(self) -> bool:
-        return "ReportBatchItemFailures" in self.function_response_types
 
 
 @dataclass(frozen=True)
@@ -211,7 +185,7 @@ def _document_problem(raw: Mapping[str, Any]) -> str | None:
             return f"{path}: integer outside TOML's 64-bit range (-2^63 to 2^63-1)"
         if isinstance(node, Mapping):
             for key, child in node.items():
-                child_path = f"{path}.{_quoted_key(key)}" if path else _quoted_key(key)
+                child_path = f"{path}.{quoted_key(key)}" if path else quoted_key(key)
                 stack.append((child, child_path, depth + 1))
         elif isinstance(node, list):
             for index, child in enumerate(node):
@@ -222,7 +196,7 @@ def _document_problem(raw: Mapping[str, Any]) -> str | None:
 def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
     """Validate a parsed TOML document; relative paths resolve against `base_dir`."""
     problems: list[str] = []
-    top = _Table(raw, "", problems)
+    top = Table(raw, "", problems)
     daemon = _parse_daemon(top.table("daemon"))
     state = _parse_state(top.table("state"), base_dir)
     functions = {
@@ -234,15 +208,15 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
         for index, section in enumerate(top.array_of_tables("mappings"))
     ]
     top.finish()
-    _check_unique_names([mapping for mapping, _ in parsed], problems)
-    mappings = tuple(mapping for mapping, usable in parsed if usable)
+    _check_unique_names([name for name, _ in parsed], problems)
+    mappings = tuple(mapping for _, mapping in parsed if mapping is not None)
     _check_in_process_environments(functions, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # a key read twice is reported once
     return Config(daemon=daemon, state=state, functions=functions, mappings=mappings)
 
 
-def _parse_daemon(t: _Table) -> DaemonConfig:
+def _parse_daemon(t: Table) -> DaemonConfig:
     defaults = DaemonConfig()
     host, port = _parse_address(t, "http_address", f"{defaults.http_host}:{defaults.http_port}")
     config = DaemonConfig(
@@ -264,7 +238,7 @@ def _parse_daemon(t: _Table) -> DaemonConfig:
     return config
 
 
-def _parse_address(t: _Table, key: str, default: str) -> tuple[str, int]:
+def _parse_address(t: Table, key: str, default: str) -> tuple[str, int]:
     value = t.string(key, default)
     host, sep, port_text = value.rpartition(":")
     digits = port_text.isascii() and port_text.isdigit()
@@ -274,7 +248,7 @@ def _parse_address(t: _Table, key: str, default: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def _parse_state(t: _Table, base_dir: Path) -> StateConfig:
+def _parse_state(t: Table, base_dir: Path) -> StateConfig:
     defaults = StateConfig()
     backend = t.choice("backend", STATE_BACKENDS, defaults.backend)
     config = StateConfig(
@@ -323,7 +297,7 @@ _HOP_BY_HOP_HEADERS = frozenset(
 )
 
 
-def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
+def _parse_function(name: str, t: Table, base_dir: Path) -> FunctionConfig:
     kind = t.choice("kind", FUNCTION_KINDS, "python")
     timeout = t.number("timeout", 3.0, 1, 900)
     concurrency = t.optional_integer("reserved_concurrent_executions", 1, 1000)
@@ -366,30 +340,18 @@ def _parse_function(name: str, t: _Table, base_dir: Path) -> FunctionConfig:
     return config
 
 
-def _environment(t: _Table) -> dict[str, str]:
+def _environment(t: Table) -> dict[str, str]:
     """Variables the OS can set: a name without `=` or NUL, a value without NUL."""
     environment = t.string_map("environment")
     for name, value in environment.items():
         if not name or "=" in name or "\0" in name:
-            t.problem(
-                "environment", f"{_quoted_key(name)} is not a valid environment variable name"
-            )
+            t.problem("environment", f"{quoted_key(name)} is not a valid environment variable name")
         elif "\0" in value:
-            t.problem(
-                "environment", f"{_quoted_key(name)}: a value may not contain a NUL character"
-            )
+            t.problem("environment", f"{quoted_key(name)}: a value may not contain a NUL character")
     return environment
 
 
-def _quoted_key(key: str) -> str:
-    """A key as written in TOML: bare when it can be, quoted and escaped otherwise, so that
-    a key holding spaces, quotes or newlines keeps its problem on one unambiguous line."""
-    if _BARE_KEY.fullmatch(key):
-        return key
-    return '"' + key.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
-
-
-def _reject_keys_of_other_kinds(t: _Table, kind: str) -> None:
+def _reject_keys_of_other_kinds(t: Table, kind: str) -> None:
     """A key of another kind is a mistake worth naming (not just "unknown key")."""
     own = _FUNCTION_KEYS_BY_KIND.get(kind, ())
     for key in t.raw:
@@ -406,7 +368,7 @@ def _reject_keys_of_other_kinds(t: _Table, kind: str) -> None:
             )
 
 
-def _parse_command(t: _Table) -> tuple[str, ...] | None:
+def _parse_command(t: Table) -> tuple[str, ...] | None:
     value = t.consume("command")
     if value is None:
         return None
@@ -426,7 +388,7 @@ def _parse_command(t: _Table) -> tuple[str, ...] | None:
 
 
 def _parse_http_function(
-    name: str, t: _Table, timeout: float, concurrency: int | None
+    name: str, t: Table, timeout: float, concurrency: int | None
 ) -> FunctionConfig:
     url = t.string("url", "", required=True)
     if url and not _is_http_url(url):
@@ -468,7 +430,7 @@ def _parse_http_function(
 
 
 def _parse_lambda_function(
-    name: str, t: _Table, timeout: float, concurrency: int | None
+    name: str, t: Table, timeout: float, concurrency: int | None
 ) -> FunctionConfig:
     function_name = t.string("function_name", "", required=True)
     if function_name and (
@@ -495,7 +457,7 @@ def _parse_lambda_function(
     )
 
 
-def _endpoint_url(t: _Table) -> str | None:
+def _endpoint_url(t: Table) -> str | None:
     """An AWS endpoint override botocore can use: http(s)://HOST[:PORT][/PATH]. Credentials,
     a query or a fragment cannot work there (botocore signs and sends them as they are, and
     every call then fails with an opaque error), so they are refused here, naming the key."""
@@ -536,186 +498,30 @@ def _is_http_url(url: str) -> bool:
 
 
 def _parse_mapping(
-    index: int, t: _Table, functions: Mapping[str, FunctionConfig]
-) -> tuple[MappingConfig, bool]:
-    """The mapping, and False when its event source ARN is unusable. Either way every key is
-    checked, so one `esm validate` lists all of the mapping's problems: with a bad ARN the
-    keys are checked against the source kind the ARN or the keys suggest."""
-    name = t.string("name", f"mapping-{index}")
-    function = t.string("function", "", required=True)
-    if function and function not in functions:
-        known = ", ".join(_quoted_key(f) for f in sorted(functions)) or "none defined"
-        t.problem("function", f"{function!r} is not a [functions.*] entry (known: {known})")
-    arn_text = t.string("event_source_arn", "", required=True)
-    source: SourceArn | None = None
-    if arn_text:
-        try:
-            source = parse_source_arn(arn_text)
-        except ArnError as exc:
-            t.problem("event_source_arn", str(exc))
-    common: dict[str, Any] = dict(
-        name=name,
-        function=function,
-        source=source or _assumed_source(arn_text, t),
-        enabled=t.boolean("enabled", True),
-        function_response_types=frozenset(
-            t.string_list("function_response_types", ("ReportBatchItemFailures",))
-        ),
-        filter_patterns=_parse_filter_criteria(t),
-    )
-    if common["source"].kind == "sqs":
-        mapping = _parse_sqs_mapping(t, common["source"], common)
-    else:
-        mapping = _parse_stream_mapping(t, common["source"], common)
+    index: int, t: Table, functions: Mapping[str, FunctionConfig]
+) -> tuple[str, MappingConfig | None]:
+    """The mapping's name, and its config (None when it cannot run: an unusable event
+    source, or a family that gives up on the table). Either way every key is checked, so
+    one `esm validate` lists all of the mapping's problems: with a bad ARN the keys are
+    checked against the family the registry thinks the ARN or the keys meant."""
+    recognised = registry.recognise(t.raw)
+    name = t.raw.get("name")
+    name = name if isinstance(name, str) else f"mapping-{index}"
+    context = MappingContext(index, tuple(functions), recognised.source, recognised.arn_problem)
+    mapping = recognised.family.parse(t, context)
     t.finish()
-    return mapping, source is not None
+    return name, mapping if recognised.arn_problem is None else None
 
 
-def _assumed_source(arn_text: str, t: _Table) -> SourceArn:
-    """What an unusable ARN most likely meant, only to check the mapping's other keys: the
-    ARN's service when it names one, else a stream when a stream-only key is set."""
-    parts = arn_text.split(":")
-    service = parts[2] if len(parts) > 2 and parts[0] == "arn" else ""
-    kind: SourceKind
-    if service in ("sqs", "kinesis", "dynamodb"):
-        kind = service  # type: ignore[assignment]
-    else:
-        kind = "kinesis" if any(key in t.raw for key in _STREAM_ONLY_KEYS) else "sqs"
-    return SourceArn(arn_text, kind, "", "", parts[-1] if kind == "sqs" else "")
-
-
-_STREAM_ONLY_KEYS = (
-    "starting_position",
-    "starting_position_timestamp",
-    "parallelization_factor",
-    "bisect_batch_on_function_error",
-    "maximum_retry_attempts",
-    "maximum_record_age_in_seconds",
-    "destination_config",
-    "tumbling_window_in_seconds",
-)
-
-
-def _parse_sqs_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> MappingConfig:
-    for key in _STREAM_ONLY_KEYS:
-        if key in t.raw:
-            t.consume(key)
-            hint = " (use the queue's redrive policy)" if key == "destination_config" else ""
-            t.problem(key, f"applies to Kinesis and DynamoDB streams only, not SQS{hint}")
-    fifo = source.name.endswith(".fifo")
-    limit = 10 if fifo else 10_000
-    batch_size = t.integer("batch_size", 10, 1, limit, what="FIFO SQS" if fifo else "SQS")
-    window = t.number("maximum_batching_window_in_seconds", 0.0, 0, 300)
-    if (
-        batch_size > 10
-        and window < 1
-        and "maximum_batching_window_in_seconds" not in t.problems_for
-    ):
-        t.problem(
-            "maximum_batching_window_in_seconds",
-            f"must be at least 1 when batch_size is above 10 (batch_size is {batch_size}), as AWS requires",
-        )
-    scaling = t.table("scaling_config")
-    concurrency = scaling.optional_integer("maximum_concurrency", 2, 1000)
-    scaling.finish()
-    return MappingConfig(
-        batch_size=batch_size,
-        maximum_batching_window_in_seconds=window,
-        maximum_concurrency=concurrency,
-        **common,
-    )
-
-
-def _parse_stream_mapping(t: _Table, source: SourceArn, common: dict[str, Any]) -> MappingConfig:
-    if "scaling_config" in t.raw:
-        t.consume("scaling_config")
-        t.problem(
-            "scaling_config", "applies to SQS only; streams scale with parallelization_factor"
-        )
-    positions = STARTING_POSITIONS if source.kind == "kinesis" else STARTING_POSITIONS[:2]
-    position = t.choice("starting_position", positions, "", required=True)
-    timestamp = t.optional_timestamp("starting_position_timestamp")
-    if position == "AT_TIMESTAMP" and timestamp is None:
-        t.problem(
-            "starting_position_timestamp", "is required when starting_position is AT_TIMESTAMP"
-        )
-    if timestamp is not None and position != "AT_TIMESTAMP":
-        t.problem(
-            "starting_position_timestamp", "is only allowed with starting_position AT_TIMESTAMP"
-        )
-    retries = t.integer("maximum_retry_attempts", -1, -1, 10_000)
-    record_age = t.integer("maximum_record_age_in_seconds", -1, -1, 604_800)
-    if 0 <= record_age < 60:
-        t.problem(
-            "maximum_record_age_in_seconds",
-            f"{record_age} is not allowed: use -1 (infinite) or 60..604800",
-        )
-    destination = t.table("destination_config")
-    on_failure = destination.table("on_failure")
-    destination_arn = on_failure.optional_string("destination")
-    if destination_arn is not None and not _is_destination_arn(destination_arn):
-        on_failure.problem(
-            "destination", f"{destination_arn!r} is not an SQS queue, SNS topic or S3 bucket ARN"
-        )
-    on_failure.finish()
-    destination.finish()
-    return MappingConfig(
-        batch_size=t.integer("batch_size", 100, 1, 10_000),
-        maximum_batching_window_in_seconds=t.number(
-            "maximum_batching_window_in_seconds", 0.0, 0, 300
-        ),
-        starting_position=position or None,
-        starting_position_timestamp=timestamp,
-        parallelization_factor=t.integer("parallelization_factor", 1, 1, 10),
-        bisect_batch_on_function_error=t.boolean("bisect_batch_on_function_error", False),
-        maximum_retry_attempts=retries,
-        maximum_record_age_in_seconds=record_age,
-        on_failure_destination=destination_arn,
-        tumbling_window_in_seconds=t.integer("tumbling_window_in_seconds", 0, 0, 900),
-        **common,
-    )
-
-
-def _is_destination_arn(arn: str) -> bool:
-    parts = arn.split(":")
-    return len(parts) >= 6 and parts[0] == "arn" and parts[2] in ("sqs", "sns", "s3")
-
-
-def _parse_filter_criteria(t: _Table) -> tuple[str, ...]:
-    criteria = t.table("filter_criteria")
-    filters = criteria.array_of_tables("filters")
-    if len(filters) > MAX_FILTERS:
-        criteria.problem(
-            "filters", f"has {len(filters)} filters; at most {MAX_FILTERS} are allowed"
-        )
-    patterns = []
-    for f in filters:
-        pattern = f.string("pattern", "", required=True)
-        if len(pattern) > MAX_FILTER_PATTERN_CHARS:
-            f.problem(
-                "pattern", f"is {len(pattern)} characters; at most {MAX_FILTER_PATTERN_CHARS}"
-            )
-        elif pattern and (problem := validate_pattern(pattern)) is not None:
-            f.problem("pattern", problem)
-        f.finish()
-        patterns.append(pattern)
-    criteria.finish()
-    return tuple(patterns)
-
-
-def _check_unique_names(mappings: list[MappingConfig], problems: list[str]) -> None:
+def _check_unique_names(names: list[str], problems: list[str]) -> None:
     """By index in the file, counting mappings with other problems too."""
     seen: dict[str, int] = {}
-    for index, mapping in enumerate(mappings):
-        if mapping.name in seen:
+    for index, name in enumerate(names):
+        if name in seen:
             problems.append(
-                f"mappings[{index}].name: {mapping.name!r} is already used by mappings[{seen[mapping.name]}]"
+                f"mappings[{index}].name: {name!r} is already used by mappings[{seen[name]}]"
             )
-        seen.setdefault(mapping.name, index)
-
-
-T = TypeVar("T")
-N = TypeVar("N", int, float)
+        seen.setdefault(name, index)
 
 
 def _check_in_process_environments(
@@ -731,219 +537,7 @@ def _check_in_process_environments(
             first = seen.setdefault(variable, (function.name, value))
             if first[1] != value:
                 problems.append(
-                    f"functions.{_quoted_key(first[0])} and functions.{_quoted_key(function.name)}:"
-                    f" environment.{_quoted_key(variable)} differs, but in-process functions"
+                    f"functions.{quoted_key(first[0])} and functions.{quoted_key(function.name)}:"
+                    f" environment.{quoted_key(variable)} differs, but in-process functions"
                     ' share one environment; use kind = "process" for one of them'
                 )
-
-
-class _Table:
-    """One TOML table being validated: typed getters that record problems under a key path."""
-
-    def __init__(self, raw: Any, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        self.problems_for: set[str] = set()
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            problems.append(f"{path or 'config'}: must be a table, not {_type_name(raw)}")
-            raw = {}
-        self.raw: Mapping[str, Any] = raw
-        self._seen: set[str] = set()
-        self._placeholders: set[str] = set()
-
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{_quoted_key(key)}" if self.path else _quoted_key(key)
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems_for.add(key)
-        self.problems.append(f"{self.key_path(key)}: {message}")
-
-    def consume(self, key: str) -> Any:
-        """The key's value; a placeholder left by esm import reads as absent, so that its one
-        problem line is the only one (not also "is not an ARN", "is required", ...)."""
-        self._seen.add(key)
-        value = self.raw.get(key)
-        self._reject_placeholders(key, value)
-        if isinstance(value, str) and value.startswith(UNRESOLVED_PREFIX):
-            self._placeholders.add(key)
-            return None
-        return value
-
-    def _reject_placeholders(self, key: str, value: Any) -> None:
-        """`esm import` writes `<unresolved: ...>` where it could not resolve a value; such a
-        config must not run, whichever key (an ARN, an environment variable, a command)."""
-        if isinstance(value, str) and value.startswith(UNRESOLVED_PREFIX):
-            self.problem(key, f"{value} is a placeholder left by esm import: set the real value")
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                self._reject_placeholders(f"{key}[{index}]", item)
-        elif isinstance(value, Mapping) and not isinstance(value, _Table):
-            for name, item in value.items():
-                if isinstance(item, str | list):
-                    self._reject_placeholders(f"{key}.{name}", item)
-
-    def finish(self, ignore_unknown: bool = False) -> None:
-        """Unknown keys are errors: a typo must never be silently ignored."""
-        if ignore_unknown:
-            return
-        for key in self.raw:
-            if key not in self._seen:
-                self.problem(key, "unknown key")
-
-    def _get(
-        self,
-        key: str,
-        default: T,
-        check: Callable[[Any], bool],
-        expected: str,
-        required: bool = False,
-    ) -> Any:
-        value = self.consume(key)
-        if value is None:
-            if required and key not in self._placeholders:
-                self.problem(key, "is required")
-            return default
-        if not check(value):
-            self.problem(key, f"must be {expected}, not {_type_name(value)} {value!r}")
-            return default
-        return value
-
-    def string(self, key: str, default: str, required: bool = False) -> str:
-        value: str = self._get(key, default, lambda v: isinstance(v, str), "a string", required)
-        return value
-
-    def optional_string(self, key: str) -> str | None:
-        value: str | None = self._get(key, None, lambda v: isinstance(v, str), "a string")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
-        return value
-
-    def choice(
-        self, key: str, allowed: tuple[str, ...], default: str, required: bool = False
-    ) -> str:
-        value = self.string(key, default, required)
-        if value and value not in allowed:
-            self.problem(key, f"{value!r} is not one of {', '.join(allowed)}")
-            return default
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int, what: str = "") -> int:
-        value = self.optional_integer(key, low, high, what)
-        return default if value is None else value
-
-    def optional_integer(self, key: str, low: int, high: int, what: str = "") -> int | None:
-        value: int | None = self._get(
-            key, None, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
-        )
-        return self._in_range(key, value, low, high, what)
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self._get(
-            key,
-            None,
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-            "a number",
-        )
-        checked = self._in_range(key, value, low, high)
-        return default if checked is None else float(checked)
-
-    def _in_range(
-        self, key: str, value: N | None, low: float, high: float, what: str = ""
-    ) -> N | None:
-        if value is None:
-            return None
-        if isinstance(value, float) and not math.isfinite(value):
-            self.problem(key, f"{value} is not a number from {low} to {high}")
-            return None
-        suffix = f" for {what}" if what else ""
-        if value < low:
-            self.problem(key, f"{value} is below the minimum {low}{suffix}")
-            return None
-        if value > high:
-            self.problem(key, f"{value} is above the maximum {high}{suffix}")
-            return None
-        return value
-
-    def optional_timestamp(self, key: str) -> datetime | None:
-        value = self.consume(key)
-        if value is None:
-            return None
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return datetime.fromtimestamp(value, UTC)
-            except (OverflowError, ValueError, OSError):
-                self.problem(key, f"{value} is not a time in epoch seconds")
-                return None
-        if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                pass
-            else:
-                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        self.problem(key, f"must be an ISO 8601 date-time or epoch seconds, not {value!r}")
-        return None
-
-    def string_list(self, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.consume(key)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem(key, f"must be a list of strings, not {_type_name(value)}")
-            return ()
-        for item in value:
-            if item not in allowed:
-                self.problem(key, f"{item!r} is not one of {', '.join(allowed)}")
-        return tuple(v for v in value if v in allowed)
-
-    def string_map(self, key: str) -> dict[str, str]:
-        value = self.consume(key)
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problem(key, f"must be a table of strings, not {_type_name(value)}")
-            return {}
-        result = {}
-        for name, item in value.items():
-            if isinstance(item, str):
-                result[name] = item
-            else:
-                self.problems.append(
-                    f"{self.key_path(key)}.{name}: must be a string, not {_type_name(item)}"
-                )
-        return result
-
-    def table(self, key: str) -> _Table:
-        return _Table(self.consume(key), self.key_path(key), self.problems)
-
-    def named_tables(self, key: str) -> list[tuple[str, _Table]]:
-        section = self.table(key)
-        tables = [(name, section.table(name)) for name in section.raw]
-        return tables
-
-    def array_of_tables(self, key: str) -> list[_Table]:
-        value = self.consume(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.problem(key, f"must be an array of tables ([[{key}]]), not {_type_name(value)}")
-            return []
-        return [
-            _Table(item, f"{self.key_path(key)}[{i}]", self.problems)
-            for i, item in enumerate(value)
-        ]
-
-
-def _type_name(value: Any) -> str:
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
-    if isinstance(value, Mapping):
-        return "table"
-    if isinstance(value, datetime):
-        return "date-time"
-    return names.get(type(value), type(value).__name__)

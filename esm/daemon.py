@@ -23,37 +23,25 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from esm.aws import AwsClients
-from esm.config import Config, DaemonConfig, FunctionConfig, MappingConfig, load_config
+from esm.config import Config, DaemonConfig, FunctionConfig, load_config
 from esm.errors import ConfigError, EsmError
 from esm.filtering import FilterSet
-from esm.functions import Function, create_functions
 from esm.http_server import StatusServer
 from esm.idle_pacing import IdleReadPacer
+from esm.invokers import Function, create_functions
 from esm.observability import Metrics, get_logger
+from esm.sources import registry
+from esm.sources.base import MappingConfig, MappingRuntime, RuntimeBuilder, RuntimeResources
 from esm.state.base import CheckpointStore
 
 log = get_logger("esm.daemon")
 
 DRAIN_MARGIN_SECONDS = 5.0
-
-
-class MappingRuntime(Protocol):
-    name: str
-
-    @property
-    def ready(self) -> bool:
-        """Polling, and positioned: a record sent to the source from now on is delivered."""
-        ...
-
-    async def run(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -377,16 +365,12 @@ class Daemon:
         return self._store
 
     async def _build(self, mapping: MappingConfig, aws: AwsClients) -> MappingRuntime:
+        """The mapping's runtime, as its source family's registry entry builds it."""
         function = self.functions[mapping.function]
         filters = FilterSet.compile(mapping.filter_patterns) if mapping.filter_patterns else None
-        if mapping.source.kind == "sqs":
-            from esm.sources.sqs import SqsMapping
-
-            return SqsMapping(mapping, function, aws, self.metrics, filters)
-        from esm.sources.streams import StreamMapping
-
-        store = await self._checkpoint_store()
-        return StreamMapping(mapping, function, aws, self.metrics, filters, store, self.idle_pacer)
+        build: RuntimeBuilder = registry.load(registry.family_of(mapping).runtime)
+        resources = RuntimeResources(aws, self.metrics, self._checkpoint_store, self.idle_pacer)
+        return await build(mapping, function, filters, resources)
 
 
 def tune_garbage_collector() -> None:

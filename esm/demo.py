@@ -46,6 +46,7 @@ import structlog
 
 from esm.config import Config, parse_config
 from esm.observability import Metrics
+from esm.sources.registry import BY_NAME
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 REGION = "us-east-1"
@@ -381,9 +382,10 @@ def snapshot(
                 ages[mapping] = max(ages.get(mapping, 0.0), sample.value)
     rows = []
     for m in MAPPINGS:
-        stream = m.source != "sqs"
+        source = BY_NAME[m.source]
+        stream = source.ordered
         given_up: int | None
-        if m.source == "sqs":
+        if source.given_up_to == "dlq":
             given_up = dlq_depth
         elif m.name == "readings-stream":
             delivered = value("esm_on_failure_destination_delivered_events_total", mapping=m.name)
@@ -491,7 +493,7 @@ def summary_line(snap: Snapshot) -> str:
         if row.iterator_age is not None:
             fields.append(f"iterator_age={row.iterator_age:.1f}s")
         if row.given_up is not None:
-            where = "dlq" if row.mapping.source == "sqs" else "on_failure"
+            where = BY_NAME[row.mapping.source].given_up_to
             fields.append(f"{where}={row.given_up}")
         parts.append(" ".join(fields))
     return " | ".join(parts)

@@ -213,3 +213,32 @@ class Metrics:
             ["worker"],
             registry=r,
         )
+
+
+class MappingMetrics:
+    """One mapping's series of every per-mapping metric, bound once when the mapping is
+    built and handed to its runtime, so no poller, lane or give-up path repeats
+    `metrics.x.labels(name)`. Labelled by mapping (and shard), never by record."""
+
+    def __init__(self, metrics: Metrics, mapping: str) -> None:
+        self.metrics = metrics
+        self.mapping = mapping
+        self.polled = metrics.polled.labels(mapping)
+        self.filtered_out = metrics.filtered_out.labels(mapping)
+        self.invoked = metrics.invoked.labels(mapping)
+        self.failed_invoke = metrics.failed_invoke.labels(mapping)
+        self.deleted = metrics.deleted.labels(mapping)
+        self.dropped = metrics.dropped.labels(mapping)
+        self.on_failure_delivered = metrics.on_failure_delivered.labels(mapping)
+        self.destination_delivery_failures = metrics.destination_delivery_failures.labels(mapping)
+        self.batch_size = metrics.batch_size.labels(mapping)
+        self.in_flight = metrics.in_flight.labels(mapping)
+        self.pollers = metrics.pollers.labels(mapping)
+        self.ready = metrics.ready.labels(mapping)
+        self.leases_held = metrics.leases_held.labels(mapping)
+        self.leases_taken = metrics.leases_taken.labels(mapping)
+        self.leases_lost = metrics.leases_lost.labels(mapping)
+
+    def iterator_age(self, shard_id: str) -> Gauge:
+        """The shard's IteratorAge series (one per shard the mapping reads)."""
+        return self.metrics.iterator_age.labels(self.mapping, shard_id)

@@ -1,5 +1,7 @@
 """`esm status -c CONFIG`: the shards of every stream mapping, who reads them, how far each
-got and how far behind it is, as a table.
+got and how far behind it is, as a table. What a mapping shows is its family's
+(`SourceFamily.status` in esm/sources/registry.py); this module reads the checkpoint store
+and renders the rows.
 
 Reads the configured checkpoint store (the SQLite file, or the DynamoDB lease table of a
 fleet) and the streams themselves; it writes nothing and takes no lease. Iterator age is
@@ -9,28 +11,18 @@ checkpoint (Kinesis: MillisBehindLatest), 0 when the shard is read to its tip.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import anyio
 
 from esm.aws import AwsClients
-from esm.config import Config, MappingConfig
+from esm.config import Config
 from esm.errors import EsmError
-from esm.sources.streams import Position, ShardInfo, StreamSource, open_source
+from esm.sources import registry
+from esm.sources.base import CheckpointsReader, OwnersReader, StatusCollector, StatusRow
 from esm.state.base import Checkpoint
 
-
-@dataclass(frozen=True)
-class ShardStatus:
-    mapping: str
-    shard_id: str
-    state: str
-    """`open`, `closed` (resharded, still to be read to its end) or `ended` (done)."""
-    owner: str
-    checkpoint: str
-    iterator_age: str
+ShardStatus = StatusRow
 
 
 HEADERS = ("MAPPING", "SHARD", "STATE", "OWNER", "CHECKPOINT", "ITERATOR AGE")
@@ -48,28 +40,17 @@ def render(rows: Sequence[ShardStatus]) -> str:
     )
 
 
-OwnersReader = Callable[[str], Awaitable[dict[str, str]]]
-CheckpointsReader = Callable[[str], Awaitable[dict[str, Checkpoint]]]
-
-
 async def collect(config: Config) -> list[ShardStatus]:
     rows: list[ShardStatus] = []
     async with AwsClients(config.daemon) as aws:
         owners_of, checkpoints_of, close = await _reader(config, aws)
         try:
             for mapping in config.mappings:
-                if mapping.source.kind == "sqs":
-                    continue
-                source = open_source(mapping, aws)
-                try:
-                    shards = await source.list_shards()
-                    checkpoints = await checkpoints_of(mapping.name)
-                    owners = await owners_of(mapping.name)
-                    for shard in shards:
-                        checkpoint = checkpoints.get(shard.shard_id)
-                        rows.append(await _shard_status(mapping, source, shard, checkpoint, owners))
-                finally:
-                    await source.aclose()
+                shown = registry.family_of(mapping).status
+                if shown is None:
+                    continue  # the family has nothing to show (SQS: the queue keeps no position)
+                collector: StatusCollector = registry.load(shown)
+                rows.extend(await collector(mapping, aws, owners_of, checkpoints_of))
         finally:
             await close()
     return rows
@@ -116,47 +97,6 @@ async def _reader(
 
 async def _nothing() -> None:
     return None
-
-
-async def _shard_status(
-    mapping: MappingConfig,
-    source: StreamSource,
-    shard: ShardInfo,
-    checkpoint: Checkpoint | None,
-    owners: dict[str, str],
-) -> ShardStatus:
-    ended = checkpoint is not None and checkpoint.shard_ended
-    state = "ended" if ended else "closed" if shard.closed else "open"
-    seq = checkpoint.sequence_number if checkpoint else None
-    shown = "SHARD_END" if ended else seq or "(none)"
-    age = "-"
-    if not ended:
-        age = await _iterator_age(mapping, source, shard, seq)
-    owner = owners.get(shard.shard_id, "-" if not owners else "(no lease)")
-    return ShardStatus(mapping.name, shard.shard_id, state, owner, shown, age)
-
-
-async def _iterator_age(
-    mapping: MappingConfig, source: StreamSource, shard: ShardInfo, seq: str | None
-) -> str:
-    if seq is not None:
-        position = Position("AFTER_SEQUENCE_NUMBER", seq)
-    elif shard.parent_ids or mapping.starting_position != "LATEST":
-        position = Position("TRIM_HORIZON")
-    else:
-        return "0s"
-    try:
-        iterator = await source.iterator_at(shard.shard_id, position)
-        result = await source.read(shard.shard_id, iterator)
-    except Exception as exc:
-        return f"? ({type(exc).__name__})"
-    if result.records:
-        seconds = max(0.0, time.time() - result.records[0].arrival)
-    elif result.millis_behind is not None:
-        seconds = result.millis_behind / 1000
-    else:
-        seconds = 0.0
-    return f"{seconds:.0f}s"
 
 
 def print_status(config: Config) -> int:

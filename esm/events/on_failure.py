@@ -9,6 +9,7 @@ destinations also store the batch as it was sent (`payload`) under AWS's key lay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,7 +21,8 @@ Condition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]
 
 @dataclass(frozen=True)
 class GivenUpBatch:
-    source: Literal["kinesis", "dynamodb"]
+    source: str
+    """The family's registry name; its `BATCH_INFO` shape names the record's batch info."""
     shard_id: str
     stream_arn: str
     function_arn: str
@@ -47,9 +49,27 @@ def iso_seconds(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _arrival(epoch_seconds: float, source: str) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, UTC)
-    return iso_millis(moment) if source == "kinesis" else iso_seconds(moment)
+@dataclass(frozen=True)
+class BatchInfoShape:
+    """How one stream family describes the batch in its on-failure record."""
+
+    key: str
+    """`KinesisBatchInfo` or `DDBStreamBatchInfo`."""
+    arrival: Callable[[datetime], str]
+    """Arrival times: milliseconds for Kinesis, whole seconds for DynamoDB (as recorded)."""
+
+
+KINESIS_BATCH_INFO = BatchInfoShape("KinesisBatchInfo", iso_millis)
+DYNAMODB_BATCH_INFO = BatchInfoShape("DDBStreamBatchInfo", iso_seconds)
+BATCH_INFO: dict[str, BatchInfoShape] = {
+    "kinesis": KINESIS_BATCH_INFO,
+    "dynamodb": DYNAMODB_BATCH_INFO,
+}
+"""Per stream family, by its registry name (`GivenUpBatch.source`)."""
+
+
+def _arrival(epoch_seconds: float, shape: BatchInfoShape) -> str:
+    return shape.arrival(datetime.fromtimestamp(epoch_seconds, UTC))
 
 
 def failure_record(batch: GivenUpBatch, *, now: datetime) -> dict[str, Any]:
@@ -70,13 +90,13 @@ def failure_record(batch: GivenUpBatch, *, now: datetime) -> dict[str, Any]:
         }
     record["version"] = "1.0"
     record["timestamp"] = iso_millis(now)
-    info_key = "KinesisBatchInfo" if batch.source == "kinesis" else "DDBStreamBatchInfo"
-    record[info_key] = {
+    shape = BATCH_INFO[batch.source]
+    record[shape.key] = {
         "shardId": batch.shard_id,
         "startSequenceNumber": batch.start_sequence_number,
         "endSequenceNumber": batch.end_sequence_number,
-        "approximateArrivalOfFirstRecord": _arrival(batch.first_arrival, batch.source),
-        "approximateArrivalOfLastRecord": _arrival(batch.last_arrival, batch.source),
+        "approximateArrivalOfFirstRecord": _arrival(batch.first_arrival, shape),
+        "approximateArrivalOfLastRecord": _arrival(batch.last_arrival, shape),
         "batchSize": batch.batch_size,
         "streamArn": batch.stream_arn,
     }

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esm.arns import ArnError, parse_source_arn
+from esm.arns import ArnError
 from esm.build import BUILD_DIR
 from esm.importer.intrinsics import NO_VALUE, Resolver, Unresolved
+from esm.sources.registry import parse_source_arn
 
 SAM_FUNCTION = "AWS::Serverless::Function"
 LAMBDA_FUNCTION = "AWS::Lambda::Function"

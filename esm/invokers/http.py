@@ -7,7 +7,7 @@ there as JSON, like an invocation:
   work); an empty body is null; a body that is not JSON is an invalid response (full
   failure with ReportBatchItemFailures, success without);
 - 429 and 503: the function could not run (a throttle): retried with backoff by
-  `esm.functions.Function`, never counted as a function error;
+  `esm.invokers.Function`, never counted as a function error;
 - a connection that cannot be made: also a throttle (the application is not up yet);
 - any other status, a redirect included (never followed, so the token cannot leak to
   another host): a function error carrying the body (a Lambda error document in the body
@@ -39,7 +39,7 @@ import orjson
 
 from esm.config import FunctionConfig
 from esm.errors import HandlerLoadError
-from esm.invocation import (
+from esm.invokers.result import (
     MAX_RESPONSE_BYTES,
     FunctionFailure,
     InvocationResult,

@@ -11,7 +11,7 @@ source mappings read them:
 - `X-Amz-Function-Error: Unhandled|Handled` (boto3's `FunctionError`): a function error
   carrying the payload's error document;
 - `TooManyRequestsException` (429), 5xx service errors and an unreachable endpoint: the
-  function could not run, a throttle retried with backoff by `esm.functions.Function`;
+  function could not run, a throttle retried with backoff by `esm.invokers.Function`;
 - `ResourceNotFoundException` / access denied: also not run; logged as a warning and
   retried the same way, so a missing function or permission never deletes a message;
 - other request errors (4xx): a function error typed by the error code;
@@ -52,7 +52,7 @@ from botocore.exceptions import (
 )
 
 from esm.config import FunctionConfig
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers.result import FunctionFailure, InvocationResult
 from esm.invokers.runtime_api import failure_from_error_body
 from esm.observability import get_logger
 

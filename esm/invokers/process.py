@@ -65,7 +65,7 @@ import orjson
 
 from esm import lambda_environment
 from esm.config import DaemonConfig, FunctionConfig
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers.result import FunctionFailure, InvocationResult
 from esm.invokers.runtime_api import Invocation, InvocationChannel, RuntimeApiEndpoint
 from esm.observability import get_logger
 

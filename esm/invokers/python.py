@@ -38,7 +38,7 @@ import anyio.to_thread
 from esm import lambda_environment
 from esm.config import DaemonConfig, FunctionConfig
 from esm.errors import HandlerLoadError
-from esm.invocation import (
+from esm.invokers.result import (
     MAX_RESPONSE_BYTES,
     FunctionFailure,
     InvocationResult,

@@ -46,7 +46,7 @@ import anyio.to_thread
 import orjson
 from aiohttp import web
 
-from esm.invocation import MAX_RESPONSE_BYTES, FunctionFailure, response_too_large
+from esm.invokers.result import MAX_RESPONSE_BYTES, FunctionFailure, response_too_large
 
 API_PREFIX = "/2018-06-01/runtime"
 """Lambda's limit for a synchronous invocation's response payload."""

@@ -4,8 +4,8 @@ It reads each request whole, then, by its current `mode`, forwards it on a fresh
 connection or misbehaves: resets the connection, stalls, adds latency, goes silent
 (half-open), answers a share of requests with a throttling error in the protocol of the
 service asked (AWS JSON `__type`, or a bare 503), or rejects every request's credentials
-as AWS does when a key is revoked (moto itself accepts any credentials). It counts requests per second so a test
-can check that esm backs off instead of looping.
+as AWS does when a key is revoked (moto itself accepts any credentials). It counts requests
+per second so a test can check that esm backs off instead of looping.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 THROTTLE_ERRORS = (
     (
         400,
-        b'{"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded for shard"}',
+        b'{"__type": "ProvisionedThroughputExceededException",'
+        b' "message": "Rate exceeded for shard"}',
     ),
     (400, b'{"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded"}'),
     (400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'),
@@ -116,7 +117,10 @@ class FaultProxy:
             await writer.drain()
             return True
         if mode == "deny":
-            body = b'{"__type": "UnrecognizedClientException", "message": "The security token included in the request is invalid."}'
+            body = (
+                b'{"__type": "UnrecognizedClientException", "message": "The'
+                b' security token included in the request is invalid."}'
+            )
             writer.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -140,10 +144,11 @@ class FaultProxy:
         finally:
             writer.close()
         rhead, _, rbody = response.partition(b"\r\n\r\n")
-        rlines = [l for l in rhead.split(b"\r\n") if not l.lower().startswith(b"connection:")]
-        if not any(
-            l.lower().startswith((b"content-length:", b"transfer-encoding:")) for l in rlines
-        ):
+        rlines = [
+            line for line in rhead.split(b"\r\n") if not line.lower().startswith(b"connection:")
+        ]
+        framing = (b"content-length:", b"transfer-encoding:")
+        if not any(line.lower().startswith(framing) for line in rlines):
             rlines.append(b"Content-Length: %d" % len(rbody))
         return b"\r\n".join(rlines) + b"\r\n\r\n" + rbody
 

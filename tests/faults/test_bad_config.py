@@ -469,8 +469,10 @@ def parsed(data: bytes) -> Any:
 
     try:
         return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError):
-        return None  # ValueError: an integer past Python's 4,300-digit conversion limit
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return None
+    except ValueError:  # an integer of more than 4,300 digits: esm says "not valid TOML" too
+        return None
 
 
 def validate_in_process(path: Path) -> tuple[int | None, str, str]:

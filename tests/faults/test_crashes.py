@@ -4,6 +4,7 @@ only come from batches that were in flight at a kill."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import subprocess
@@ -120,10 +121,8 @@ def test_sigkill_at_random_moments_loses_nothing(endpoint, unique, tmp_path):  #
         try:
             wait_for_http(f"http://127.0.0.1:{port}/healthz")
             # Kill at a seeded moment: sometimes during startup, mostly mid-batch.
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=rng.uniform(0.05, 1.2))
-            except subprocess.TimeoutExpired:
-                pass
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1

@@ -38,7 +38,7 @@ from structlog.testing import capture_logs
 
 from esm.batch_response import BatchVerdict, judge, parse_batch_item_failures
 from esm.config import FunctionConfig, parse_config
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers import FunctionFailure, InvocationResult
 from esm.invokers.python import PythonInvoker
 
 SEED = 20261124

@@ -36,7 +36,7 @@ from fake_endpoints import self_signed_tls, serve
 
 from esm.config import DaemonConfig, parse_config
 from esm.errors import ConfigError
-from esm.functions import create_invoker
+from esm.invokers import create_invoker
 from esm.invokers.runtime_api import InvocationChannel, RuntimeApiEndpoint
 
 SEED = 20261124

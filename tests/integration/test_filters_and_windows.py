@@ -99,7 +99,8 @@ def test_invalid_filter_pattern_is_a_config_error_naming_the_filter() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(raw)
     assert caught.value.problems == [
-        'mappings[0].filter_criteria.filters[1].pattern: body.n: "numeric" needs a list of operator/number pairs, like [">", 0, "<=", 5]'
+        'mappings[0].filter_criteria.filters[1].pattern: body.n: "numeric"'
+        ' needs a list of operator/number pairs, like [">", 0, "<=", 5]'
     ]
 
 

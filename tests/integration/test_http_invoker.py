@@ -14,7 +14,7 @@ from test_sqs_mapping import make_queue, mapping
 
 from esm.config import Config, FunctionConfig, parse_config
 from esm.errors import HandlerLoadError
-from esm.functions import Function, create_invoker, function_concurrency
+from esm.invokers import Function, create_invoker, function_concurrency
 from esm.invokers.http import HttpInvoker
 from esm.observability import Metrics
 

@@ -1,4 +1,5 @@
-"""Kinesis mappings against a real moto server: order, retries, bisect, destinations, checkpoints."""
+"""Kinesis mappings against a real moto server: order, retries, bisect, destinations,
+checkpoints."""
 
 from __future__ import annotations
 

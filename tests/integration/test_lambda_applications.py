@@ -20,8 +20,7 @@ from conftest import HANDLERS, free_port, wait_for_http, wait_until
 from test_sqs_mapping import make_queue, mapping, queue_depth
 
 from esm.config import ConfigError, DaemonConfig, FunctionConfig, parse_config
-from esm.functions import create_invoker
-from esm.invocation import InvocationResult
+from esm.invokers import InvocationResult, create_invoker
 
 APPS = HANDLERS / "lambda_apps"
 

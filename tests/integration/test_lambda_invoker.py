@@ -12,7 +12,7 @@ from fake_endpoints import InvokeApi, serve
 from test_sqs_mapping import make_queue, mapping
 
 from esm.config import Config, DaemonConfig, FunctionConfig, parse_config
-from esm.functions import Function, create_invoker, function_concurrency
+from esm.invokers import Function, create_invoker, function_concurrency
 from esm.observability import Metrics
 
 ARN = "arn:aws:lambda:eu-west-1:123456789012:function:orders:live"

@@ -19,8 +19,7 @@ from conftest import HANDLERS, build_config, wait_until
 from test_sqs_mapping import make_queue, mapping, queue_depth
 
 from esm.config import FunctionConfig, parse_config
-from esm.functions import Function, create_invoker, function_concurrency
-from esm.invocation import InvocationResult
+from esm.invokers import Function, InvocationResult, create_invoker, function_concurrency
 from esm.invokers.process import ProcessInvoker
 from esm.observability import Metrics
 

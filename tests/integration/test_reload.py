@@ -11,7 +11,6 @@ import recorder
 from conftest import HANDLERS, build_config, free_port, wait_for_http, wait_until
 from test_sqs_mapping import make_queue, mapping
 
-
 # Short visibility timeouts: a long poll cancelled when a mapping stops may still take a
 # message on the server side (its response goes nowhere); the message then reappears soon.
 QUEUE = {"VisibilityTimeout": "2"}

@@ -377,10 +377,10 @@ def test_provisioned_pollers_stay_at_their_minimum_and_deliver(endpoint, sqs, un
     import anyio
 
     from esm.aws import AwsClients
-    from esm.functions import create_functions
+    from esm.invokers import create_functions
     from esm.observability import Metrics
     from esm.sources.sqs import SqsMapping
-    from esm.sources.sqs_scaling import ProvisionedPollers
+    from esm.sources.sqs.scaling import ProvisionedPollers
 
     url, arn = make_queue(sqs, f"prov-{unique}")
     config = build_config(endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn)])

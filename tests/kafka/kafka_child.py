@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 
 from esm.config import FunctionConfig, _Table
-from esm.functions import Function
+from esm.invokers import Function
 from esm.invokers.python import PythonInvoker
 from esm.observability import Metrics
 from esm.sources.kafka.config import parse_kafka_mapping

@@ -9,7 +9,7 @@ import pytest
 from test_kafka_config import self_managed
 
 from esm.batch_response import judge
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers import FunctionFailure, InvocationResult
 from esm.sources.kafka.items import OffsetPositions, item_identifier, retry_rules
 from esm.sources.streams.policy import (
     Bisect,

@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.parser.models import KafkaSelfManagedEventM
 from conftest import KafkaTopic
 
 from esm.config import FunctionConfig, _Table
-from esm.functions import Function
+from esm.invokers import Function
 from esm.invokers.python import PythonInvoker
 from esm.observability import Metrics
 from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping

@@ -20,7 +20,7 @@ from anyio.from_thread import start_blocking_portal
 
 from esm.aws import AwsClients
 from esm.config import DaemonConfig, FunctionConfig
-from esm.functions import Function, create_invoker
+from esm.invokers import Function, create_invoker
 from esm.observability import Metrics
 from esm.sources.mq import MqMapping, parse_mq_mapping
 

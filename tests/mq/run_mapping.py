@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 
 from esm.config import FunctionConfig
-from esm.functions import Function, create_invoker
+from esm.invokers import Function, create_invoker
 from esm.observability import Metrics, configure_logging
 from esm.sources.mq import MqMapping, parse_mq_mapping
 

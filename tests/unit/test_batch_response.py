@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esm.batch_response import judge, parse_batch_item_failures
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers import FunctionFailure, InvocationResult
 
 IDS = {"a", "b", "c"}
 

@@ -78,7 +78,8 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ),
         (
             {"event_source_arn": QUEUE, "batch_size": 50},
-            "mappings[0].maximum_batching_window_in_seconds: must be at least 1 when batch_size is above 10",
+            "mappings[0].maximum_batching_window_in_seconds:"
+            " must be at least 1 when batch_size is above 10",
         ),
         (
             {"event_source_arn": QUEUE, "maximum_batching_window_in_seconds": 301},
@@ -111,7 +112,8 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ),
         (
             {"event_source_arn": "arn:aws:s3:::bucket"},
-            "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is not an SQS queue, Kinesis stream or DynamoDB stream ARN",
+            "mappings[0].event_source_arn: 'arn:aws:s3:::bucket' is"
+            " not an SQS queue, Kinesis stream or DynamoDB stream ARN",
         ),
         ({"event_source_arn": "orders"}, "mappings[0].event_source_arn: 'orders' is not an ARN"),
         ({}, "mappings[0].event_source_arn: is required"),
@@ -122,7 +124,8 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ({"event_source_arn": STREAM}, "mappings[0].starting_position: is required"),
         (
             {"event_source_arn": STREAM, "starting_position": "EARLIEST"},
-            "mappings[0].starting_position: 'EARLIEST' is not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP",
+            "mappings[0].starting_position: 'EARLIEST' is"
+            " not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP",
         ),
         (
             {
@@ -134,7 +137,8 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
         ),
         (
             {"event_source_arn": STREAM, "starting_position": "AT_TIMESTAMP"},
-            "mappings[0].starting_position_timestamp: is required when starting_position is AT_TIMESTAMP",
+            "mappings[0].starting_position_timestamp: is"
+            " required when starting_position is AT_TIMESTAMP",
         ),
         (
             {
@@ -158,7 +162,8 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
                 "starting_position": "LATEST",
                 "maximum_record_age_in_seconds": 30,
             },
-            "mappings[0].maximum_record_age_in_seconds: 30 is not allowed: use -1 (infinite) or 60..604800",
+            "mappings[0].maximum_record_age_in_seconds: 30"
+            " is not allowed: use -1 (infinite) or 60..604800",
         ),
         (
             {
@@ -176,7 +181,9 @@ def test_stream_mapping_defaults_to_batch_size_100() -> None:
                     "on_failure": {"destination": "arn:aws:lambda:us-east-1:1:function:x"}
                 },
             },
-            "mappings[0].destination_config.on_failure.destination: 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue, SNS topic or S3 bucket ARN",
+            "mappings[0].destination_config.on_failure.destination:"
+            " 'arn:aws:lambda:us-east-1:1:function:x' is not an SQS queue,"
+            " SNS topic or S3 bucket ARN",
         ),
         (
             {
@@ -433,7 +440,8 @@ def test_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: P
     path = tmp_path / "bad.toml"
     path.write_text(
         '[functions.f]\nhandler = "app.handle"\n'
-        '[[mappings]]\nfunction = "f"\nevent_source_arn = "arn:aws:sqs:us-east-1:1:q"\nbatch_size = 20000\n'
+        '[[mappings]]\nfunction = "f"\nevent_source_arn = "arn:aws:sqs:us-east-1:1:q"\n'
+        "batch_size = 20000\n"
     )
     result = run_cli("validate", "-c", str(path))
     assert result.returncode == 2
@@ -581,7 +589,8 @@ def test_lambda_kind_accepts_names_qualifiers_and_arns() -> None:
         ),
         (
             {"kind": "http", "url": "http://h/", "function_name": "f"},
-            "functions.x.function_name: does not apply to kind = 'http' (it applies to kind 'lambda')",
+            "functions.x.function_name: does not apply to"
+            " kind = 'http' (it applies to kind 'lambda')",
         ),
         ({"kind": "lambda"}, "functions.x.function_name: is required"),
         (

@@ -53,7 +53,8 @@ def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> No
             },
             "eventSource": "aws:kinesis",
             "eventVersion": "1.0",
-            "eventID": "shardId-000000000006:49590338271490256608559692538361571095921575989136588898",
+            "eventID": "shardId-000000000006:"
+            "49590338271490256608559692538361571095921575989136588898",
             "eventName": "aws:kinesis:record",
             "invokeIdentityArn": "arn:aws:iam::123456789012:role/esm",
             "awsRegion": "us-east-2",

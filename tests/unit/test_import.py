@@ -219,7 +219,8 @@ def test_unresolved_arns_are_placeholders_that_validate_rejects_by_key(tmp_path:
     }
     assert (
         "mappings[0].event_source_arn: <unresolved: !GetAtt OrdersQueue.Arn - pass --param"
-        " OrdersQueueArn=... or --stack-name> is a placeholder left by esm import: set the real value"
+        " OrdersQueueArn=... or --stack-name> is a"
+        " placeholder left by esm import: set the real value"
     ) in problems
     assert any(
         "mappings[0].event_source_arn, mappings[3].event_source_arn" in line for line in report

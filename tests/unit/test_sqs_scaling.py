@@ -1,10 +1,10 @@
-"""esm.sources.sqs_scaling: Lambda's SQS scaling numbers and provisioned_poller_config."""
+"""esm.sources.sqs.scaling: Lambda's SQS scaling numbers and provisioned_poller_config."""
 
 from __future__ import annotations
 
 import pytest
 
-from esm.sources.sqs_scaling import (
+from esm.sources.sqs.scaling import (
     ProvisionedPollers,
     parse_provisioned_poller_config,
     scaling_plan,

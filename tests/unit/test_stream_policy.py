@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esm.batch_response import BatchVerdict, judge, string_identifier
-from esm.invocation import FunctionFailure, InvocationResult
+from esm.invokers import FunctionFailure, InvocationResult
 from esm.sources.streams.policy import (
     DESTINATION_RETRY_CAP,
     RETRY_BACKOFF,

@@ -45,8 +45,8 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from esm.batch_response import judge
 from esm.filtering import FilterSet
-from esm.functions import Function
-from esm.invocation import MAX_RESPONSE_BYTES, InvocationResult
+from esm.invokers import Function
+from esm.invokers.result import MAX_RESPONSE_BYTES, InvocationResult
 from esm.observability import Metrics, get_logger
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import (

@@ -33,7 +33,7 @@ from esm.aws import AwsClients
 from esm.batching import MAX_PAYLOAD_BYTES, BatchBudget
 from esm.errors import EsmError
 from esm.filtering import FilterSet, kinesis_filter_view
-from esm.functions import Function
+from esm.invokers import Function
 from esm.observability import Metrics, get_logger
 from esm.sources.mq.config import MqMappingConfig
 from esm.sources.mq.metrics import mq_metrics

@@ -1,19 +1,21 @@
 """What every shard poller of one stream mapping shares with it (config, source, function,
-store, destination, metrics) and its own stop event."""
+store, destination, the mapping's bound metrics, its envelope) and its own stop event."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from esm.config import MappingConfig
 from esm.destinations import OnFailureDestination
+from esm.events.envelope import records_envelope
 from esm.filtering import FilterSet
-from esm.functions import Function
 from esm.idle_pacing import DEFAULT_IDLE_SHARD_READS_PER_SECOND, IdleReadPacer
-from esm.observability import Metrics
+from esm.invokers import Function
+from esm.observability import MappingMetrics
+from esm.sources.streams.config import StreamMappingConfig
 from esm.sources.streams.records import StreamSource
 from esm.state.base import CheckpointStore
 
@@ -22,11 +24,11 @@ from esm.state.base import CheckpointStore
 class ShardContext:
     """What a shard poller shares with its mapping."""
 
-    config: MappingConfig
+    config: StreamMappingConfig
     source: StreamSource
     function: Function
     store: CheckpointStore
-    metrics: Metrics
+    metrics: MappingMetrics
     filters: FilterSet | None
     filter_view: Any
     destination: OnFailureDestination | None
@@ -36,3 +38,5 @@ class ShardContext:
         default_factory=lambda: IdleReadPacer(DEFAULT_IDLE_SHARD_READS_PER_SECOND)
     )
     """Shared by every mapping of the daemon: one budget of reads for caught-up shards."""
+    envelope: Callable[[list[Any]], dict[str, Any]] = records_envelope
+    """The family's invocation event of a batch (esm/sources/registry.py)."""

@@ -35,10 +35,9 @@ class OnFailure:
         self._log = log
         self._pause = pause
         self._owned = owned
-        m = ctx.config.name
-        self._m_dropped = ctx.metrics.dropped.labels(m)
-        self._m_delivered = ctx.metrics.on_failure_delivered.labels(m)
-        self._m_delivery_failures = ctx.metrics.destination_delivery_failures.labels(m)
+        self._m_dropped = ctx.metrics.dropped
+        self._m_delivered = ctx.metrics.on_failure_delivered
+        self._m_delivery_failures = ctx.metrics.destination_delivery_failures
 
     async def give_up(
         self,
@@ -82,7 +81,7 @@ class OnFailure:
         record = failure_record(given_up, now=now)
         s3_object = None
         if ctx.destination.arn.split(":")[2] == "s3":
-            payload = {"Records": [r.event for r in batch]}
+            payload = ctx.envelope([r.event for r in batch])
             s3_object = s3_failure_object(given_up, payload, now=now, object_uuid=str(uuid.uuid4()))
         delay = RETRY_BACKOFF[0]
         while True:

@@ -27,7 +27,7 @@ import anyio
 
 from esm.batch_response import BatchVerdict, judge
 from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget, fitting_prefix
-from esm.invocation import InvocationResult
+from esm.invokers import InvocationResult
 from esm.sources.streams.context import ShardContext
 from esm.sources.streams.give_up import OnFailure
 from esm.sources.streams.policy import (
@@ -139,12 +139,11 @@ class Lane:
             report_batch_item_failures=config.report_batch_item_failures,
         )
         self._on_failure = OnFailure(ctx, shard.shard_id, self._log, self._pause, shard.owned)
-        m = config.name
         metrics = ctx.metrics
-        self._m_invoked = metrics.invoked.labels(m)
-        self._m_failed = metrics.failed_invoke.labels(m)
-        self._m_batch = metrics.batch_size.labels(m)
-        self._m_in_flight = metrics.in_flight.labels(m)
+        self._m_invoked = metrics.invoked
+        self._m_failed = metrics.failed_invoke
+        self._m_batch = metrics.batch_size
+        self._m_in_flight = metrics.in_flight
 
     @property
     def buffered(self) -> int:
@@ -400,7 +399,7 @@ class Lane:
         self._m_invoked.inc(len(batch))
         records = [r.event for r in batch]
         if self.window is None:
-            return await self.ctx.function.invoke({"Records": records})
+            return await self.ctx.function.invoke(self.ctx.envelope(records))
         event = window_event(
             records,
             self.window,

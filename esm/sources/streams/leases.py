@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from esm.observability import Metrics, get_logger
+from esm.observability import MappingMetrics, get_logger
 from esm.sources.streams.records import ShardInfo
 from esm.state.dynamodb import DynamoDBCheckpointStore, HeldLease, Lease, lease_key
 
@@ -189,7 +189,7 @@ class LeaseCoordinator:
         self,
         store: DynamoDBCheckpointStore,
         mapping: str,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         *,
         initial_checkpoint: str,
         on_change: Callable[[], None],
@@ -208,9 +208,9 @@ class LeaseCoordinator:
         self._taking = anyio.Lock()
         """Held by a take until its lease is in `held`, and by the incarnation restarts: a
         lease taken while a restart runs would be seen neither as scanned nor as held."""
-        self._m_held = metrics.leases_held.labels(mapping)
-        self._m_taken = metrics.leases_taken.labels(mapping)
-        self._m_lost = metrics.leases_lost.labels(mapping)
+        self._m_held = metrics.leases_held
+        self._m_taken = metrics.leases_taken
+        self._m_lost = metrics.leases_lost
         self._log = log.bind(mapping=mapping, worker=self.worker)
 
     def held(self) -> dict[str, HeldLease]:

@@ -28,12 +28,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from esm.aws import AwsClients
-from esm.config import MappingConfig
 from esm.destinations import create_destination
-from esm.filtering import FilterSet, dynamodb_filter_view, kinesis_filter_view
-from esm.functions import Function
+from esm.filtering import FilterSet
 from esm.idle_pacing import IdleReadPacer
-from esm.observability import Metrics, get_logger
+from esm.invokers import Function
+from esm.observability import MappingMetrics, get_logger
+from esm.sources.base import MappingRuntime, RuntimeResources
+from esm.sources.registry import family_of, load
+from esm.sources.streams.config import StreamMappingConfig
 from esm.sources.streams.context import ShardContext
 from esm.sources.streams.poller import ShardPoller
 from esm.sources.streams.records import Position, ShardInfo, StreamSource
@@ -54,10 +56,10 @@ class StreamMapping:
 
     def __init__(
         self,
-        config: MappingConfig,
+        config: StreamMappingConfig,
         function: Function,
         aws: AwsClients,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         filters: FilterSet | None,
         store: CheckpointStore,
         idle_pacer: IdleReadPacer,
@@ -66,9 +68,10 @@ class StreamMapping:
         self.name = config.name
         self._listed = False
         """The last shard listing succeeded (and its pollers were started)."""
-        self._m_ready = metrics.ready.labels(config.name)
-        self._m_pollers = metrics.pollers.labels(config.name)
+        self._m_ready = metrics.ready
+        self._m_pollers = metrics.pollers
         self._m_ready.set(0)
+        family = family_of(config)
         source = open_source(config, aws)
         destination_arn = config.on_failure_destination
         self.ctx = ShardContext(
@@ -78,7 +81,8 @@ class StreamMapping:
             store=store,
             metrics=metrics,
             filters=filters,
-            filter_view=kinesis_filter_view if source.family == "kinesis" else dynamodb_filter_view,
+            filter_view=family.filter_view,
+            envelope=family.envelope,
             destination=create_destination(destination_arn, aws) if destination_arn else None,
             mapping_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"esm:mapping:{config.name}")),
             idle_pacer=idle_pacer,
@@ -307,13 +311,24 @@ async def _wait_then_cancel(event: anyio.Event, group: TaskGroup) -> None:
     group.cancel_scope.cancel()
 
 
-def open_source(config: MappingConfig, aws: AwsClients) -> StreamSource:
-    """The Kinesis or DynamoDB Streams adapter of a stream mapping (also `esm status`);
-    the caller closes it with `aclose`."""
-    if config.source.kind == "kinesis":
-        from esm.sources.streams.kinesis import KinesisSource
+def open_source(config: StreamMappingConfig, aws: AwsClients) -> StreamSource:
+    """The family's service adapter of a stream mapping, Kinesis or DynamoDB Streams, as
+    the registry names it (also `esm status`); the caller closes it with `aclose`."""
+    adapter = family_of(config).adapter
+    assert adapter is not None, f"family {config.family} names no stream adapter"
+    source: StreamSource = load(adapter)(config.source, aws)
+    return source
 
-        return KinesisSource(config.source, aws)
-    from esm.sources.streams.dynamodb import DynamoDBStreamSource
 
-    return DynamoDBStreamSource(config.source, aws)
+async def build_runtime(
+    config: StreamMappingConfig,
+    function: Function,
+    filters: FilterSet | None,
+    resources: RuntimeResources,
+) -> MappingRuntime:
+    """The registry's runtime for a Kinesis or DynamoDB Streams mapping."""
+    store = await resources.checkpoint_store()
+    metrics = MappingMetrics(resources.metrics, config.name)
+    return StreamMapping(
+        config, function, resources.aws, metrics, filters, store, resources.idle_pacer
+    )

@@ -73,10 +73,9 @@ class ShardPoller:
         self._progressed = anyio.Event()
         self._reading_done = False
         self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
-        m = ctx.config.name
-        self._m_polled = ctx.metrics.polled.labels(m)
-        self._m_filtered = ctx.metrics.filtered_out.labels(m)
-        self._m_age = ctx.metrics.iterator_age.labels(m, shard.shard_id)
+        self._m_polled = ctx.metrics.polled
+        self._m_filtered = ctx.metrics.filtered_out
+        self._m_age = ctx.metrics.iterator_age(shard.shard_id)
         self._passes = ctx.filters.predicate(ctx.filter_view) if ctx.filters is not None else None
         self.lanes = [
             Lane(self, ctx, i, self._log) for i in range(ctx.config.parallelization_factor)

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from esm.events.envelope import records_envelope
+
 MAX_STATE_BYTES = 1024 * 1024
 
 
@@ -59,7 +61,7 @@ def window_event(
     terminated_early: bool = False,
 ) -> dict[str, Any]:
     return {
-        "Records": records,
+        **records_envelope(records),
         "window": current.window.as_json(),
         "state": current.state,
         "shardId": shard_id,

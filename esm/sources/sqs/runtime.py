@@ -7,7 +7,7 @@ ReportBatchItemFailures only the listed messages stay; on a FIFO queue a failed 
 also keeps every later message of its group in the batch, so the group's order holds.
 
 Concurrency: each receiver has at most one batch in flight. As Lambda does (see
-esm.sources.sqs_scaling), a mapping starts with five receivers, adds up to 300 a minute
+esm.sources.sqs.scaling), a mapping starts with five receivers, adds up to 300 a minute
 while receives come back full, and retires receivers whose receive comes back empty down to
 five again, never above 1,250, `maximum_concurrency` or the function's reserved concurrency;
 `provisioned_poller_config` keeps `minimum_pollers` and scales three times as fast up to
@@ -31,13 +31,15 @@ from esm.aws import AwsClients
 from esm.aws_json import JsonApi, RawJsonApi
 from esm.batch_response import judge
 from esm.batching import BatchBudget
-from esm.config import MappingConfig
 from esm.errors import SourceUnavailable
+from esm.events.envelope import records_envelope
 from esm.events.sqs import sqs_record
 from esm.filtering import FilterSet, sqs_filter_view
-from esm.functions import Function
-from esm.observability import Metrics, get_logger
-from esm.sources.sqs_scaling import ProvisionedPollers, ScalingPlan, scaling_plan
+from esm.invokers import Function
+from esm.observability import MappingMetrics, get_logger
+from esm.sources.base import MappingRuntime, RuntimeResources
+from esm.sources.sqs.config import SqsMappingConfig
+from esm.sources.sqs.scaling import ProvisionedPollers, ScalingPlan, scaling_plan
 
 log = get_logger("esm.sqs")
 
@@ -64,22 +66,33 @@ class Received:
         return self.record["attributes"].get("MessageGroupId")  # type: ignore[no-any-return]
 
 
+async def build_runtime(
+    config: SqsMappingConfig,
+    function: Function,
+    filters: FilterSet | None,
+    resources: RuntimeResources,
+) -> MappingRuntime:
+    """The registry's runtime for an SQS mapping (esm/sources/registry.py)."""
+    metrics = MappingMetrics(resources.metrics, config.name)
+    return SqsMapping(config, function, resources.aws, metrics, filters)
+
+
 class SqsMapping:
     """One [[mappings]] entry whose source is an SQS queue."""
 
     def __init__(
         self,
-        config: MappingConfig,
+        config: SqsMappingConfig,
         function: Function,
         aws: AwsClients,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         filters: FilterSet | None,
         api: RawJsonApi | None = None,
         provisioned: ProvisionedPollers | None = None,
     ) -> None:
         """`api` serves the per-batch calls (receive, delete, release); by default the
         queue's endpoint through esm.aws_json. `provisioned` is the mapping's
-        provisioned_poller_config (by default the config's, once esm.config carries it)."""
+        provisioned_poller_config (by default the config's)."""
         self.config = config
         self.name = config.name
         self.function = function
@@ -90,7 +103,7 @@ class SqsMapping:
         self._queue_arn = config.event_source_arn
         self._region = config.source.region
         if provisioned is None:
-            provisioned = getattr(config, "provisioned_poller_config", None)
+            provisioned = config.provisioned_poller_config
         self.scaling: ScalingPlan = scaling_plan(
             config.maximum_concurrency, function.concurrency, provisioned
         )
@@ -108,16 +121,15 @@ class SqsMapping:
         self._backlog = False
         """A receive came back full since the scaler last looked: messages are waiting."""
         self._log = log.bind(mapping=self.name)
-        m = self.name
-        self._m_polled = metrics.polled.labels(m)
-        self._m_filtered = metrics.filtered_out.labels(m)
-        self._m_invoked = metrics.invoked.labels(m)
-        self._m_failed = metrics.failed_invoke.labels(m)
-        self._m_deleted = metrics.deleted.labels(m)
-        self._m_batch = metrics.batch_size.labels(m)
-        self._m_in_flight = metrics.in_flight.labels(m)
-        self._m_pollers = metrics.pollers.labels(m)
-        self._m_ready = metrics.ready.labels(m)
+        self._m_polled = metrics.polled
+        self._m_filtered = metrics.filtered_out
+        self._m_invoked = metrics.invoked
+        self._m_failed = metrics.failed_invoke
+        self._m_deleted = metrics.deleted
+        self._m_batch = metrics.batch_size
+        self._m_in_flight = metrics.in_flight
+        self._m_pollers = metrics.pollers
+        self._m_ready = metrics.ready
         self._m_ready.set(0)
 
     def stop(self) -> None:
@@ -350,7 +362,7 @@ class SqsMapping:
         """Invoke once; return the ids of messages that must stay in the queue."""
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
-        result = await self.function.invoke({"Records": [m.record for m in batch]})
+        result = await self.function.invoke(records_envelope([m.record for m in batch]))
         ids = {m.message_id for m in batch}
         verdict = judge(result, ids, self.config.report_batch_item_failures)
         failed = ids if verdict.failed_ids is None else set(verdict.failed_ids)

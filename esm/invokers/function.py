@@ -27,7 +27,7 @@ import anyio
 
 from esm.config import DaemonConfig, FunctionConfig
 from esm.errors import HandlerLoadError
-from esm.invocation import InvocationResult, Invoker
+from esm.invokers.result import InvocationResult, Invoker
 from esm.observability import Metrics, get_logger
 
 log = get_logger("esm.functions")

@@ -67,12 +67,11 @@ async def _cpu_per_call(calls: int, call: Callable[[], Any]) -> float:
 
 
 async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, float]:
-    from esm.sources.kinesis import KinesisSource
-
     from esm.arns import parse_source_arn
     from esm.aws import AwsClients
     from esm.config import DaemonConfig
     from esm.sources.streams import Position
+    from esm.sources.streams.kinesis import KinesisSource
 
     source_arn = parse_source_arn(f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}")
     async with AwsClients(DaemonConfig(region=REGION, endpoint_url=endpoint.url)) as aws:

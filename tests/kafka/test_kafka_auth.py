@@ -21,6 +21,8 @@ from esm.sources.kafka.auth import (
 )
 from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping
 
+pytest_plugins = ["kafka_fixtures"]  # the session broker (see kafka_fixtures.py)
+
 pytestmark = pytest.mark.anyio
 MSK_ARN = "arn:aws:kafka:us-east-1:123456789012:cluster/demo/abcd1234-ab12-cd34-ef56-1234567890ab-1"
 

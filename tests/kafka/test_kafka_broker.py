@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from conftest import KafkaTopic
+from kafka_fixtures import KafkaTopic
+
+pytest_plugins = ["kafka_fixtures"]  # the session broker (see kafka_fixtures.py)
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ import kafka_handlers
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from conftest import KafkaTopic
+from kafka_fixtures import KafkaTopic
 from test_kafka_runtime import FAST_GROUP, committed, function, mapping, poll_commits, produce
 
 from esm.aws import AwsClients
@@ -24,6 +24,8 @@ from esm.observability import Metrics
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.onfailure import build_on_failure
 from esm.sources.kafka.runtime import KafkaRuntime
+
+pytest_plugins = ["kafka_fixtures"]  # the session broker (see kafka_fixtures.py)
 
 pytestmark = pytest.mark.anyio
 
@@ -198,7 +200,7 @@ async def test_records_older_than_the_maximum_age_are_given_up_without_invoking(
 async def test_kafka_topic_destination_gets_each_failed_record_with_its_metadata(
     kafka_topic: KafkaTopic, endpoint: str
 ) -> None:
-    from conftest import create_topic
+    from kafka_fixtures import create_topic
 
     dlt = f"{kafka_topic.name}-dlt"
     await create_topic(kafka_topic.bootstrap, dlt, 1)

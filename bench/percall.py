@@ -67,9 +67,9 @@ async def _cpu_per_call(calls: int, call: Callable[[], Any]) -> float:
 
 
 async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, float]:
-    from esm.arns import parse_source_arn
     from esm.aws import AwsClients
     from esm.config import DaemonConfig
+    from esm.sources.registry import parse_source_arn
     from esm.sources.streams import Position
     from esm.sources.streams.kinesis import KinesisSource
 
@@ -94,8 +94,8 @@ async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, flo
 async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str, float]:
     from esm.aws import AwsClients
     from esm.invokers import create_functions
-    from esm.observability import Metrics
-    from esm.sources.sqs import Received, SqsMapping
+    from esm.observability import MappingMetrics, Metrics
+    from esm.sources.sqs.runtime import Received, SqsMapping
 
     config = esm_config(
         [{"name": "percall", "function": "bench", "event_source_arn": _queue_arn(queue)}],
@@ -104,7 +104,13 @@ async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str
     metrics = Metrics()
     function = create_functions(config.functions, metrics)["bench"]
     async with AwsClients(config.daemon, metrics) as aws:
-        mapping = SqsMapping(config.mappings[0], function, aws, metrics, None)
+        mapping = SqsMapping(
+            config.mappings[0],
+            function,
+            aws,
+            MappingMetrics(metrics, config.mappings[0].name),
+            None,
+        )
         try:
             await mapping._resolve_queue()
             receive = {

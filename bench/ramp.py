@@ -46,7 +46,7 @@ async def _ramp(
 ) -> list[tuple[float, int, int, int]]:
     from esm.aws import AwsClients
     from esm.invokers import create_functions
-    from esm.observability import Metrics
+    from esm.observability import MappingMetrics, Metrics
     from esm.sources.sqs import SqsMapping
 
     config = esm_config(
@@ -67,7 +67,12 @@ async def _ramp(
     samples: list[tuple[float, int, int, int]] = []
     async with AwsClients(config.daemon, metrics) as aws:
         mapping = SqsMapping(
-            config.mappings[0], function, aws, metrics, None, provisioned=provisioned
+            config.mappings[0],
+            function,
+            aws,
+            MappingMetrics(metrics, config.mappings[0].name),
+            None,
+            provisioned=provisioned,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(mapping.run)

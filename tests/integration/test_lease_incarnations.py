@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from esm.aws import AwsClients
 from esm.config import DaemonConfig
-from esm.observability import Metrics
+from esm.observability import MappingMetrics, Metrics
 from esm.sources.streams.leases import LeaseCoordinator
 from esm.sources.streams.records import ShardInfo
 from esm.state.base import Checkpoint
@@ -56,7 +56,7 @@ async def leases(endpoint: str) -> AsyncIterator[Fixture]:
         coordinator = LeaseCoordinator(
             store,
             MAPPING,
-            Metrics(),
+            MappingMetrics(Metrics(), MAPPING),
             initial_checkpoint="TRIM_HORIZON",
             on_change=lambda: None,
             stopping=anyio.Event(),

@@ -378,7 +378,7 @@ def test_provisioned_pollers_stay_at_their_minimum_and_deliver(endpoint, sqs, un
 
     from esm.aws import AwsClients
     from esm.invokers import create_functions
-    from esm.observability import Metrics
+    from esm.observability import MappingMetrics, Metrics
     from esm.sources.sqs import SqsMapping
     from esm.sources.sqs.scaling import ProvisionedPollers
 
@@ -399,7 +399,7 @@ def test_provisioned_pollers_stay_at_their_minimum_and_deliver(endpoint, sqs, un
                 config.mappings[0],
                 function,
                 aws,
-                metrics,
+                MappingMetrics(metrics, config.mappings[0].name),
                 None,
                 provisioned=ProvisionedPollers(minimum_pollers=7, maximum_pollers=20),
             )

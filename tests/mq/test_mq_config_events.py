@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitM
 from pamqp.commands import Basic
 
 from esm.errors import ConfigError
-from esm.sources.mq.config import Credentials, is_mq_mapping, parse_mq_mapping
+from esm.sources.mq.config import Credentials, is_mq_mapping, parse_mq_table
 from esm.sources.mq.events import (
     activemq_event,
     activemq_message,
@@ -28,7 +28,7 @@ RABBIT = {"endpoints": {"RABBITMQ_BROKER_URLS": ["amqp://127.0.0.1:5672"]}}
 
 
 def parse(**table: Any) -> Any:
-    return parse_mq_mapping({"function": "fn", "queues": ["q"], **table}, "mappings[0]", {"fn"})
+    return parse_mq_table({"function": "fn", "queues": ["q"], **table}, "mappings[0]", {"fn"})
 
 
 def problems(**table: Any) -> list[str]:
@@ -64,13 +64,22 @@ def test_self_managed_rabbitmq_with_auth_and_vhost() -> None:
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
-        ({"batch_size": 0}, "mappings[0].batch_size: 0 is outside the allowed range 1 to 10000"),
-        ({"batch_size": 10_001}, "mappings[0].batch_size: 10001 is outside the allowed range"),
-        ({"maximum_batching_window_in_seconds": 301}, "outside the allowed range 0 to 300"),
+        ({"batch_size": 0}, "mappings[0].batch_size: 0 is below the minimum 1 for Amazon MQ"),
+        (
+            {"batch_size": 10_001},
+            "mappings[0].batch_size: 10001 is above the maximum 10000 for Amazon MQ",
+        ),
+        (
+            {"maximum_batching_window_in_seconds": 301},
+            "maximum_batching_window_in_seconds: 301 is above the maximum 300",
+        ),
         ({"queues": ["a", "b"]}, "mappings[0].queues: must be a list of exactly one queue"),
         ({"event_source_arn": "arn:aws:sqs:us-east-1:1:q"}, "is not an Amazon MQ broker ARN"),
         ({"batch_sise": 5}, "mappings[0].batch_sise: unknown key"),
-        ({"scaling_config": {"maximum_concurrency": 0}}, "maximum_concurrency: 0 is outside"),
+        (
+            {"scaling_config": {"maximum_concurrency": 0}},
+            "scaling_config.maximum_concurrency: 0 is below the minimum 1",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_range(table: dict[str, Any], expected: str) -> None:

@@ -186,3 +186,40 @@ def test_validate_names_the_familys_bad_keys(tmp_path: Path, mapping: str, expec
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_esm_reload_restarts_a_changed_mapping_on_one_consumer(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    declare(rabbitmq.url, queue)
+    port = free_port()
+    mapping = f'queues = ["{queue}"]\n' + endpoints("RABBITMQ_BROKER_URLS", rabbitmq.url)
+    config = write_config(tmp_path, port, mapping)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esm", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz")
+        publish(rabbitmq.url, queue, ["before-1", "before-2"])
+        wait_until(lambda: len(handled(tmp_path)) >= 2)
+        config.write_text(config.read_text().replace("batch_size = 10", "batch_size = 3"))
+        reloaded = esm("reload", "-c", str(config))
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        wait_until(lambda: "daemon.reloaded" in log.read_text())
+        assert "mapping.stopped" in log.read_text()  # changed: the old runtime stopped
+        wait_for_http(f"http://127.0.0.1:{port}/readyz")
+        publish(rabbitmq.url, queue, ["after-1", "after-2", "after-3", "after-4"])
+        wait_until(lambda: len(handled(tmp_path)) >= 6)
+        wait_until(lambda: queue_counts(rabbitmq.url, queue) == (0, 1))  # the old one closed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        proc.kill()
+    bodies = sorted(m["body"] for m in handled(tmp_path))
+    assert bodies == ["after-1", "after-2", "after-3", "after-4", "before-1", "before-2"]
+    assert queue_counts(rabbitmq.url, queue) == (0, 0)

@@ -188,8 +188,9 @@ class MqMapping:
         filters: FilterSet | None,
         session_factory: SessionFactory = open_session,
     ) -> None:
-        """`aws` is None for a self-managed broker whose login is not a secret ARN; `filters`
-        are the mapping's compiled FilterCriteria (None: every message passes)."""
+        """`aws` may be None (tests, tools) when nothing calls AWS: a self-managed broker
+        whose login is not a secret ARN. `filters` are the mapping's compiled FilterCriteria
+        (None: every message passes)."""
         self.config = config
         self.name = config.name
         self.function = function

@@ -10,15 +10,32 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from brokers import ACTIVEMQ_USER, Broker
-from conftest import HANDLERS, free_port, wait_for_http
+from brokers import ACTIVEMQ_USER, Broker, free_port
 from helpers import declare, publish, queue_counts, stomp_send, wait_until
 
 pytest_plugins = ["mq_fixtures"]  # the session brokers (see mq_fixtures.py)
+
+HANDLERS = Path(__file__).parents[1] / "handlers"
+"""tests/handlers (not imported from tests/conftest.py: in a full run the name `conftest`
+may be tests/kafka/conftest.py, see mq_fixtures.py)."""
+
+
+def wait_for_http(url: str) -> None:
+    """Until the URL answers 200 (/readyz answers 503 until every mapping consumes)."""
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_until(answers)
 
 
 def write_config(tmp_path: Path, port: int, mapping: str) -> Path:

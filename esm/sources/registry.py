@@ -21,6 +21,8 @@ from esm.config_table import UNRESOLVED_PREFIX, Table
 from esm.events.envelope import records_envelope
 from esm.filtering import dynamodb_filter_view, kinesis_filter_view, sqs_filter_view
 from esm.sources.base import MappingConfig, MappingContext
+from esm.sources.mq.config import is_mq_mapping, mq_filter_view, parse_mq_mapping
+from esm.sources.mq.events import broker_event
 from esm.sources.sqs.config import parse_sqs_mapping
 from esm.sources.streams.config import (
     STREAM_ONLY_KEYS,
@@ -141,8 +143,19 @@ DYNAMODB = SourceFamily(
     status="esm.sources.streams.status:shard_rows",
     ordered=True,
 )
+MQ = SourceFamily(
+    name="mq",
+    recognises=is_mq_mapping,
+    parse=parse_mq_mapping,
+    runtime="esm.sources.mq.runtime:build_runtime",
+    envelope=broker_event,
+    filter_view=mq_filter_view,
+    status="esm.sources.mq.status:queue_rows",
+    ordered=False,
+    given_up_to="dlq",
+)
 
-FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB)
+FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB, MQ)
 """In recognition order; the first ARN family is the default guess for an unusable ARN."""
 BY_NAME: Mapping[str, SourceFamily] = {family.name: family for family in FAMILIES}
 

@@ -7,6 +7,7 @@ Behaviour is chosen by the message body, the way a real function would decide.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import threading
@@ -94,6 +95,20 @@ def write_to_file(event: dict[str, Any], context: Any) -> None:
     seconds = float(os.environ.get("HANDLER_SLEEP", "0"))
     if seconds:
         time.sleep(seconds)
+
+
+def write_broker_messages_to_file(event: dict[str, Any], context: Any) -> None:
+    """For daemons run as subprocesses with Amazon MQ mappings: append each message's
+    decoded data (RabbitMQ's `rmqMessagesByQueue` or ActiveMQ's `messages`) to the file in
+    RECORD_PATH, with the event's source, after the whole batch was read."""
+    if "rmqMessagesByQueue" in event:
+        messages = [m for ms in event["rmqMessagesByQueue"].values() for m in ms]
+    else:
+        messages = list(event["messages"])
+    with open(os.environ["RECORD_PATH"], "a", encoding="utf-8") as f:
+        for m in messages:
+            body = base64.b64decode(m["data"]).decode()
+            f.write(json.dumps({"body": body, "eventSource": event["eventSource"]}) + "\n")
 
 
 class ConcurrencyGauge:

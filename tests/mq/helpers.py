@@ -20,9 +20,11 @@ from anyio.from_thread import start_blocking_portal
 
 from esm.aws import AwsClients
 from esm.config import DaemonConfig, FunctionConfig
+from esm.filtering import FilterSet
 from esm.invokers import Function, create_invoker
-from esm.observability import Metrics
-from esm.sources.mq import MqMapping, parse_mq_mapping
+from esm.observability import MappingMetrics, Metrics
+from esm.sources.mq import MqMapping
+from esm.sources.mq.config import parse_mq_table
 
 HERE = Path(__file__).parent
 
@@ -65,7 +67,7 @@ class RunningMapping:
     def __init__(
         self, table: Mapping[str, Any], endpoint: str | None = None, handler: str = "record"
     ) -> None:
-        self.config = parse_mq_mapping(table, "mappings[0]", {"fn"})
+        self.config = parse_mq_table(table, "mappings[0]", {"fn"})
         self.metrics = Metrics()
         self._stack = ExitStack()
         self.portal = self._stack.enter_context(start_blocking_portal())
@@ -81,7 +83,10 @@ class RunningMapping:
         if endpoint is not None:
             daemon = DaemonConfig(endpoint_url=endpoint)
             self.aws = self.portal.call(_open_aws, daemon, self.metrics)
-        self.mapping = self.portal.call(MqMapping, self.config, function, self.aws, self.metrics)
+        patterns = self.config.filter_patterns
+        filters = FilterSet.compile(patterns) if patterns else None
+        bound = MappingMetrics(self.metrics, self.config.name)
+        self.mapping = self.portal.call(MqMapping, self.config, function, self.aws, bound, filters)
         self.future = self.portal.start_task_soon(self.mapping.run)
 
     @property

@@ -12,19 +12,21 @@ import anyio
 
 from esm.config import FunctionConfig
 from esm.invokers import Function, create_invoker
-from esm.observability import Metrics, configure_logging
-from esm.sources.mq import MqMapping, parse_mq_mapping
+from esm.observability import MappingMetrics, Metrics, configure_logging
+from esm.sources.mq import MqMapping
+from esm.sources.mq.config import parse_mq_table
 
 HERE = Path(__file__).parent
 
 
 async def main(table: dict[str, object]) -> None:
-    config = parse_mq_mapping(table, "mappings[0]", {"fn"})
+    config = parse_mq_table(table, "mappings[0]", {"fn"})
     metrics = Metrics()
     function_config = FunctionConfig(
         name="fn", kind="python", handler="mq_handlers.record", code_path=HERE, timeout=10
     )
-    mapping = MqMapping(config, Function(create_invoker(function_config), metrics), None, metrics)
+    function = Function(create_invoker(function_config), metrics)
+    mapping = MqMapping(config, function, None, MappingMetrics(metrics, config.name), None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(mapping.run)
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:

@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.data_classes.rabbit_mq_event import RabbitM
 from pamqp.commands import Basic
 
 from esm.errors import ConfigError
-from esm.sources.mq.config import Credentials, is_mq_mapping, parse_mq_mapping
+from esm.sources.mq.config import Credentials, is_mq_mapping, parse_mq_table
 from esm.sources.mq.events import (
     activemq_event,
     activemq_message,
@@ -28,7 +28,7 @@ RABBIT = {"endpoints": {"RABBITMQ_BROKER_URLS": ["amqp://127.0.0.1:5672"]}}
 
 
 def parse(**table: Any) -> Any:
-    return parse_mq_mapping({"function": "fn", "queues": ["q"], **table}, "mappings[0]", {"fn"})
+    return parse_mq_table({"function": "fn", "queues": ["q"], **table}, "mappings[0]", {"fn"})
 
 
 def problems(**table: Any) -> list[str]:
@@ -64,13 +64,22 @@ def test_self_managed_rabbitmq_with_auth_and_vhost() -> None:
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
-        ({"batch_size": 0}, "mappings[0].batch_size: 0 is outside the allowed range 1 to 10000"),
-        ({"batch_size": 10_001}, "mappings[0].batch_size: 10001 is outside the allowed range"),
-        ({"maximum_batching_window_in_seconds": 301}, "outside the allowed range 0 to 300"),
+        ({"batch_size": 0}, "mappings[0].batch_size: 0 is below the minimum 1 for Amazon MQ"),
+        (
+            {"batch_size": 10_001},
+            "mappings[0].batch_size: 10001 is above the maximum 10000 for Amazon MQ",
+        ),
+        (
+            {"maximum_batching_window_in_seconds": 301},
+            "maximum_batching_window_in_seconds: 301 is above the maximum 300",
+        ),
         ({"queues": ["a", "b"]}, "mappings[0].queues: must be a list of exactly one queue"),
         ({"event_source_arn": "arn:aws:sqs:us-east-1:1:q"}, "is not an Amazon MQ broker ARN"),
         ({"batch_sise": 5}, "mappings[0].batch_sise: unknown key"),
-        ({"scaling_config": {"maximum_concurrency": 0}}, "maximum_concurrency: 0 is outside"),
+        (
+            {"scaling_config": {"maximum_concurrency": 0}},
+            "scaling_config.maximum_concurrency: 0 is below the minimum 1",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_range(table: dict[str, Any], expected: str) -> None:
@@ -266,3 +275,95 @@ def test_describe_broker_and_secret_from_moto(endpoint: str) -> None:
     assert resolved.urls and all(u.startswith("amqps://") for u in resolved.urls)
     assert (resolved.login.username, resolved.login.password) == ("u", "p")
     assert "p" not in repr(resolved.login).replace("password", "").replace("username", "")
+
+
+# --- Through the registry (what `esm validate` / `esm run` read) ---------------------------
+
+
+def test_registry_recognises_the_familys_tables() -> None:
+    from esm.sources.registry import recognise
+
+    assert recognise({"event_source_arn": ARN}).family.name == "mq"
+    assert recognise({"self_managed_event_source": RABBIT}).family.name == "mq"
+    # An unresolved broker ARN left by `esm import`: `queues` names the family.
+    assert recognise({"event_source_arn": "<unresolved: B>", "queues": ["q"]}).family.name == "mq"
+    # Another service's ARN with `queues` stays that service (queues is then unknown).
+    sqs = {"event_source_arn": "arn:aws:sqs:us-east-1:123456789012:q", "queues": ["q"]}
+    assert recognise(sqs).family.name == "sqs"
+
+
+def test_parse_config_builds_the_familys_config() -> None:
+    from esm.config import parse_config
+    from esm.sources.mq.config import MqMappingConfig
+    from esm.sources.registry import family_of
+
+    raw = {
+        "functions": {"fn": {"handler": "app.handle"}},
+        "mappings": [
+            {"name": "jobs", "function": "fn", "event_source_arn": ARN, "queues": ["jobs"]}
+        ],
+    }
+    (mapping,) = parse_config(raw).mappings
+    assert isinstance(mapping, MqMappingConfig) and mapping.family == "mq"
+    assert family_of(mapping).given_up_to == "dlq" and not family_of(mapping).ordered
+    assert (mapping.queue, mapping.batch_size, mapping.function_response_types) == (
+        "jobs",
+        100,
+        frozenset(),
+    )
+
+
+def test_config_problems_are_listed_by_key_path_each_once() -> None:
+    from esm.config import parse_config
+
+    raw = {
+        "functions": {"fn": {"handler": "app.handle"}},
+        "mappings": [
+            {
+                "function": "nope",
+                "self_managed_event_source": {
+                    "endpoints": {"RABBITMQ_BROKER_URLS": ["<unresolved: Url>"]}
+                },
+                "queues": ["<unresolved: !Ref Queue>"],
+                "source_access_configurations": [{"type": "BASIC_AUTH", "uri": "<unresolved: S>"}],
+                "function_response_types": ["ReportBatchItemFailures"],
+                "batch_sise": 1,
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    found = info.value.problems
+    assert len(found) == len(set(found)) == 6, found
+    expected = [
+        "mappings[0].function: 'nope' is not a [functions.*] entry",
+        "mappings[0].self_managed_event_source.endpoints.RABBITMQ_BROKER_URLS[0]: <unresolved:",
+        "mappings[0].queues[0]: <unresolved: !Ref Queue> is a placeholder",
+        "mappings[0].source_access_configurations[0].uri: <unresolved: S> is a placeholder",
+        "mappings[0].function_response_types: does not apply to Amazon MQ mappings",
+        "mappings[0].batch_sise: unknown key",
+    ]
+    for line in expected:
+        assert any(p.startswith(line) for p in found), (line, found)
+
+
+def test_reading_an_mq_config_imports_no_runtime() -> None:
+    """The package's runtime is imported lazily: reading a config never imports a session,
+    the runtime or the invokers (no import circle through esm.config)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from esm.config import parse_config
+parse_config({{"functions": {{"fn": {{"handler": "app.handle"}}}}, "mappings": [
+    {{"function": "fn", "event_source_arn": "{ARN}", "queues": ["q"]}}]}})
+import esm.sources.mq
+loaded = [m for m in ("esm.sources.mq.runtime", "esm.sources.mq.rabbitmq",
+    "esm.sources.mq.activemq", "esm.invokers.function", "aiormq") if m in sys.modules]
+print(loaded)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from esm.config import _Table
 from esm.errors import ConfigError
 from esm.importer import ImportResult, import_template
 from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping
-from esm.sources.mq.config import MqMappingConfig, parse_mq_mapping
+from esm.sources.mq.config import MqMappingConfig, parse_mq_table
 
 CLUSTER = "arn:aws:kafka:us-east-1:123456789012:cluster/orders/abcd1234-ab12-cd34-ef56-abcdef12-1"
 BROKER = "arn:aws:mq:us-east-1:123456789012:broker:jobs:b-1234a5b6-78cd-901e-2fgh-3i45j6k178l9"
@@ -166,7 +166,7 @@ def kafka(
 
 
 def mq(table: dict[str, Any], functions: set[str]) -> MqMappingConfig:
-    return parse_mq_mapping(table, "mappings[0]", functions)
+    return parse_mq_table(table, "mappings[0]", functions)
 
 
 def test_sam_msk_event_becomes_a_kafka_mapping_the_family_accepts(tmp_path: Path) -> None:
@@ -414,5 +414,7 @@ Resources:
         "mappings[0].event_source_arn: <unresolved: !GetAtt Cluster.Arn - pass --param "
         "ClusterArn=... or --stack-name> is a placeholder left by esm import: set the real value"
     )
-    with pytest.raises(ConfigError, match=r"event_source_arn: '<unresolved: !GetAtt Broker\.Arn"):
+    with pytest.raises(
+        ConfigError, match=r"event_source_arn: <unresolved: !GetAtt Broker\.Arn.* is a placeholder"
+    ):
         mq(jobs, functions)

@@ -80,8 +80,12 @@ def test_the_registry_knows_what_each_family_shows_and_gives_up_to() -> None:
         "sqs": (False, "dlq", False),
         "kinesis": (True, "on_failure", True),
         "dynamodb": (True, "on_failure", True),
+        "mq": (True, "dlq", False),
     }
-    assert all(f.envelope([1]) == {"Records": [1]} for f in FAMILIES)
+    assert all(f.envelope([1]) == {"Records": [1]} for f in FAMILIES if f.name != "mq")
+    mq = next(f for f in FAMILIES if f.name == "mq")
+    assert mq.envelope("rabbitmq", "arn", "q", "/", [1])["rmqMessagesByQueue"] == {"q::/": [1]}
+    assert mq.envelope("activemq", "arn", "q", "/", [1])["messages"] == [1]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from esm.config_table import UNRESOLVED_PREFIX, Table, parse_filter_criteria, quoted_key
 from esm.errors import ConfigError
-from esm.filtering import MAX_FILTERS, MAX_PATTERN_CHARS, validate_pattern
+from esm.filtering import kinesis_filter_view
+from esm.sources.base import MappingConfig, MappingContext
 
 Engine = Literal["rabbitmq", "activemq"]
 
@@ -47,21 +49,6 @@ BROKER_ARN: Final = re.compile(
 """AWS's `broker:NAME:ID`; moto's `broker:ID` is accepted too. The last part is the id."""
 ACCESS_TYPES: Final = ("BASIC_AUTH", "VIRTUAL_HOST")
 SECRET_ARN: Final = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
-MAPPING_KEYS: Final = frozenset(
-    {
-        "name",
-        "function",
-        "enabled",
-        "event_source_arn",
-        "self_managed_event_source",
-        "queues",
-        "source_access_configurations",
-        "batch_size",
-        "maximum_batching_window_in_seconds",
-        "scaling_config",
-        "filter_criteria",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -74,10 +61,8 @@ class Credentials:
     location: str
 
 
-@dataclass(frozen=True)
-class MqMappingConfig:
-    name: str
-    function: str
+@dataclass(frozen=True, kw_only=True)
+class MqMappingConfig(MappingConfig):
     queue: str
     engine: Engine | None
     """None for a broker ARN until DescribeBroker tells its EngineType."""
@@ -85,13 +70,15 @@ class MqMappingConfig:
     broker_urls: tuple[str, ...] = ()
     credentials: Credentials | None = None
     virtual_host: str | None = None
-    enabled: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
     maximum_batching_window_in_seconds: float = DEFAULT_BATCHING_WINDOW
     maximum_concurrency: int | None = None
     """`scaling_config.maximum_concurrency`, esm-only for Amazon MQ: batches in flight at
     once; None means Lambda's fixed limit for the engine."""
-    filter_patterns: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        return "mq"
 
     @property
     def region(self) -> str | None:
@@ -109,31 +96,58 @@ class MqMappingConfig:
 
 
 def is_mq_mapping(raw: Mapping[str, Any]) -> bool:
-    """The hook config.py needs: a `[[mappings]]` table is a broker-queue mapping when its ARN
-    is an Amazon MQ broker or its self-managed endpoints name broker URLs."""
+    """The registry's `recognises`: a `[[mappings]]` table is a broker-queue mapping when its
+    ARN is an Amazon MQ broker, its self-managed endpoints name broker URLs, or it sets
+    `queues` (an Amazon MQ-only key) without an ARN of another service (absent, or a
+    placeholder `esm import` left for an unresolved broker ARN)."""
     arn = raw.get("event_source_arn")
-    if isinstance(arn, str) and arn.startswith("arn:") and arn.split(":")[2:3] == ["mq"]:
+    if isinstance(arn, str) and arn.startswith("arn:"):
+        return arn.split(":")[2:3] == ["mq"]
+    endpoints = raw.get("self_managed_event_source")
+    endpoints = endpoints.get("endpoints") if isinstance(endpoints, Mapping) else None
+    if isinstance(endpoints, Mapping) and any(key in URL_KEYS for key in endpoints):
         return True
-    endpoints = _endpoints_table(raw.get("self_managed_event_source"))
-    return any(key in URL_KEYS for key in endpoints)
+    return "queues" in raw
 
 
-def parse_mq_mapping(
-    raw: Mapping[str, Any], path: str, functions: Collection[str], index: int = 0
-) -> MqMappingConfig:
-    """Validate one `[[mappings]]` table; raise ConfigError listing every problem."""
-    p = _Problems(path)
-    for key in raw:
-        if key not in MAPPING_KEYS:
-            p.add(key, "unknown key for an Amazon MQ mapping")
-    name = _string(p, raw, "name") or f"mapping-{index}"
-    function = _string(p, raw, "function", required=True)
-    if function and function not in functions:
-        p.add("function", f"{function!r} is not a [functions.*] entry")
-    engine, arn, urls = _source(p, raw)
-    queue = _queue(p, raw)
-    credentials, vhost = _access(p, raw, engine)
-    mapping = MqMappingConfig(
+def mq_filter_view(record: dict[str, Any]) -> Any:
+    """What FilterCriteria patterns see of a broker message: its fields with `data` decoded
+    and parsed when it is JSON, the rule Lambda applies to Kinesis records (with-mq,
+    "Event filtering"), so the Kinesis view serves."""
+    return kinesis_filter_view({"kinesis": record})
+
+
+def parse_mq_mapping(t: Table, ctx: MappingContext) -> MqMappingConfig | None:
+    """The registry's parser: every problem goes to the table's list under its key path;
+    None when the mapping cannot run (no usable broker or queue, or any other problem)."""
+    before = len(t.problems)
+    name = t.string("name", f"mapping-{ctx.index}")
+    function = t.string("function", "", required=True)
+    if function and function not in ctx.functions:
+        known = ", ".join(quoted_key(f) for f in sorted(ctx.functions)) or "none defined"
+        t.problem("function", f"{function!r} is not a [functions.*] entry (known: {known})")
+    engine, arn, urls = _source(t)
+    queue = _queue(t)
+    credentials, vhost = _access(t, engine)
+    enabled = t.boolean("enabled", True)
+    batch_size = t.integer("batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE, "Amazon MQ")
+    window = t.number(
+        "maximum_batching_window_in_seconds", DEFAULT_BATCHING_WINDOW, 0, MAX_BATCHING_WINDOW
+    )
+    scaling = t.table("scaling_config")
+    concurrency = scaling.optional_integer("maximum_concurrency", 1, MAX_CONCURRENCY)
+    scaling.finish()
+    patterns = parse_filter_criteria(t)
+    if "function_response_types" in t.raw:
+        t.consume("function_response_types")
+        t.problem(
+            "function_response_types",
+            "does not apply to Amazon MQ mappings (Lambda has no partial batch response for"
+            " them: a failed batch is redelivered whole)",
+        )
+    if len(t.problems) > before or not queue or (engine is None and arn is None):
+        return None
+    return MqMappingConfig(
         name=name,
         function=function,
         queue=queue,
@@ -142,229 +156,132 @@ def parse_mq_mapping(
         broker_urls=urls,
         credentials=credentials,
         virtual_host=vhost,
-        enabled=_boolean(p, raw, "enabled", True),
-        batch_size=int(_number(p, raw, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE, True)),
-        maximum_batching_window_in_seconds=_number(
-            p,
-            raw,
-            "maximum_batching_window_in_seconds",
-            DEFAULT_BATCHING_WINDOW,
-            0,
-            MAX_BATCHING_WINDOW,
-        ),
-        maximum_concurrency=_concurrency(p, raw),
-        filter_patterns=_filters(p, raw),
+        enabled=enabled,
+        batch_size=batch_size,
+        maximum_batching_window_in_seconds=window,
+        maximum_concurrency=concurrency,
+        filter_patterns=patterns,
     )
-    if p.problems:
-        raise ConfigError(p.problems)
-    return mapping
 
 
-class _Problems:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[str] = []
-
-    def add(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}.{key}: {message}" if self.path else f"{key}: {message}")
-
-
-def _string(p: _Problems, raw: Mapping[str, Any], key: str, required: bool = False) -> str:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            p.add(key, "is required")
-        return ""
-    if not isinstance(value, str):
-        p.add(key, f"must be a string, not {value!r}")
-        return ""
-    return value
+def parse_mq_table(
+    raw: Mapping[str, Any], path: str, functions: Collection[str], index: int = 0
+) -> MqMappingConfig:
+    """One table parsed on its own (tests, tools), unknown keys included; raises
+    ConfigError listing every problem."""
+    problems: list[str] = []
+    t = Table(raw, path, problems)
+    config = parse_mq_mapping(t, MappingContext(index, tuple(functions), None))
+    t.finish()
+    if problems or config is None:
+        raise ConfigError(list(dict.fromkeys(problems)) or [f"{path}: not a usable mapping"])
+    return config
 
 
-def _boolean(p: _Problems, raw: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        p.add(key, f"must be true or false, not {value!r}")
-        return default
-    return value
-
-
-def _number(
-    p: _Problems,
-    raw: Mapping[str, Any],
-    key: str,
-    default: float,
-    low: float,
-    high: float,
-    integer: bool = False,
-) -> float:
-    value = raw.get(key)
-    if value is None:
-        return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-    ):
-        p.add(key, f"must be {'an integer' if integer else 'a number'} from {low:g} to {high:g}")
-        return default
-    if not low <= value <= high:
-        p.add(key, f"{value} is outside the allowed range {low:g} to {high:g}")
-        return default
-    return float(value)
-
-
-def _optional_int(
-    p: _Problems, raw: Mapping[str, Any], key: str, low: int, high: int
-) -> int | None:
-    if raw.get(key) is None:
-        return None
-    return int(_number(p, raw, key, low, low, high, integer=True))
-
-
-def _concurrency(p: _Problems, raw: Mapping[str, Any]) -> int | None:
-    """`scaling_config.maximum_concurrency`, the key SQS mappings use (esm-only here)."""
-    scaling = raw.get("scaling_config")
-    if scaling is None:
-        return None
-    if not isinstance(scaling, Mapping) or set(scaling) - {"maximum_concurrency"}:
-        p.add("scaling_config", "must be { maximum_concurrency = N }")
-        return None
-    inner = _Problems(f"{p.path}.scaling_config" if p.path else "scaling_config")
-    value = _optional_int(inner, scaling, "maximum_concurrency", 1, MAX_CONCURRENCY)
-    p.problems.extend(inner.problems)
-    return value
-
-
-def _endpoints_table(value: Any) -> Mapping[str, Any]:
-    if isinstance(value, Mapping) and isinstance(value.get("endpoints"), Mapping):
-        endpoints: Mapping[str, Any] = value["endpoints"]
-        return endpoints
-    return {}
-
-
-def _source(
-    p: _Problems, raw: Mapping[str, Any]
-) -> tuple[Engine | None, str | None, tuple[str, ...]]:
-    arn = raw.get("event_source_arn")
-    managed = raw.get("self_managed_event_source")
-    if (arn is None) == (managed is None):
-        p.add(
+def _source(t: Table) -> tuple[Engine | None, str | None, tuple[str, ...]]:
+    has_arn = "event_source_arn" in t.raw
+    if has_arn == ("self_managed_event_source" in t.raw):
+        t.consume("event_source_arn")
+        t.consume("self_managed_event_source")
+        t.problem(
             "event_source_arn",
             "set exactly one of event_source_arn (an Amazon MQ broker ARN) and "
             "self_managed_event_source",
         )
         return None, None, ()
-    if arn is not None:
-        if not isinstance(arn, str) or not BROKER_ARN.match(arn):
-            p.add(
-                "event_source_arn",
-                f"{arn!r} is not an Amazon MQ broker ARN "
-                "(arn:aws:mq:REGION:ACCOUNT:broker:NAME:ID)",
-            )
-        return None, arn if isinstance(arn, str) else None, ()
-    return _self_managed(p, managed)
-
-
-def _self_managed(p: _Problems, managed: Any) -> tuple[Engine | None, None, tuple[str, ...]]:
-    key = "self_managed_event_source.endpoints"
-    endpoints = _endpoints_table(managed)
-    if not isinstance(managed, Mapping) or set(managed) != {"endpoints"} or len(endpoints) != 1:
-        p.add(key, "must hold exactly one of RABBITMQ_BROKER_URLS or ACTIVEMQ_BROKER_URLS")
+    if not has_arn:
+        return _self_managed(t.table("self_managed_event_source"))
+    arn = t.optional_string("event_source_arn")
+    if arn is None:
+        return None, None, ()  # a placeholder or not a string: already reported
+    if not BROKER_ARN.match(arn):
+        t.problem(
+            "event_source_arn",
+            f"{arn!r} is not an Amazon MQ broker ARN (arn:aws:mq:REGION:ACCOUNT:broker:NAME:ID)",
+        )
         return None, None, ()
-    ((name, urls),) = endpoints.items()
-    engine = URL_KEYS.get(name)
+    return None, arn, ()
+
+
+def _self_managed(managed: Table) -> tuple[Engine | None, None, tuple[str, ...]]:
+    endpoints = managed.table("endpoints")
+    managed.finish()
+    if len(endpoints.raw) != 1:
+        managed.problem(
+            "endpoints", "must hold exactly one of RABBITMQ_BROKER_URLS or ACTIVEMQ_BROKER_URLS"
+        )
+        for key in endpoints.raw:
+            endpoints.consume(key)
+        return None, None, ()
+    (key,) = endpoints.raw
+    urls = endpoints.consume(key)
+    engine = URL_KEYS.get(key)
     if engine is None:
-        p.add(f"{key}.{name}", "unknown; use RABBITMQ_BROKER_URLS or ACTIVEMQ_BROKER_URLS")
+        endpoints.problem(key, "unknown; use RABBITMQ_BROKER_URLS or ACTIVEMQ_BROKER_URLS")
         return None, None, ()
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        p.add(f"{key}.{name}", "must be a non-empty list of broker URLs")
-        return engine, None, ()
+        if urls is not None:  # None: a placeholder, already reported
+            endpoints.problem(key, "must be a non-empty list of broker URLs")
+        return None, None, ()
     schemes = URL_SCHEMES[engine]
+    usable = True
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in schemes or not parts.hostname:
-            p.add(f"{key}.{name}", f"{url!r} is not a {' or '.join(schemes)}://HOST:PORT URL")
+        if url.startswith(UNRESOLVED_PREFIX):
+            usable = False  # reported by consume, under its index
+        elif parts.scheme not in schemes or not parts.hostname:
+            endpoints.problem(key, f"{url!r} is not a {' or '.join(schemes)}://HOST:PORT URL")
+            usable = False
         elif parts.username or parts.password:
-            p.add(
-                f"{key}.{name}",
-                "must not hold credentials; use source_access_configurations BASIC_AUTH",
+            endpoints.problem(
+                key, "must not hold credentials; use source_access_configurations BASIC_AUTH"
             )
-    return engine, None, tuple(urls)
+            usable = False
+    return (engine, None, tuple(urls)) if usable else (None, None, ())
 
 
-def _queue(p: _Problems, raw: Mapping[str, Any]) -> str:
-    queues = raw.get("queues")
-    if (
-        not isinstance(queues, list)
-        or len(queues) != 1
-        or not isinstance(queues[0], str)
-        or not 1 <= len(queues[0]) <= 1000
-    ):
-        p.add("queues", "must be a list of exactly one queue name (1 to 1000 characters)")
-        return ""
-    return queues[0]
+def _queue(t: Table) -> str:
+    present = "queues" in t.raw
+    queues = t.consume("queues")
+    if isinstance(queues, list) and len(queues) == 1 and isinstance(queues[0], str):
+        if queues[0].startswith(UNRESOLVED_PREFIX):
+            return ""  # reported by consume as queues[0]
+        if 1 <= len(queues[0]) <= 1000:
+            return queues[0]
+    if queues is not None or not present:
+        t.problem("queues", "must be a list of exactly one queue name (1 to 1000 characters)")
+    return ""
 
 
-def _access(
-    p: _Problems, raw: Mapping[str, Any], engine: Engine | None
-) -> tuple[Credentials | None, str | None]:
+def _access(t: Table, engine: Engine | None) -> tuple[Credentials | None, str | None]:
     key = "source_access_configurations"
-    entries = raw.get(key, [])
-    if not isinstance(entries, list):
-        p.add(key, "must be a list of { type, uri } tables")
-        return None, None
     found: dict[str, str] = {}
-    for i, entry in enumerate(entries):
-        kind = entry.get("type") if isinstance(entry, Mapping) else None
-        uri = entry.get("uri") if isinstance(entry, Mapping) else None
-        if kind not in ACCESS_TYPES or not isinstance(uri, str) or not uri:
-            p.add(f"{key}[{i}]", f'must be {{ type = {" or ".join(ACCESS_TYPES)}, uri = "..." }}')
+    for entry in t.array_of_tables(key):
+        kind = entry.string("type", "", required=True)
+        uri = entry.string("uri", "", required=True)
+        entry.finish()
+        if kind and kind not in ACCESS_TYPES:
+            entry.problem("type", f"{kind!r} is not one of {', '.join(ACCESS_TYPES)}")
         elif kind in found:
-            p.add(f"{key}[{i}]", f"{kind} appears more than once")
-        else:
-            found[str(kind)] = uri
+            entry.problem("type", f"{kind} appears more than once")
+        elif kind and uri:
+            found[kind] = uri
     vhost = found.get("VIRTUAL_HOST")
     if vhost is not None and engine == "activemq":
-        p.add(key, "VIRTUAL_HOST applies to RabbitMQ brokers only")
-    credentials = _credentials(p, key, found["BASIC_AUTH"]) if "BASIC_AUTH" in found else None
+        t.problem(key, "VIRTUAL_HOST applies to RabbitMQ brokers only")
+    credentials = _credentials(t, key, found["BASIC_AUTH"]) if "BASIC_AUTH" in found else None
     return credentials, vhost
 
 
-def _credentials(p: _Problems, key: str, uri: str) -> Credentials | None:
+def _credentials(t: Table, key: str, uri: str) -> Credentials | None:
     if SECRET_ARN.match(uri):
         return Credentials("secret", uri)
     if uri.startswith("file:") and len(uri) > 5:
         return Credentials("file", uri[5:])
     if re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*", uri):
         return Credentials("env", uri[4:])
-    p.add(
+    t.problem(
         key,
         f"BASIC_AUTH uri {uri!r} must be a Secrets Manager secret ARN, file:PATH or env:PREFIX",
     )
     return None
-
-
-def _filters(p: _Problems, raw: Mapping[str, Any]) -> tuple[str, ...]:
-    criteria = raw.get("filter_criteria")
-    if criteria is None:
-        return ()
-    filters = criteria.get("filters") if isinstance(criteria, Mapping) else None
-    if not isinstance(filters, list):
-        p.add("filter_criteria", 'must be { filters = [ { pattern = "..." } ] }')
-        return ()
-    if len(filters) > MAX_FILTERS:
-        p.add("filter_criteria.filters", f"has {len(filters)}; at most {MAX_FILTERS} are allowed")
-    patterns: list[str] = []
-    for i, entry in enumerate(filters):
-        pattern = entry.get("pattern") if isinstance(entry, Mapping) else None
-        where = f"filter_criteria.filters[{i}].pattern"
-        if not isinstance(pattern, str) or not pattern:
-            p.add(where, "is required (a JSON filter pattern)")
-        elif len(pattern) > MAX_PATTERN_CHARS:
-            p.add(where, f"is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}")
-        elif (problem := validate_pattern(pattern)) is not None:
-            p.add(where, problem)
-        else:
-            patterns.append(pattern)
-    return tuple(patterns)

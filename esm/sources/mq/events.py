@@ -152,6 +152,16 @@ def activemq_event(arn: str, messages: Sequence[dict[str, Any]]) -> dict[str, An
     return {"eventSource": ACTIVEMQ_EVENT_SOURCE, "eventSourceArn": arn, "messages": list(messages)}
 
 
+def broker_event(
+    engine: str, arn: str, queue: str, virtual_host: str, messages: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """A batch's event for either engine (the registry's envelope; each session builds
+    its own engine's directly)."""
+    if engine == "rabbitmq":
+        return rabbitmq_event(arn, queue, virtual_host, messages)
+    return activemq_event(arn, messages)
+
+
 def _physical_name(destination: str) -> str:
     """`/queue/orders` -> `orders`: JMS names a destination without STOMP's prefix."""
     for prefix in ("/queue/", "/topic/", "/temp-queue/", "/temp-topic/"):

@@ -1,8 +1,8 @@
 """The broker-queue family's own metrics, beside the shared ones in esm/observability.py.
 
-Registered once per registry (several mappings share them, labelled by mapping). They move
-into esm/observability.py's `Metrics` when the source-family registry (issue 14) lands;
-until then this module keeps the family self-contained.
+Registered once per registry (several mappings share them, labelled by mapping). They stay
+in the family's package, as the registry allows: only broker-queue mappings count
+acknowledgements, requeues and broker dead-lettering.
 """
 
 from __future__ import annotations

@@ -39,6 +39,25 @@ def connection_url(url: str, broker: Broker, virtual_host: str) -> str:
     return urlunsplit((parts.scheme, netloc, "/" + quote(virtual_host, safe=""), "", ""))
 
 
+async def queue_stats(config: MqMappingConfig, broker: Broker) -> QueueStats:
+    """Ready messages and consumers of the mapping's queue, on a connection of its own that
+    consumes nothing (`esm status`)."""
+    session = RabbitMqSession(config, broker, prefetch=1)
+    connection = await session._connect()
+    try:
+        channel = await connection.channel()
+        try:
+            result = await channel.queue_declare(config.queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise SourceUnavailable(
+                f"queue {config.queue!r} does not exist in virtual host {session.virtual_host!r}"
+            ) from None
+        return QueueStats(int(result.message_count or 0), int(result.consumer_count or 0))
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
 class RabbitMqSession:
     local_redelivery: LocalRedelivery | None = None
 

@@ -32,10 +32,11 @@ from anyio.abc import TaskGroup
 from esm.aws import AwsClients
 from esm.batching import MAX_PAYLOAD_BYTES, BatchBudget
 from esm.errors import EsmError
-from esm.filtering import FilterSet, kinesis_filter_view
+from esm.filtering import FilterSet
 from esm.invokers import Function
-from esm.observability import Metrics, get_logger
-from esm.sources.mq.config import MqMappingConfig
+from esm.observability import MappingMetrics, get_logger
+from esm.sources.base import MappingRuntime, RuntimeResources
+from esm.sources.mq.config import MqMappingConfig, mq_filter_view
 from esm.sources.mq.metrics import mq_metrics
 from esm.sources.mq.resolve import Broker, resolve_broker
 
@@ -164,6 +165,17 @@ def open_session(config: MqMappingConfig, broker: Broker, prefetch: int) -> Brok
     return session
 
 
+async def build_runtime(
+    config: MqMappingConfig,
+    function: Function,
+    filters: FilterSet | None,
+    resources: RuntimeResources,
+) -> MappingRuntime:
+    """The registry's runtime for a broker-queue mapping (esm/sources/registry.py)."""
+    metrics = MappingMetrics(resources.metrics, config.name)
+    return MqMapping(config, function, resources.aws, metrics, filters)
+
+
 class MqMapping:
     """One [[mappings]] entry whose source is a RabbitMQ or ActiveMQ queue."""
 
@@ -172,9 +184,13 @@ class MqMapping:
         config: MqMappingConfig,
         function: Function,
         aws: AwsClients | None,
-        metrics: Metrics,
+        metrics: MappingMetrics,
+        filters: FilterSet | None,
         session_factory: SessionFactory = open_session,
     ) -> None:
+        """`aws` may be None (tests, tools) when nothing calls AWS: a self-managed broker
+        whose login is not a secret ARN. `filters` are the mapping's compiled FilterCriteria
+        (None: every message passes)."""
         self.config = config
         self.name = config.name
         self.function = function
@@ -186,10 +202,7 @@ class MqMapping:
         self._engine: str | None = config.engine
         self._held = 0
         """Deliveries taken out of the buffer into batches and not yet settled."""
-        filters = FilterSet.compile(config.filter_patterns) if config.filter_patterns else None
-        # Amazon MQ filters see the message with `data` decoded and parsed when it is JSON,
-        # the rule Kinesis records follow, so the Kinesis view serves (wrapped).
-        self._passes = filters.predicate(kinesis_filter_view) if filters is not None else None
+        self._passes = filters.predicate(mq_filter_view) if filters is not None else None
         self._session_factory = session_factory
         self._buffer = _Buffer()
         self._poll_scope = anyio.CancelScope()
@@ -198,15 +211,15 @@ class MqMapping:
         self._concurrency = 1
         self._log = log.bind(mapping=self.name)
         m = self.name
-        extra = mq_metrics(metrics.registry)
-        self._m_polled = metrics.polled.labels(m)
-        self._m_filtered = metrics.filtered_out.labels(m)
-        self._m_invoked = metrics.invoked.labels(m)
-        self._m_failed = metrics.failed_invoke.labels(m)
-        self._m_batch = metrics.batch_size.labels(m)
-        self._m_in_flight = metrics.in_flight.labels(m)
-        self._m_pollers = metrics.pollers.labels(m)
-        self._m_ready = metrics.ready.labels(m)
+        extra = mq_metrics(metrics.metrics.registry)
+        self._m_polled = metrics.polled
+        self._m_filtered = metrics.filtered_out
+        self._m_invoked = metrics.invoked
+        self._m_failed = metrics.failed_invoke
+        self._m_batch = metrics.batch_size
+        self._m_in_flight = metrics.in_flight
+        self._m_pollers = metrics.pollers
+        self._m_ready = metrics.ready
         self._m_acked = extra.acknowledged.labels(m)
         self._m_requeued = extra.requeued.labels(m)
         self._m_dead = extra.dead_lettered.labels(m)
@@ -394,7 +407,7 @@ class MqMapping:
         passed: list[Delivery] = []
         filtered: list[Delivery] = []
         for delivery in batch:
-            (passed if passes({"kinesis": delivery.record}) else filtered).append(delivery)
+            (passed if passes(delivery.record) else filtered).append(delivery)
         return passed, filtered
 
     async def _invoke(self, session: BrokerSession, batch: list[Delivery]) -> bool:

@@ -21,6 +21,8 @@ from esm.config_table import UNRESOLVED_PREFIX, Table
 from esm.events.envelope import records_envelope
 from esm.filtering import dynamodb_filter_view, kinesis_filter_view, sqs_filter_view
 from esm.sources.base import MappingConfig, MappingContext
+from esm.sources.kafka.config import is_kafka_mapping, parse_kafka
+from esm.sources.kafka.event import build_event, kafka_filter_view
 from esm.sources.sqs.config import parse_sqs_mapping
 from esm.sources.streams.config import (
     STREAM_ONLY_KEYS,
@@ -142,7 +144,19 @@ DYNAMODB = SourceFamily(
     ordered=True,
 )
 
-FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB)
+KAFKA = SourceFamily(
+    name="kafka",  # self-managed Apache Kafka and Amazon MSK
+    recognises=is_kafka_mapping,
+    parse=parse_kafka,
+    runtime="esm.sources.kafka.runtime:build_runtime",
+    envelope=build_event,
+    filter_view=kafka_filter_view,
+    on_failure="esm.sources.kafka.onfailure:failure_record",
+    status="esm.sources.kafka.status:partition_rows",
+    ordered=True,
+)
+
+FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB, KAFKA)
 """In recognition order; the first ARN family is the default guess for an unusable ARN."""
 BY_NAME: Mapping[str, SourceFamily] = {family.name: family for family in FAMILIES}
 

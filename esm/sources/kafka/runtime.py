@@ -509,7 +509,6 @@ class KafkaRuntime:
                 self._task_group = tg  # before start(): assignments may come at once
                 await consumer.start()
                 self._connected = True
-                self.m.ready.set(1)
                 self.started.set()
                 self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
                 tg.start_soon(self._fetch_loop)
@@ -552,6 +551,7 @@ class KafkaRuntime:
         while True:
             if self._unpositioned:
                 await self._position()
+            self.m.ready.set(1 if self.ready else 0)
             wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
             self._fetching_for = set(wanted)
             fetched: dict[Any, list[Any]] = {}

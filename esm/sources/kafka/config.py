@@ -140,14 +140,24 @@ def default_consumer_group_id(mapping_name: str) -> str:
     return str(uuid.uuid5(_GROUP_NAMESPACE, mapping_name))
 
 
+_SHARED_ENDPOINT_KEYS = frozenset({"self_managed_event_source", "source_access_configurations"})
+"""Keys Lambda's other broker sources (Amazon MQ, self-managed RabbitMQ / ActiveMQ) have too:
+they make a table Kafka's only with KAFKA_BOOTSTRAP_SERVERS among the endpoints."""
+
+
 def is_kafka_mapping(raw: Any) -> bool:
-    """True for a `[[mappings]]` table of the Kafka family (self-managed or an MSK ARN)."""
+    """True for a `[[mappings]]` table of the Kafka family (self-managed or an MSK ARN): the
+    registry's `recognises` hook, asked before any ARN is parsed."""
     if not isinstance(raw, Mapping):
         return False
-    if any(key in raw for key in KAFKA_KEYS):
-        return True
     arn = raw.get("event_source_arn")
-    return isinstance(arn, str) and arn.split(":")[2:3] == ["kafka"]
+    if isinstance(arn, str) and arn.split(":")[2:3] == ["kafka"]:
+        return True
+    if any(key in raw for key in KAFKA_KEYS - _SHARED_ENDPOINT_KEYS):
+        return True
+    source = raw.get("self_managed_event_source")
+    endpoints = source.get("endpoints") if isinstance(source, Mapping) else None
+    return isinstance(endpoints, Mapping) and "KAFKA_BOOTSTRAP_SERVERS" in endpoints
 
 
 def parse_kafka(t: Table, ctx: MappingContext) -> KafkaMappingConfig | None:

@@ -196,3 +196,24 @@ def test_a_broker_that_is_not_up_yet_keeps_the_daemon_running_not_ready(
     finally:
         broker.kill()
         broker.wait(timeout=10)
+
+
+def test_esm_reload_restarts_a_changed_kafka_mapping(
+    kafka_topic: KafkaTopic, tmp_path: Path, daemon: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, kafka_topic.bootstrap, kafka_topic.name, port)
+    proc = daemon(config)
+    _until(lambda: _readyz(port) == 200)
+    # A new consumer group (write_config draws one) and another batch size: a changed mapping.
+    changed = write_config(tmp_path, kafka_topic.bootstrap, kafka_topic.name, port)
+    changed.write_text(changed.read_text().replace("batch_size = 10", "batch_size = 5"))
+    result = esm("reload", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    log = tmp_path / "esm.log"
+    _until(lambda: '"restarted": ["orders"]' in log.read_text())
+    _until(lambda: _readyz(port) == 200)
+    asyncio.run(_produce(kafka_topic.bootstrap, kafka_topic.name, ["after-reload"]))
+    _until(lambda: handled(tmp_path) == ["after-reload"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -23,6 +23,8 @@ from esm.filtering import dynamodb_filter_view, kinesis_filter_view, sqs_filter_
 from esm.sources.base import MappingConfig, MappingContext
 from esm.sources.mq.config import is_mq_mapping, mq_filter_view, parse_mq_mapping
 from esm.sources.mq.events import broker_event
+from esm.sources.kafka.config import is_kafka_mapping, parse_kafka
+from esm.sources.kafka.event import build_event, kafka_filter_view
 from esm.sources.sqs.config import parse_sqs_mapping
 from esm.sources.streams.config import (
     STREAM_ONLY_KEYS,
@@ -155,7 +157,19 @@ MQ = SourceFamily(
     given_up_to="dlq",
 )
 
-FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB, MQ)
+KAFKA = SourceFamily(
+    name="kafka",  # self-managed Apache Kafka and Amazon MSK
+    recognises=is_kafka_mapping,
+    parse=parse_kafka,
+    runtime="esm.sources.kafka.runtime:build_runtime",
+    envelope=build_event,
+    filter_view=kafka_filter_view,
+    on_failure="esm.sources.kafka.onfailure:failure_record",
+    status="esm.sources.kafka.status:partition_rows",
+    ordered=True,
+)
+
+FAMILIES: tuple[SourceFamily, ...] = (SQS, KINESIS, DYNAMODB, KAFKA, MQ)
 """In recognition order; the first ARN family is the default guess for an unusable ARN."""
 BY_NAME: Mapping[str, SourceFamily] = {family.name: family for family in FAMILIES}
 

@@ -204,3 +204,15 @@ def window_without_state(event: dict[str, Any], context: Any) -> dict[str, Any]:
     with _lock:
         WINDOW_EVENTS[event["eventSourceARN"]].append(event)
     return {"batchItemFailures": []}
+
+
+def kafka_write_to_file(event: dict[str, Any], context: Any) -> None:
+    """For daemons run as subprocesses with a Kafka mapping: append `partition offset value`
+    per record (value base64-decoded, as Lambda's Kafka event carries it) to RECORD_PATH."""
+    import base64
+
+    with open(os.environ["RECORD_PATH"], "a", encoding="utf-8") as f:
+        for records in event["records"].values():
+            for r in records:
+                value = base64.b64decode(r["value"]).decode()
+                f.write(f"{r['partition']} {r['offset']} {value}\n")

@@ -174,3 +174,14 @@ def test_failure_handling_keys_are_parsed() -> None:
     assert config.maximum_record_age_in_seconds == 60
     assert config.bisect_batch_on_function_error
     assert config.on_failure_destination == "arn:aws:sqs:us-east-1:1:dlq"
+
+
+def test_recognised_by_its_own_keys_not_by_keys_other_broker_sources_share() -> None:
+    kafka = {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["b1:9092"]}}
+    rabbit = {"endpoints": {"RABBITMQ_BROKER_URLS": ["amqp://mq:5672"]}}
+    basic = [{"type": "BASIC_AUTH", "uri": "env:MQ_SECRET"}]
+    assert is_kafka_mapping({"self_managed_event_source": kafka})
+    assert is_kafka_mapping({"topics": ["orders"]})
+    assert not is_kafka_mapping({"self_managed_event_source": rabbit, "queues": ["q"]})
+    assert not is_kafka_mapping({"source_access_configurations": basic, "queues": ["q"]})
+    assert not is_kafka_mapping({"event_source_arn": "arn:aws:sqs:us-east-1:123456789012:q"})

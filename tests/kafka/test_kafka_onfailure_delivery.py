@@ -46,7 +46,7 @@ async def running_with_destination(
         async with anyio.create_task_group() as tg:
             tg.start_soon(runtime.run)
             yield runtime
-            runtime.request_stop()
+            runtime.stop()
 
 
 def dlq(sqs: Any, unique: str) -> tuple[str, str]:

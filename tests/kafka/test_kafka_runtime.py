@@ -92,7 +92,7 @@ async def running(
     async with anyio.create_task_group() as tg:
         tg.start_soon(runtime.run)
         yield runtime
-        runtime.request_stop()
+        runtime.stop()
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 60) -> None:

@@ -17,7 +17,14 @@ from esm.config_table import Table
 from esm.events.envelope import records_envelope
 from esm.filtering import kinesis_filter_view
 from esm.sources.base import MappingConfig, MappingContext
-from esm.sources.registry import FAMILIES, SourceFamily, family_of, parse_source_arn, recognise
+from esm.sources.registry import (
+    BY_NAME,
+    FAMILIES,
+    SourceFamily,
+    family_of,
+    parse_source_arn,
+    recognise,
+)
 from esm.sources.sqs.config import SqsMappingConfig
 from esm.sources.streams.config import STREAM_ONLY_KEYS, StreamMappingConfig
 
@@ -80,12 +87,20 @@ def test_the_registry_knows_what_each_family_shows_and_gives_up_to() -> None:
         "sqs": (False, "dlq", False),
         "kinesis": (True, "on_failure", True),
         "dynamodb": (True, "on_failure", True),
+        "kafka": (True, "on_failure", True),
         "mq": (True, "dlq", False),
     }
-    assert all(f.envelope([1]) == {"Records": [1]} for f in FAMILIES if f.name != "mq")
+    own_event = ("kafka", "mq")
+    assert all(f.envelope([1]) == {"Records": [1]} for f in FAMILIES if f.name not in own_event)
     mq = next(f for f in FAMILIES if f.name == "mq")
     assert mq.envelope("rabbitmq", "arn", "q", "/", [1])["rmqMessagesByQueue"] == {"q::/": [1]}
     assert mq.envelope("activemq", "arn", "q", "/", [1])["messages"] == [1]
+    kafka = BY_NAME["kafka"].envelope("SelfManagedKafka", "b1:9092", None, {"t-0": [{}]})
+    assert kafka == {
+        "eventSource": "SelfManagedKafka",
+        "bootstrapServers": "b1:9092",
+        "records": {"t-0": [{}]},
+    }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,3 +170,23 @@ print(loaded)
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_kafka_table_parses_into_the_kafka_config_without_importing_its_client() -> None:
+    """Recognised by its own keys (asked before any ARN), parsed with Kafka's defaults; the
+    consumer (aiokafka) is imported only when the mapping runs."""
+    script = """
+import sys
+from esm.config import parse_config
+from esm.sources.registry import family_of
+config = parse_config({"functions": {"f": {"handler": "app.handle"}}, "mappings": [
+    {"function": "f", "topics": ["orders"], "starting_position": "LATEST",
+     "self_managed_event_source": {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["b1:9092"]}}}]})
+m = config.mappings[0]
+print(type(m).__name__, family_of(m).name, m.batch_size, m.maximum_batching_window_in_seconds)
+print([x for x in ("aiokafka", "esm.sources.kafka.runtime") if x in sys.modules])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split("\n")[:2] == ["KafkaMappingConfig kafka 100 0.5", "[]"]

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from esm.config import _parse_filter_criteria, _quoted_key, _Table
+from esm.config_table import Table, parse_filter_criteria, quoted_key
+from esm.sources.base import MappingConfig, MappingContext
 
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 10_000
@@ -89,32 +90,36 @@ class AccessConfig:
     uri: SecretRef
 
 
-@dataclass(frozen=True)
-class KafkaMappingConfig:
-    name: str
-    function: str
+@dataclass(frozen=True, kw_only=True)
+class KafkaMappingConfig(MappingConfig):
+    """A Kafka mapping: the common keys (esm.sources.base) with Kafka's defaults (BatchSize
+    100, a 0.5 s batching window), plus the topic, group, brokers, auth and retry keys."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    maximum_batching_window_in_seconds: float = DEFAULT_BATCHING_WINDOW_S
     topic: str
     consumer_group_id: str
     bootstrap_servers: tuple[str, ...]
     """Empty for MSK without `msk_bootstrap_servers`: ask GetBootstrapBrokers."""
     cluster_arn: str | None = None
     """The MSK cluster; None for self-managed Kafka."""
-    enabled: bool = True
-    batch_size: int = DEFAULT_BATCH_SIZE
-    maximum_batching_window_in_seconds: float = DEFAULT_BATCHING_WINDOW_S
     starting_position: str = "TRIM_HORIZON"
     starting_position_timestamp: datetime | None = None
     access: tuple[AccessConfig, ...] = ()
     security_protocol: str | None = None
     """esm-only override; None means what AWS uses for the configured auth (see auth.py)."""
-    filter_patterns: tuple[str, ...] = ()
-    function_response_types: frozenset[str] = frozenset()
     maximum_retry_attempts: int = -1
     """As configured; `items.retry_rules` applies AWS's cap of 10 with a destination."""
     maximum_record_age_in_seconds: int = -1
     bisect_batch_on_function_error: bool = False
     on_failure_destination: str | None = None
-    """An SQS queue, SNS topic or S3 bucket ARN (`destination_config.on_failure`)."""
+    """An SQS queue, SNS topic or S3 bucket ARN, or `kafka://TOPIC`
+    (`destination_config.on_failure`)."""
+
+    @property
+    def family(self) -> str:
+        """The registry name (esm/sources/registry.py), for self-managed Kafka and MSK."""
+        return "kafka"
 
     @property
     def is_msk(self) -> bool:
@@ -135,25 +140,41 @@ def default_consumer_group_id(mapping_name: str) -> str:
     return str(uuid.uuid5(_GROUP_NAMESPACE, mapping_name))
 
 
+_SHARED_ENDPOINT_KEYS = frozenset({"self_managed_event_source", "source_access_configurations"})
+"""Keys Lambda's other broker sources (Amazon MQ, self-managed RabbitMQ / ActiveMQ) have too:
+they make a table Kafka's only with KAFKA_BOOTSTRAP_SERVERS among the endpoints."""
+
+
 def is_kafka_mapping(raw: Any) -> bool:
-    """True for a `[[mappings]]` table of the Kafka family (self-managed or an MSK ARN)."""
-    if not isinstance(raw, dict):
+    """True for a `[[mappings]]` table of the Kafka family (self-managed or an MSK ARN): the
+    registry's `recognises` hook, asked before any ARN is parsed."""
+    if not isinstance(raw, Mapping):
         return False
-    if any(key in raw for key in KAFKA_KEYS):
-        return True
     arn = raw.get("event_source_arn")
-    return isinstance(arn, str) and arn.split(":")[2:3] == ["kafka"]
+    if isinstance(arn, str) and arn.split(":")[2:3] == ["kafka"]:
+        return True
+    if any(key in raw for key in KAFKA_KEYS - _SHARED_ENDPOINT_KEYS):
+        return True
+    source = raw.get("self_managed_event_source")
+    endpoints = source.get("endpoints") if isinstance(source, Mapping) else None
+    return isinstance(endpoints, Mapping) and "KAFKA_BOOTSTRAP_SERVERS" in endpoints
+
+
+def parse_kafka(t: Table, ctx: MappingContext) -> KafkaMappingConfig | None:
+    """The registry's parser hook (esm/sources/registry.py): a Kafka table is recognised by
+    its own keys or an MSK ARN, so the context carries no parsed source."""
+    return parse_kafka_mapping(ctx.index, t, ctx.functions)
 
 
 def parse_kafka_mapping(
-    index: int, t: _Table, functions: Collection[str]
+    index: int, t: Table, functions: Collection[str]
 ) -> KafkaMappingConfig | None:
     """Validate one Kafka mapping table; problems go to `t`'s list, None when it is invalid."""
     before = len(t.problems)
     name = t.string("name", f"mapping-{index}")
     function = t.string("function", "", required=True)
     if function and function not in functions:
-        known = ", ".join(_quoted_key(f) for f in sorted(functions)) or "none defined"
+        known = ", ".join(quoted_key(f) for f in sorted(functions)) or "none defined"
         t.problem("function", f"{function!r} is not a [functions.*] entry (known: {known})")
     cluster_arn = _cluster_arn(t)
     servers = _bootstrap_servers(t, msk=cluster_arn is not None)
@@ -190,7 +211,7 @@ def parse_kafka_mapping(
         starting_position_timestamp=timestamp,
         access=access,
         security_protocol=protocol,
-        filter_patterns=_parse_filter_criteria(t),
+        filter_patterns=parse_filter_criteria(t),
         function_response_types=frozenset(
             t.string_list("function_response_types", ("ReportBatchItemFailures",))
         ),
@@ -204,7 +225,7 @@ def parse_kafka_mapping(
     return config if len(t.problems) == before else None
 
 
-def _cluster_arn(t: _Table) -> str | None:
+def _cluster_arn(t: Table) -> str | None:
     arn = t.optional_string("event_source_arn")
     if arn is None:
         return None
@@ -224,7 +245,7 @@ def _cluster_arn(t: _Table) -> str | None:
     return arn
 
 
-def _bootstrap_servers(t: _Table, msk: bool) -> tuple[str, ...]:
+def _bootstrap_servers(t: Table, msk: bool) -> tuple[str, ...]:
     if msk:
         return _server_list(t, "msk_bootstrap_servers", required=False)
     if "msk_bootstrap_servers" in t.raw:
@@ -246,7 +267,7 @@ def _bootstrap_servers(t: _Table, msk: bool) -> tuple[str, ...]:
     return servers
 
 
-def _server_list(t: _Table, key: str, required: bool) -> tuple[str, ...]:
+def _server_list(t: Table, key: str, required: bool) -> tuple[str, ...]:
     value = t.consume(key)
     if value is None:
         if required:
@@ -262,7 +283,7 @@ def _server_list(t: _Table, key: str, required: bool) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _topic(t: _Table) -> str:
+def _topic(t: Table) -> str:
     topics = t.consume("topics")
     if topics is None:
         t.problem("topics", 'is required: a list with exactly one topic name, e.g. ["orders"]')
@@ -278,7 +299,7 @@ def _topic(t: _Table) -> str:
     return topics[0]
 
 
-def _consumer_group_id(t: _Table, msk: bool) -> str | None:
+def _consumer_group_id(t: Table, msk: bool) -> str | None:
     right = "amazon_managed" if msk else "self_managed"
     wrong = "self_managed" if msk else "amazon_managed"
     key = f"{right}_kafka_event_source_config"
@@ -300,7 +321,7 @@ def _consumer_group_id(t: _Table, msk: bool) -> str | None:
     return group
 
 
-def _access_configurations(t: _Table, msk: bool) -> tuple[AccessConfig, ...]:
+def _access_configurations(t: Table, msk: bool) -> tuple[AccessConfig, ...]:
     allowed = MSK_ACCESS_TYPES if msk else SELF_MANAGED_ACCESS_TYPES
     result: list[AccessConfig] = []
     for entry in t.array_of_tables("source_access_configurations"):
@@ -321,7 +342,7 @@ def _access_configurations(t: _Table, msk: bool) -> tuple[AccessConfig, ...]:
     return tuple(result)
 
 
-def _secret_ref(t: _Table, uri: str) -> SecretRef | None:
+def _secret_ref(t: Table, uri: str) -> SecretRef | None:
     if uri.startswith("arn:") and uri.split(":")[2:3] == ["secretsmanager"]:
         return SecretRef("secretsmanager", uri)
     if uri.startswith("file:") and len(uri) > len("file:"):
@@ -336,7 +357,7 @@ def _secret_ref(t: _Table, uri: str) -> SecretRef | None:
     return None
 
 
-def _record_age(t: _Table) -> int:
+def _record_age(t: Table) -> int:
     """AWS: -1 (infinite, the default) or 60..604,800 seconds (kafka-retry-configurations)."""
     age = t.integer("maximum_record_age_in_seconds", -1, -1, 604_800)
     if 0 <= age < 60:
@@ -353,7 +374,7 @@ KAFKA_DESTINATION_PREFIX = "kafka://"
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
-def _on_failure_destination(t: _Table) -> str | None:
+def _on_failure_destination(t: Table) -> str | None:
     """`destination_config = { on_failure = { destination = ARN } }`: SQS, SNS or S3."""
     if "destination_config" not in t.raw:
         return None
@@ -395,7 +416,7 @@ _UNBUILT = {
 }
 
 
-def _reject_unbuilt(t: _Table) -> None:
+def _reject_unbuilt(t: Table) -> None:
     for key, reason in _UNBUILT.items():
         if key in t.raw:
             t.consume(key)

@@ -43,11 +43,14 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from esm.aws import AwsClients
 from esm.batch_response import judge
 from esm.filtering import FilterSet
 from esm.invokers import Function
 from esm.invokers.result import MAX_RESPONSE_BYTES, InvocationResult
-from esm.observability import Metrics, get_logger
+from esm.observability import MappingMetrics, Metrics, get_logger
+from esm.sources.base import RuntimeResources
+from esm.sources.kafka.auth import bootstrap_servers, client_options, secretsmanager_fetcher
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import (
     PartitionShaper,
@@ -58,7 +61,12 @@ from esm.sources.kafka.event import (
 )
 from esm.sources.kafka.items import OffsetPositions, item_identifier, retry_rules
 from esm.sources.kafka.metrics import kafka_metrics, offset_lag
-from esm.sources.kafka.onfailure import Condition, KafkaOnFailure, given_up_records
+from esm.sources.kafka.onfailure import (
+    Condition,
+    KafkaOnFailure,
+    build_on_failure,
+    given_up_records,
+)
 from esm.sources.streams.policy import (
     Bisect,
     Decision,
@@ -81,6 +89,10 @@ FETCH_TIMEOUT_MS = 200
 FETCH_MAX_RECORDS = 10_000
 PARTITION_FETCH_BYTES = 1_048_576
 FETCH_MAX_BYTES = 16 * 1_048_576
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+"""Backoff between consumers when the brokers cannot be reached (doubling, capped)."""
+POSITION_TIMEOUT_S = 10.0
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
 
@@ -205,7 +217,7 @@ class _Lane:
         passing = batch
         if runtime.filtering:
             passing = [d for d in batch if runtime.passes(d)]
-            runtime.metrics.filtered_out.labels(runtime.config.name).inc(len(batch) - len(passing))
+            runtime.m.filtered_out.inc(len(batch) - len(passing))
         work: list[Segment[Doc]] = [Segment(passing)] if passing else []
         while work:
             if self._stopping:
@@ -290,7 +302,7 @@ class _Lane:
         """Count and log the records, and deliver their on-failure record (blocking until it
         is delivered, as Lambda does) before the caller commits past them."""
         runtime = self._runtime
-        runtime.metrics.dropped.labels(runtime.config.name).inc(len(entries))
+        runtime.m.dropped.inc(len(entries))
         self._log.warning(
             "kafka.batch.given_up",
             first_offset=entries[0]["offset"],
@@ -349,11 +361,47 @@ def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
     return int(work[-1].records[0]["offset"]) if work else after_last
 
 
+async def connection(
+    config: KafkaMappingConfig, aws: AwsClients
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The brokers (configured, else MSK's GetBootstrapBrokers) and aiokafka's security
+    options (secrets read now: from Secrets Manager through `aws`, a file or a variable)."""
+    kafka_client = None if config.bootstrap_servers else await aws.client("kafka")
+    servers = await bootstrap_servers(config, kafka_client)
+    fetch = None
+    if any(access.uri.kind == "secretsmanager" for access in config.access):
+        fetch = secretsmanager_fetcher(await aws.client("secretsmanager"))
+    return servers, await client_options(config, fetch)
+
+
+async def build_runtime(
+    config: KafkaMappingConfig,
+    function: Function,
+    filters: FilterSet | None,
+    resources: RuntimeResources,
+) -> KafkaRuntime:
+    """The registry's runtime for a Kafka mapping (esm/sources/registry.py). A secret or
+    GetBootstrapBrokers that fails stops the start with a SourceUnavailable naming it."""
+    servers, options = await connection(config, resources.aws)
+    on_failure = build_on_failure(config, resources.aws, function.arn, servers, options)
+    return KafkaRuntime(
+        config,
+        function,
+        resources.metrics,
+        bootstrap_servers=servers,
+        client_options=options,
+        on_failure=on_failure,
+        filters=filters,
+    )
+
+
 class KafkaRuntime:
     """Reads the mapping's topic as a member of its consumer group and invokes the function.
 
-    `run()` until `request_stop()`; `started` is set once the consumer joined the cluster.
-    `client_options` are passed to aiokafka (security settings from `auth.py`).
+    `run()` until `stop()`; `started` is set once the consumer joined the cluster, `ready`
+    once it holds its assignment with every partition positioned. `client_options` are passed
+    to aiokafka (security settings from `auth.py`). A broker that cannot be reached never
+    ends `run()`: the consumer is rebuilt after a capped backoff, not ready meanwhile.
     """
 
     def __init__(
@@ -364,8 +412,10 @@ class KafkaRuntime:
         bootstrap_servers: Sequence[str] | None = None,
         client_options: Mapping[str, Any] | None = None,
         on_failure: KafkaOnFailure | None = None,
+        filters: FilterSet | None = None,
     ) -> None:
         self.config = config
+        self.name = config.name
         self.on_failure = on_failure
         """Where given-up records are described; the caller builds it from
         `config.on_failure_destination` (`onfailure.build_on_failure`)."""
@@ -373,13 +423,15 @@ class KafkaRuntime:
         """What the shared policy reads (AWS's cap of 10 retries with a destination applied)."""
         self.function = function
         self.metrics = metrics
+        self.m = MappingMetrics(metrics, config.name)
         self.bootstrap_servers = tuple(bootstrap_servers or config.bootstrap_servers)
         self._client_options = dict(client_options or {})
         self._bootstrap_text = ",".join(self.bootstrap_servers)
         self.envelope_bytes = envelope_size(
             config.event_source, self._bootstrap_text, config.cluster_arn
         )
-        filters = FilterSet.compile(config.filter_patterns)
+        if filters is None:
+            filters = FilterSet.compile(config.filter_patterns)
         self.passes: Callable[[dict[str, Any]], bool] = filters.predicate(kafka_filter_view)
         self.filtering = bool(config.filter_patterns)
         self.lanes: dict[Any, _Lane] = {}
@@ -389,15 +441,58 @@ class KafkaRuntime:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._fetch_scope: anyio.CancelScope | None = None
         self._fetching_for: set[Any] = set()
-        self._polled = metrics.polled.labels(config.name)
+        self._connected = False
+        self._joined = False
+        self._unpositioned: set[Any] = set()
+        """Assigned partitions whose next offset the client has not resolved yet."""
         self._kafka = kafka_metrics(metrics)
+        self._assigned = self._kafka.assigned_partitions.labels(config.name)
         self._log = log.bind(mapping=config.name, topic=config.topic)
         self._m = config.name
 
-    def request_stop(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """In the group with every assigned partition positioned: a record produced from
+        now on is read (with LATEST too), as the daemon's /readyz promises."""
+        return self._connected and self._joined and not self._unpositioned
+
+    def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        """Consume until `stop()`; on a broker error, rebuild the consumer after a backoff
+        (doubling from RECONNECT_MIN_S to RECONNECT_MAX_S, reset once a consumer started).
+        What was not committed is read again by the next consumer: at-least-once."""
+        delay = RECONNECT_MIN_S
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._consume()
+                except* (KafkaError, OSError) as group:  # raised in the task group
+                    exc = group.exceptions[0]
+                    if self._connected:
+                        delay = RECONNECT_MIN_S
+                    self._log.warning(
+                        "kafka.consumer.unavailable",
+                        error=type(exc).__name__,
+                        detail=str(exc)[:200],
+                        retry_in_s=delay,
+                    )
+                else:
+                    return
+                finally:
+                    self._connected = self._joined = False
+                    self._unpositioned.clear()
+                with anyio.move_on_after(delay):
+                    await self._stop.wait()
+                delay = min(delay * 2, RECONNECT_MAX_S)
+        finally:
+            if self.on_failure is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.on_failure.aclose()
+
+    async def _consume(self) -> None:
+        """One consumer's life: join, fetch into lanes until stopped or a broker error."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=list(self.bootstrap_servers),
             group_id=self.config.consumer_group_id,
@@ -413,7 +508,7 @@ class KafkaRuntime:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg  # before start(): assignments may come at once
                 await consumer.start()
-                self.metrics.ready.labels(self._m).set(1)
+                self._connected = True
                 self.started.set()
                 self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
                 tg.start_soon(self._fetch_loop)
@@ -421,18 +516,29 @@ class KafkaRuntime:
                 lanes = list(self.lanes.values())
                 self.lanes.clear()
                 await self._stop_lanes(lanes)
-                self._kafka.assigned_partitions.labels(self._m).set(0)
                 for lane in lanes:
                     self._forget_lag(lane)
                 tg.cancel_scope.cancel()
         finally:
             self._task_group = None
-            self.metrics.ready.labels(self._m).set(0)
+            self.m.ready.set(0)
+            for lane in self.lanes.values():  # a broker error: abandoned uncommitted
+                self._forget_lag(lane)
+            self.lanes.clear()
+            self._assigned.set(0)
+            self.m.pollers.set(0)
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
-                if self.on_failure is not None:
-                    await self.on_failure.aclose()
             self._log.info("kafka.consumer.stopped")
+
+    async def _position(self) -> None:
+        """Resolve the next offset of newly assigned partitions (committed, else
+        starting_position), so `ready` means a record produced from now on is read."""
+        for tp in list(self._unpositioned):
+            with anyio.move_on_after(POSITION_TIMEOUT_S):
+                with contextlib.suppress(KafkaError, AssertionError):  # revoked meanwhile
+                    await self._consumer.position(tp)
+                self._unpositioned.discard(tp)
 
     async def _fetch_loop(self) -> None:
         """Hand fetched records to the lanes, asking only for partitions whose lane has room.
@@ -443,6 +549,9 @@ class KafkaRuntime:
         are taken. A lane that gets room while a fetch waits cancels the wait (`has_room`).
         """
         while True:
+            if self._unpositioned:
+                await self._position()
+            self.m.ready.set(1 if self.ready else 0)
             wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
             self._fetching_for = set(wanted)
             fetched: dict[Any, list[Any]] = {}
@@ -460,7 +569,7 @@ class KafkaRuntime:
                 if lane is None:  # revoked meanwhile: the next owner reads these again
                     continue
                 lane.add(records)
-                self._polled.inc(len(records))
+                self.m.polled.inc(len(records))
                 self.update_lag(lane)
 
     def update_lag(self, lane: _Lane) -> None:
@@ -489,16 +598,16 @@ class KafkaRuntime:
     async def invoke(self, key: str, entries: Sequence[Doc]) -> InvocationResult:
         """Invoke the function with one partition's records."""
         event = self.event_of(key, entries)
-        m = self._m
-        self.metrics.invoked.labels(m).inc(len(entries))
-        self.metrics.batch_size.labels(m).observe(len(entries))
-        self.metrics.in_flight.labels(m).inc()
+        m = self.m
+        m.invoked.inc(len(entries))
+        m.batch_size.observe(len(entries))
+        m.in_flight.inc()
         try:
             result = await self.function.invoke(event)
         finally:
-            self.metrics.in_flight.labels(m).dec()
+            m.in_flight.dec()
         if not result.ok:
-            self.metrics.failed_invoke.labels(m).inc(len(entries))
+            m.failed_invoke.inc(len(entries))
         return result
 
     async def commit(self, tp: Any, next_offset: int) -> bool:
@@ -523,10 +632,12 @@ class KafkaRuntime:
                 continue
             lane = _Lane(self, tp)
             self.lanes[tp] = lane
+            self._unpositioned.add(tp)
             if self._task_group is not None:
                 self._task_group.start_soon(lane.run)
-        self.metrics.pollers.labels(self._m).set(len(self.lanes))
-        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
+        self._joined = True
+        self.m.pollers.set(len(self.lanes))
+        self._assigned.set(len(self.lanes))
         if self._fetch_scope is not None:  # ask for the new partitions at once
             self._fetch_scope.cancel()
         partitions = sorted(tp.partition for tp in assigned)
@@ -534,9 +645,10 @@ class KafkaRuntime:
 
     async def on_revoked(self, revoked: Sequence[Any]) -> None:
         lanes = [self.lanes.pop(tp) for tp in revoked if tp in self.lanes]
+        self._unpositioned.difference_update(revoked)
         await self._stop_lanes(lanes)
-        self.metrics.pollers.labels(self._m).set(len(self.lanes))
-        self._kafka.assigned_partitions.labels(self._m).set(len(self.lanes))
+        self.m.pollers.set(len(self.lanes))
+        self._assigned.set(len(self.lanes))
         for lane in lanes:  # another worker reports these now
             self._forget_lag(lane)
         partitions = sorted(tp.partition for tp in revoked)
@@ -586,4 +698,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._runtime.on_assigned(list(assigned))
 
 
-__all__ = ["KafkaRuntime", "TopicPartition"]
+__all__ = ["KafkaRuntime", "TopicPartition", "build_runtime", "connection"]

@@ -21,10 +21,10 @@ from esm.config_table import UNRESOLVED_PREFIX, Table
 from esm.events.envelope import records_envelope
 from esm.filtering import dynamodb_filter_view, kinesis_filter_view, sqs_filter_view
 from esm.sources.base import MappingConfig, MappingContext
-from esm.sources.mq.config import is_mq_mapping, mq_filter_view, parse_mq_mapping
-from esm.sources.mq.events import broker_event
 from esm.sources.kafka.config import is_kafka_mapping, parse_kafka
 from esm.sources.kafka.event import build_event, kafka_filter_view
+from esm.sources.mq.config import is_mq_mapping, mq_filter_view, parse_mq_mapping
+from esm.sources.mq.events import broker_event
 from esm.sources.sqs.config import parse_sqs_mapping
 from esm.sources.streams.config import (
     STREAM_ONLY_KEYS,

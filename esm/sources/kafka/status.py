@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from esm.aws import AwsClients
 from esm.errors import SourceUnavailable
 from esm.sources.base import CheckpointsReader, OwnersReader, StatusRow
+from esm.sources.kafka.auth import KafkaLoginFailed, check_login
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import partition_key
 from esm.sources.kafka.runtime import connection
@@ -38,8 +39,11 @@ async def partition_rows(
         **options,
     )
     try:
+        await check_login(mapping, servers, options)
         await consumer.start()
         return await _rows(mapping, consumer)
+    except KafkaLoginFailed as exc:
+        raise SourceUnavailable(str(exc)) from None
     except KafkaError as exc:
         raise SourceUnavailable(
             f"mapping {mapping.name}: Kafka brokers {','.join(servers)} cannot be read "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -100,10 +101,12 @@ def secretsmanager_fetcher(client: Any) -> SecretFetcher:
 async def client_options(
     config: KafkaMappingConfig, fetch: SecretFetcher | None = None
 ) -> dict[str, Any]:
-    """aiokafka keyword arguments for the mapping's security settings."""
+    """aiokafka keyword arguments for the mapping's security settings, and the client id
+    that names this worker in the consumer group (Kafka's member id starts with it, which
+    is what `esm status` shows as a partition's owner)."""
     auth = config.access_of(AUTH_TYPES)
     ca = config.access_of(["SERVER_ROOT_CA_CERTIFICATE"])
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"client_id": worker_client_id()}
     if auth is not None and auth.type in SASL_TYPES:
         secret = await read_secret(auth.uri, fetch)
         options["sasl_mechanism"] = SASL_MECHANISMS[auth.type]
@@ -119,6 +122,11 @@ async def client_options(
     if protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = await _ssl_context(config, fetch)
     return options
+
+
+def worker_client_id() -> str:
+    """`esm-HOST-PID`: which esm process a group member is (one per daemon process)."""
+    return f"esm-{socket.gethostname()}-{os.getpid()}"
 
 
 async def _ssl_context(config: KafkaMappingConfig, fetch: SecretFetcher | None) -> ssl.SSLContext:

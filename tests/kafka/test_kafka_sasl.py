@@ -243,7 +243,8 @@ def test_a_refused_scram_login_is_a_clear_mapping_error_and_the_daemon_stays_up(
     arn = _secret(endpoint, "nobody")
     port = _free_port()
     auth = f'{{ type = "SASL_SCRAM_512_AUTH", uri = "{arn}" }}'
-    proc = daemon(_config(tmp_path, endpoint, tansu_with_auth, "orders", port, auth))
+    config = _config(tmp_path, endpoint, tansu_with_auth, "orders", port, auth)
+    proc = daemon(config)
     log_path = tmp_path / "esm.log"
     _until(lambda: "SASL authentication failed" in log_path.read_text())
     assert proc.poll() is None, log_path.read_text()
@@ -257,6 +258,18 @@ def test_a_refused_scram_login_is_a_clear_mapping_error_and_the_daemon_stays_up(
     assert proc.wait(timeout=30) == 0
     log = log_path.read_text()
     assert PASSWORD not in log and "Traceback" not in log
+    # esm status says the same in one line.
+    status = subprocess.run(
+        [sys.executable, "-m", "esm", "status", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 1
+    assert status.stdout.startswith(
+        "esm: mapping orders: SASL authentication failed (SCRAM-SHA-512"
+    )
+    assert PASSWORD not in status.stderr + status.stdout and "Traceback" not in status.stderr
 
 
 def _mapping(bootstrap: str, access: str) -> Any:

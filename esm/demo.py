@@ -1,7 +1,7 @@
 """`esm demo`: every kind of mapping on an embedded local AWS endpoint, no account, no network.
 
-Starts moto's server on 127.0.0.1 and creates three sources, each mapped to a sample handler
-from `examples/handlers.py` (plain Lambda handlers):
+Starts moto's server on 127.0.0.1 and creates three sources (four with a Kafka broker), each
+mapped to a sample handler from `examples/handlers.py` (plain Lambda handlers):
 
 - SQS queue `orders` -> `handlers.handle`, with partial batch responses. One message in
   fifty is not JSON: the handler reports it failed, it is received again after the

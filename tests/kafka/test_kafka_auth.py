@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from esm.sources.kafka.auth import (
     client_options,
     msk_broker_string,
     secretsmanager_fetcher,
+    worker_client_id,
 )
 from esm.sources.kafka.config import KafkaMappingConfig, parse_kafka_mapping
 
@@ -74,6 +77,7 @@ async def test_basic_auth_from_env_with_the_esm_plaintext_override(
     )
     options = await client_options(config)
     assert options == {
+        "client_id": worker_client_id(),
         "sasl_mechanism": "PLAIN",
         "sasl_plain_username": "bob",
         "sasl_plain_password": "pw",
@@ -92,7 +96,14 @@ async def test_secret_file_missing_a_field_names_the_file_not_the_value(tmp_path
 
 
 async def test_no_access_configuration_is_plaintext() -> None:
-    assert await client_options(mapping([])) == {"security_protocol": "PLAINTEXT"}
+    assert await client_options(mapping([])) == {
+        "client_id": worker_client_id(),
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_the_client_id_names_the_esm_process() -> None:
+    assert worker_client_id() == f"esm-{socket.gethostname()}-{os.getpid()}"
 
 
 async def test_msk_without_override_asks_get_bootstrap_brokers(aws_client: Any) -> None:

@@ -14,17 +14,31 @@ AWS rules (Lambda developer guide, kafka-cluster-auth and msk-cluster-auth):
   with a client certificate, else the TLS (or plaintext) one.
 esm-only: `kafka_security_protocol` overrides the protocol (e.g. SASL_PLAINTEXT for a local
 broker without TLS), documented as a departure from AWS.
+
+A refused login is AWS's "SASL authentication failed" (with-kafka-troubleshoot: the sign-in
+credentials are not valid): `check_login` names it, where aiokafka says only "Unable to
+bootstrap" (or raises KeyError from its SCRAM client on a server's RFC 5802 `e=` answer).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from aiokafka.conn import create_conn  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 from esm.errors import ConfigError, SourceUnavailable
 from esm.sources.kafka.config import (
@@ -87,10 +101,12 @@ def secretsmanager_fetcher(client: Any) -> SecretFetcher:
 async def client_options(
     config: KafkaMappingConfig, fetch: SecretFetcher | None = None
 ) -> dict[str, Any]:
-    """aiokafka keyword arguments for the mapping's security settings."""
+    """aiokafka keyword arguments for the mapping's security settings, and the client id
+    that names this worker in the consumer group (Kafka's member id starts with it, which
+    is what `esm status` shows as a partition's owner)."""
     auth = config.access_of(AUTH_TYPES)
     ca = config.access_of(["SERVER_ROOT_CA_CERTIFICATE"])
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"client_id": worker_client_id()}
     if auth is not None and auth.type in SASL_TYPES:
         secret = await read_secret(auth.uri, fetch)
         options["sasl_mechanism"] = SASL_MECHANISMS[auth.type]
@@ -106,6 +122,11 @@ async def client_options(
     if protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = await _ssl_context(config, fetch)
     return options
+
+
+def worker_client_id() -> str:
+    """`esm-HOST-PID`: which esm process a group member is (one per daemon process)."""
+    return f"esm-{socket.gethostname()}-{os.getpid()}"
 
 
 async def _ssl_context(config: KafkaMappingConfig, fetch: SecretFetcher | None) -> ssl.SSLContext:
@@ -181,3 +202,74 @@ async def bootstrap_servers(config: KafkaMappingConfig, kafka_client: Any) -> tu
             "set msk_bootstrap_servers to name the brokers"
         ) from None
     return msk_broker_string(config, response)
+
+
+LOGIN_TIMEOUT_S = 10.0
+"""How long one login attempt may take before the next broker is tried."""
+
+
+_CONNECTION_KEYS = (
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+)
+
+
+class KafkaLoginFailed(KafkaError):  # type: ignore[misc]
+    """The brokers refused the mapping's SASL login. A KafkaError, so the runtime retries it
+    with its reconnect backoff as AWS keeps retrying a mapping whose login fails; the text
+    names the mapping, mechanism and secret location, never the username or password."""
+
+    def __str__(self) -> str:  # KafkaError prefixes its class name; the log has it already
+        return str(self.args[0]) if self.args else ""
+
+
+async def check_login(
+    config: KafkaMappingConfig, servers: Sequence[str], options: Mapping[str, Any]
+) -> None:
+    """Log in once to the first broker that answers; raise KafkaLoginFailed if it refuses.
+
+    No-op without SASL. Brokers that cannot be reached are left to the consumer, which
+    reports them as unavailable; only a broker's refusal is decided here.
+    """
+    mechanism = options.get("sasl_mechanism")
+    if mechanism is None:
+        return
+    security = {key: options[key] for key in _CONNECTION_KEYS if key in options}
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await create_conn(
+                host, int(port), request_timeout_ms=int(LOGIN_TIMEOUT_S * 1000), **security
+            )
+        except KafkaConnectionError:  # connected, then closed before the login ended
+            reason = f"the broker closed the connection during the {mechanism} login"
+            raise KafkaLoginFailed(_refused(config, server, reason)) from None
+        except (TimeoutError, OSError):  # not reached: the consumer reports that
+            continue
+        except UnsupportedSaslMechanismError as exc:
+            reason = _scrub(str(exc).split(": ", 1)[-1], options)
+            raise KafkaLoginFailed(_refused(config, server, reason)) from None
+        except (SaslAuthenticationFailed, IllegalSaslStateError):
+            raise KafkaLoginFailed(_refused(config, server, f"{mechanism} refused")) from None
+        except (KeyError, ValueError):  # aiokafka's SCRAM client on the server's `e=` answer
+            raise KafkaLoginFailed(_refused(config, server, f"{mechanism} refused")) from None
+        conn.close()
+        return
+
+
+def _refused(config: KafkaMappingConfig, server: str, reason: str) -> str:
+    auth = config.access_of(AUTH_TYPES)
+    where = f"; secret {auth.uri}" if auth is not None else ""
+    return f"mapping {config.name}: SASL authentication failed ({reason}; {server}{where})"
+
+
+def _scrub(text: str, options: Mapping[str, Any]) -> str:
+    """A broker's message, without the credentials should a broker echo them."""
+    for name in ("sasl_plain_password", "sasl_plain_username"):
+        value = options.get(name)
+        if value:
+            text = text.replace(str(value), "****")
+    return text[:160]

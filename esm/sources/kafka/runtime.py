@@ -50,7 +50,12 @@ from esm.invokers import Function
 from esm.invokers.result import MAX_RESPONSE_BYTES, InvocationResult
 from esm.observability import MappingMetrics, Metrics, get_logger
 from esm.sources.base import RuntimeResources
-from esm.sources.kafka.auth import bootstrap_servers, client_options, secretsmanager_fetcher
+from esm.sources.kafka.auth import (
+    bootstrap_servers,
+    check_login,
+    client_options,
+    secretsmanager_fetcher,
+)
 from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import (
     PartitionShaper,
@@ -493,6 +498,7 @@ class KafkaRuntime:
 
     async def _consume(self) -> None:
         """One consumer's life: join, fetch into lanes until stopped or a broker error."""
+        await check_login(self.config, self.bootstrap_servers, self._client_options)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=list(self.bootstrap_servers),
             group_id=self.config.consumer_group_id,

@@ -1,0 +1,317 @@
+"""SASL against real brokers, with the secret in moto's Secrets Manager, through `esm run`.
+
+Two brokers, because neither one does all of it (README, Kafka: "SASL"):
+- noida-db's Kafka offers SASL/PLAIN only and accepts any username/password: it shows esm
+  reading the BASIC_AUTH secret from Secrets Manager, doing the PLAIN handshake the broker
+  asks for and draining the topic; it cannot show a wrong password being refused.
+- Tansu with `--authentication` offers SCRAM-SHA-256/512 but its only storage engine here
+  (memory / object store) keeps no users, so every SCRAM login is refused: it shows a
+  refused login as a clear mapping error (AWS's "SASL authentication failed"), the daemon
+  up and not ready, and the password in no log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka_fixtures import start_tansu
+
+from esm.config import _Table
+from esm.sources.kafka.auth import KafkaLoginFailed, check_login
+from esm.sources.kafka.config import parse_kafka_mapping
+
+pytest_plugins = ["kafka_fixtures"]  # the session Tansu broker (see kafka_fixtures.py)
+
+HANDLERS = Path(__file__).parent.parent / "handlers"
+WAIT_S = 60.0
+PASSWORD = "pw-" + uuid.uuid4().hex  # never to appear in a log line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, f"broker exited with {proc.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.02)
+
+
+def _until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(0.05)
+
+
+def _readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def noida_bootstrap() -> Iterator[str]:
+    """`host:port` of noida-db's Kafka service (the binary its wheel ships), killed at the end."""
+    binary = str(files("noida_db").joinpath("noida-db"))
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="esm-noida-") as data:
+        proc = subprocess.Popen(
+            [binary, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", data],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_port(port, proc)
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tansu_with_auth() -> Iterator[str]:
+    """A Tansu broker that requires SASL (SCRAM only) and knows no user."""
+    port = _free_port()
+    proc = start_tansu(port, "--authentication")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _login(user: str) -> dict[str, str]:
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": user,
+        "sasl_plain_password": PASSWORD,
+    }
+
+
+async def _create_and_fill(bootstrap: str, topic: str, values: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_login("setup"))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_login("setup"))
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send_and_wait(topic, value.encode(), partition=i % 3)
+    finally:
+        await producer.stop()
+
+
+def _secret(endpoint: str, username: str) -> str:
+    sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+    return str(
+        sm.create_secret(
+            Name=f"kafka-{uuid.uuid4().hex[:8]}",
+            SecretString=json.dumps({"username": username, "password": PASSWORD}),
+        )["ARN"]
+    )
+
+
+def _config(
+    tmp_path: Path, endpoint: str, bootstrap: str, topic: str, port: int, auth: str
+) -> Path:
+    path = tmp_path / "esm.toml"
+    path.write_text(
+        f"""
+[daemon]
+endpoint_url = "{endpoint}"
+http_address = "127.0.0.1:{port}"
+region = "us-east-1"
+
+[functions.recorder]
+handler = "recorder.kafka_write_to_file"
+code_path = "{HANDLERS}"
+environment = {{ RECORD_PATH = "{tmp_path / "handled.txt"}" }}
+
+[[mappings]]
+name = "orders"
+function = "recorder"
+self_managed_event_source = {{ endpoints = {{ KAFKA_BOOTSTRAP_SERVERS = ["{bootstrap}"] }} }}
+topics = ["{topic}"]
+self_managed_kafka_event_source_config = {{ consumer_group_id = "g-{uuid.uuid4().hex[:8]}" }}
+starting_position = "TRIM_HORIZON"
+batch_size = 10
+maximum_batching_window_in_seconds = 0.1
+source_access_configurations = [{auth}]
+kafka_security_protocol = "SASL_PLAINTEXT"
+"""
+    )
+    return path
+
+
+def _handled(tmp_path: Path) -> list[str]:
+    path = tmp_path / "handled.txt"
+    if not path.exists():
+        return []
+    return sorted(line.split(" ", 2)[2] for line in path.read_text().splitlines())
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """Starts `esm run -c PATH` with stderr to tmp_path/esm.log; killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(config: Path) -> subprocess.Popen[str]:
+        log = (tmp_path / "esm.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esm", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_basic_auth_secret_from_secrets_manager_logs_in_with_plain_and_drains(
+    noida_bootstrap: str,
+    endpoint: str,
+    tmp_path: Path,
+    daemon: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    sent = [f"v{i}" for i in range(12)]
+    asyncio.run(_create_and_fill(noida_bootstrap, topic, sent))
+    arn = _secret(endpoint, "esm-reader")
+    port = _free_port()
+    auth = f'{{ type = "BASIC_AUTH", uri = "{arn}" }}'
+    proc = daemon(_config(tmp_path, endpoint, noida_bootstrap, topic, port, auth))
+    _until(lambda: _handled(tmp_path) == sorted(sent))
+    assert _readyz(port) == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    log = (tmp_path / "esm.log").read_text()
+    # aiokafka warns so only when it sends a PLAIN login over SASL_PLAINTEXT.
+    assert "Sending username and password in the clear" in log
+    assert PASSWORD not in log
+
+
+def test_a_refused_scram_login_is_a_clear_mapping_error_and_the_daemon_stays_up(
+    tansu_with_auth: str,
+    endpoint: str,
+    tmp_path: Path,
+    daemon: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    arn = _secret(endpoint, "nobody")
+    port = _free_port()
+    auth = f'{{ type = "SASL_SCRAM_512_AUTH", uri = "{arn}" }}'
+    config = _config(tmp_path, endpoint, tansu_with_auth, "orders", port, auth)
+    proc = daemon(config)
+    log_path = tmp_path / "esm.log"
+    _until(lambda: "SASL authentication failed" in log_path.read_text())
+    assert proc.poll() is None, log_path.read_text()
+    assert _readyz(port) == 503
+    line = next(x for x in log_path.read_text().splitlines() if "SASL authentication" in x)
+    event = json.loads(line)
+    assert event["event"] == "kafka.consumer.unavailable"
+    assert event["mapping"] == "orders" and event["error"] == "KafkaLoginFailed"
+    assert "SCRAM-SHA-512 refused" in event["detail"] and arn in event["detail"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    log = log_path.read_text()
+    assert PASSWORD not in log and "Traceback" not in log
+    # esm status says the same in one line.
+    status = subprocess.run(
+        [sys.executable, "-m", "esm", "status", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 1
+    assert status.stdout.startswith(
+        "esm: mapping orders: SASL authentication failed (SCRAM-SHA-512"
+    )
+    assert PASSWORD not in status.stderr + status.stdout and "Traceback" not in status.stderr
+
+
+def _mapping(bootstrap: str, access: str) -> Any:
+    problems: list[str] = []
+    table = {
+        "name": "m",
+        "function": "f",
+        "self_managed_event_source": {"endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [bootstrap]}},
+        "topics": ["t"],
+        "starting_position": "LATEST",
+        "source_access_configurations": [{"type": access, "uri": "env:KAFKA_LOGIN"}],
+        "kafka_security_protocol": "SASL_PLAINTEXT",
+    }
+    config = parse_kafka_mapping(0, _Table(table, "mappings[0]", problems), ["f"])
+    assert config is not None, problems
+    return config
+
+
+@pytest.mark.anyio
+async def test_check_login_names_a_mechanism_the_broker_does_not_offer(
+    noida_bootstrap: str, tansu_with_auth: str
+) -> None:
+    scram = {**_login("alice"), "sasl_mechanism": "SCRAM-SHA-256"}
+    with pytest.raises(KafkaLoginFailed) as info:
+        await check_login(
+            _mapping(noida_bootstrap, "SASL_SCRAM_256_AUTH"), [noida_bootstrap], scram
+        )
+    text = str(info.value)
+    assert text.startswith("mapping m: SASL authentication failed (")
+    assert "SCRAM-SHA-256" in text and "['PLAIN']" in text  # what the broker offers instead
+    assert "env:KAFKA_LOGIN" in text and PASSWORD not in text and "alice" not in text
+    # Tansu answers a PLAIN handshake by closing the connection (it offers SCRAM only).
+    with pytest.raises(KafkaLoginFailed, match="closed the connection during the PLAIN login"):
+        await check_login(_mapping(tansu_with_auth, "BASIC_AUTH"), [tansu_with_auth], _login("a"))
+
+
+@pytest.mark.anyio
+async def test_check_login_passes_where_the_broker_accepts_and_skips_unreachable_ones(
+    noida_bootstrap: str,
+) -> None:
+    config = _mapping(noida_bootstrap, "BASIC_AUTH")
+    closed = f"127.0.0.1:{_free_port()}"  # nothing listens: left to the consumer
+    await check_login(config, [closed, noida_bootstrap], _login("alice"))
+    await check_login(config, [closed], _login("alice"))
+    await check_login(config, [noida_bootstrap], {"security_protocol": "PLAINTEXT"})

@@ -161,9 +161,13 @@ class ForwardProxy(_ThreadServer):
     requests (http), optionally asking for basic credentials. It records what it was asked;
     a connection's later requests are piped to the same origin unread."""
 
-    def __init__(self, credentials: str | None = None) -> None:
+    def __init__(
+        self, credentials: str | None = None, context: ssl.SSLContext | None = None
+    ) -> None:
         super().__init__()
         self.credentials = credentials
+        self.context = context
+        """Given, the proxy itself speaks TLS (an `https://` proxy URL)."""
         self.requests: list[str] = []
         """The first request line of each client connection (`CONNECT host:port`, ...)."""
         self.refused: list[str] = []
@@ -171,10 +175,11 @@ class ForwardProxy(_ThreadServer):
     @property
     def url(self) -> str:
         auth = f"{self.credentials}@" if self.credentials else ""
-        return f"http://{auth}127.0.0.1:{self.port}"
+        scheme = "https" if self.context else "http"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}"
 
     def _serve(self) -> Coroutine[Any, Any, asyncio.Server]:
-        return asyncio.start_server(self._client, "127.0.0.1", 0)
+        return asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self.context)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -156,6 +156,10 @@ class _Connection(asyncio.Protocol):
         self._fail(HttpConnectionError(f"connection closed: {exc or 'by the server'}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.waiter is None:  # a second response in the same read: nobody asked for it
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() in _FRAMING_HEADERS:
             self.framed = True

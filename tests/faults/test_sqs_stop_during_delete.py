@@ -74,6 +74,12 @@ def test_a_batch_waiting_for_the_previous_delete_is_released_at_stop(
         # Two receivers: each invoked one message (its delete held) and holds the next.
         wait_until(lambda: proxy.held == 2 and len(recorder.bodies_for(arn)) == 2)
         wait_until(lambda: counts(sqs, url) == (2, 4))
+        # moto has handed the next two out, but their responses may still be on their way:
+        # a stop then lands in the receive, not in the wait this test is about. A receiver
+        # goes from its receive's connection returning to the pool to waiting for the delete
+        # without yielding, and at most 4 connections were ever busy (2 receives, 2 deletes).
+        http = daemon.daemon.runtimes[0]._api._http
+        wait_until(lambda: daemon.portal.call(lambda: len(http._idle)) == 2)
 
         daemon.portal.call(daemon.daemon.request_stop)
         # The two received-but-not-invoked messages are given back before the deletes end.

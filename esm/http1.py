@@ -59,7 +59,12 @@ class Proxy:
     @classmethod
     def parse(cls, url: str) -> Proxy:
         """botocore's reading: a URL without a scheme is http (`host:3128`, `//host`)."""
-        if not url.startswith(("http:", "https:")):
+        scheme, sep, rest = url.partition("://")
+        if sep and (scheme.lower() != "http" or "://" in rest):  # socks5://, https://, ...
+            raise ValueError(f"proxy must be http://host[:port], got {_masked(url)!r}")
+        if sep:
+            url = "http://" + rest
+        else:
             url = "http:" + url if url.startswith("//") else "http://" + url
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:

@@ -82,7 +82,7 @@ def test_lean_calls_go_through_https_proxy_to_an_endpoint_with_a_private_ca(
     network: Network,
     sqs,
     unique,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     url, _ = make_queue(sqs, f"proxied-{unique}")
     sqs.send_message(QueueUrl=url, MessageBody="through the tunnel")
@@ -99,7 +99,7 @@ def test_requests_ca_bundle_is_read_when_aws_ca_bundle_is_not(
     network: Network,
     sqs,
     unique,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     url, _ = make_queue(sqs, f"requests-ca-{unique}")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(network.ca.bundle))
@@ -112,7 +112,7 @@ def test_an_untrusted_endpoint_is_refused_through_the_proxy_with_a_clear_error(
     network: Network,
     sqs,
     unique,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     url, _ = make_queue(sqs, f"untrusted-{unique}")
     sqs.send_message(QueueUrl=url, MessageBody="never read")
@@ -129,7 +129,7 @@ def test_no_proxy_sends_the_endpoint_around_the_proxy(
     network: Network,
     sqs,
     unique,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     url, _ = make_queue(sqs, f"bypass-{unique}")
     monkeypatch.setenv("HTTPS_PROXY", network.proxy.url)
@@ -145,7 +145,7 @@ def test_an_https_proxy_falls_back_to_botocores_session_and_says_so_once(
     network: Network,
     sqs,
     unique,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     url, _ = make_queue(sqs, f"tls-proxy-{unique}")
     sqs.send_message(QueueUrl=url, MessageBody="via a TLS proxy")
@@ -172,7 +172,7 @@ def test_an_sqs_mapping_reads_and_deletes_through_the_proxy(
     sqs,
     unique,
     monkeypatch,
-    run_daemon,  # type: ignore[no-untyped-def]
+    run_daemon,
 ) -> None:
     url, arn = make_queue(sqs, f"mapped-{unique}")
     for i in range(5):
@@ -189,7 +189,7 @@ def test_an_sqs_mapping_reads_and_deletes_through_the_proxy(
 
 
 def test_the_aiohttp_opt_out_takes_the_same_route(
-    network: Network, sqs, unique, monkeypatch  # type: ignore[no-untyped-def]
+    network: Network, sqs, unique, monkeypatch
 ) -> None:
     url, _ = make_queue(sqs, f"opt-out-{unique}")
     sqs.send_message(QueueUrl=url, MessageBody="opted out")

@@ -347,7 +347,14 @@ class HttpClient:
         request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
         if self._proxy.authorization:
             request += f"Proxy-Authorization: {self._proxy.authorization}\r\n"
-        head = await connection.open_tunnel(f"{request}\r\n".encode("latin-1"))
+        try:
+            head = await connection.open_tunnel(f"{request}\r\n".encode("latin-1"))
+        except HttpProxyError:
+            raise
+        except HttpConnectionError as exc:
+            raise HttpProxyError(
+                f"proxy {self._proxy} closed the connection before answering CONNECT {authority}"
+            ) from exc
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         fields = status_line.split(" ", 2)
         if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].startswith("2"):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from esm.aws import RetryPolicy, is_retryable
-from esm.http1 import HttpClient, HttpConnectionError
+from esm.http1 import HttpClient, HttpConnectionError, Proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -266,3 +266,40 @@ async def test_bytes_sent_on_an_idle_connection_retire_it(raw: RawServer) -> Non
     assert await c.post({}, b"2") == (200, b"2")
     assert raw.connections == 2
     await c.aclose()
+
+
+async def test_a_peer_that_never_answers_the_tls_handshake_is_a_connect_timeout(
+    raw: RawServer,
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the ClientHello, says nothing
+
+    raw.script = [silent]
+    url = raw.url.replace("http://", "https://")
+    c = HttpClient(url, connect_timeout=0.3)
+    with pytest.raises(HttpConnectionError, match=r"could not connect to 127.0.0.1:\d+ within"):
+        await c.post({}, b"")
+
+
+@pytest.mark.parametrize("answer", [None, b"", b"HTTP/1.1 502 Bad Gateway\r\n\r\n"])
+async def test_a_proxy_that_says_nothing_hangs_up_or_fails_is_a_clear_error(
+    raw: RawServer, answer: bytes | None
+) -> None:
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if answer is None:
+            await reader.read()  # never answers CONNECT
+        elif answer:
+            writer.write(answer)
+            await writer.drain()
+
+    raw.script = [proxy]
+    port = int(raw.url.rsplit(":", 1)[1])
+    c = HttpClient("https://sqs.example.test", proxy=Proxy("127.0.0.1", port), connect_timeout=0.3)
+    expected = {
+        None: r"could not connect to sqs.example.test through proxy 127.0.0.1:\d+ within",
+        b"": r"proxy 127.0.0.1:\d+ closed the connection before answering CONNECT",
+        b"HTTP/1.1 502 Bad Gateway\r\n\r\n": r"refused CONNECT sqs.example.test:443: 'HTTP/1.1 502",
+    }[answer]
+    with pytest.raises(HttpConnectionError, match=expected):
+        await c.post({}, b"")

@@ -7,24 +7,33 @@ shared/design/local-endpoints.md), and its request pipeline costs ~1 ms of CPU p
 Requests are signed by esm.sigv4 (botocore's signature, with the day's key cached) with the
 session's credentials, and sent on esm.http1's kept-alive connections (httptools parses the
 responses): aiohttp's client cost ~90 us more CPU per call, most of an idle shard's read
-(bench/percall.py). `ESM_HTTP_CLIENT=aiohttp` switches back to aiohttp (a fallback for a
-network path esm.http1 does not handle, e.g. a proxy). Errors become botocore `ClientError`s
-so the one retry policy in esm.aws treats them like any other call.
+(bench/percall.py). The network path is the one botocore resolved for the client (its
+proxy from HTTP(S)_PROXY / NO_PROXY, its CA bundle from AWS_CA_BUNDLE, the profile's
+`ca_bundle` or REQUESTS_CA_BUNDLE): what esm.http1 cannot follow (an https:// or socks proxy,
+`proxies_config`, a client certificate) goes through the client's own aiohttp session
+instead, logged once, never around the proxy. `ESM_HTTP_CLIENT=aiohttp` always does. Errors
+become botocore `ClientError`s so the one retry policy in esm.aws treats them like any other
+call.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
+from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.utils import ensure_boolean
 
 from esm.aws import AwsClients
 from esm.errors import ConfigError
-from esm.http1 import HttpClient
+from esm.http1 import HttpClient, Proxy, tls_context
+from esm.observability import get_logger
 from esm.sigv4 import Credentials, JsonRequestSigner
+
+log = get_logger("esm.aws_json")
 
 HTTP_CLIENT_ENV = "ESM_HTTP_CLIENT"
 HTTP_CLIENTS = ("httptools", "aiohttp")
@@ -38,22 +47,80 @@ def http_client_choice() -> str:
     return choice
 
 
-class _AiohttpPoster:
-    """The aiohttp fallback, with the same `post` as esm.http1.HttpClient."""
+class _BotocorePoster:
+    """The fallback: the request goes out on the botocore client's own HTTP session
+    (aiobotocore's aiohttp), so every proxy and TLS setting botocore honours applies."""
 
-    def __init__(self, url: str) -> None:
-        self._url = url + "/"
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=40, connect=5),
-            connector=aiohttp.TCPConnector(limit=0),
-        )
+    def __init__(self, client: Any, url: str) -> None:
+        self._session = client._endpoint.http_session
+        self._url = url.rstrip("/") + "/"
 
     async def post(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        async with self._session.post(self._url, data=body, headers=headers) as r:
-            return r.status, await r.read()
+        request = AWSPreparedRequest("POST", self._url, headers, body, stream_output=False)
+        response = await self._session.send(request)
+        return int(response.status_code), bytes(await response.content)
 
     async def aclose(self) -> None:
-        await self._session.close()
+        """The session is the client's: closed with it (esm.aws.AwsClients)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """How esm.http1 reaches an endpoint as botocore would: through `proxy` or not, TLS
+    verified against `verify` (True: botocore's bundle; a path; False: not verified)."""
+
+    proxy: str | None
+    verify: bool | str
+
+
+def botocore_route(client: Any, url: str) -> Route | str:
+    """The proxy and CA bundle botocore resolved for `client` (its endpoint creator reads
+    HTTP(S)_PROXY / NO_PROXY and AWS_CA_BUNDLE, `ca_bundle`, REQUESTS_CA_BUNDLE), or why
+    esm.http1 cannot follow them (the caller then uses the client's own session)."""
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    proxies = getattr(session, "_proxy_config", None)
+    verify = getattr(session, "_verify", None)
+    if proxies is None or not isinstance(verify, (bool, str)):
+        return f"botocore's HTTP session {type(session).__name__} is not one esm.http1 reads"
+    if getattr(session, "_cert_file", None):
+        return "a client certificate (client_cert) is configured"
+    if proxies.settings:
+        return f"proxies_config ({', '.join(sorted(proxies.settings))}) is set"
+    proxy = proxies.proxy_url_for(url)
+    if proxy is None:
+        return Route(None, verify)
+    if ensure_boolean(os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER", "")):
+        return "BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER is set"
+    try:
+        Proxy.parse(proxy)
+    except ValueError:
+        shown = proxy.removeprefix("http://").split("://", 1)[0] if "://" in proxy[7:] else ""
+        scheme = shown or proxy.split(":", 1)[0]
+        return f"the proxy for {url.split(':', 1)[0]} is {scheme}://, not http://"
+    return Route(proxy, verify)
+
+
+_reported: set[str] = set()
+
+
+def _log_once(event: str, **fields: str) -> None:
+    key = event + repr(sorted(fields.items()))
+    if key not in _reported:
+        _reported.add(key)
+        log.info(event, **fields)
+
+
+def lean_poster(client: Any, url: str) -> HttpClient | _BotocorePoster:
+    """esm.http1 on botocore's route, else the client's own session (logged once)."""
+    route = botocore_route(client, url)
+    if isinstance(route, str):
+        _log_once("http.client_fallback", endpoint=url, reason=route, client="aiohttp")
+        return _BotocorePoster(client, url)
+    proxy = Proxy.parse(route.proxy) if route.proxy else None
+    if proxy is not None:
+        _log_once("http.proxy", endpoint=url, proxy=str(proxy))
+    context = tls_context(route.verify) if url.startswith("https:") else None
+    return HttpClient(url, proxy=proxy, ssl_context=context)
 
 
 class RawJsonApi(Protocol):
@@ -81,16 +148,19 @@ class JsonApi:
         self._signing_name = signing_name
         self._target_prefix = target_prefix
         self._content_type = f"application/x-amz-json-{json_version}"
-        self._http: HttpClient | _AiohttpPoster | None = None
+        self._http: HttpClient | _BotocorePoster | None = None
         self._choice = http_client_choice()
 
-    async def _setup(self) -> HttpClient | _AiohttpPoster:
+    async def _setup(self) -> HttpClient | _BotocorePoster:
         if self._http is None:
             client = await self._aws.client(self._client_service)
             url = client.meta.endpoint_url
             self._credentials = client._request_signer._credentials
             self._signer = JsonRequestSigner(url, self._signing_name, client.meta.region_name)
-            self._http = HttpClient(url) if self._choice == "httptools" else _AiohttpPoster(url)
+            if self._choice == "httptools":
+                self._http = lean_poster(client, url)
+            else:
+                self._http = _BotocorePoster(client, url)
         return self._http
 
     async def call(self, operation: str, payload: dict[str, Any]) -> bytes:

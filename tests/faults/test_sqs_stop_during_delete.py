@@ -1,0 +1,94 @@
+"""A stop that lands while a receiver waits for its previous batch's delete (commit 5fd8e34).
+
+Each SQS receiver receives its next batch while the last one's DeleteMessageBatch is still
+out, and invokes it only once that delete is done. When the mapping stops right there, the
+batch was received but never invoked: like every such message it must be made visible again
+at once (ChangeMessageVisibility 0), not left invisible for the queue's visibility timeout.
+moto answers deletes at once, so a proxy in front of it holds them until the test lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import recorder
+from conftest import build_config, wait_until
+from fault_proxy import FaultProxy
+from test_sqs_mapping import make_queue, mapping
+
+HELD = b"AmazonSQS.DeleteMessageBatch"
+RELEASE = b"AmazonSQS.ChangeMessageVisibilityBatch"
+
+
+class HoldDeletes(FaultProxy):
+    """Forwards everything, except that deletes wait until `let_go` is set; counts the
+    deletes held and the messages released by ChangeMessageVisibilityBatch."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.let_go = threading.Event()
+        self.held = 0
+        self.released_entries = 0
+
+    async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        head, _, body = request.partition(b"\r\n\r\n")
+        if HELD in head:
+            self.held += 1
+            while not self.let_go.is_set():
+                await asyncio.sleep(0.02)
+        elif RELEASE in head:
+            self.released_entries += len(json.loads(body)["Entries"])
+        return await super()._answer(request, writer)
+
+
+def counts(sqs, url: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def test_a_batch_waiting_for_the_previous_delete_is_released_at_stop(
+    endpoint,
+    sqs,
+    unique,
+    run_daemon,  # type: ignore[no-untyped-def]
+) -> None:
+    url, arn = make_queue(sqs, f"stop-in-delete-{unique}", VisibilityTimeout="300")
+    for i in range(6):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
+    host, port = endpoint.rsplit("/", 1)[1].split(":")
+    proxy = HoldDeletes(host, int(port)).start()
+    try:
+        config = build_config(
+            proxy.url,
+            {"f": {"handler": "recorder.record"}},
+            [mapping(arn, batch_size=1, scaling_config={"maximum_concurrency": 2})],
+        )
+        daemon = run_daemon(config)
+        # Two receivers: each invoked one message (its delete held) and holds the next.
+        wait_until(lambda: proxy.held == 2 and len(recorder.bodies_for(arn)) == 2)
+        wait_until(lambda: counts(sqs, url) == (2, 4))
+        # moto has handed the next two out, but their responses may still be on their way:
+        # a stop then lands in the receive, not in the wait this test is about. A receiver
+        # goes from its receive's connection returning to the pool to waiting for the delete
+        # without yielding, and at most 4 connections were ever busy (2 receives, 2 deletes).
+        http = daemon.daemon.runtimes[0]._api._http
+        wait_until(lambda: daemon.portal.call(lambda: len(http._idle)) == 2)
+
+        daemon.portal.call(daemon.daemon.request_stop)
+        # The two received-but-not-invoked messages are given back before the deletes end.
+        wait_until(lambda: proxy.released_entries == 2, timeout=15)
+        proxy.let_go.set()
+        daemon.future.result(timeout=60)
+    finally:
+        proxy.let_go.set()
+        proxy.stop()
+    assert len(recorder.bodies_for(arn)) == 2  # nothing invoked after the stop
+    # 2 deleted, the other 4 visible now, not after the 300 s visibility timeout.
+    assert counts(sqs, url) == (4, 0)

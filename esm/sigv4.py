@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 
@@ -25,13 +25,17 @@ class Credentials:
 
 
 class JsonRequestSigner:
-    """Signs `POST /` requests with Content-Type and X-Amz-Target to one endpoint."""
+    """Signs `POST` requests with Content-Type and X-Amz-Target to one endpoint.
+
+    The canonical URI is the endpoint's own path ("/" when it has none), as botocore posts to it:
+    an `endpoint_url` behind a path prefix must be signed for that path or AWS refuses it."""
 
     def __init__(self, url: str, service: str, region: str) -> None:
         parts = urlsplit(url)
         default_port = {"http": 80, "https": 443}.get(parts.scheme)
         host = parts.hostname or ""
         self.host = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+        self.canonical_uri = quote(parts.path or "/", safe="/~")
         self.service = service
         self.region = region
         self._key_for: tuple[str, str] | None = None
@@ -62,7 +66,7 @@ class JsonRequestSigner:
         canonical = "\n".join(
             (
                 "POST",
-                "/",
+                self.canonical_uri,
                 "",
                 "".join(f"{name}:{value}\n" for name, value in signed),
                 names,

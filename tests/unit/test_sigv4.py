@@ -16,6 +16,7 @@ from esm.sigv4 import Credentials, JsonRequestSigner
         "https://kinesis.us-east-1.amazonaws.com",
         "http://127.0.0.1:4566",
         "https://sqs.eu-west-1.amazonaws.com:443",
+        "http://127.0.0.1:4566/prefix/path",
     ],
 )
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEB4aDH+session/token=="])
@@ -34,7 +35,7 @@ def test_authorization_is_the_same_as_botocores(
     content_type = "application/x-amz-json-1.1"
     request = AWSRequest(
         method="POST",
-        url=url + "/",
+        url=url if url.count("/") > 2 else url + "/",
         data=body,
         headers={"Content-Type": content_type, "X-Amz-Target": target},
     )

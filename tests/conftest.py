@@ -26,6 +26,38 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
+# Scheduling under pytest-xdist (`./dev test` runs one worker per CPU, `--dist loadgroup`).
+# Each worker is its own process with its own session fixtures (moto server, Tansu, brokers),
+# all on free loopback ports with their own temporary directories, so tests may run on any
+# worker. Two kinds of tests are placed:
+# - Tests on a session broker that takes seconds of CPU to start (RabbitMQ, ActiveMQ's JVM)
+#   share one xdist group per broker, so one worker starts it, not every worker.
+# - Tests that mostly wait on a clock (AWS's smallest MaximumRecordAgeInSeconds is 60 s) or on
+#   many process starts are collected first, so their waits overlap the rest of the suite
+#   instead of trailing it. A scheduling hint only: each still runs exactly as written.
+BROKER_GROUPS = ("rabbitmq", "activemq")
+LONG_WAITS = (
+    "test_records_older_than_maximum_record_age_are_given_up",
+    "test_quick_bench_writes_table_and_json",
+    "test_sigkill_at_random_moments_loses_nothing",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for g in BROKER_GROUPS if g in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item: pytest.Item) -> int:
+        if item.name.split("[")[0] in LONG_WAITS:
+            return 0
+        return 1 if item.get_closest_marker("xdist_group") else 2
+
+    items.sort(key=rank)  # stable: the order within each rank is unchanged
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -89,10 +89,13 @@ async def running(
     metrics = Metrics()
     invoked = function(handler, metrics, timeout)
     runtime = KafkaRuntime(config, invoked, metrics, client_options=FAST_GROUP)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(runtime.run)
-        yield runtime
-        runtime.stop()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.run)
+            yield runtime
+            runtime.stop()
+    finally:  # an in-process function left open keeps its variables in os.environ
+        await invoked.invoker.aclose()
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 60) -> None:

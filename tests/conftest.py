@@ -26,6 +26,44 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
+# Scheduling under pytest-xdist (`./dev test` runs two workers per CPU, `--dist loadgroup`).
+# Each worker is its own process with its own session fixtures (moto server, Tansu, brokers),
+# all on free loopback ports with their own temporary directories, so tests may run on any
+# worker. Two kinds of tests are placed:
+# - tests/mq/ starts a RabbitMQ node and an ActiveMQ JVM per session, seconds of CPU each: its
+#   files form one work unit, so one worker starts them, not every worker. The scheduler below
+#   does it from the node id: pytest 9.2 ignores the `@group` suffix that xdist's own
+#   `xdist_group` marks add to node ids (pytest-dev/pytest-xdist#1386), so those marks do not
+#   group here. A test that must not run beside others goes in SERIAL_GROUPS the same way.
+# - Tests that mostly wait on a clock (AWS's smallest MaximumRecordAgeInSeconds is 60 s) or on
+#   many process starts are collected first, so their waits overlap the rest of the suite
+#   instead of trailing it. A scheduling hint only: each still runs exactly as written.
+SERIAL_GROUPS = ("tests/mq/",)
+LONG_WAITS = (
+    "test_records_older_than_maximum_record_age_are_given_up",
+    "test_quick_bench_writes_table_and_json",
+    "test_sigkill_at_random_moments_loses_nothing",
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist; absent under `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SerialGroups(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            group = next((g for g in SERIAL_GROUPS if nodeid.startswith(g)), None)
+            return group if group is not None else str(super()._split_scope(nodeid))
+
+    return SerialGroups(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.name.split("[")[0] not in LONG_WAITS)  # stable sort
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

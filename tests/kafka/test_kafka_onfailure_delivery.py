@@ -43,10 +43,13 @@ async def running_with_destination(
         runtime = KafkaRuntime(
             config, fn, metrics, client_options=FAST_GROUP, on_failure=on_failure
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(runtime.run)
-            yield runtime
-            runtime.stop()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runtime.run)
+                yield runtime
+                runtime.stop()
+        finally:  # an in-process function left open keeps its variables in os.environ
+            await fn.invoker.aclose()
 
 
 def dlq(sqs: Any, unique: str) -> tuple[str, str]:

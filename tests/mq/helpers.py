@@ -79,6 +79,7 @@ class RunningMapping:
             timeout=10,
         )
         function = Function(create_invoker(function_config), self.metrics)
+        self._invoker = function.invoker
         self.aws: AwsClients | None = None
         if endpoint is not None:
             daemon = DaemonConfig(endpoint_url=endpoint)
@@ -105,6 +106,8 @@ class RunningMapping:
             if self.aws is not None:
                 self.portal.call(self.aws.__aexit__, None, None, None)
         finally:
+            # An in-process function left open keeps its variables in os.environ.
+            self.portal.call(self._invoker.aclose)
             self._stack.close()
 
 

@@ -215,7 +215,11 @@ def test_module_level_client_puts_items_in_the_moto_table(  # type: ignore[no-un
     config = parse_config(
         {
             "daemon": {"region": region, "endpoint_url": endpoint, "http_address": "127.0.0.1:0"},
-            "functions": {"f": function("f", "sdk_app", kind, environment={"TABLE_NAME": table})},
+            # timeout 30: the first put_item loads botocore's DynamoDB model, which on a loaded
+            # CI machine can outlast Lambda's 3 s default; this test is about where calls land.
+            "functions": {
+                "f": function("f", "sdk_app", kind, timeout=30, environment={"TABLE_NAME": table})
+            },
             "mappings": [mapping(arn)],
         }
     )

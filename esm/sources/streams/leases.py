@@ -14,7 +14,10 @@ conditional writes decide every race):
 - a worker that just finished a shard (SHARD_END) and holds nothing else is still a worker
   for `failover_time`, as KCL's SHARD_END lease still counts for its owner: otherwise its
   peers share the children without it and it must steal one back from a live worker;
-- a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once.
+- a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once;
+- a lease this worker gave up locally (stalled past `failover_time`, renewals failing) that
+  the table still names it as owner of is taken back by a conditional renewal: nobody else
+  took it, so its shard restarts from the stored checkpoint instead of staying unread.
 
 The balancing arithmetic is pure (`ExpiryTracker`, `choose_leases_to_take`); the
 coordinator only does I/O around it. It must not read shards itself: `StreamMapping` runs
@@ -208,6 +211,8 @@ class LeaseCoordinator:
         self._taking = anyio.Lock()
         """Held by a take until its lease is in `held`, and by the incarnation restarts: a
         lease taken while a restart runs would be seen neither as scanned nor as held."""
+        self._releasing: set[str] = set()
+        """Lease keys whose release is being written: not orphans to take back."""
         self._m_held = metrics.leases_held
         self._m_taken = metrics.leases_taken
         self._m_lost = metrics.leases_lost
@@ -384,6 +389,8 @@ class LeaseCoordinator:
                 async with local.lock:
                     if not local.lost.is_set() and local.lease.counter <= lease.counter:
                         self._lose(local, reason=f"now owned by {lease.owner}")
+        if await self._retake_own(leases, mine):
+            return  # the next cycle balances with these counted as held
         choices = choose_leases_to_take(
             leases,
             expired,
@@ -414,23 +421,69 @@ class LeaseCoordinator:
             )
             self._on_change()
 
+    async def _retake_own(self, leases: Sequence[Lease], mine: dict[str, HeldLease]) -> bool:
+        """Take back the unfinished leases the table still names this worker as owner of,
+        though it gave them up locally: the fencing check after a stall, renewals failing
+        for `failover_time` on a network fault, or a renewal refused after its first try
+        succeeded unseen (issue #15). Any other worker's take or a restart would have changed
+        the owner, so nobody else can have processed past the stored checkpoint; the write is
+        a renewal conditional on owner and counter as scanned, so a take since then wins and
+        this one fails. The shard restarts from the stored checkpoint, as Lambda keeps a
+        shard going once its poller recovers. Returns whether any was taken back."""
+        orphans = [
+            lease
+            for lease in leases
+            if lease.owner == self.worker
+            and not lease.ended
+            and lease.shard_id not in mine
+            and lease.key not in self._releasing
+        ]
+        retaken = False
+        for lease in orphans:
+            if self._stopping.is_set():
+                break
+            async with self._taking:
+                if lease.key in self.store.held or lease.key in self._releasing:
+                    continue  # taken or released meanwhile by this worker
+                renewed = await self.table.renew(lease)
+                if renewed is None:
+                    continue  # another worker took it (or reset it) since the scan
+                self.store.held[lease.key] = HeldLease(renewed)
+            retaken = True
+            self._m_taken.inc()
+            self._m_held.set(len(self.held()))
+            self._log.info(
+                "lease.retaken",
+                shard=lease.shard_id,
+                checkpoint=renewed.checkpoint,
+                counter=renewed.counter,
+            )
+        if retaken:
+            self._on_change()
+        return retaken
+
     async def release(self, shard_id: str) -> None:
         """Give one lease up (graceful stop, or its shard ended) so others need not wait."""
         held = self.held().get(shard_id)
         if held is None:
             return
-        async with held.lock:
-            self.store.held.pop(held.lease.key, None)
-            self._m_held.set(len(self.held()))
-            if held.lost.is_set():
-                return
-            held.lost.set()
-            try:
-                released = await self.table.release(held.lease)
-            except Exception as exc:
-                self._log.warning("lease.release_failed", shard=shard_id, error=str(exc))
-                return
-            self._log.info("lease.released", shard=shard_id, released=released)
+        key = held.lease.key
+        self._releasing.add(key)  # not an orphan to take back while the release is written
+        try:
+            async with held.lock:
+                self.store.held.pop(key, None)
+                self._m_held.set(len(self.held()))
+                if held.lost.is_set():
+                    return
+                held.lost.set()
+                try:
+                    released = await self.table.release(held.lease)
+                except Exception as exc:
+                    self._log.warning("lease.release_failed", shard=shard_id, error=str(exc))
+                    return
+                self._log.info("lease.released", shard=shard_id, released=released)
+        finally:
+            self._releasing.discard(key)
 
     async def release_all(self) -> None:
         with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):

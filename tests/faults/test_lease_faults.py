@@ -1,0 +1,102 @@
+"""A lone fleet worker cut off from its lease table (and the stream) by a network fault.
+
+Through the fault proxy: while every call fails, the worker cannot renew its lease, so once
+`failover_time` has passed it gives the lease up (another worker may have taken it) and
+invokes nothing more. When the network is back and nobody took the lease, the table still
+names this worker: it takes the lease back and reads on from the stored checkpoint, as
+Lambda would keep reading the shard (issue #15: before, the shard stayed unread for good).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+import boto3
+import pytest
+from conftest import HANDLERS, wait_until
+from fault_proxy import FaultProxy
+
+from esm.config import parse_config
+
+
+@pytest.fixture
+def proxy(endpoint: str):  # type: ignore[no-untyped-def]
+    upstream = urlparse(endpoint)
+    p = FaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 80, seed=3).start()
+    yield p
+    p.stop()
+
+
+def metric(daemon, name: str) -> float:  # type: ignore[no-untyped-def]
+    found = re.search(rf'^{name}\{{mapping="k"\}} ([0-9.e+]+)$', daemon.get("/metrics")[1], re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_lone_worker_cut_off_past_failover_time_takes_its_lease_back(
+    endpoint, proxy, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"cut-{unique}"
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    arn = kinesis.describe_stream(StreamName=name)["StreamDescription"]["StreamARN"]
+
+    def put(datas: list[str]) -> None:
+        kinesis.put_records(
+            StreamName=name, Records=[{"PartitionKey": d, "Data": d.encode()} for d in datas]
+        )
+
+    record_path = tmp_path / "handled.txt"
+
+    def handled() -> list[str]:
+        return record_path.read_text().split() if record_path.exists() else []
+
+    table = f"leases-{unique}"
+    config = parse_config(
+        {
+            "daemon": {"endpoint_url": proxy.url, "http_address": "127.0.0.1:0"},
+            "state": {
+                "backend": "dynamodb",
+                "table": table,
+                "create_table": True,
+                "lease_renewal_interval": 0.5,
+                "failover_time": 2,
+            },
+            "functions": {
+                "w": {
+                    "handler": "fault_handlers.write_ids",
+                    "code_path": str(HANDLERS),
+                    "environment": {"RECORD_PATH": str(record_path)},
+                }
+            },
+            "mappings": [
+                {
+                    "name": "k",
+                    "function": "w",
+                    "event_source_arn": arn,
+                    "starting_position": "TRIM_HORIZON",
+                    "batch_size": 10,
+                }
+            ],
+        }
+    )
+    before = [f"a{i}" for i in range(20)]
+    put(before)
+    daemon = run_daemon(config)
+    wait_until(lambda: set(before) <= set(handled()), timeout=30)
+
+    proxy.mode = "reset"
+    wait_until(lambda: metric(daemon, "esm_leases_lost_total") >= 1, timeout=30)
+    assert metric(daemon, "esm_leases_held") == 0
+    proxy.mode = "pass"
+
+    after = [f"b{i}" for i in range(20)]
+    put(after)
+    wait_until(lambda: set(after) <= set(handled()), timeout=30)
+    assert metric(daemon, "esm_leases_held") == 1
+    items = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert [i.get("leaseOwner", {}).get("S") for i in items] == [daemon.daemon._store.worker_id]
+    # Read on from the stored checkpoint: in order, and nothing of `after` twice.
+    seen = handled()
+    assert [d for d in seen if d.startswith("b")] == after

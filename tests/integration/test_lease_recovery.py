@@ -143,3 +143,21 @@ async def test_a_finished_lease_is_not_taken_back(fleet: Fixture) -> None:
     assert await f.table.checkpoint(stale, "SHARD_END") is not None
     await f.coordinator._balance_once()
     assert f.coordinator.held() == {}
+
+
+@pytest.mark.anyio
+async def test_a_renewal_refused_after_its_unseen_success_is_taken_back(fleet: Fixture) -> None:
+    """A renewal that reached the table but whose answer was lost (the retry then fails its
+    condition on the counter) looks like a take by another worker; the table still names
+    this worker, so the next cycle takes the lease back."""
+    f = fleet
+    await f.coordinator._balance_once()
+    held = f.coordinator.held()[SHARD]
+    assert await f.table.renew(held.lease) is not None  # the try whose answer was lost
+    await f.coordinator._renew(held)
+    assert held.lost.is_set() and f.coordinator.held() == {}
+    await f.coordinator._balance_once()
+    again = f.coordinator.held().get(SHARD)
+    assert again is not None and not again.lost.is_set()
+    stored = await f.table.get(MAPPING, SHARD)
+    assert stored is not None and again.lease == stored and stored.owner == "worker-a"

@@ -162,7 +162,8 @@ def test_a_shard_that_ended_on_the_deleted_stream_is_read_on_the_new_one(
     """Issue #15.2: the old stream's shard 0 was split, so its poller ended at SHARD_END;
     the stream is then created again, and its new shard 0 has the same id. The ended poller
     was kept and blocked that id for good (its stop was asked at every listing), so no new
-    record was read; in a fleet the worker even held and renewed the reset lease unread."""
+    record was read; in a fleet the worker even held and renewed the reset lease unread, and
+    the leases of the deleted stream's children too."""
     name = f"ended-{unique}"
     arn = make_stream(kinesis, name)
     put(kinesis, name, [(f"p{i}", f"parent-{i}") for i in range(5)])
@@ -193,7 +194,7 @@ def test_a_shard_that_ended_on_the_deleted_stream_is_read_on_the_new_one(
         }
     )
     with capture_logs() as logs:
-        run_daemon(config)
+        daemon = run_daemon(config)
         wait_until(lambda: len(datas(arn)) >= 10, timeout=30)
         wait_until(
             lambda: _parent_ended(backend, tmp_path, endpoint, table, shard["ShardId"]),
@@ -204,6 +205,23 @@ def test_a_shard_that_ended_on_the_deleted_stream_is_read_on_the_new_one(
         put(kinesis, name, [(f"k{i}", f"new-{i}") for i in range(7)])
         # The next listing (a failing child's retry, or every 10 s) sees the new stream.
         wait_until(lambda: len([d for d in datas(arn) if d.startswith("new-")]) >= 7, timeout=40)
+        if backend == "dynamodb":
+            # The children's leases were of the deleted stream only: deleted, not held and
+            # renewed for good without a poller (nor counted in the fleet's fair shares).
+            ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+            wait_until(
+                lambda: (
+                    [
+                        i["shardId"]["S"]
+                        for i in ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+                    ]
+                    == [shard["ShardId"]]
+                ),
+                timeout=30,
+            )
+            wait_until(
+                lambda: 'esm_leases_held{mapping="k-' + name + '"} 1.0' in daemon.get("/metrics")[1]
+            )
     assert sorted(d for d in datas(arn) if d.startswith("new-")) == [f"new-{i}" for i in range(7)]
     warnings = [e for e in logs if e["event"] == "shard.new_incarnation"]
     assert [w["shard"] for w in warnings] == [shard["ShardId"]]

@@ -17,7 +17,8 @@ conditional writes decide every race):
 - a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once;
 - a lease this worker gave up locally (stalled past `failover_time`, renewals failing) that
   the table still names it as owner of is taken back by a conditional renewal: nobody else
-  took it, so its shard restarts from the stored checkpoint instead of staying unread.
+  took it, so its shard restarts from the stored checkpoint instead of staying unread;
+- the leases of a deleted stream's shards that the stream listed now lacks are deleted.
 
 The balancing arithmetic is pure (`ExpiryTracker`, `choose_leases_to_take`); the
 coordinator only does I/O around it. It must not read shards itself: `StreamMapping` runs
@@ -257,10 +258,49 @@ class LeaseCoordinator:
         for lease in leases:
             if lease.ended and lease.shard_id not in listed and lease.owner is None:
                 await self.table.delete(lease)
+        deleted = await self._delete_of_deleted_streams(shards, leases)
         # Until the caller reads `held()` (no await between): no lease held then is stale.
         async with self._taking:
             restarted = await self._restart_new_incarnations(shards, leases)
-            return await self.table.scan(self.mapping) if created or restarted else leases
+            changed = created or restarted or deleted
+            return await self.table.scan(self.mapping) if changed else leases
+
+    async def _delete_of_deleted_streams(
+        self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
+    ) -> bool:
+        """Delete the leases of shards that only a deleted stream had: of another
+        incarnation than the stream listed now, and not listed. Kept, they were held and
+        renewed for good without a poller (a stream created again with fewer shards, or the
+        children of a split parent), and counted in every worker's fair share. The delete is
+        conditional on the counter as scanned; a holder elsewhere loses it at its next
+        renewal. Returns whether any was deleted."""
+        incarnations = {s.incarnation for s in shards}
+        if len(incarnations) != 1 or None in incarnations:
+            return False
+        (current,) = incarnations
+        listed = {s.shard_id for s in shards}
+        deleted = False
+        for lease in leases:
+            if lease.shard_id in listed or lease.incarnation in (None, current):
+                continue
+            target = lease
+            local = self.held().get(lease.shard_id)
+            if local is not None:  # held here: given up first, deleted as last written
+                async with local.lock:
+                    if not local.lost.is_set():
+                        self._lose(local, reason="its stream was deleted")
+                    if local.lease.counter > lease.counter:
+                        target = local.lease
+            if await self.table.delete(target):
+                deleted = True
+                self._log.info(
+                    "lease.deleted",
+                    shard=lease.shard_id,
+                    incarnation=lease.incarnation,
+                    current=current,
+                    reason="shard of a deleted stream",
+                )
+        return deleted
 
     async def _restart_new_incarnations(
         self, shards: Sequence[ShardInfo], leases: Sequence[Lease]

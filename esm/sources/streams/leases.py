@@ -388,10 +388,10 @@ class LeaseCoordinator:
                 # Unreachable table: keep trying, but give the shard up once others may
                 # consider the lease expired, so two workers never process it together.
                 if time.monotonic() - held.renewed_at >= self.timings.failover_time:
-                    self._lose(held, reason=f"not renewed for failover_time: {exc}")
+                    self._lose(held, reason=f"not renewed for failover_time: {exc!r}")
                 else:
                     self._log.warning(
-                        "lease.renew_failed", shard=held.lease.shard_id, error=str(exc)
+                        "lease.renew_failed", shard=held.lease.shard_id, error=repr(exc)
                     )
                 return
             if renewed is None:

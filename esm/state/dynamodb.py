@@ -476,7 +476,22 @@ class DynamoDBCheckpointStore:
                     checkpoint=checkpoint.incarnation,
                 )
                 return
-            updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
+            # Bounded like a renewal: past failover_time the lease may be another worker's,
+            # and a write hanging on an unanswering table must not hold a stop for minutes.
+            left = self.timings.failover_time - (time.monotonic() - held.renewed_at)
+            with anyio.move_on_after(max(left, 0.1)) as bound:
+                updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
+            if bound.cancelled_caught:
+                held.lost.set()
+                self.held.pop(held.lease.key, None)
+                log.warning(
+                    "lease.lost",
+                    worker=self.worker_id,
+                    mapping=mapping,
+                    shard=shard_id,
+                    reason="checkpoint not written within failover_time",
+                )
+                raise LeaseLost(f"{mapping}:{shard_id} could not be checkpointed in time")
             if updated is None:
                 held.lost.set()
                 self.held.pop(held.lease.key, None)

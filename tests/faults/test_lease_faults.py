@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from urllib.parse import urlparse
 
 import boto3
@@ -108,13 +109,18 @@ class LeaseTableCut(FaultProxy):
     stream and the function stay reachable."""
 
     cut = False
+    hold = False
+    """Lease table calls get no answer at all (a black hole) while set."""
     refused = 0
 
     async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> bool:
-        if self.cut and b"DynamoDB_20120810." in request.partition(b"\r\n\r\n")[0]:
-            self.refused += 1
-            writer.transport.abort()
-            return False
+        if b"DynamoDB_20120810." in request.partition(b"\r\n\r\n")[0]:
+            while self.hold:
+                await asyncio.sleep(0.05)
+            if self.cut:
+                self.refused += 1
+                writer.transport.abort()
+                return False
         return await super()._answer(request, writer)
 
 
@@ -203,3 +209,68 @@ def test_a_worker_cut_off_from_its_lease_table_stops_invoking_then_reads_on(
         "lease table cut:",
         {"handled_during_lease": at_loss - at_cut, "replayed": len(handled()) - len(sent)},
     )
+
+
+def test_a_graceful_stop_with_the_lease_table_unanswering_ends_within_its_bounds(
+    endpoint, lease_table_cut, unique, tmp_path, run_daemon
+):  # type: ignore[no-untyped-def]
+    """SIGTERM while the lease table answers nothing (its calls hang until the client's
+    read timeout, 40 s, each retried): the checkpoint being written is given up once the
+    lease may have expired (`failover_time`) and the releases after `RELEASE_TIMEOUT`, so the
+    stop ends; what was not checkpointed is delivered again after a restart."""
+    proxy = lease_table_cut
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"hold-{unique}"
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    arn = kinesis.describe_stream(StreamName=name)["StreamDescription"]["StreamARN"]
+    sent = [f"h{i}" for i in range(400)]
+    kinesis.put_records(
+        StreamName=name, Records=[{"PartitionKey": d, "Data": d.encode()} for d in sent]
+    )
+    record_path = tmp_path / "handled.txt"
+
+    def handled() -> list[str]:
+        return record_path.read_text().split() if record_path.exists() else []
+
+    config = parse_config(
+        {
+            "daemon": {"endpoint_url": proxy.url, "http_address": "127.0.0.1:0"},
+            "state": {
+                "backend": "dynamodb",
+                "table": f"leases-{unique}",
+                "create_table": True,
+                "lease_renewal_interval": 0.5,
+                "failover_time": 3,
+            },
+            "functions": {
+                "w": {
+                    "handler": "fault_handlers.write_ids",
+                    "code_path": str(HANDLERS),
+                    "environment": {"RECORD_PATH": str(record_path), "HANDLER_SLEEP": "0.05"},
+                }
+            },
+            "mappings": [
+                {
+                    "name": "k",
+                    "function": "w",
+                    "event_source_arn": arn,
+                    "starting_position": "TRIM_HORIZON",
+                    "batch_size": 5,
+                }
+            ],
+        }
+    )
+    daemon = run_daemon(config)
+    wait_until(lambda: len(handled()) >= 20, timeout=30, interval=0.01)
+    proxy.hold = True
+    at_hold = len(handled())
+    wait_until(lambda: len(handled()) > at_hold, timeout=30, interval=0.01)  # a batch more
+    started = time.monotonic()
+    try:
+        daemon.stop(timeout=120)
+    finally:
+        stopped_after = time.monotonic() - started
+        proxy.hold = False
+    print("stop with the lease table unanswering:", round(stopped_after, 1), "s")
+    # failover_time (3 s) for the checkpoint, RELEASE_TIMEOUT (10 s) for the release, margin.
+    assert stopped_after < 30

@@ -39,6 +39,13 @@ class Fixture:
     store: DynamoDBCheckpointStore
     coordinator: LeaseCoordinator
     changes: list[None]
+    metrics: Metrics
+
+    def lost(self) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "esm_leases_lost_total", {"mapping": MAPPING}
+        )
+        return value or 0.0
 
 
 @pytest.fixture
@@ -50,15 +57,16 @@ async def fleet(endpoint: str) -> AsyncIterator[Fixture]:
         await table.create(Lease(MAPPING, SHARD, None, 0, checkpoint="30"))
         store = DynamoDBCheckpointStore(table, "worker-a", LeaseTimings(0.2, FAILOVER, 2))
         changes: list[None] = []
+        metrics = Metrics()
         coordinator = LeaseCoordinator(
             store,
             MAPPING,
-            MappingMetrics(Metrics(), MAPPING),
+            MappingMetrics(metrics, MAPPING),
             initial_checkpoint="TRIM_HORIZON",
             on_change=lambda: changes.append(None),
             stopping=anyio.Event(),
         )
-        yield Fixture(table, store, coordinator, changes)
+        yield Fixture(table, store, coordinator, changes, metrics)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -72,8 +80,12 @@ async def take_then_fence(f: Fixture) -> Lease:
     made before each invocation gives the lease up. Returns the lease as stored then."""
     await f.coordinator._balance_once()
     held = f.coordinator.held()[SHARD]
+    lost, changes = f.lost(), len(f.changes)
     await until(lambda: not f.store.still_held(MAPPING, SHARD))
     assert held.lost.is_set() and f.coordinator.held() == {}
+    # Counted in esm_leases_lost_total like the coordinator's own losses, and the mapping
+    # is told (before, a loss found by the stall check was not counted).
+    assert f.lost() == lost + 1 and len(f.changes) == changes + 1
     stored = await f.table.get(MAPPING, SHARD)
     assert stored is not None and stored.owner == "worker-a"
     return stored

@@ -408,6 +408,13 @@ class LeaseCoordinator:
         self._log.warning("lease.lost", shard=held.lease.shard_id, reason=reason)
         self._on_change()
 
+    def _lost_in_store(self) -> None:
+        """A lease the store gave up (the stall check before an invocation, a checkpoint
+        refused or not written in time): counted like the coordinator's own losses."""
+        self._m_lost.inc()
+        self._m_held.set(len(self.held()))
+        self._on_change()
+
     async def _balance_loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -448,7 +455,7 @@ class LeaseCoordinator:
                 if taken is None:
                     continue  # another worker was first, or the owner renewed it meanwhile
                 self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
-                    taken, taken_from_live_owner=stolen
+                    taken, taken_from_live_owner=stolen, on_lost=self._lost_in_store
                 )
             self._m_taken.inc()
             self._m_held.set(len(self.held()))
@@ -488,7 +495,7 @@ class LeaseCoordinator:
                 renewed = await self.table.renew(lease)
                 if renewed is None:
                     continue  # another worker took it (or reset it) since the scan
-                self.store.held[lease.key] = HeldLease(renewed)
+                self.store.held[lease.key] = HeldLease(renewed, on_lost=self._lost_in_store)
             retaken = True
             self._m_taken.inc()
             self._m_held.set(len(self.held()))

@@ -106,6 +106,9 @@ class HeldLease:
     lost: anyio.Event = field(default_factory=anyio.Event)
     renewed_at: float = field(default_factory=time.monotonic)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    on_lost: Callable[[], None] | None = None
+    """Called when the store gives the lease up (stall check, checkpoint refused or not
+    written in time), so its coordinator counts the loss and refreshes the mapping."""
 
 
 class LeaseTable:
@@ -437,6 +440,19 @@ class DynamoDBCheckpointStore:
         stale_for = time.monotonic() - held.renewed_at
         if stale_for < self.timings.failover_time:
             return True
+        self._give_up(
+            held,
+            mapping,
+            shard_id,
+            "not renewed within failover_time (this worker was stalled)",
+            since_renewal_s=round(stale_for, 3),
+        )
+        return False
+
+    def _give_up(
+        self, held: HeldLease, mapping: str, shard_id: str, reason: str, **fields: Any
+    ) -> None:
+        """Mark a lease lost here (not by its coordinator), and tell the coordinator."""
         held.lost.set()
         self.held.pop(held.lease.key, None)
         log.warning(
@@ -444,10 +460,11 @@ class DynamoDBCheckpointStore:
             worker=self.worker_id,
             mapping=mapping,
             shard=shard_id,
-            reason="not renewed within failover_time (this worker was stalled)",
-            since_renewal_s=round(stale_for, 3),
+            reason=reason,
+            **fields,
         )
-        return False
+        if held.on_lost is not None:
+            held.on_lost()
 
     async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
         if not self.still_held(mapping, shard_id):
@@ -476,16 +493,19 @@ class DynamoDBCheckpointStore:
                     checkpoint=checkpoint.incarnation,
                 )
                 return
-            updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
+            # Bounded like a renewal: past failover_time the lease may be another worker's,
+            # and a write hanging on an unanswering table must not hold a stop for minutes.
+            left = self.timings.failover_time - (time.monotonic() - held.renewed_at)
+            with anyio.move_on_after(max(left, 0.1)) as bound:
+                updated = await self.table.checkpoint(held.lease, value, checkpoint.incarnation)
+            if bound.cancelled_caught:
+                self._give_up(
+                    held, mapping, shard_id, "checkpoint not written within failover_time"
+                )
+                raise LeaseLost(f"{mapping}:{shard_id} could not be checkpointed in time")
             if updated is None:
-                held.lost.set()
-                self.held.pop(held.lease.key, None)
-                log.warning(
-                    "lease.lost",
-                    worker=self.worker_id,
-                    mapping=mapping,
-                    shard=shard_id,
-                    reason="checkpoint refused: taken by another worker",
+                self._give_up(
+                    held, mapping, shard_id, "checkpoint refused: taken by another worker"
                 )
                 raise LeaseLost(f"{mapping}:{shard_id} was taken from {self.worker_id}")
             held.lease = updated

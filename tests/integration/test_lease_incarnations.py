@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+import boto3
 import pytest
+from conftest import HANDLERS
 from structlog.testing import capture_logs
 
 from esm.aws import AwsClients
-from esm.config import DaemonConfig
+from esm.config import DaemonConfig, parse_config
+from esm.idle_pacing import IdleReadPacer
+from esm.invokers import create_functions
 from esm.observability import MappingMetrics, Metrics
+from esm.sources.streams.config import StreamMappingConfig
 from esm.sources.streams.leases import LeaseCoordinator
-from esm.sources.streams.records import ShardInfo
+from esm.sources.streams.mapping import StreamMapping
+from esm.sources.streams.poller import ShardPoller
+from esm.sources.streams.records import Position, ShardInfo
 from esm.state.base import Checkpoint
 from esm.state.dynamodb import DynamoDBCheckpointStore, Lease, LeaseTable, LeaseTimings
 
@@ -151,3 +158,96 @@ async def test_a_checkpoint_of_the_deleted_stream_does_not_overwrite_the_reset_l
     await f.store.put(MAPPING, SHARD, Checkpoint("3", incarnation=NEW))
     stored = await f.table.get(MAPPING, SHARD)
     assert stored is not None and (stored.checkpoint, stored.incarnation) == ("3", NEW)
+
+
+@pytest.mark.anyio
+async def test_a_poller_of_the_deleted_stream_ending_after_the_reset_keeps_the_lease(
+    endpoint: str,
+) -> None:
+    """Issue #15.2, forced in order against moto's Kinesis and DynamoDB: the old stream's
+    shard 0 was closed (split); the stream is created again and the refresh resets the lease
+    held here onto the new stream; only then does the old poller reach its SHARD_END. That
+    SHARD_END is of the deleted stream and is not written, so the reset lease is kept (the
+    old code released it as if the shard were done) and the poller is dropped, so the next
+    refresh starts the new shard 0 (the old code kept it and never started that shard)."""
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    arn = kinesis.describe_stream(StreamName=name)["StreamDescription"]["StreamARN"]
+    shard = kinesis.list_shards(StreamName=name)["Shards"][0]
+    low, high = (int(shard["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+    kinesis.split_shard(
+        StreamName=name, ShardToSplit=SHARD, NewStartingHashKey=str((low + high) // 2)
+    )
+    config = parse_config(
+        {
+            "daemon": {"endpoint_url": endpoint},
+            "state": {"backend": "dynamodb", "table": f"leases-{name}", "create_table": True},
+            "functions": {"f": {"handler": "recorder.record", "code_path": str(HANDLERS)}},
+            "mappings": [
+                {
+                    "name": MAPPING,
+                    "function": "f",
+                    "event_source_arn": arn,
+                    "starting_position": "TRIM_HORIZON",
+                }
+            ],
+        }
+    )
+    metrics = Metrics()
+    async with AwsClients(config.daemon) as aws:
+        store = await DynamoDBCheckpointStore.open(
+            aws,
+            f"leases-{name}",
+            create=True,
+            timings=LeaseTimings(0.5, 3.0, 2),
+            worker_id="worker-a",
+        )
+        mapping_config = config.mappings[0]
+        assert isinstance(mapping_config, StreamMappingConfig)
+        mapping = StreamMapping(
+            mapping_config,
+            create_functions(config.functions, metrics, config.daemon)["f"],
+            aws,
+            MappingMetrics(metrics, MAPPING),
+            None,
+            store,
+            IdleReadPacer(config.daemon.idle_shard_reads_per_second),
+        )
+        coordinator = mapping.leases
+        assert coordinator is not None
+        try:
+            old_shards = await mapping.ctx.source.list_shards()
+            await coordinator.sync_shards(old_shards)
+            await coordinator._balance_once()
+            held = coordinator.held()[SHARD]
+
+            kinesis.delete_stream(StreamName=name)
+            kinesis.create_stream(StreamName=name, ShardCount=1)
+            new_shards = await mapping.ctx.source.list_shards()
+            await coordinator.sync_shards(new_shards)
+            assert held.lease.incarnation == new_shards[0].incarnation != old_shards[0].incarnation
+
+            old = next(s for s in old_shards if s.shard_id == SHARD)
+            assert old.closed
+            poller = ShardPoller(
+                replace(mapping.ctx, stopping=anyio.Event()),
+                old,
+                Position("TRIM_HORIZON"),
+                still_owned=mapping._lease_check(held),
+            )
+            mapping.pollers[SHARD] = poller
+            with anyio.fail_after(30):
+                await mapping._run_poller(poller, held)
+            assert poller.ended  # it read the (old) shard to its end
+            assert SHARD not in mapping.pollers
+            stored = await store.table.get(MAPPING, SHARD)
+            assert stored is not None
+            assert (stored.owner, stored.checkpoint, stored.incarnation) == (
+                "worker-a",
+                "TRIM_HORIZON",
+                new_shards[0].incarnation,
+            )
+            assert coordinator.held()[SHARD] is held and not held.lost.is_set()
+        finally:
+            await mapping.ctx.source.aclose()

@@ -14,7 +14,11 @@ conditional writes decide every race):
 - a worker that just finished a shard (SHARD_END) and holds nothing else is still a worker
   for `failover_time`, as KCL's SHARD_END lease still counts for its owner: otherwise its
   peers share the children without it and it must steal one back from a live worker;
-- a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once.
+- a lease whose renewal or checkpoint fails its condition is lost: its poller stops at once;
+- a lease this worker gave up locally (stalled past `failover_time`, renewals failing) that
+  the table still names it as owner of is taken back by a conditional renewal: nobody else
+  took it, so its shard restarts from the stored checkpoint instead of staying unread;
+- the leases of a deleted stream's shards that the stream listed now lacks are deleted.
 
 The balancing arithmetic is pure (`ExpiryTracker`, `choose_leases_to_take`); the
 coordinator only does I/O around it. It must not read shards itself: `StreamMapping` runs
@@ -208,6 +212,8 @@ class LeaseCoordinator:
         self._taking = anyio.Lock()
         """Held by a take until its lease is in `held`, and by the incarnation restarts: a
         lease taken while a restart runs would be seen neither as scanned nor as held."""
+        self._releasing: set[str] = set()
+        """Lease keys whose release is being written: not orphans to take back."""
         self._m_held = metrics.leases_held
         self._m_taken = metrics.leases_taken
         self._m_lost = metrics.leases_lost
@@ -252,10 +258,49 @@ class LeaseCoordinator:
         for lease in leases:
             if lease.ended and lease.shard_id not in listed and lease.owner is None:
                 await self.table.delete(lease)
+        deleted = await self._delete_of_deleted_streams(shards, leases)
         # Until the caller reads `held()` (no await between): no lease held then is stale.
         async with self._taking:
             restarted = await self._restart_new_incarnations(shards, leases)
-            return await self.table.scan(self.mapping) if created or restarted else leases
+            changed = created or restarted or deleted
+            return await self.table.scan(self.mapping) if changed else leases
+
+    async def _delete_of_deleted_streams(
+        self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
+    ) -> bool:
+        """Delete the leases of shards that only a deleted stream had: of another
+        incarnation than the stream listed now, and not listed. Kept, they were held and
+        renewed for good without a poller (a stream created again with fewer shards, or the
+        children of a split parent), and counted in every worker's fair share. The delete is
+        conditional on the counter as scanned; a holder elsewhere loses it at its next
+        renewal. Returns whether any was deleted."""
+        incarnations = {s.incarnation for s in shards}
+        if len(incarnations) != 1 or None in incarnations:
+            return False
+        (current,) = incarnations
+        listed = {s.shard_id for s in shards}
+        deleted = False
+        for lease in leases:
+            if lease.shard_id in listed or lease.incarnation in (None, current):
+                continue
+            target = lease
+            local = self.held().get(lease.shard_id)
+            if local is not None:  # held here: given up first, deleted as last written
+                async with local.lock:
+                    if not local.lost.is_set():
+                        self._lose(local, reason="its stream was deleted")
+                    if local.lease.counter > lease.counter:
+                        target = local.lease
+            if await self.table.delete(target):
+                deleted = True
+                self._log.info(
+                    "lease.deleted",
+                    shard=lease.shard_id,
+                    incarnation=lease.incarnation,
+                    current=current,
+                    reason="shard of a deleted stream",
+                )
+        return deleted
 
     async def _restart_new_incarnations(
         self, shards: Sequence[ShardInfo], leases: Sequence[Lease]
@@ -343,10 +388,10 @@ class LeaseCoordinator:
                 # Unreachable table: keep trying, but give the shard up once others may
                 # consider the lease expired, so two workers never process it together.
                 if time.monotonic() - held.renewed_at >= self.timings.failover_time:
-                    self._lose(held, reason=f"not renewed for failover_time: {exc}")
+                    self._lose(held, reason=f"not renewed for failover_time: {exc!r}")
                 else:
                     self._log.warning(
-                        "lease.renew_failed", shard=held.lease.shard_id, error=str(exc)
+                        "lease.renew_failed", shard=held.lease.shard_id, error=repr(exc)
                     )
                 return
             if renewed is None:
@@ -361,6 +406,13 @@ class LeaseCoordinator:
         self._m_lost.inc()
         self._m_held.set(len(self.held()))
         self._log.warning("lease.lost", shard=held.lease.shard_id, reason=reason)
+        self._on_change()
+
+    def _lost_in_store(self) -> None:
+        """A lease the store gave up (the stall check before an invocation, a checkpoint
+        refused or not written in time): counted like the coordinator's own losses."""
+        self._m_lost.inc()
+        self._m_held.set(len(self.held()))
         self._on_change()
 
     async def _balance_loop(self) -> None:
@@ -384,6 +436,8 @@ class LeaseCoordinator:
                 async with local.lock:
                     if not local.lost.is_set() and local.lease.counter <= lease.counter:
                         self._lose(local, reason=f"now owned by {lease.owner}")
+        if await self._retake_own(leases, mine):
+            return  # the next cycle balances with these counted as held
         choices = choose_leases_to_take(
             leases,
             expired,
@@ -401,7 +455,7 @@ class LeaseCoordinator:
                 if taken is None:
                     continue  # another worker was first, or the owner renewed it meanwhile
                 self.store.held[lease_key(self.mapping, lease.shard_id)] = HeldLease(
-                    taken, taken_from_live_owner=stolen
+                    taken, taken_from_live_owner=stolen, on_lost=self._lost_in_store
                 )
             self._m_taken.inc()
             self._m_held.set(len(self.held()))
@@ -414,23 +468,69 @@ class LeaseCoordinator:
             )
             self._on_change()
 
+    async def _retake_own(self, leases: Sequence[Lease], mine: dict[str, HeldLease]) -> bool:
+        """Take back the unfinished leases the table still names this worker as owner of,
+        though it gave them up locally: the fencing check after a stall, renewals failing
+        for `failover_time` on a network fault, or a renewal refused after its first try
+        succeeded unseen (issue #15). Any other worker's take or a restart would have changed
+        the owner, so nobody else can have processed past the stored checkpoint; the write is
+        a renewal conditional on owner and counter as scanned, so a take since then wins and
+        this one fails. The shard restarts from the stored checkpoint, as Lambda keeps a
+        shard going once its poller recovers. Returns whether any was taken back."""
+        orphans = [
+            lease
+            for lease in leases
+            if lease.owner == self.worker
+            and not lease.ended
+            and lease.shard_id not in mine
+            and lease.key not in self._releasing
+        ]
+        retaken = False
+        for lease in orphans:
+            if self._stopping.is_set():
+                break
+            async with self._taking:
+                if lease.key in self.store.held or lease.key in self._releasing:
+                    continue  # taken or released meanwhile by this worker
+                renewed = await self.table.renew(lease)
+                if renewed is None:
+                    continue  # another worker took it (or reset it) since the scan
+                self.store.held[lease.key] = HeldLease(renewed, on_lost=self._lost_in_store)
+            retaken = True
+            self._m_taken.inc()
+            self._m_held.set(len(self.held()))
+            self._log.info(
+                "lease.retaken",
+                shard=lease.shard_id,
+                checkpoint=renewed.checkpoint,
+                counter=renewed.counter,
+            )
+        if retaken:
+            self._on_change()
+        return retaken
+
     async def release(self, shard_id: str) -> None:
         """Give one lease up (graceful stop, or its shard ended) so others need not wait."""
         held = self.held().get(shard_id)
         if held is None:
             return
-        async with held.lock:
-            self.store.held.pop(held.lease.key, None)
-            self._m_held.set(len(self.held()))
-            if held.lost.is_set():
-                return
-            held.lost.set()
-            try:
-                released = await self.table.release(held.lease)
-            except Exception as exc:
-                self._log.warning("lease.release_failed", shard=shard_id, error=str(exc))
-                return
-            self._log.info("lease.released", shard=shard_id, released=released)
+        key = held.lease.key
+        self._releasing.add(key)  # not an orphan to take back while the release is written
+        try:
+            async with held.lock:
+                self.store.held.pop(key, None)
+                self._m_held.set(len(self.held()))
+                if held.lost.is_set():
+                    return
+                held.lost.set()
+                try:
+                    released = await self.table.release(held.lease)
+                except Exception as exc:
+                    self._log.warning("lease.release_failed", shard=shard_id, error=str(exc))
+                    return
+                self._log.info("lease.released", shard=shard_id, released=released)
+        finally:
+            self._releasing.discard(key)
 
     async def release_all(self) -> None:
         with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):

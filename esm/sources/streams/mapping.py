@@ -204,7 +204,7 @@ class StreamMapping:
                 shard,
                 position,
                 on_positioned=self._publish_ready,
-                still_owned=None if lease is None else self._lease_check(shard.shard_id),
+                still_owned=None if lease is None else self._lease_check(lease),
             )
             self.pollers[shard.shard_id] = poller
             tg.start_soon(self._run_poller, poller, lease)
@@ -238,11 +238,13 @@ class StreamMapping:
                 )
         return current
 
-    def _lease_check(self, shard_id: str) -> Callable[[], bool]:
+    def _lease_check(self, lease: HeldLease) -> Callable[[], bool]:
+        """Before each invocation: is *this* lease still held and fresh? A lease lost and
+        then taken back is another `HeldLease`, for the poller started on it, not this one."""
         store = self.ctx.store
         assert isinstance(store, DynamoDBCheckpointStore)
-        name = self.config.name
-        return lambda: store.still_held(name, shard_id)
+        name, shard_id, key = self.config.name, lease.lease.shard_id, lease.lease.key
+        return lambda: store.held.get(key) is lease and store.still_held(name, shard_id)
 
     def _start_position(self, shard: ShardInfo, checkpoint: str | None) -> Position:
         if checkpoint is not None:
@@ -265,13 +267,16 @@ class StreamMapping:
                 self._set_ready(False)
                 with anyio.move_on_after(ERROR_RETRY_SECONDS):
                     await self.ctx.stopping.wait()
-        if lease is not None and poller.ended and self.leases is not None:
-            # Checkpointed at SHARD_END: the lease no longer counts; children get theirs.
+        if lease is not None and lease.lease.ended and not lease.lost.is_set() and self.leases:
+            # Checkpointed at SHARD_END: the lease no longer counts; children get theirs. Not
+            # when its SHARD_END was not written (stopped first, or a poller of a deleted
+            # stream whose lease was meanwhile reset to the new one: that lease is kept).
             await self.leases.release(poller.shard.shard_id)
-        if not poller.ended:
-            # Not at SHARD_END (stopped or failed): the next refresh restarts it from its
-            # checkpoint.
-            self.pollers.pop(poller.shard.shard_id, None)
+        # Whatever the end, the next refresh decides from the stored checkpoint: a shard
+        # checkpointed at SHARD_END stays done, any other (stopped, failed, or ended on a
+        # stream since created again) starts again (issue #15). A finished poller kept here
+        # would block its shard id for good.
+        self.pollers.pop(poller.shard.shard_id, None)
         self._publish_ready()
         self._shard_finished.set()
 

@@ -93,6 +93,10 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 """Backoff between consumers when the brokers cannot be reached (doubling, capped)."""
 POSITION_TIMEOUT_S = 10.0
+BROKER_CHECK_INTERVAL_S = 2.0
+BROKER_CHECK_TIMEOUT_S = 5.0
+"""How often a running consumer asks the cluster for its metadata, and how long it waits for
+the answer, to know that its brokers are reachable (see `_watch_brokers`)."""
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
 
@@ -443,6 +447,8 @@ class KafkaRuntime:
         self._fetching_for: set[Any] = set()
         self._connected = False
         self._joined = False
+        self._broker_error: str | None = None
+        """Why the brokers cannot be reached now (the consumer's error, or a failed check)."""
         self._unpositioned: set[Any] = set()
         """Assigned partitions whose next offset the client has not resolved yet."""
         self._kafka = kafka_metrics(metrics)
@@ -454,7 +460,25 @@ class KafkaRuntime:
     def ready(self) -> bool:
         """In the group with every assigned partition positioned: a record produced from
         now on is read (with LATEST too), as the daemon's /readyz promises."""
-        return self._connected and self._joined and not self._unpositioned
+        return (
+            self._connected
+            and self._joined
+            and not self._unpositioned
+            and self._broker_error is None
+        )
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the mapping is not ready, for /readyz (None when it is)."""
+        if self.ready:
+            return None
+        if self._broker_error is not None:
+            return self._broker_error
+        if not self._connected:
+            return f"connecting to Kafka brokers {self._bootstrap_text}"
+        if not self._joined:
+            return f"joining consumer group {self.config.consumer_group_id}"
+        return f"positioning {len(self._unpositioned)} assigned partitions"
 
     def stop(self) -> None:
         self._stop.set()
@@ -472,6 +496,7 @@ class KafkaRuntime:
                     exc = group.exceptions[0]
                     if self._connected:
                         delay = RECONNECT_MIN_S
+                    self._broker_error = self._unreachable(type(exc).__name__)
                     self._log.warning(
                         "kafka.consumer.unavailable",
                         error=type(exc).__name__,
@@ -509,9 +534,11 @@ class KafkaRuntime:
                 self._task_group = tg  # before start(): assignments may come at once
                 await consumer.start()
                 self._connected = True
+                self._broker_error = None
                 self.started.set()
                 self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
                 tg.start_soon(self._fetch_loop)
+                tg.start_soon(self._watch_brokers)
                 await self._stop.wait()
                 lanes = list(self.lanes.values())
                 self.lanes.clear()
@@ -530,6 +557,33 @@ class KafkaRuntime:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
             self._log.info("kafka.consumer.stopped")
+
+    def _unreachable(self, error: str) -> str:
+        return f"Kafka brokers {self._bootstrap_text} unreachable: {error}"
+
+    async def _watch_brokers(self) -> None:
+        """Not ready while the brokers cannot be reached. aiokafka rides out a broker that
+        drops while the consumer runs (it reconnects; fetches return nothing meanwhile), so
+        without this a mapping would stay ready through an outage: ask the cluster for its
+        metadata every BROKER_CHECK_INTERVAL_S, not ready until it answers again."""
+        while True:
+            error = None
+            with anyio.move_on_after(BROKER_CHECK_TIMEOUT_S) as scope:
+                try:
+                    await self._consumer.topics()
+                except KafkaError as exc:
+                    error = type(exc).__name__
+            if scope.cancelled_caught:
+                error = f"no answer within {BROKER_CHECK_TIMEOUT_S:g} s"
+            reason = None if error is None else self._unreachable(error)
+            if reason != self._broker_error:
+                if reason is None:
+                    self._log.info("kafka.brokers.reachable")
+                else:
+                    self._log.warning("kafka.brokers.unreachable", error=error)
+                self._broker_error = reason
+                self.m.ready.set(1 if self.ready else 0)
+            await anyio.sleep(BROKER_CHECK_INTERVAL_S)
 
     async def _position(self) -> None:
         """Resolve the next offset of newly assigned partitions (committed, else

@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 THROTTLE_ERRORS = (
@@ -181,6 +182,9 @@ class TcpFaultProxy:
       wait (TCP would retransmit them) and flow on when `mode = "pass"` again.
     - `mode = "refuse"`: new connections are reset at once (a broker that is down); open
       ones are reset too.
+    - `reset_when(match, times)`: the next `times` chunks from a client that `match`
+      accepts (an ack frame, say) are dropped and their connection reset: the client
+      believes it sent them, the broker never reads them.
     """
 
     upstream_host: str
@@ -192,12 +196,16 @@ class TcpFaultProxy:
     """Client connections accepted so far (a test reads how often the client reconnected)."""
     faults: int = 0
     """Faults injected: each reset_all / cut_all, and each switch to blackhole or refuse."""
+    dropped: list[bytes] = field(default_factory=list)
+    """The client chunks dropped by `reset_when`, in order."""
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._match: Callable[[bytes], bool] | None = None
+        self._match_times = 0
 
     @property
     def address(self) -> str:
@@ -228,6 +236,13 @@ class TcpFaultProxy:
     def cut_all(self) -> None:
         self.faults += 1
         self._call(self._close_all, False)
+
+    def reset_when(self, match: Callable[[bytes], bool], times: int = 1) -> None:
+        self._match, self._match_times = match, times
+
+    def armed(self) -> int:
+        """How many `reset_when` resets are still to come."""
+        return self._match_times
 
     def open_connections(self) -> int:
         return len(self._pairs)
@@ -282,17 +297,33 @@ class TcpFaultProxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(
+                self._pump(reader, up_writer, pair), self._pump(up_reader, writer, None)
+            )
         finally:
             self._pairs.discard(pair)
             for w in pair:
                 _close(w, False)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter] | None,
+    ) -> None:
+        """Forward one direction; `pair` is set for the client-to-broker one (`reset_when`)."""
         try:
             while data := await reader.read(65536):
                 await self._passable()
                 if writer.is_closing():
+                    return
+                match = self._match if pair is not None and self._match_times else None
+                if match is not None and pair is not None and match(data):
+                    self._match_times -= 1
+                    self.faults += 1
+                    self.dropped.append(data)
+                    for w in pair:
+                        _close(w, True)
                     return
                 writer.write(data)
                 await writer.drain()

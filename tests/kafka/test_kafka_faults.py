@@ -12,11 +12,14 @@ was handled, and the mapping recovers, ready again, when the network returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -381,3 +384,83 @@ async def test_a_worker_stopped_mid_batch_past_its_session_commits_nothing_unfin
         },
     )
     assert not stale, (stale[:5], in_flight_end, at_resume)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+async def test_esm_run_and_esm_status_name_an_unreachable_broker(
+    proxied: ProxiedBroker, tmp_path: Path
+) -> None:
+    """Under `esm run`, a broker that stops answering turns /readyz 503 naming the mapping
+    and the error; `esm status` shows the topic as unreachable (exit 0); both recover."""
+    topic = "daemon-faults"
+    await create_topic(proxied.bootstrap, topic, 3)
+    port = _free_port()
+    handled = tmp_path / "handled.txt"
+    config = tmp_path / "esm.toml"
+    config.write_text(
+        f"""
+[daemon]
+http_address = "127.0.0.1:{port}"
+region = "us-east-1"
+
+[functions.recorder]
+handler = "recorder.kafka_write_to_file"
+code_path = "{HERE.parent / "handlers"}"
+environment = {{ RECORD_PATH = "{handled}" }}
+
+[[mappings]]
+name = "orders"
+function = "recorder"
+self_managed_event_source.endpoints.KAFKA_BOOTSTRAP_SERVERS = ["{proxied.bootstrap}"]
+topics = ["{topic}"]
+self_managed_kafka_event_source_config = {{ consumer_group_id = "g-daemon" }}
+starting_position = "LATEST"
+batch_size = 10
+maximum_batching_window_in_seconds = 0.1
+"""
+    )
+    log = (tmp_path / "esm.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esm", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "esm", "status", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        await poll_until(lambda: _get(port, "/readyz")[0] == 200, timeout=60)
+        proxied.proxy.set_mode("refuse")
+        await poll_until(lambda: _get(port, "/readyz")[0] == 503, timeout=30)
+        answer = json.loads(_get(port, "/readyz")[1])
+        assert answer["not_ready"] == ["orders"], answer
+        assert proxied.bootstrap in answer["reasons"]["orders"], answer
+        assert "unreachable" in answer["reasons"]["orders"], answer
+        shown = await anyio.to_thread.run_sync(status)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if line.startswith("orders"))
+        assert "unreachable" in row and proxied.bootstrap in row, shown.stdout
+        proxied.proxy.set_mode("pass")
+        await poll_until(lambda: _get(port, "/readyz")[0] == 200, timeout=60)
+        await produce(proxied.bootstrap, topic, [(2, b"after-outage")])
+        await poll_until(lambda: handled.exists() and "after-outage" in handled.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=30)) == 0
+    finally:
+        proc.kill()
+        proc.wait()

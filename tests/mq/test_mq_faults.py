@@ -195,3 +195,83 @@ def test_an_unreachable_broker_turns_the_mapping_not_ready_until_it_returns(
         wait_until(lambda: [b for b, _ in deliveries(running.arn)] == ["back"], timeout=30)
     finally:
         running.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_esm_run_and_esm_status_name_an_unreachable_broker(
+    rabbitmq: Broker, rabbit_proxy: TcpFaultProxy, tmp_path: Path
+) -> None:
+    """Under `esm run`, a RabbitMQ broker that refuses connections turns /readyz 503 naming
+    the mapping and the error; `esm status` shows the queue unreachable; both recover."""
+    import json
+    import signal
+    import subprocess
+
+    from brokers import free_port
+
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    declare(rabbitmq.url, queue)
+    port, handled = free_port(), tmp_path / "handled.jsonl"
+    config = tmp_path / "esm.toml"
+    url = f"amqp://{rabbit_proxy.address}"
+    config.write_text(
+        f"""
+[daemon]
+http_address = "127.0.0.1:{port}"
+
+[functions.rec]
+handler = "recorder.write_broker_messages_to_file"
+code_path = "{Path(__file__).parents[1] / "handlers"}"
+environment = {{ RECORD_PATH = "{handled}" }}
+
+[[mappings]]
+name = "jobs"
+function = "rec"
+queues = ["{queue}"]
+self_managed_event_source.endpoints.RABBITMQ_BROKER_URLS = ["{url}"]
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esm", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "esm.log").open("w"),
+    )
+    try:
+        wait_until(lambda: _get(port, "/readyz")[0] == 200, timeout=60)
+        rabbit_proxy.set_mode("refuse")
+        wait_until(lambda: _get(port, "/readyz")[0] == 503, timeout=30)
+        answer = wait_until(
+            lambda: (a := json.loads(_get(port, "/readyz")[1])).get("reasons") and a, timeout=10
+        )
+        assert answer["not_ready"] == ["jobs"], answer
+        assert url in answer["reasons"]["jobs"], answer
+        shown = subprocess.run(
+            [sys.executable, "-m", "esm", "status", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if line.startswith("jobs"))
+        assert "unreachable" in row and rabbit_proxy.address in row, row
+        rabbit_proxy.set_mode("pass")
+        wait_until(lambda: _get(port, "/readyz")[0] == 200, timeout=60)
+        publish(rabbitmq.url, queue, ["after-outage"])
+        wait_until(lambda: handled.exists() and "after-outage" in handled.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

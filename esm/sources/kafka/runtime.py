@@ -97,10 +97,17 @@ BROKER_CHECK_INTERVAL_S = 2.0
 BROKER_CHECK_TIMEOUT_S = 5.0
 """How often a running consumer asks the cluster for its metadata, and how long it waits for
 the answer, to know that its brokers are reachable (see `_watch_brokers`)."""
+PAUSE_TICK_S = 0.1
+"""How often the consumer notes that its process runs (see `_watch_pauses`)."""
+
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
 
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
+
+
+class ConsumerPaused(Exception):
+    """The process ran nothing for longer than the group waits for a silent member."""
 
 
 Doc = dict[str, Any]
@@ -224,6 +231,8 @@ class _Lane:
             runtime.m.filtered_out.inc(len(batch) - len(passing))
         work: list[Segment[Doc]] = [Segment(passing)] if passing else []
         while work:
+            if runtime.paused():  # the group may have moved on: invoke nothing fetched before
+                self.stop()
             if self._stopping:
                 return
             segment: Segment[Doc] | None = work.pop()
@@ -449,6 +458,13 @@ class KafkaRuntime:
         self._joined = False
         self._broker_error: str | None = None
         """Why the brokers cannot be reached now (the consumer's error, or a failed check)."""
+        options = self._client_options
+        self._pause_limit_s = (
+            int(options.get("session_timeout_ms", 10_000))
+            - int(options.get("heartbeat_interval_ms", 3_000))
+        ) / 1000
+        """A pause this long may have let the group expire this member (aiokafka defaults)."""
+        self._tick = time.monotonic()
         self._unpositioned: set[Any] = set()
         """Assigned partitions whose next offset the client has not resolved yet."""
         self._kafka = kafka_metrics(metrics)
@@ -492,11 +508,15 @@ class KafkaRuntime:
             while not self._stop.is_set():
                 try:
                     await self._consume()
-                except* (KafkaError, OSError) as group:  # raised in the task group
+                except* (KafkaError, OSError, ConsumerPaused) as group:  # raised in the task group
                     exc = group.exceptions[0]
                     if self._connected:
                         delay = RECONNECT_MIN_S
-                    self._broker_error = self._unreachable(type(exc).__name__)
+                    self._broker_error = (
+                        f"rejoining the group: {exc}"
+                        if isinstance(exc, ConsumerPaused)
+                        else self._unreachable(type(exc).__name__)
+                    )
                     self._log.warning(
                         "kafka.consumer.unavailable",
                         error=type(exc).__name__,
@@ -532,6 +552,8 @@ class KafkaRuntime:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg  # before start(): assignments may come at once
+                self._tick = time.monotonic()
+                tg.start_soon(self._watch_pauses)
                 await consumer.start()
                 self._connected = True
                 self._broker_error = None
@@ -560,6 +582,24 @@ class KafkaRuntime:
 
     def _unreachable(self, error: str) -> str:
         return f"Kafka brokers {self._bootstrap_text} unreachable: {error}"
+
+    def paused(self) -> bool:
+        """The process ran nothing for longer than the group waits for a member's heartbeat
+        (session timeout minus heartbeat interval): SIGSTOP, a frozen VM. The group may have
+        given this worker's partitions to another, which reads them from the committed
+        offset, so nothing fetched before may be invoked (a stale, out-of-order duplicate)."""
+        return time.monotonic() - self._tick > self._pause_limit_s
+
+    async def _watch_pauses(self) -> None:
+        """Rebuild the consumer after such a pause: leave the group, join again, and read
+        from the committed offsets (lanes check `paused()` first, so none invokes meanwhile).
+        """
+        while True:
+            self._tick = time.monotonic()
+            await anyio.sleep(PAUSE_TICK_S)
+            gap = time.monotonic() - self._tick
+            if gap > self._pause_limit_s:
+                raise ConsumerPaused(f"the process was paused for {gap:.1f} s")
 
     async def _watch_brokers(self) -> None:
         """Not ready while the brokers cannot be reached. aiokafka rides out a broker that

@@ -285,9 +285,14 @@ def _handled(path: Path) -> list[tuple[int, int]]:
 
 
 async def _start_worker(
-    bootstrap: str, topic: str, group: str, out: Path, log: Path
+    bootstrap: str, topic: str, group: str, out: Path, log: Path, **settings: str
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KAFKA_RECORD_FILE": str(out), "KAFKA_RECORD_DELAY": "0.03"}
+    env = {
+        **os.environ,
+        "KAFKA_RECORD_FILE": str(out),
+        "KAFKA_RECORD_DELAY": "0.03",
+        **settings,
+    }
     return subprocess.Popen(
         [sys.executable, str(HERE / "kafka_child.py"), bootstrap, topic, group],
         env=env,
@@ -464,3 +469,44 @@ maximum_batching_window_in_seconds = 0.1
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_worker_paused_while_gathering_a_batch_invokes_nothing_after_resuming(
+    kafka_topic: KafkaTopic, tmp_path: Path
+) -> None:
+    """A worker stopped (SIGSTOP) while its partitions' next batches wait for the batching
+    window, for longer than the session: the group gives the partitions to B, which handles
+    the records. When A resumes, its windows have passed; it must not invoke what it
+    gathered before (B has it), only what the group assigns it again."""
+    group, topic, bootstrap = "g-paused", kafka_topic.name, kafka_topic.bootstrap
+    out_a, out_b = tmp_path / "a.txt", tmp_path / "b.txt"
+    settings = {"KAFKA_BATCH_SIZE": "100", "KAFKA_BATCHING_WINDOW": "2"}
+    a = await _start_worker(bootstrap, topic, group, out_a, tmp_path / "a.log", **settings)
+    b = await _start_worker(bootstrap, topic, group, out_b, tmp_path / "b.log", **settings)
+    try:
+        await produce(bootstrap, topic, [(p, f"warm{p}".encode()) for p in range(3)])
+        # both members hold partitions and have handled their first window
+        await poll_until(lambda: len(_handled(out_a)) + len(_handled(out_b)) == 3, timeout=60)
+        await poll_until(lambda: bool(_handled(out_a)) and bool(_handled(out_b)), timeout=60)
+        owned_by_a = {p for p, _ in _handled(out_a)}
+        await produce(bootstrap, topic, [(p, f"held{p}".encode()) for p in range(3)])
+        await anyio.sleep(0.8)  # A fetched its records and waits for the 2 s window
+        a.send_signal(signal.SIGSTOP)
+        # B takes A's partitions when A's session (6 s) times out, and handles their records
+        await poll_until(lambda: {p for p, o in _handled(out_b) if o == 1} == {0, 1, 2}, timeout=60)
+        at_resume = await _committed(bootstrap, topic, group, 3)
+        before_resume = len(_handled(out_a))
+        a.send_signal(signal.SIGCONT)
+        await produce(bootstrap, topic, [(p, f"later{p}".encode()) for p in range(3)])
+        with anyio.fail_after(60):
+            while await _committed(bootstrap, topic, group, 3) != [3, 3, 3]:
+                await anyio.sleep(0.1)
+    finally:
+        for worker in (a, b):
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait()
+    after = _handled(out_a)[before_resume:]
+    stale = [(p, o) for p, o in after if o < at_resume[p]]
+    print("kafka pause while gathering:", {"a_partitions": sorted(owned_by_a), "stale": stale})
+    assert not stale, (stale, at_resume)

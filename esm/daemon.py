@@ -121,6 +121,18 @@ class Daemon:
                 waiting.append(f"function {name}: {reason}")
         return waiting
 
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Why each mapping that is not ready is not, where its runtime says (Kafka and the
+        broker queues: the brokers cannot be reached, naming them and the error)."""
+        if not self._mappings_started.is_set():
+            return {}
+        reasons = {}
+        for runtime in self.runtimes:
+            reason = getattr(runtime, "not_ready_reason", None)
+            if isinstance(reason, str) and not runtime.ready:
+                reasons[runtime.name] = reason
+        return reasons
+
     @property
     def drain_timeout(self) -> float:
         longest = max((f.timeout for f in self.functions.values()), default=0.0)
@@ -146,6 +158,7 @@ class Daemon:
                 self.metrics.registry,
                 self.not_ready,
                 on_reload=self.request_reload if self.config_path is not None else None,
+                not_ready_reasons=self.not_ready_reasons,
             )
             async with anyio.create_task_group() as tg:
                 self.http_port = await tg.start(server.serve)

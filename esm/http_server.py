@@ -32,12 +32,14 @@ class StatusServer:
         registry: CollectorRegistry,
         not_ready: Callable[[], list[str]],
         on_reload: Callable[[], None] | None = None,
+        not_ready_reasons: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._not_ready = not_ready
         self._on_reload = on_reload
+        self._reasons = not_ready_reasons
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port (useful with port 0)."""
@@ -82,7 +84,10 @@ class StatusServer:
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
             waiting = self._not_ready()
-            body = orjson.dumps({"ready": not waiting, "not_ready": waiting}) + b"\n"
+            answer: dict[str, object] = {"ready": not waiting, "not_ready": waiting}
+            if waiting and self._reasons is not None and (reasons := self._reasons()):
+                answer["reasons"] = reasons  # mapping -> why, where its family says
+            body = orjson.dumps(answer) + b"\n"
             status = "200 OK" if not waiting else "503 Service Unavailable"
             return status, "application/json", body
         return "404 Not Found", "text/plain", b"not found\n"

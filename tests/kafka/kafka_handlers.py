@@ -99,9 +99,12 @@ def powertools(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def append_to_file(event: dict[str, Any], context: Any) -> None:
     """Writes `partition offset value` per record to $KAFKA_RECORD_FILE as it handles it,
-    slowly, so a test can SIGKILL the process in the middle of a batch."""
+    slowly ($KAFKA_RECORD_DELAY seconds a record, default 0.005), so a test can SIGKILL or
+    SIGSTOP the process in the middle of a batch."""
     import os
     import time
+
+    delay = float(os.environ.get("KAFKA_RECORD_DELAY", "0.005"))
 
     with open(os.environ["KAFKA_RECORD_FILE"], "a", encoding="utf-8") as out:
         for records in event["records"].values():
@@ -109,4 +112,12 @@ def append_to_file(event: dict[str, Any], context: Any) -> None:
                 value = base64.b64decode(r["value"]).decode()
                 out.write(f"{r['partition']} {r['offset']} {value}\n")
                 out.flush()
-                time.sleep(0.005)
+                time.sleep(delay)
+
+
+def record_slowly(event: dict[str, Any], context: Any) -> None:
+    """`record`, then 50 ms of work: a drain lasts long enough for faults to land mid-batch."""
+    import time
+
+    record(event, context)
+    time.sleep(0.05)

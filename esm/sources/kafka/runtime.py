@@ -98,10 +98,21 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 """Backoff between consumers when the brokers cannot be reached (doubling, capped)."""
 POSITION_TIMEOUT_S = 10.0
+BROKER_CHECK_INTERVAL_S = 2.0
+BROKER_CHECK_TIMEOUT_S = 5.0
+"""How often a running consumer asks the cluster for its metadata, and how long it waits for
+the answer, to know that its brokers are reachable (see `_watch_brokers`)."""
+PAUSE_TICK_S = 0.1
+"""How often the consumer notes that its process runs (see `_watch_pauses`)."""
+
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
 
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
+
+
+class ConsumerPaused(Exception):
+    """The process ran nothing for longer than the group waits for a silent member."""
 
 
 Doc = dict[str, Any]
@@ -225,6 +236,8 @@ class _Lane:
             runtime.m.filtered_out.inc(len(batch) - len(passing))
         work: list[Segment[Doc]] = [Segment(passing)] if passing else []
         while work:
+            if runtime.paused():  # the group may have moved on: invoke nothing fetched before
+                self.stop()
             if self._stopping:
                 return
             segment: Segment[Doc] | None = work.pop()
@@ -448,6 +461,15 @@ class KafkaRuntime:
         self._fetching_for: set[Any] = set()
         self._connected = False
         self._joined = False
+        self._broker_error: str | None = None
+        """Why the brokers cannot be reached now (the consumer's error, or a failed check)."""
+        options = self._client_options
+        self._pause_limit_s = (
+            int(options.get("session_timeout_ms", 10_000))
+            - int(options.get("heartbeat_interval_ms", 3_000))
+        ) / 1000
+        """A pause this long may have let the group expire this member (aiokafka defaults)."""
+        self._tick = time.monotonic()
         self._unpositioned: set[Any] = set()
         """Assigned partitions whose next offset the client has not resolved yet."""
         self._kafka = kafka_metrics(metrics)
@@ -459,7 +481,25 @@ class KafkaRuntime:
     def ready(self) -> bool:
         """In the group with every assigned partition positioned: a record produced from
         now on is read (with LATEST too), as the daemon's /readyz promises."""
-        return self._connected and self._joined and not self._unpositioned
+        return (
+            self._connected
+            and self._joined
+            and not self._unpositioned
+            and self._broker_error is None
+        )
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the mapping is not ready, for /readyz (None when it is)."""
+        if self.ready:
+            return None
+        if self._broker_error is not None:
+            return self._broker_error
+        if not self._connected:
+            return f"connecting to Kafka brokers {self._bootstrap_text}"
+        if not self._joined:
+            return f"joining consumer group {self.config.consumer_group_id}"
+        return f"positioning {len(self._unpositioned)} assigned partitions"
 
     def stop(self) -> None:
         self._stop.set()
@@ -473,10 +513,15 @@ class KafkaRuntime:
             while not self._stop.is_set():
                 try:
                     await self._consume()
-                except* (KafkaError, OSError) as group:  # raised in the task group
+                except* (KafkaError, OSError, ConsumerPaused) as group:  # raised in the task group
                     exc = group.exceptions[0]
                     if self._connected:
                         delay = RECONNECT_MIN_S
+                    self._broker_error = (
+                        f"rejoining the group: {exc}"
+                        if isinstance(exc, ConsumerPaused)
+                        else self._unreachable(type(exc).__name__)
+                    )
                     self._log.warning(
                         "kafka.consumer.unavailable",
                         error=type(exc).__name__,
@@ -513,11 +558,15 @@ class KafkaRuntime:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg  # before start(): assignments may come at once
+                self._tick = time.monotonic()
+                tg.start_soon(self._watch_pauses)
                 await consumer.start()
                 self._connected = True
+                self._broker_error = None
                 self.started.set()
                 self._log.info("kafka.consumer.started", group=self.config.consumer_group_id)
                 tg.start_soon(self._fetch_loop)
+                tg.start_soon(self._watch_brokers)
                 await self._stop.wait()
                 lanes = list(self.lanes.values())
                 self.lanes.clear()
@@ -536,6 +585,51 @@ class KafkaRuntime:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
             self._log.info("kafka.consumer.stopped")
+
+    def _unreachable(self, error: str) -> str:
+        return f"Kafka brokers {self._bootstrap_text} unreachable: {error}"
+
+    def paused(self) -> bool:
+        """The process ran nothing for longer than the group waits for a member's heartbeat
+        (session timeout minus heartbeat interval): SIGSTOP, a frozen VM. The group may have
+        given this worker's partitions to another, which reads them from the committed
+        offset, so nothing fetched before may be invoked (a stale, out-of-order duplicate)."""
+        return time.monotonic() - self._tick > self._pause_limit_s
+
+    async def _watch_pauses(self) -> None:
+        """Rebuild the consumer after such a pause: leave the group, join again, and read
+        from the committed offsets (lanes check `paused()` first, so none invokes meanwhile).
+        """
+        while True:
+            self._tick = time.monotonic()
+            await anyio.sleep(PAUSE_TICK_S)
+            gap = time.monotonic() - self._tick
+            if gap > self._pause_limit_s:
+                raise ConsumerPaused(f"the process was paused for {gap:.1f} s")
+
+    async def _watch_brokers(self) -> None:
+        """Not ready while the brokers cannot be reached. aiokafka rides out a broker that
+        drops while the consumer runs (it reconnects; fetches return nothing meanwhile), so
+        without this a mapping would stay ready through an outage: ask the cluster for its
+        metadata every BROKER_CHECK_INTERVAL_S, not ready until it answers again."""
+        while True:
+            error = None
+            with anyio.move_on_after(BROKER_CHECK_TIMEOUT_S) as scope:
+                try:
+                    await self._consumer.topics()
+                except KafkaError as exc:
+                    error = type(exc).__name__
+            if scope.cancelled_caught:
+                error = f"no answer within {BROKER_CHECK_TIMEOUT_S:g} s"
+            reason = None if error is None else self._unreachable(error)
+            if reason != self._broker_error:
+                if reason is None:
+                    self._log.info("kafka.brokers.reachable")
+                else:
+                    self._log.warning("kafka.brokers.unreachable", error=error)
+                self._broker_error = reason
+                self.m.ready.set(1 if self.ready else 0)
+            await anyio.sleep(BROKER_CHECK_INTERVAL_S)
 
     async def _position(self) -> None:
         """Resolve the next offset of newly assigned partitions (committed, else

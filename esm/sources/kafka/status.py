@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.coordinator.protocol import (  # type: ignore[import-untyped]
@@ -32,6 +33,9 @@ from esm.sources.kafka.config import KafkaMappingConfig
 from esm.sources.kafka.event import partition_key
 from esm.sources.kafka.runtime import connection
 
+STATUS_TIMEOUT = 10.0
+"""Seconds `esm status` waits for the brokers before it shows the topic as unreachable."""
+
 
 async def partition_rows(
     mapping: KafkaMappingConfig,
@@ -40,8 +44,25 @@ async def partition_rows(
     checkpoints_of: CheckpointsReader,
 ) -> list[StatusRow]:
     """One row per partition of the mapping's topic (the checkpoint store holds nothing of
-    Kafka: offsets live in the consumer group, so `owners_of` / `checkpoints_of` go unused)."""
+    Kafka: offsets live in the consumer group, so `owners_of` / `checkpoints_of` go unused).
+    Brokers that cannot be read within STATUS_TIMEOUT give one `unreachable (...)` row, and
+    the other mappings are still listed (as for the broker queues)."""
     servers, options = await connection(mapping, aws)
+    try:
+        with anyio.fail_after(STATUS_TIMEOUT):
+            return await _read_rows(mapping, servers, options)
+    except (SourceUnavailable, TimeoutError) as exc:
+        reason = (
+            str(exc)
+            if isinstance(exc, SourceUnavailable)
+            else (f"Kafka brokers {','.join(servers)}: no answer within {STATUS_TIMEOUT:g} s")
+        )
+        return [StatusRow(mapping.name, mapping.topic, f"unreachable ({reason})", "-", "-", "-")]
+
+
+async def _read_rows(
+    mapping: KafkaMappingConfig, servers: tuple[str, ...], options: dict[str, Any]
+) -> list[StatusRow]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=list(servers),
         group_id=mapping.consumer_group_id,
@@ -61,11 +82,11 @@ async def partition_rows(
         raise SourceUnavailable(str(exc)) from None
     except KafkaError as exc:
         raise SourceUnavailable(
-            f"mapping {mapping.name}: Kafka brokers {','.join(servers)} cannot be read "
-            f"({type(exc).__name__})"
+            f"Kafka brokers {','.join(servers)} cannot be read ({type(exc).__name__})"
         ) from None
     finally:
-        await consumer.stop()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await consumer.stop()
 
 
 async def _rows(mapping: KafkaMappingConfig, consumer: Any) -> list[StatusRow]:

@@ -18,10 +18,10 @@ default). Messages never acknowledged return to the queue when the connection cl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,8 +47,10 @@ class ActiveMqSession:
         self.broker = broker
         self.prefetch = prefetch
         self._arn = config.event_source_arn
-        self._stack = AsyncExitStack()
         self._client: stompman.Client | None = None
+        self._holder: asyncio.Task[None] | None = None
+        self._entered = asyncio.Event()
+        self._release = asyncio.Event()
         self._subscription: stompman.ManualAckSubscription | None = None
 
     def _servers(self) -> list[stompman.ConnectionParameters]:
@@ -76,12 +78,18 @@ class ActiveMqSession:
             no_message_restart_interval=None,
             on_error_frame=lambda frame: None,
         )
-        try:
-            self._client = await self._stack.enter_async_context(client)
-        except stompman.FailedAllConnectAttemptsError as exc:
-            raise SourceUnavailable(
-                f"no ActiveMQ broker reachable, or the login was refused: {exc}"
-            ) from None
+        holder = self._holder = asyncio.create_task(self._hold(client))
+        entered = asyncio.create_task(self._entered.wait())
+        await asyncio.wait({holder, entered}, return_when=asyncio.FIRST_COMPLETED)
+        entered.cancel()
+        if not self._entered.is_set():
+            exc = None if holder.cancelled() else holder.exception()
+            if isinstance(exc, stompman.FailedAllConnectAttemptsError):
+                raise SourceUnavailable(
+                    f"no ActiveMQ broker reachable, or the login was refused: {exc}"
+                ) from None
+            raise SourceUnavailable(f"ActiveMQ client failed: {exc!r}") from None
+        self._client = client
 
         async def on_message(frame: stompman.AckableMessageFrame) -> None:
             headers: dict[str, str] = dict(frame.headers)  # type: ignore[arg-type]
@@ -95,12 +103,22 @@ class ActiveMqSession:
             headers={"activemq.prefetchSize": str(self.prefetch)},
         )
 
+    async def _hold(self, client: stompman.Client) -> None:
+        """Keep the client open in a task of its own until `aclose`. stompman's TaskGroup
+        cancels the task that entered it when its reconnects fail; that must not be the
+        mapping's task (it would end the mapping for good instead of one session)."""
+        async with client:
+            self._entered.set()
+            await self._release.wait()
+
     async def wait_closed(self) -> None:
-        client = self._client
-        assert client is not None
+        client, holder = self._client, self._holder
+        assert client is not None and holder is not None
         down_since: float | None = None
         while True:
             await anyio.sleep(1)
+            if holder.done():  # the client gave up reconnecting
+                return
             if client.is_alive():
                 down_since = None
             elif down_since is None:
@@ -136,4 +154,12 @@ class ActiveMqSession:
                 with anyio.move_on_after(5):
                     await self._subscription.unsubscribe()
                 self._subscription = None
-            await self._stack.aclose()
+        self._release.set()
+        holder = self._holder
+        if holder is not None:
+            with anyio.move_on_after(5):
+                await asyncio.wait({holder})
+            if not holder.done():
+                holder.cancel()
+            elif not holder.cancelled():
+                holder.exception()  # retrieved: the session's end was logged by the runtime

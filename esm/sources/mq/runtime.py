@@ -47,6 +47,12 @@ ENVELOPE_ALLOWANCE = 2048
 """Bytes kept free for the event's envelope (source, ARN, queue key), which is larger than
 the `{"Records": []}` BatchBudget counts."""
 DEPTH_INTERVAL = 5.0
+STATS_TIMEOUT = 5.0
+"""A queue-statistics request (RabbitMQ's passive Queue.Declare) unanswered this long means
+the broker cannot be reached: the session ends and the mapping turns not ready. AMQP's own
+heartbeat would notice only after ~3 minutes (aiormq allows three missed 60 s beats)."""
+CLOSE_TIMEOUT = 5.0
+"""Longest wait for a session to close (a connection into a black hole never answers)."""
 
 
 class SessionLost(EsmError):
@@ -272,7 +278,10 @@ class MqMapping:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._give_back(session, self._buffer.take_all())
-                await session.aclose()
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await session.aclose()
+        if not self._poll_scope.cancel_called:  # the session ended by itself, not by stop()
+            raise _lost(broker)
 
     async def _consume_session(
         self, session: BrokerSession, broker: Broker, in_flight: TaskGroup
@@ -290,21 +299,33 @@ class MqMapping:
         )
         try:
             async with anyio.create_task_group() as watch:
-                watch.start_soon(self._watch, session)
-                watch.start_soon(self._report_depth, session)
+                watch.start_soon(self._watch, session, broker)
+                watch.start_soon(self._report_depth, session, broker)
                 await self._consume(session, in_flight)
+        except Exception as exc:
+            self.last_error = describe_error(exc)  # before turning not ready: /readyz says why
+            raise
         finally:
+            if self.last_error is None and not self._poll_scope.cancel_called:
+                # cancelled by the client's own task group (stompman gave up reconnecting)
+                self.last_error = describe_error(_lost(broker))
             self._m_pollers.set(0)
             self._set_ready(False)
 
-    async def _watch(self, session: BrokerSession) -> None:
+    async def _watch(self, session: BrokerSession, broker: Broker) -> None:
         await session.wait_closed()
-        raise SessionLost("broker connection lost")
+        raise _lost(broker)
 
-    async def _report_depth(self, session: BrokerSession) -> None:
+    async def _report_depth(self, session: BrokerSession, broker: Broker) -> None:
+        """Queue depth every DEPTH_INTERVAL; an unanswered request ends the session."""
         while True:
             try:
-                stats = await session.stats()
+                with anyio.fail_after(STATS_TIMEOUT):
+                    stats = await session.stats()
+            except TimeoutError:
+                raise SessionLost(
+                    f"{', '.join(broker.urls)}: no answer within {STATS_TIMEOUT:g} s"
+                ) from None
             except Exception as exc:
                 self._log.debug("mq.stats_failed", error=describe_error(exc))
                 stats = None
@@ -312,6 +333,13 @@ class MqMapping:
                 self.queue_stats = stats
                 self._m_depth.set(stats.messages_ready)
             await anyio.sleep(DEPTH_INTERVAL)
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the mapping is not ready, for /readyz (None when it is)."""
+        if self.ready:
+            return None
+        return self.last_error or f"connecting to {self._engine or 'the'} broker"
 
     def status(self) -> MappingStatus:
         stats = self.queue_stats
@@ -482,6 +510,10 @@ class MqMapping:
     def _set_ready(self, ready: bool) -> None:
         self.ready = ready
         self._m_ready.set(1 if ready else 0)
+
+
+def _lost(broker: Broker) -> SessionLost:
+    return SessionLost(f"connection to {', '.join(broker.urls)} lost")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -127,6 +127,8 @@ class _Lane:
         self._stopped = anyio.Event()
         self._identify = item_identifier(self.key)
         self.committed: int | None = None
+        self.paused = False
+        """Whether the runtime paused the partition's fetching (this lane is `full`)."""
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
     @property
@@ -361,6 +363,81 @@ def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
     return int(work[-1].records[0]["offset"]) if work else after_last
 
 
+class _Round:
+    """The offsets of one OffsetCommit request, and which of them the broker did not take."""
+
+    __slots__ = ("offsets", "failed", "error", "done")
+
+    def __init__(self) -> None:
+        self.offsets: dict[Any, int] = {}
+        self.failed: set[Any] = set()
+        self.error: BaseException | None = None
+        """Anything but a KafkaError: raised to every waiter."""
+        self.done = anyio.Event()
+
+
+class _GroupCommit:
+    """Sends the offsets of several partitions in one OffsetCommit request.
+
+    Kafka's OffsetCommit carries any number of partitions, and aiokafka sends one commit at a
+    time (a lock around each request), so lanes committing one by one waited behind each
+    other, a round trip each. Here a lane's `commit` joins the request being gathered and
+    waits until the broker answered it, as before: a lane starts its next batch only after
+    its commit is acknowledged; only the request is shared. A partition's later offset
+    replaces its earlier one in a round being gathered (a lane commits in offset order).
+    """
+
+    def __init__(self, runtime: KafkaRuntime) -> None:
+        self._runtime = runtime
+        self._round = _Round()
+        self._wake = anyio.Event()
+
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
+        round_ = self._round
+        round_.offsets[tp] = next_offset
+        self._wake.set()
+        await round_.done.wait()
+        if round_.error is not None:
+            raise round_.error
+        return tp not in round_.failed
+
+    async def run(self) -> None:
+        """Send each gathered round as one request, the next one once this one is answered."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            round_, self._round = self._round, _Round()
+            try:
+                round_.failed = await self._send(round_.offsets)
+            except BaseException as exc:
+                round_.error = exc
+                raise
+            finally:
+                round_.done.set()
+
+    async def _send(self, offsets: dict[Any, int]) -> set[Any]:
+        """The partitions whose commit failed: no longer assigned (a rebalance), or all of
+        them when the broker refused the request (the group moved on)."""
+        consumer = self._runtime.consumer
+        assigned = consumer.assignment()
+        failed = {tp for tp in offsets if tp not in assigned}
+        sent = {tp: offset for tp, offset in offsets.items() if tp not in failed}
+        if sent:
+            try:
+                await consumer.commit(sent)
+            except KafkaError as exc:
+                failed.update(sent)
+                error = type(exc).__name__
+            else:
+                error = "IllegalStateError"
+        else:
+            error = "IllegalStateError"
+        for tp in failed:
+            self._runtime.log_commit_failed(tp, offsets[tp], error)
+        return failed
+
+
 async def connection(
     config: KafkaMappingConfig, aws: AwsClients
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -438,9 +515,9 @@ class KafkaRuntime:
         self.started = anyio.Event()
         self._stop = anyio.Event()
         self._consumer: Any = None
+        self._commits = _GroupCommit(self)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._fetch_scope: anyio.CancelScope | None = None
-        self._fetching_for: set[Any] = set()
         self._connected = False
         self._joined = False
         self._unpositioned: set[Any] = set()
@@ -507,6 +584,8 @@ class KafkaRuntime:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg  # before start(): assignments may come at once
+                self._commits = _GroupCommit(self)
+                tg.start_soon(self._commits.run)
                 await consumer.start()
                 self._connected = True
                 self.started.set()
@@ -541,27 +620,28 @@ class KafkaRuntime:
                 self._unpositioned.discard(tp)
 
     async def _fetch_loop(self) -> None:
-        """Hand fetched records to the lanes, asking only for partitions whose lane has room.
+        """Hand fetched records to the lanes, taking every lane's records at each call.
 
-        Backpressure without `pause()`: aiokafka drops a paused partition's prefetched
-        records and fetches them again on resume; records of a partition not asked for stay
-        in the client's buffer, and the client fetches that partition again only once they
-        are taken. A lane that gets room while a fetch waits cancels the wait (`has_room`).
+        aiokafka sends no fetch to a broker while any partition it leads still has records in
+        the client's buffer (for up to 100 ms, its prefetch backoff), so records left there
+        for a busy lane stalled every other partition on that broker (esm drained at 40% of
+        a bare loop, bench/kafka.py). The backpressure is a lane's own: a lane that holds two
+        batches pauses its partition (`pause_full`) and resumes it once it has room
+        (`has_room`); records of a fetch answered meanwhile are dropped by the client, which
+        fetches them again on resume (its position does not move past them).
         """
         while True:
             if self._unpositioned:
                 await self._position()
             self.m.ready.set(1 if self.ready else 0)
-            wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
-            self._fetching_for = set(wanted)
             fetched: dict[Any, list[Any]] = {}
             with anyio.CancelScope() as scope:
                 self._fetch_scope = scope
-                if wanted:
+                if self.lanes:
                     fetched = await self._consumer.getmany(
-                        *wanted, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                        *self.lanes, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
                     )
-                else:  # every lane is full, or none assigned yet
+                else:  # none assigned yet
                     await anyio.sleep(FETCH_TIMEOUT_MS / 1000)
             self._fetch_scope = None
             for tp, records in fetched.items():
@@ -571,6 +651,19 @@ class KafkaRuntime:
                 lane.add(records)
                 self.m.polled.inc(len(records))
                 self.update_lag(lane)
+                if lane.full:
+                    self._pause(lane, True)
+
+    def _pause(self, lane: _Lane, paused: bool) -> None:
+        """Stop (or restart) fetching a lane's partition; a revoked one is left alone."""
+        if lane.paused == paused:
+            return
+        lane.paused = paused
+        with contextlib.suppress(KafkaError, AssertionError):
+            if paused:
+                self._consumer.pause(lane.tp)
+            else:
+                self._consumer.resume(lane.tp)
 
     def update_lag(self, lane: _Lane) -> None:
         """OffsetLag of one partition: its high watermark minus the next offset to process."""
@@ -583,9 +676,8 @@ class KafkaRuntime:
             self._kafka.offset_lag.labels(self._m, str(lane.tp.partition)).set(lag)
 
     def has_room(self, lane: _Lane) -> None:
-        """A lane drained below `full`: wake the fetch loop if it is not asking for it."""
-        if self._fetch_scope is not None and lane.tp not in self._fetching_for:
-            self._fetch_scope.cancel()
+        """A lane drained below `full`: fetch its partition again."""
+        self._pause(lane, False)
 
     def event_of(self, key: str, docs: Sequence[Doc]) -> dict[str, Any]:
         return build_event(
@@ -611,18 +703,21 @@ class KafkaRuntime:
         return result
 
     async def commit(self, tp: Any, next_offset: int) -> bool:
-        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
-        try:
-            await self._consumer.commit({tp: next_offset})
-        except KafkaError as exc:
-            self._log.warning(
-                "kafka.commit.failed",
-                partition=partition_key(tp.topic, tp.partition),
-                offset=next_offset,
-                error=type(exc).__name__,
-            )
-            return False
-        return True
+        """Commit `next_offset` for `tp` (sent with other partitions' commits, `_GroupCommit`);
+        False (logged) when the group moved on meanwhile."""
+        return await self._commits.commit(tp, next_offset)
+
+    @property
+    def consumer(self) -> Any:
+        return self._consumer
+
+    def log_commit_failed(self, tp: Any, next_offset: int, error: str) -> None:
+        self._log.warning(
+            "kafka.commit.failed",
+            partition=partition_key(tp.topic, tp.partition),
+            offset=next_offset,
+            error=error,
+        )
 
     async def on_assigned(self, assigned: Sequence[Any]) -> None:
         if self.config.starting_position == "AT_TIMESTAMP":

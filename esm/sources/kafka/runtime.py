@@ -143,15 +143,7 @@ class _Lane:
             return
         if not self._buffer:
             self._first_at = anyio.current_time()
-        shape = self.shaper.shape
-        append, append_size = self._buffer.append, self._sizes.append
-        added = 0
-        for r in records:
-            doc, size = shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
-            append(doc)
-            append_size(size)
-            added += size
-        self._bytes += added
+        self._bytes += self.shaper.shape_into(records, self._buffer.append, self._sizes.append)
         self._arrived.set()
 
     def stop(self) -> None:

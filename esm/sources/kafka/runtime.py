@@ -127,8 +127,6 @@ class _Lane:
         self._stopped = anyio.Event()
         self._identify = item_identifier(self.key)
         self.committed: int | None = None
-        self.paused = False
-        """Whether the runtime paused the partition's fetching (this lane is `full`)."""
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
     @property
@@ -510,6 +508,7 @@ class KafkaRuntime:
         self._commits = _GroupCommit(self)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._fetch_scope: anyio.CancelScope | None = None
+        self._fetching_for: set[Any] = set()
         self._connected = False
         self._joined = False
         self._unpositioned: set[Any] = set()
@@ -612,28 +611,27 @@ class KafkaRuntime:
                 self._unpositioned.discard(tp)
 
     async def _fetch_loop(self) -> None:
-        """Hand fetched records to the lanes, taking every lane's records at each call.
+        """Hand fetched records to the lanes, asking only for partitions whose lane has room.
 
-        aiokafka sends no fetch to a broker while any partition it leads still has records in
-        the client's buffer (for up to 100 ms, its prefetch backoff), so records left there
-        for a busy lane stalled every other partition on that broker (esm drained at 40% of
-        a bare loop, bench/kafka.py). The backpressure is a lane's own: a lane that holds two
-        batches pauses its partition (`pause_full`) and resumes it once it has room
-        (`has_room`); records of a fetch answered meanwhile are dropped by the client, which
-        fetches them again on resume (its position does not move past them).
+        Backpressure without `pause()`: aiokafka drops a paused partition's prefetched
+        records and fetches them again on resume; records of a partition not asked for stay
+        in the client's buffer, and the client fetches that partition again only once they
+        are taken. A lane that gets room while a fetch waits cancels the wait (`has_room`).
         """
         while True:
             if self._unpositioned:
                 await self._position()
             self.m.ready.set(1 if self.ready else 0)
+            wanted = [tp for tp, lane in self.lanes.items() if not lane.full]
+            self._fetching_for = set(wanted)
             fetched: dict[Any, list[Any]] = {}
             with anyio.CancelScope() as scope:
                 self._fetch_scope = scope
-                if self.lanes:
+                if wanted:
                     fetched = await self._consumer.getmany(
-                        *self.lanes, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                        *wanted, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
                     )
-                else:  # none assigned yet
+                else:  # every lane is full, or none assigned yet
                     await anyio.sleep(FETCH_TIMEOUT_MS / 1000)
             self._fetch_scope = None
             for tp, records in fetched.items():
@@ -643,19 +641,6 @@ class KafkaRuntime:
                 lane.add(records)
                 self.m.polled.inc(len(records))
                 self.update_lag(lane)
-                if lane.full:
-                    self._pause(lane, True)
-
-    def _pause(self, lane: _Lane, paused: bool) -> None:
-        """Stop (or restart) fetching a lane's partition; a revoked one is left alone."""
-        if lane.paused == paused:
-            return
-        lane.paused = paused
-        with contextlib.suppress(KafkaError, AssertionError):
-            if paused:
-                self._consumer.pause(lane.tp)
-            else:
-                self._consumer.resume(lane.tp)
 
     def update_lag(self, lane: _Lane) -> None:
         """OffsetLag of one partition: its high watermark minus the next offset to process."""
@@ -668,8 +653,9 @@ class KafkaRuntime:
             self._kafka.offset_lag.labels(self._m, str(lane.tp.partition)).set(lag)
 
     def has_room(self, lane: _Lane) -> None:
-        """A lane drained below `full`: fetch its partition again."""
-        self._pause(lane, False)
+        """A lane drained below `full`: wake the fetch loop if it is not asking for it."""
+        if self._fetch_scope is not None and lane.tp not in self._fetching_for:
+            self._fetch_scope.cancel()
 
     def event_of(self, key: str, docs: Sequence[Doc]) -> dict[str, Any]:
         return build_event(

@@ -89,8 +89,6 @@ FETCH_TIMEOUT_MS = 200
 FETCH_MAX_RECORDS = 10_000
 PARTITION_FETCH_BYTES = 1_048_576
 FETCH_MAX_BYTES = 16 * 1_048_576
-LANE_MAX_BYTES = 2 * MAX_PAYLOAD_BYTES + FETCH_MAX_BYTES
-"""A lane stops asking for its partition above this much buffered JSON (`_Lane.full`)."""
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 """Backoff between consumers when the brokers cannot be reached (doubling, capped)."""
@@ -133,17 +131,9 @@ class _Lane:
 
     @property
     def full(self) -> bool:
-        """Two batches and one more fetch's worth buffered: stop asking for this partition.
-
-        Records the fetch loop does not take wait in aiokafka's buffer, and while any do, the
-        client sends no fetch to their broker for up to 100 ms (its prefetch backoff), for
-        any partition. With room for two batches only, a lane was full after each fetch (a
-        fetch can bring more than a batch: Tansu answers 3,000-6,000 1 KB records per
-        partition), so every fetch stalled the next (BENCHMARKS.md, figure 7). Memory per
-        lane: at most 2 x 6 MB + FETCH_MAX_BYTES of JSON (12 MB before).
-        """
-        cap = self._runtime.config.batch_size * 2 + FETCH_MAX_RECORDS
-        return len(self._buffer) >= cap or self._bytes >= LANE_MAX_BYTES
+        """Enough buffered for two batches: stop taking this partition's fetched records."""
+        cap = self._runtime.config.batch_size * 2
+        return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
 
     def add(self, records: Sequence[Any]) -> None:
         """Shape fetched client records once and buffer them."""

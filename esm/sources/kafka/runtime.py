@@ -157,15 +157,7 @@ class _Lane:
             return
         if not self._buffer:
             self._first_at = anyio.current_time()
-        shape = self.shaper.shape
-        append, append_size = self._buffer.append, self._sizes.append
-        added = 0
-        for r in records:
-            doc, size = shape(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, r.headers)
-            append(doc)
-            append_size(size)
-            added += size
-        self._bytes += added
+        self._bytes += self.shaper.shape_into(records, self._buffer.append, self._sizes.append)
         self._arrived.set()
 
     def stop(self) -> None:
@@ -379,6 +371,81 @@ def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
     return int(work[-1].records[0]["offset"]) if work else after_last
 
 
+class _Round:
+    """The offsets of one OffsetCommit request, and which of them the broker did not take."""
+
+    __slots__ = ("offsets", "failed", "error", "done")
+
+    def __init__(self) -> None:
+        self.offsets: dict[Any, int] = {}
+        self.failed: set[Any] = set()
+        self.error: BaseException | None = None
+        """Anything but a KafkaError: raised to every waiter."""
+        self.done = anyio.Event()
+
+
+class _GroupCommit:
+    """Sends the offsets of several partitions in one OffsetCommit request.
+
+    Kafka's OffsetCommit carries any number of partitions, and aiokafka sends one commit at a
+    time (a lock around each request), so lanes committing one by one waited behind each
+    other, a round trip each. Here a lane's `commit` joins the request being gathered and
+    waits until the broker answered it, as before: a lane starts its next batch only after
+    its commit is acknowledged; only the request is shared. A partition's later offset
+    replaces its earlier one in a round being gathered (a lane commits in offset order).
+    """
+
+    def __init__(self, runtime: KafkaRuntime) -> None:
+        self._runtime = runtime
+        self._round = _Round()
+        self._wake = anyio.Event()
+
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
+        round_ = self._round
+        round_.offsets[tp] = next_offset
+        self._wake.set()
+        await round_.done.wait()
+        if round_.error is not None:
+            raise round_.error
+        return tp not in round_.failed
+
+    async def run(self) -> None:
+        """Send each gathered round as one request, the next one once this one is answered."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            round_, self._round = self._round, _Round()
+            try:
+                round_.failed = await self._send(round_.offsets)
+            except BaseException as exc:
+                round_.error = exc
+                raise
+            finally:
+                round_.done.set()
+
+    async def _send(self, offsets: dict[Any, int]) -> set[Any]:
+        """The partitions whose commit failed: no longer assigned (a rebalance), or all of
+        them when the broker refused the request (the group moved on)."""
+        consumer = self._runtime.consumer
+        assigned = consumer.assignment()
+        failed = {tp for tp in offsets if tp not in assigned}
+        sent = {tp: offset for tp, offset in offsets.items() if tp not in failed}
+        if sent:
+            try:
+                await consumer.commit(sent)
+            except KafkaError as exc:
+                failed.update(sent)
+                error = type(exc).__name__
+            else:
+                error = "IllegalStateError"
+        else:
+            error = "IllegalStateError"
+        for tp in failed:
+            self._runtime.log_commit_failed(tp, offsets[tp], error)
+        return failed
+
+
 async def connection(
     config: KafkaMappingConfig, aws: AwsClients
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -456,6 +523,7 @@ class KafkaRuntime:
         self.started = anyio.Event()
         self._stop = anyio.Event()
         self._consumer: Any = None
+        self._commits = _GroupCommit(self)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._fetch_scope: anyio.CancelScope | None = None
         self._fetching_for: set[Any] = set()
@@ -560,6 +628,8 @@ class KafkaRuntime:
                 self._task_group = tg  # before start(): assignments may come at once
                 self._tick = time.monotonic()
                 tg.start_soon(self._watch_pauses)
+                self._commits = _GroupCommit(self)
+                tg.start_soon(self._commits.run)
                 await consumer.start()
                 self._connected = True
                 self._broker_error = None
@@ -711,18 +781,21 @@ class KafkaRuntime:
         return result
 
     async def commit(self, tp: Any, next_offset: int) -> bool:
-        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
-        try:
-            await self._consumer.commit({tp: next_offset})
-        except KafkaError as exc:
-            self._log.warning(
-                "kafka.commit.failed",
-                partition=partition_key(tp.topic, tp.partition),
-                offset=next_offset,
-                error=type(exc).__name__,
-            )
-            return False
-        return True
+        """Commit `next_offset` for `tp` (sent with other partitions' commits, `_GroupCommit`);
+        False (logged) when the group moved on meanwhile."""
+        return await self._commits.commit(tp, next_offset)
+
+    @property
+    def consumer(self) -> Any:
+        return self._consumer
+
+    def log_commit_failed(self, tp: Any, next_offset: int, error: str) -> None:
+        self._log.warning(
+            "kafka.commit.failed",
+            partition=partition_key(tp.topic, tp.partition),
+            offset=next_offset,
+            error=error,
+        )
 
     async def on_assigned(self, assigned: Sequence[Any]) -> None:
         if self.config.starting_position == "AT_TIMESTAMP":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import anyio
 import pytest
 
-from esm.idle_pacing import JITTER, TICK, IdleReadPacer
+from esm.idle_pacing import JITTER, TICK, TIMER_RESOLUTION, IdleReadPacer, ReadTimer
 
 
 def test_a_shard_that_just_went_quiet_backs_off_from_a_quarter_second_to_one_second() -> None:
@@ -103,3 +105,51 @@ def test_within_the_budget_the_longest_wait_is_lambdas_second_plus_jitter() -> N
     pacing = pacer.shard()
     waits = [pacing.after_empty_read() for _ in range(50)]
     assert max(waits) <= pacer.longest_wait() == pytest.approx(1 + JITTER)
+
+
+def test_by_default_every_caught_up_shard_is_read_about_once_a_second() -> None:
+    """Lambda reads each shard about once a second: with no budget configured, 1,000
+    caught-up shards are each read within 1 s +-10%, not every 1,000/30 s as before."""
+    pacer = IdleReadPacer()
+    assert pacer.reads_per_second is None
+    shards = [pacer.shard() for _ in range(1_000)]
+    for pacing in shards:
+        for _ in range(4):
+            pacing.after_empty_read()
+    waits = [pacing.after_empty_read() for pacing in shards]
+    assert pacer.caught_up == 1_000
+    assert all(1 - JITTER <= wait <= 1 + JITTER for wait in waits)
+    assert pacer.shared_interval() == 1.0
+    assert pacer.longest_wait() == pytest.approx(1 + JITTER)
+
+
+@pytest.mark.anyio
+async def test_the_read_timer_resolves_each_wait_once_its_time_has_come() -> None:
+    timer = ReadTimer()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    delays = [0.05 + i * 0.003 for i in range(100)][::-1]
+    futures = [(delay, timer.due_in(delay)) for delay in delays]
+    done_at: dict[float, float] = {}
+    for delay, future in sorted(futures, key=lambda pair: pair[0]):
+        await future
+        done_at[delay] = loop.time() - start
+    for delay, at in done_at.items():
+        # Never early (the loop may call back a hair before its time); within a slot or so.
+        assert at >= delay - TIMER_RESOLUTION / 2, (delay, at)
+    assert timer.pending == 0
+
+
+@pytest.mark.anyio
+async def test_a_wait_resolved_early_is_skipped_and_a_later_earlier_wait_rearms() -> None:
+    timer = ReadTimer()
+    late = timer.due_in(30)
+    stopped = timer.due_in(20)
+    stopped.set_result(None)  # what a poller told to stop does with its own wait
+    soon = timer.due_in(0.01)  # earlier than every filed wait: the one timer moves up
+    with anyio.fail_after(5):
+        await soon
+    assert not late.done()
+    assert timer.pending == 1
+    late.cancel()
+    assert timer.pending == 0

@@ -6,12 +6,15 @@ lanes (`lane.py`) by a stable hash of the partition key (Kinesis) or item key (D
 so records of one key keep their order. Filtered-out records are done at once. A record is
 checkpointed only when it and every record before it in the shard are done
 (`ShardProgress`); stopping abandons batches that have not succeeded: they are read again.
-Kinesis allows 5 GetRecords calls per second per shard; a caught-up shard is read less
-often (`esm.idle_pacing`), and just after a lane's tumbling window ends.
+Kinesis allows 5 GetRecords calls per second per shard; a caught-up shard is read about
+once a second, as Lambda reads it (or less often under the opt-in shared budget,
+`esm.idle_pacing`), and just after a lane's tumbling window ends. Every wait between two
+reads is a future on the process's one `ReadTimer`, not a timer and a cancel scope each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import zlib
@@ -72,6 +75,8 @@ class ShardPoller:
         self._space = anyio.Event()
         self._progressed = anyio.Event()
         self._reading_done = False
+        self._timer = ctx.idle_pacer.timer
+        self._pause_ends: asyncio.Future[None] | None = None
         self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
         self._m_polled = ctx.metrics.polled
         self._m_filtered = ctx.metrics.filtered_out
@@ -117,7 +122,10 @@ class ShardPoller:
                 tg.start_soon(lane.run)
             tg.start_soon(self._checkpointer)
             try:
-                await self._read_loop()
+                async with anyio.create_task_group() as reading:
+                    reading.start_soon(self._wake_when_stopping)
+                    await self._read_loop()
+                    reading.cancel_scope.cancel()
             finally:
                 self._reading_done = True
                 for lane in self.lanes:
@@ -174,8 +182,25 @@ class ShardPoller:
                 pacing.after_records()
                 delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
             if delay > 0:
-                with anyio.move_on_after(delay):
-                    await ctx.stopping.wait()
+                await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before the next read, or until the poller is told to stop."""
+        if self.ctx.stopping.is_set():
+            return
+        self._pause_ends = ends = self._timer.due_in(seconds)
+        try:
+            await ends
+        finally:
+            self._pause_ends = None
+
+    async def _wake_when_stopping(self) -> None:
+        """Cut the pause short when the poller is stopped (one waiting task per poller,
+        parked on its stop event: no timer, nothing per read)."""
+        await self.ctx.stopping.wait()
+        ends = self._pause_ends
+        if ends is not None and not ends.done():
+            ends.set_result(None)
 
     def _until_a_window_ends(self) -> float:
         """Seconds until just after the end of a lane's open tumbling window: a window

@@ -31,7 +31,9 @@ IDLE_BACKOFF = 1.5
 TICK = 1.0
 """Reads of caught-up shards run on whole seconds (see IdleReadPacer.on_tick)."""
 JITTER = 0.1
-"""Spread of each wait (±10%), so shards that started together don't read in bursts."""
+"""Spread of each wait, so shards that started together don't read in bursts: at Lambda's
+pace a read starts 0.9-1 s after the last one started (never later: at least once a
+second); under the budget each wait is within ±10% of the shared interval."""
 
 
 class IdleReadPacer:
@@ -70,7 +72,7 @@ class IdleReadPacer:
         if shared > LAMBDA_IDLE_READ_INTERVAL:
             bound = shared * (1 + JITTER) + TICK
         else:
-            bound = LAMBDA_IDLE_READ_INTERVAL * (1 + JITTER)
+            bound = LAMBDA_IDLE_READ_INTERVAL
         return max(bound, self._latest_wake - time.monotonic())
 
     def issued(self, seconds: float) -> float:
@@ -80,6 +82,13 @@ class IdleReadPacer:
 
     def shard(self) -> ShardPacing:
         return ShardPacing(self)
+
+    def lambda_pace(self) -> float:
+        """The time from one read's start to the next at Lambda's pace: 0.9-1 s, less the
+        read timer's rounding up, so that every caught-up shard is read at least once a
+        second."""
+        low = LAMBDA_IDLE_READ_INTERVAL * (1 - JITTER)
+        return self._random.uniform(low, LAMBDA_IDLE_READ_INTERVAL) - TIMER_RESOLUTION
 
     def jittered(self, seconds: float) -> float:
         return seconds * self._random.uniform(1 - JITTER, 1 + JITTER)
@@ -109,15 +118,18 @@ class ShardPacing:
         self._next = FIRST_IDLE_READ_INTERVAL
         self._spread = False
 
-    def after_empty_read(self) -> float:
-        """Seconds to wait before the next read of a shard whose last read was empty."""
+    def after_empty_read(self, read_took: float = 0.0) -> float:
+        """Seconds to wait before the next read of a shard whose last read was empty and
+        took `read_took` seconds: at Lambda's pace the spacing counts from the start of
+        that read (so a slow read does not stretch it past a second), under the budget
+        from its end (where each wait ends on a tick)."""
         pacer = self._pacer
         if not self._counted:
             self._counted = True
             pacer.caught_up += 1
-        return pacer.issued(self._next_wait())
+        return pacer.issued(self._next_wait(read_took))
 
-    def _next_wait(self) -> float:
+    def _next_wait(self, read_took: float) -> float:
         pacer = self._pacer
         ramp = self._next
         if ramp < LAMBDA_IDLE_READ_INTERVAL:
@@ -125,7 +137,7 @@ class ShardPacing:
             return ramp
         shared = pacer.shared_interval()
         if shared <= LAMBDA_IDLE_READ_INTERVAL:
-            return pacer.jittered(shared)  # within budget: Lambda's pace
+            return max(0.0, pacer.lambda_pace() - read_took)  # Lambda's pace
         if not self._spread:
             # Shards started together would otherwise all read in the same tick; one
             # uniform wait spreads them over the interval's ticks.

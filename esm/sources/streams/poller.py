@@ -177,7 +177,10 @@ class ShardPoller:
             self.caught_up = not result.records
             if self.caught_up:
                 self.caught_up_since = sent_at
-                delay = min(pacing.after_empty_read(), self._until_a_window_ends())
+                delay = min(
+                    pacing.after_empty_read(time.monotonic() - started),
+                    self._until_a_window_ends(),
+                )
             else:
                 pacing.after_records()
                 delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)

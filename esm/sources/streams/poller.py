@@ -18,6 +18,7 @@ import asyncio
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 
@@ -40,12 +41,38 @@ from esm.state.base import Checkpoint
 
 log = get_logger("esm.streams")
 
+READS_PER_SECOND = 5
+"""Kinesis allows 5 GetRecords calls per shard in any one second (a sixth is throttled with
+ProvisionedThroughputExceededException)."""
 BUSY_POLL_INTERVAL = 0.2
-"""Kinesis allows 5 GetRecords calls per second per shard."""
+"""The mean spacing of a busy shard's reads (1 s / READS_PER_SECOND); 0 turns the limit off
+(bench/hotpath.py, to measure CPU rather than the limit)."""
 WINDOW_END_READ_DELAY = 0.05
 """How long after a tumbling window's end a quiet shard is read to close the window."""
 
 _sequence_number = attrgetter("sequence_number")
+
+
+class ReadWindow:
+    """Kinesis's per-shard read limit as a sliding window: a read may start when fewer than
+    READS_PER_SECOND reads started in the last second. A shard that is behind thus reads
+    its next pages as soon as each is handed on, not 0.2 s after the last read started:
+    when a read is slow (a full page parsed while other shards' pages are too), the next
+    one does not start later for it, so a 6-page backlog's last read starts 1 s after the
+    first, as the limit allows, instead of drifting by each read's delay."""
+
+    def __init__(self) -> None:
+        self._starts: deque[float] = deque(maxlen=READS_PER_SECOND)
+
+    def started(self, at: float) -> None:
+        self._starts.append(at)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next read may start (0 or less: now)."""
+        starts = self._starts
+        if len(starts) < READS_PER_SECOND:
+            return 0.0
+        return starts[0] + BUSY_POLL_INTERVAL * READS_PER_SECOND - now
 
 
 class ShardPoller:
@@ -77,6 +104,7 @@ class ShardPoller:
         self._reading_done = False
         self._timer = ctx.idle_pacer.timer
         self._pause_ends: asyncio.Future[None] | None = None
+        self._window = ReadWindow()
         self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
         self._m_polled = ctx.metrics.polled
         self._m_filtered = ctx.metrics.filtered_out
@@ -153,9 +181,16 @@ class ShardPoller:
                 self._space = anyio.Event()
                 with anyio.move_on_after(1):
                     await self._space.wait()
+            # Every read, an idle one too, keeps the limit; checked again after the pause,
+            # which the loop's timer may end a hair early.
+            while (limited := self._window.wait(time.monotonic())) > 0:
+                if ctx.stopping.is_set():
+                    return
+                await self._pause(limited)
             if ctx.stopping.is_set():
                 return
             started, sent_at = time.monotonic(), time.time()
+            self._window.started(started)
             try:
                 result = await ctx.source.read(self.shard.shard_id, iterator)
             except ExpiredIterator:
@@ -173,7 +208,8 @@ class ShardPoller:
             iterator = result.next_iterator
             # Records came: more may follow at once (a full page, or a busy shard whose
             # MillisBehindLatest some endpoints always report as 0), so only the per-shard
-            # read rate limits the next read. An empty read backs off (esm.idle_pacing).
+            # read limit (ReadWindow) delays the next read. An empty read backs off
+            # (esm.idle_pacing).
             self.caught_up = not result.records
             if self.caught_up:
                 self.caught_up_since = sent_at
@@ -181,11 +217,10 @@ class ShardPoller:
                     pacing.after_empty_read(time.monotonic() - started),
                     self._until_a_window_ends(),
                 )
+                if delay > 0:
+                    await self._pause(delay)
             else:
                 pacing.after_records()
-                delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
-            if delay > 0:
-                await self._pause(delay)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds` before the next read, or until the poller is told to stop."""

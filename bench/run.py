@@ -44,6 +44,7 @@ TARGETS = {
     "e2e_ratio": 3.0,
     "latency_p50_ms_sqs": 50,
     "latency_p50_ms_kinesis": 300,
+    "latency_p99_ms_quiet_shards": 1_500,
     "idle_shards_rss_mb": 300,
     "idle_shards_cpu_percent": 5,
     "idle_shards_lambda_pace_cpu_percent": 10,
@@ -71,6 +72,8 @@ class Sizes:
 
 
 FULL = Sizes(3_000, 30, 200_000, 200_000, 3, 200_000, 50_000, 200, 1_000, 1_000, 100, 10, 60, 240)
+QUIET_SHARD_EVENTS = 200
+"""Records written to random quiet shards of the idle stream (figure 4), 50 ms apart."""
 QUICK = Sizes(100, 2, 5_000, 10_000, 1, 10_000, 1_000, 30, 40, 20, 5, 1, 3, 30)
 
 
@@ -197,7 +200,19 @@ def phase_latency(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
         kinesis = latency.run_kinesis(
             endpoint, sizes.latency_events, timeout=sizes.phase_timeout, log=_log
         )
-    return {"sqs": sqs, "kinesis": kinesis}
+    quiet = {}
+    with endpoints.start_fake_kinesis() as endpoint:
+        for name, budget in (("lambda_pace", None), ("budget_30", 30.0)):
+            quiet[name] = latency.run_quiet_shards(
+                endpoint,
+                sizes.idle_shards,
+                QUIET_SHARD_EVENTS if sizes is FULL else 10,
+                budget=budget,
+                warmup=5 if sizes is FULL else 1,
+                timeout=sizes.phase_timeout,
+                log=_log,
+            )
+    return {"sqs": sqs, "kinesis": kinesis, "kinesis_quiet_shards": quiet}
 
 
 def phase_scale(sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
@@ -416,6 +431,25 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"p50 <= {TARGETS[key]} ms",
                 _verdict(s["p50_ms"], TARGETS[key], False),
             )
+        quiet = latency.get("kinesis_quiet_shards")
+        if isinstance(quiet, dict):
+            for s in quiet.values():
+                if not isinstance(s, dict) or "p99_ms" not in s:
+                    continue
+                budget = s.get("budget")
+                pace = "Lambda's pace" if budget is None else f"opt-in budget {budget:g} reads/s"
+                row(
+                    f"4 latency kinesis, records to random quiet shards of {s['shards']:,} "
+                    f"idle shards, {pace}, p50/p95/p99 ({s['endpoint']})",
+                    "/".join(_num(s[k], ".0f") for k in ("p50_ms", "p95_ms", "p99_ms")) + " ms",
+                    "",
+                    "",
+                    f"p99 <= {TARGETS['latency_p99_ms_quiet_shards']} ms" if budget is None else "",
+                    _verdict(s["p99_ms"], TARGETS["latency_p99_ms_quiet_shards"], False)
+                    if budget is None
+                    else "",
+                    f"{s['received']:,}/{s['events']:,} events",
+                )
     scale = results.get("scale")
     if isinstance(scale, dict):
         paced = scale.get("kinesis_lambda_pace")

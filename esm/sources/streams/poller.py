@@ -206,10 +206,10 @@ class ShardPoller:
                 self.ended = True
                 return
             iterator = result.next_iterator
-            # Records came: more may follow at once (a full page, or a busy shard whose
-            # MillisBehindLatest some endpoints always report as 0), so only the per-shard
-            # read limit (ReadWindow) delays the next read. An empty read backs off
-            # (esm.idle_pacing).
+            # A full page, or records with MillisBehindLatest above 0: more are waiting,
+            # so only the per-shard read limit (ReadWindow) delays the next read (a full
+            # page counts as behind: some endpoints always report 0). A part page at the
+            # tip waits the limit's mean spacing; an empty read backs off (esm.idle_pacing).
             self.caught_up = not result.records
             if self.caught_up:
                 self.caught_up_since = sent_at
@@ -221,6 +221,14 @@ class ShardPoller:
                     await self._pause(delay)
             else:
                 pacing.after_records()
+                if len(result.records) < MAX_RECORDS_PER_READ and not result.millis_behind:
+                    # At the tip (a part page, nothing behind): records trickle in, so the
+                    # next read comes after the limit's mean spacing, 0.2 s after this one
+                    # started; reading at once would mostly come back empty and spend the
+                    # second's 5 reads early, stalling the records that follow.
+                    delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
+                    if delay > 0:
+                        await self._pause(delay)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds` before the next read, or until the poller is told to stop."""

@@ -149,12 +149,12 @@ class ShardPoller:
             for lane in self.lanes:
                 tg.start_soon(lane.run)
             tg.start_soon(self._checkpointer)
+            waker = anyio.CancelScope()
+            tg.start_soon(self._wake_when_stopping, waker)
             try:
-                async with anyio.create_task_group() as reading:
-                    reading.start_soon(self._wake_when_stopping)
-                    await self._read_loop()
-                    reading.cancel_scope.cancel()
+                await self._read_loop()
             finally:
+                waker.cancel()
                 self._reading_done = True
                 for lane in self.lanes:
                     lane.wake()
@@ -240,13 +240,15 @@ class ShardPoller:
         finally:
             self._pause_ends = None
 
-    async def _wake_when_stopping(self) -> None:
+    async def _wake_when_stopping(self, scope: anyio.CancelScope) -> None:
         """Cut the pause short when the poller is stopped (one waiting task per poller,
-        parked on its stop event: no timer, nothing per read)."""
-        await self.ctx.stopping.wait()
-        ends = self._pause_ends
-        if ends is not None and not ends.done():
-            ends.set_result(None)
+        parked on its stop event: no timer, nothing per read); `scope` ends it once
+        reading is over."""
+        with scope:
+            await self.ctx.stopping.wait()
+            ends = self._pause_ends
+            if ends is not None and not ends.done():
+                ends.set_result(None)
 
     def _until_a_window_ends(self) -> float:
         """Seconds until just after the end of a lane's open tumbling window: a window

@@ -194,6 +194,12 @@ def run_streams(
                 f"  esm batch_size {batch_size}: {_rate(result, records)}  "
                 f"({_ratio(naive, result):.2f}x naive)"
             )
+    limit = read_limit(endpoint, name, records)
+    log(
+        f"  the limit: {limit['limit_s']:.2f} s at 5 reads/s/shard x 10,000 records "
+        f"(largest shard {limit['largest_shard']:,} records: {limit['reads_needed']} reads, "
+        f"the last {limit['last_read_at_s']:.1f} s after the first)"
+    )
     return {
         "endpoint": endpoint.name,
         "shards": shards,
@@ -202,7 +208,46 @@ def run_streams(
         "naive": naive,
         "esm": esm_runs,
         "ratio": {k: _ratio(naive, v) for k, v in esm_runs.items()},
+        "limit": limit,
+        "of_limit": {k: limit["limit_s"] / v["seconds"] for k, v in esm_runs.items()},
     }
+
+
+def read_limit(endpoint: Endpoint, name: str, records: int) -> dict[str, Any]:
+    """What Kinesis's per-shard read limit allows for this drain, whatever the consumer:
+    5 GetRecords a second per shard, 10,000 records each, so `records` spread over the
+    shards take at least records / (shards x 50,000) seconds. Keys hash unevenly (MD5 of
+    the partition key into each shard's hash key range, computed here as Kinesis does), so
+    the largest shard's reads are also given: its last read cannot start earlier than
+    (reads - 1) / 5 s after its first."""
+    import hashlib
+    import math
+
+    shards = boto3_client("kinesis", endpoint).list_shards(StreamName=name)["Shards"]
+    ranges = sorted(
+        (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+        for s in shards
+    )
+    counts = [0] * len(ranges)
+    starts = [low for low, _ in ranges]
+    for i in range(records):
+        key = int.from_bytes(hashlib.md5(f"pk-{i}".encode()).digest(), "big")
+        counts[_shard_of(starts, key)] += 1
+    largest = max(counts)
+    reads = math.ceil(largest / 10_000)
+    return {
+        "limit_s": records / (len(shards) * 5 * 10_000),
+        "records_per_shard": counts,
+        "largest_shard": largest,
+        "reads_needed": reads,
+        "last_read_at_s": (reads - 1) / 5,
+    }
+
+
+def _shard_of(starts: list[int], key: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(starts, key) - 1
 
 
 # --- SQS -----------------------------------------------------------------------------------

@@ -153,6 +153,106 @@ def run_kinesis(
     return summary
 
 
+async def _measure_quiet(
+    config: Any,
+    send: Callable[[bytes], None],
+    shards: int,
+    events: int,
+    gap: float,
+    warmup: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """Like `_measure`, but the producer starts only once every shard is caught up (its
+    last read was empty) and `warmup` seconds more have passed, so each event lands on a
+    shard that has been quiet for a while: the case the idle read pacing decides."""
+    from esm.daemon import Daemon
+
+    h = handlers()
+    h.reset()
+    daemon = Daemon(config)
+    stop = threading.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.move_on_after(120):
+            while daemon.idle_pacer.caught_up < shards:
+                await anyio.sleep(0.1)
+        await anyio.sleep(warmup)
+        producer = threading.Thread(target=_producer, args=(send, events, gap, stop), daemon=True)
+        producer.start()
+        with anyio.move_on_after(timeout):
+            while sum(len(records) for _, records in list(h.STAMPS)) < events:
+                await anyio.sleep(0.05)
+        stop.set()
+        daemon.request_stop()
+    producer.join(timeout=10)
+    return {"stamps": list(h.STAMPS)}
+
+
+def run_quiet_shards(
+    endpoint: Endpoint,
+    shards: int,
+    events: int,
+    budget: float | None = None,
+    gap: float = 0.05,
+    warmup: float = 5.0,
+    timeout: float = 120,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Latency of records written one at a time to random quiet shards of a stream of
+    `shards` idle shards (random partition keys), from LATEST, batch_size 100, window 0:
+    Lambda's pace (every caught-up shard read at least once a second) when `budget` is
+    None, else the opt-in shared budget of `budget` reads a second. Run in this process,
+    with the producer thread, as the other latency rows are."""
+    import random
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    client = boto3_client("kinesis", endpoint)
+    stream = f"bench-quiet-{int(time.time())}-{budget or 0:g}"
+    client.create_stream(StreamName=stream, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(
+        StreamName=stream, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+    )
+    keys = random.Random(18)
+
+    def send(data: bytes) -> None:
+        client.put_record(StreamName=stream, Data=data, PartitionKey=f"k{keys.random()}")
+
+    with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
+        config = esm_config(
+            [
+                {
+                    "name": "latency-quiet",
+                    "function": "bench",
+                    "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}",
+                    "starting_position": "LATEST",
+                    "batch_size": 100,
+                    "maximum_batching_window_in_seconds": 0,
+                }
+            ],
+            endpoint=endpoint.url,
+            state_path=Path(state_dir) / "state.sqlite3",
+            handler="esm_bench_handlers.stamp",
+        )
+        config = replace(config, daemon=replace(config.daemon, idle_shard_reads_per_second=budget))
+        with quiet_esm_logging():
+            result = anyio.run(_measure_quiet, config, send, shards, events, gap, warmup, timeout)
+    latencies = [
+        started - orjson.loads(base64.b64decode(record["kinesis"]["data"]))["t"]
+        for started, records in result["stamps"]
+        for record in records
+    ]
+    summary = _summary(latencies, events) | {
+        "endpoint": endpoint.name,
+        "shards": shards,
+        "budget": budget,
+    }
+    pace = "Lambda's pace" if budget is None else f"budget {budget:g} reads/s"
+    log(_line(f"Kinesis, {shards:,} quiet shards, {pace},", summary))
+    return summary
+
+
 def _line(what: str, s: dict[str, Any]) -> str:
     return (
         f"  latency {what:7} on {s['endpoint']}: "

@@ -9,10 +9,11 @@ warm-up starts once every shard is caught up (`esm_caught_up_shards`): until the
 are read several times a second each, which on kinesalite lasts tens of seconds.
 
 Kinesis: one mapping on one stream of N shards (1,000 by default), starting at LATEST,
-nothing written; on bench.fake_kinesis (which counts the GetRecords calls it serves, so the
-figure also gives esm's CPU per poll) and on kinesalite (its shard limit raised). kinesalite
-needs most of a core to answer 1,000 shards polled once a second, so there the poll rate
-is partly the endpoint's. SQS: 100 mappings on 100 empty
+nothing written, every shard read at least once a second (esm's default, as Lambda reads
+them) or under the opt-in shared budget; on bench.fake_kinesis (which counts the GetRecords
+calls it serves, so the figure also gives esm's CPU per poll) and on kinesalite (its shard
+limit raised). kinesalite needs most of a core to answer 1,000 shards polled once a second,
+so there the poll rate is partly the endpoint's. SQS: 100 mappings on 100 empty
 queues (moto), each polled by Lambda's five long-polling receivers.
 
 `plot_lambda_pace` draws esm's CPU against the shard count at Lambda's pace (every idle
@@ -181,10 +182,10 @@ def run_kinesis(
     window: float = 60,
     log: Log = print,
     esm_command: list[str] | None = None,
-    lambda_pace: bool = False,
+    budget: float | None = None,
 ) -> dict[str, Any]:
-    """`lambda_pace`: every idle shard read once a second, as Lambda does (the idle read
-    budget raised to the shard count): the baseline for esm's shared budget."""
+    """esm's default reads every idle shard at least once a second, as Lambda does;
+    `budget` sets the opt-in `[daemon] idle_shard_reads_per_second` instead."""
     client = boto3_client("kinesis", endpoint)
     stream = f"bench-idle-{int(time.time())}"
     client.create_stream(StreamName=stream, ShardCount=shards)
@@ -199,11 +200,12 @@ def run_kinesis(
             "starting_position": "LATEST",
         }
     ]
-    daemon = {"idle_shard_reads_per_second": shards} if lambda_pace else None
+    daemon = {"idle_shard_reads_per_second": budget} if budget is not None else None
     result = _observe(endpoint, mappings, shards, warmup, window, log, esm_command, daemon) | {
         "shards": shards,
         "endpoint": endpoint.name,
-        "pace": "lambda" if lambda_pace else "budget",
+        "pace": "lambda" if budget is None else "budget",
+        "budget": budget,
     }
     reads = ""
     if result["get_records_per_s"] is not None:
@@ -212,7 +214,8 @@ def run_kinesis(
             f"{result['cpu_us_per_get_records'] or float('nan'):.0f} us of esm CPU each"
         )
     log(
-        f"  {shards:,} idle shards on {endpoint.name}{' at Lambda pace' if lambda_pace else ''}:"
+        f"  {shards:,} idle shards on {endpoint.name}, "
+        f"{'Lambda pace' if budget is None else f'budget {budget:g} reads/s'}:"
         f" RSS {result['rss_mb_max']:.0f} MB, "
         f"CPU {result['cpu_percent']:.1f}% of a core "
         f"(endpoint {result['endpoint_cpu_percent']:.0f}%), "

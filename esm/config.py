@@ -56,8 +56,9 @@ class DaemonConfig:
     log_format: str = "json"
     log_level: str = "info"
     drain_timeout: float = 910.0
-    idle_shard_reads_per_second: float = DEFAULT_IDLE_SHARD_READS_PER_SECOND
-    """GetRecords calls per second shared by all caught-up shards (esm.idle_pacing)."""
+    idle_shard_reads_per_second: float | None = DEFAULT_IDLE_SHARD_READS_PER_SECOND
+    """Opt-in: GetRecords calls per second shared by all caught-up shards (esm.idle_pacing);
+    None (the default) reads each caught-up shard about once a second, as Lambda does."""
     functions_use_endpoint_url: bool = True
     """Give handlers AWS_ENDPOINT_URL = endpoint_url (esm.lambda_environment)."""
 
@@ -227,9 +228,7 @@ def _parse_daemon(t: Table) -> DaemonConfig:
         log_format=t.choice("log_format", LOG_FORMATS, defaults.log_format),
         log_level=t.choice("log_level", LOG_LEVELS, defaults.log_level),
         drain_timeout=t.number("drain_timeout", defaults.drain_timeout, 0, 3600),
-        idle_shard_reads_per_second=t.number(
-            "idle_shard_reads_per_second", defaults.idle_shard_reads_per_second, 1, 100_000
-        ),
+        idle_shard_reads_per_second=t.optional_number("idle_shard_reads_per_second", 1, 100_000),
         functions_use_endpoint_url=t.boolean(
             "functions_use_endpoint_url", defaults.functions_use_endpoint_url
         ),

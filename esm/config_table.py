@@ -167,6 +167,10 @@ class Table:
         return self._in_range(key, value, low, high, what)
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
+        checked = self.optional_number(key, low, high)
+        return default if checked is None else checked
+
+    def optional_number(self, key: str, low: float, high: float) -> float | None:
         value = self._get(
             key,
             None,
@@ -174,7 +178,7 @@ class Table:
             "a number",
         )
         checked = self._in_range(key, value, low, high)
-        return default if checked is None else float(checked)
+        return None if checked is None else float(checked)
 
     def _in_range(
         self, key: str, value: N | None, low: float, high: float, what: str = ""

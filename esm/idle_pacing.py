@@ -1,24 +1,28 @@
-"""How often caught-up shards are read: once a second, as Lambda does, until there are many.
+"""How often caught-up shards are read: once a second each, as Lambda does, by default.
 
-Every GetRecords costs esm a few hundred microseconds of CPU whether or not it returns
-records (signing, HTTP, the event loop). Lambda reads each shard about once a second; at
-1,000 idle shards that is half a core spent on empty reads. So the reads of *caught-up*
-shards (the last read returned nothing) share one budget per process, `[daemon]
-idle_shard_reads_per_second`: with fewer caught-up shards than the budget, each is read
-once a second; with more, each is read every `caught_up / budget` seconds. The price is
-latency for the first record written to a long-quiet shard; a shard whose read returns
-records is read again at once, so busy shards are never slowed.
+Lambda reads every shard of a mapping about once a second, so a record written to a quiet
+shard reaches the function within about a second; esm does the same unless told otherwise.
+Every empty GetRecords still costs esm CPU (~100-170 us at 1,000 idle shards, BENCHMARKS.md
+figure 5), so a process with many idle shards may opt in to a shared budget, `[daemon]
+idle_shard_reads_per_second`: with fewer caught-up shards (the last read returned nothing)
+than the budget, each is read once a second; with more, each is read every
+`caught_up / budget` seconds, at the price of latency for the first record written to a
+long-quiet shard. A shard whose read returns records is read again at once either way.
+
+Every shard poller of the process waits between reads on one `ReadTimer` (one timer handle
+for all of them) rather than on a timer and a cancel scope each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import math
 import random
 import time
 
-DEFAULT_IDLE_SHARD_READS_PER_SECOND = 30.0
-"""An empty read costs 0.5 ms of CPU on a fast endpoint, up to ~1.4 ms on a slow one (the
-answers then come one by one): 1.5-4% of a core however many shards are idle."""
+DEFAULT_IDLE_SHARD_READS_PER_SECOND: float | None = None
+"""No shared budget: every caught-up shard is read about once a second, as Lambda does."""
 LAMBDA_IDLE_READ_INTERVAL = 1.0
 """Seconds between reads of a caught-up shard while the budget allows it."""
 FIRST_IDLE_READ_INTERVAL = 0.25
@@ -27,15 +31,24 @@ IDLE_BACKOFF = 1.5
 TICK = 1.0
 """Reads of caught-up shards run on whole seconds (see IdleReadPacer.on_tick)."""
 JITTER = 0.1
-"""Spread of each wait (±10%), so shards that started together don't read in bursts."""
+"""Spread of each wait, so shards that started together don't read in bursts: at Lambda's
+pace a read starts 0.9-1 s after the last one started (never later: at least once a
+second); under the budget each wait is within ±10% of the shared interval."""
 
 
 class IdleReadPacer:
-    """One per process: counts caught-up shards and says how long each waits."""
+    """One per process: counts caught-up shards and says how long each waits.
 
-    def __init__(self, reads_per_second: float) -> None:
+    `reads_per_second` None (the default) reads every caught-up shard about once a second;
+    a number is the opt-in budget shared by all of them."""
+
+    def __init__(
+        self, reads_per_second: float | None = DEFAULT_IDLE_SHARD_READS_PER_SECOND
+    ) -> None:
         self.reads_per_second = reads_per_second
         self.caught_up = 0
+        self.timer = ReadTimer()
+        """What every shard poller of the process waits on between reads."""
         self._random = random.Random()
         self._latest_wake = 0.0
         """Monotonic time at which the longest wait handed out so far ends."""
@@ -43,6 +56,8 @@ class IdleReadPacer:
     def shared_interval(self) -> float:
         """The wait that keeps all caught-up shards together within the budget (the mean
         spacing of a shard's reads, before jitter and tick alignment)."""
+        if self.reads_per_second is None:
+            return LAMBDA_IDLE_READ_INTERVAL
         return max(LAMBDA_IDLE_READ_INTERVAL, self.caught_up / self.reads_per_second)
 
     def longest_wait(self) -> float:
@@ -57,7 +72,7 @@ class IdleReadPacer:
         if shared > LAMBDA_IDLE_READ_INTERVAL:
             bound = shared * (1 + JITTER) + TICK
         else:
-            bound = LAMBDA_IDLE_READ_INTERVAL * (1 + JITTER)
+            bound = LAMBDA_IDLE_READ_INTERVAL
         return max(bound, self._latest_wake - time.monotonic())
 
     def issued(self, seconds: float) -> float:
@@ -67,6 +82,13 @@ class IdleReadPacer:
 
     def shard(self) -> ShardPacing:
         return ShardPacing(self)
+
+    def lambda_pace(self) -> float:
+        """The time from one read's start to the next at Lambda's pace: 0.9-1 s, less the
+        read timer's rounding up, so that every caught-up shard is read at least once a
+        second."""
+        low = LAMBDA_IDLE_READ_INTERVAL * (1 - JITTER)
+        return self._random.uniform(low, LAMBDA_IDLE_READ_INTERVAL) - TIMER_RESOLUTION
 
     def jittered(self, seconds: float) -> float:
         return seconds * self._random.uniform(1 - JITTER, 1 + JITTER)
@@ -96,15 +118,18 @@ class ShardPacing:
         self._next = FIRST_IDLE_READ_INTERVAL
         self._spread = False
 
-    def after_empty_read(self) -> float:
-        """Seconds to wait before the next read of a shard whose last read was empty."""
+    def after_empty_read(self, read_took: float = 0.0) -> float:
+        """Seconds to wait before the next read of a shard whose last read was empty and
+        took `read_took` seconds: at Lambda's pace the spacing counts from the start of
+        that read (so a slow read does not stretch it past a second), under the budget
+        from its end (where each wait ends on a tick)."""
         pacer = self._pacer
         if not self._counted:
             self._counted = True
             pacer.caught_up += 1
-        return pacer.issued(self._next_wait())
+        return pacer.issued(self._next_wait(read_took))
 
-    def _next_wait(self) -> float:
+    def _next_wait(self, read_took: float) -> float:
         pacer = self._pacer
         ramp = self._next
         if ramp < LAMBDA_IDLE_READ_INTERVAL:
@@ -112,7 +137,7 @@ class ShardPacing:
             return ramp
         shared = pacer.shared_interval()
         if shared <= LAMBDA_IDLE_READ_INTERVAL:
-            return pacer.jittered(shared)  # within budget: Lambda's pace
+            return max(0.0, pacer.lambda_pace() - read_took)  # Lambda's pace
         if not self._spread:
             # Shards started together would otherwise all read in the same tick; one
             # uniform wait spreads them over the interval's ticks.
@@ -130,3 +155,72 @@ class ShardPacing:
         if self._counted:
             self._counted = False
             self._pacer.caught_up -= 1
+
+
+TIMER_RESOLUTION = 0.01
+"""Waits end on 10 ms slots: the shards whose waits end in one slot wake together, on one
+timer callback (1,000 shards read once a second: ~100 wake-ups a second, not 1,000)."""
+
+
+class ReadTimer:
+    """One timer for the waits between reads of every shard poller of a process.
+
+    A poller's wait is a bare future: `due_in` files it under the 10 ms slot its wait ends
+    in, and one event-loop timer, set for the earliest slot, resolves every future of each
+    slot that has come. The caller may resolve its future earlier itself (to stop); a
+    resolved or cancelled future is skipped. Compared with anyio's `move_on_after` around an
+    `Event.wait` per wait (a cancel scope, an event waiter and a timer handle per read),
+    this is a future and a list append per read (BENCHMARKS.md figure 5)."""
+
+    def __init__(self, resolution: float = TIMER_RESOLUTION) -> None:
+        self._resolution = resolution
+        self._slots: dict[int, list[asyncio.Future[None]]] = {}
+        self._order: list[int] = []
+        """Heap of the slots that hold futures."""
+        self._armed: int | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for waits in self._slots.values() for w in waits if not w.done())
+
+    def due_in(self, seconds: float) -> asyncio.Future[None]:
+        """A future resolved once `seconds` have passed (rounded up to the next slot)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+            self._slots.clear()
+            self._order.clear()
+            self._armed, self._handle = None, None
+        future: asyncio.Future[None] = loop.create_future()
+        slot = math.ceil((loop.time() + max(0.0, seconds)) / self._resolution)
+        waits = self._slots.get(slot)
+        if waits is not None:
+            waits.append(future)
+            return future
+        self._slots[slot] = [future]
+        heapq.heappush(self._order, slot)
+        if self._armed is None or slot < self._armed:
+            self._arm(loop, slot)
+        return future
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = slot
+        self._handle = loop.call_at(slot * self._resolution, self._fire)
+
+    def _fire(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._armed, self._handle = None, None
+        now = loop.time()
+        order, slots = self._order, self._slots
+        # A slot is due once its time has come (the loop may call back a hair early).
+        while order and order[0] * self._resolution <= now + self._resolution / 2:
+            for future in slots.pop(heapq.heappop(order)):
+                if not future.done():
+                    future.set_result(None)
+        if order:
+            self._arm(loop, order[0])

@@ -152,13 +152,15 @@ class Metrics:
         )
         self.caught_up_shards = Gauge(
             "esm_caught_up_shards",
-            "Shards of every mapping whose last read was empty (they share the idle read budget).",
+            "Shards of every mapping whose last read was empty (they share the opt-in idle read"
+            " budget when one is set).",
             registry=r,
         )
         self.idle_read_interval = Gauge(
             "esm_idle_shard_read_interval_seconds",
-            "Longest pause between two reads of a caught-up shard under the idle read budget"
-            " (shared interval, jitter and tick alignment included).",
+            "Longest pause between two reads of a caught-up shard: 1 s at Lambda's pace (the"
+            " default); under the opt-in idle_shard_reads_per_second budget, the shared interval"
+            " with its jitter and tick alignment.",
             registry=r,
         )
         f = ["function"]

@@ -43,6 +43,22 @@ def test_valid_sqs_mapping_gets_lambda_defaults() -> None:
     assert config.daemon.http_port == 9464
 
 
+def test_idle_shards_are_read_at_lambdas_pace_unless_a_budget_is_set() -> None:
+    """No shared idle read budget by default (each caught-up shard read about once a second,
+    as Lambda does); the budget is an opt-in number of reads per second, 1..100,000."""
+    base = {
+        "functions": {"f": {"handler": "app.handle"}},
+        "mappings": [{"function": "f", "event_source_arn": STREAM, "starting_position": "LATEST"}],
+    }
+    assert parse_config(base).daemon.idle_shard_reads_per_second is None
+    budget = parse_config({**base, "daemon": {"idle_shard_reads_per_second": 30}})
+    assert budget.daemon.idle_shard_reads_per_second == 30.0
+    problems = problems_of(
+        {"event_source_arn": QUEUE}, daemon={"idle_shard_reads_per_second": 100_001}
+    )
+    assert "daemon.idle_shard_reads_per_second: 100001 is above the maximum 100000" in problems
+
+
 def test_stream_mapping_defaults_to_batch_size_100() -> None:
     config = parse_config(
         {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import anyio
 import pytest
 
-from esm.idle_pacing import JITTER, TICK, IdleReadPacer
+from esm.idle_pacing import JITTER, TICK, TIMER_RESOLUTION, IdleReadPacer, ReadTimer
 
 
 def test_a_shard_that_just_went_quiet_backs_off_from_a_quarter_second_to_one_second() -> None:
@@ -14,7 +16,7 @@ def test_a_shard_that_just_went_quiet_backs_off_from_a_quarter_second_to_one_sec
     waits = [pacing.after_empty_read() for _ in range(6)]
     assert waits[:4] == pytest.approx([0.25, 0.375, 0.5625, 0.84375])
     for wait in waits[4:]:
-        assert 1 - JITTER <= wait <= 1 + JITTER
+        assert 1 - JITTER - TIMER_RESOLUTION <= wait <= 1 - TIMER_RESOLUTION
 
 
 def test_many_caught_up_shards_share_the_budget() -> None:
@@ -98,8 +100,61 @@ def test_the_longest_wait_gauge_counts_waits_still_running() -> None:
     assert pacer.longest_wait() >= longest - 0.1
 
 
-def test_within_the_budget_the_longest_wait_is_lambdas_second_plus_jitter() -> None:
+def test_within_the_budget_the_longest_wait_is_lambdas_second() -> None:
     pacer = IdleReadPacer(reads_per_second=30)
     pacing = pacer.shard()
     waits = [pacing.after_empty_read() for _ in range(50)]
-    assert max(waits) <= pacer.longest_wait() == pytest.approx(1 + JITTER)
+    assert max(waits) <= pacer.longest_wait() == pytest.approx(1.0)
+
+
+def test_by_default_every_caught_up_shard_is_read_about_once_a_second() -> None:
+    """Lambda reads each shard about once a second: with no budget configured, 1,000
+    caught-up shards are each read 0.9-1 s after their last read started, not every
+    1,000/30 s as before."""
+    pacer = IdleReadPacer()
+    assert pacer.reads_per_second is None
+    shards = [pacer.shard() for _ in range(1_000)]
+    for pacing in shards:
+        for _ in range(4):
+            pacing.after_empty_read()
+    # Each wait counts from the start of the read that came back empty (here 20 ms ago),
+    # and the read timer may round it up by less than a slot: never past a second.
+    waits = [pacing.after_empty_read(read_took=0.02) for pacing in shards]
+    assert pacer.caught_up == 1_000
+    assert all(
+        0.9 - 0.02 - TIMER_RESOLUTION <= wait <= 1 - 0.02 - TIMER_RESOLUTION for wait in waits
+    )
+    assert pacer.shared_interval() == 1.0
+    assert pacer.longest_wait() == pytest.approx(1.0)
+
+
+@pytest.mark.anyio
+async def test_the_read_timer_resolves_each_wait_once_its_time_has_come() -> None:
+    timer = ReadTimer()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    delays = [0.05 + i * 0.003 for i in range(100)][::-1]
+    futures = [(delay, timer.due_in(delay)) for delay in delays]
+    done_at: dict[float, float] = {}
+    for delay, future in sorted(futures, key=lambda pair: pair[0]):
+        await future
+        done_at[delay] = loop.time() - start
+    for delay, at in done_at.items():
+        # Never early (the loop may call back a hair before its time); within a slot or so.
+        assert at >= delay - TIMER_RESOLUTION / 2, (delay, at)
+    assert timer.pending == 0
+
+
+@pytest.mark.anyio
+async def test_a_wait_resolved_early_is_skipped_and_a_later_earlier_wait_rearms() -> None:
+    timer = ReadTimer()
+    late = timer.due_in(30)
+    stopped = timer.due_in(20)
+    stopped.set_result(None)  # what a poller told to stop does with its own wait
+    soon = timer.due_in(0.01)  # earlier than every filed wait: the one timer moves up
+    with anyio.fail_after(5):
+        await soon
+    assert not late.done()
+    assert timer.pending == 1
+    late.cancel()
+    assert timer.pending == 0

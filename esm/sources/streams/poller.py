@@ -6,15 +6,19 @@ lanes (`lane.py`) by a stable hash of the partition key (Kinesis) or item key (D
 so records of one key keep their order. Filtered-out records are done at once. A record is
 checkpointed only when it and every record before it in the shard are done
 (`ShardProgress`); stopping abandons batches that have not succeeded: they are read again.
-Kinesis allows 5 GetRecords calls per second per shard; a caught-up shard is read less
-often (`esm.idle_pacing`), and just after a lane's tumbling window ends.
+Kinesis allows 5 GetRecords calls per second per shard; a caught-up shard is read about
+once a second, as Lambda reads it (or less often under the opt-in shared budget,
+`esm.idle_pacing`), and just after a lane's tumbling window ends. Every wait between two
+reads is a future on the process's one `ReadTimer`, not a timer and a cancel scope each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 
@@ -37,12 +41,38 @@ from esm.state.base import Checkpoint
 
 log = get_logger("esm.streams")
 
+READS_PER_SECOND = 5
+"""Kinesis allows 5 GetRecords calls per shard in any one second (a sixth is throttled with
+ProvisionedThroughputExceededException)."""
 BUSY_POLL_INTERVAL = 0.2
-"""Kinesis allows 5 GetRecords calls per second per shard."""
+"""The mean spacing of a busy shard's reads (1 s / READS_PER_SECOND); 0 turns the limit off
+(bench/hotpath.py, to measure CPU rather than the limit)."""
 WINDOW_END_READ_DELAY = 0.05
 """How long after a tumbling window's end a quiet shard is read to close the window."""
 
 _sequence_number = attrgetter("sequence_number")
+
+
+class ReadWindow:
+    """Kinesis's per-shard read limit as a sliding window: a read may start when fewer than
+    READS_PER_SECOND reads started in the last second. A shard that is behind thus reads
+    its next pages as soon as each is handed on, not 0.2 s after the last read started:
+    when a read is slow (a full page parsed while other shards' pages are too), the next
+    one does not start later for it, so a 6-page backlog's last read starts 1 s after the
+    first, as the limit allows, instead of drifting by each read's delay."""
+
+    def __init__(self) -> None:
+        self._starts: deque[float] = deque(maxlen=READS_PER_SECOND)
+
+    def started(self, at: float) -> None:
+        self._starts.append(at)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next read may start (0 or less: now)."""
+        starts = self._starts
+        if len(starts) < READS_PER_SECOND:
+            return 0.0
+        return starts[0] + BUSY_POLL_INTERVAL * READS_PER_SECOND - now
 
 
 class ShardPoller:
@@ -72,6 +102,9 @@ class ShardPoller:
         self._space = anyio.Event()
         self._progressed = anyio.Event()
         self._reading_done = False
+        self._timer = ctx.idle_pacer.timer
+        self._pause_ends: asyncio.Future[None] | None = None
+        self._window = ReadWindow()
         self._log = log.bind(mapping=ctx.config.name, shard=shard.shard_id)
         self._m_polled = ctx.metrics.polled
         self._m_filtered = ctx.metrics.filtered_out
@@ -116,9 +149,12 @@ class ShardPoller:
             for lane in self.lanes:
                 tg.start_soon(lane.run)
             tg.start_soon(self._checkpointer)
+            waker = anyio.CancelScope()
+            tg.start_soon(self._wake_when_stopping, waker)
             try:
                 await self._read_loop()
             finally:
+                waker.cancel()
                 self._reading_done = True
                 for lane in self.lanes:
                     lane.wake()
@@ -145,9 +181,16 @@ class ShardPoller:
                 self._space = anyio.Event()
                 with anyio.move_on_after(1):
                     await self._space.wait()
+            # Every read, an idle one too, keeps the limit; checked again after the pause,
+            # which the loop's timer may end a hair early.
+            while (limited := self._window.wait(time.monotonic())) > 0:
+                if ctx.stopping.is_set():
+                    return
+                await self._pause(limited)
             if ctx.stopping.is_set():
                 return
             started, sent_at = time.monotonic(), time.time()
+            self._window.started(started)
             try:
                 result = await ctx.source.read(self.shard.shard_id, iterator)
             except ExpiredIterator:
@@ -163,19 +206,49 @@ class ShardPoller:
                 self.ended = True
                 return
             iterator = result.next_iterator
-            # Records came: more may follow at once (a full page, or a busy shard whose
-            # MillisBehindLatest some endpoints always report as 0), so only the per-shard
-            # read rate limits the next read. An empty read backs off (esm.idle_pacing).
+            # A full page, or records with MillisBehindLatest above 0: more are waiting,
+            # so only the per-shard read limit (ReadWindow) delays the next read (a full
+            # page counts as behind: some endpoints always report 0). A part page at the
+            # tip waits the limit's mean spacing; an empty read backs off (esm.idle_pacing).
             self.caught_up = not result.records
             if self.caught_up:
                 self.caught_up_since = sent_at
-                delay = min(pacing.after_empty_read(), self._until_a_window_ends())
+                delay = min(
+                    pacing.after_empty_read(time.monotonic() - started),
+                    self._until_a_window_ends(),
+                )
+                if delay > 0:
+                    await self._pause(delay)
             else:
                 pacing.after_records()
-                delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await ctx.stopping.wait()
+                if len(result.records) < MAX_RECORDS_PER_READ and not result.millis_behind:
+                    # At the tip (a part page, nothing behind): records trickle in, so the
+                    # next read comes after the limit's mean spacing, 0.2 s after this one
+                    # started; reading at once would mostly come back empty and spend the
+                    # second's 5 reads early, stalling the records that follow.
+                    delay = BUSY_POLL_INTERVAL - (time.monotonic() - started)
+                    if delay > 0:
+                        await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before the next read, or until the poller is told to stop."""
+        if self.ctx.stopping.is_set():
+            return
+        self._pause_ends = ends = self._timer.due_in(seconds)
+        try:
+            await ends
+        finally:
+            self._pause_ends = None
+
+    async def _wake_when_stopping(self, scope: anyio.CancelScope) -> None:
+        """Cut the pause short when the poller is stopped (one waiting task per poller,
+        parked on its stop event: no timer, nothing per read); `scope` ends it once
+        reading is over."""
+        with scope:
+            await self.ctx.stopping.wait()
+            ends = self._pause_ends
+            if ends is not None and not ends.done():
+                ends.set_result(None)
 
     def _until_a_window_ends(self) -> float:
         """Seconds until just after the end of a lane's open tumbling window: a window

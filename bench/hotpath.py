@@ -357,48 +357,57 @@ async def _run_sqs(
 
 
 # --- the limit: parsing the same bodies into Lambda's records, and nothing else --------------
+#
+# Issue #18's definition: "orjson parse of the GetRecords / ReceiveMessage body into Lambda's
+# record dicts and nothing else". Each function below builds, from one body, exactly the
+# records esm hands the handler for it (same keys, same order, same values: tested in
+# tests/unit/test_bench_limit.py), in the cheapest way that is still correct for these
+# bodies: dict literals in one pass, knowing the bodies' keys in advance.
 
 
-def kinesis_limit(pages: dict[str, list[bytes]]) -> int:
-    """orjson.loads of every GetRecords body and one Lambda record dict per record: what
-    any consumer of these bodies must do at least. Returns the records built."""
-    count = 0
-    for shard_id, bodies in pages.items():
-        for raw in bodies:
-            records = [
-                {
-                    "kinesis": {
-                        "kinesisSchemaVersion": "1.0",
-                        "partitionKey": r["PartitionKey"],
-                        "sequenceNumber": r["SequenceNumber"],
-                        "data": r["Data"],
-                        "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"],
-                    },
-                    "eventSource": "aws:kinesis",
-                    "eventVersion": "1.0",
-                    "eventID": f"{shard_id}:{r['SequenceNumber']}",
-                    "eventName": "aws:kinesis:record",
-                    "invokeIdentityArn": "arn:aws:iam::000000000000:role/esm",
-                    "awsRegion": REGION,
-                    "eventSourceARN": STREAM_ARN,
-                }
-                for r in orjson.loads(raw)["Records"]
-            ]
-            count += len(records)
-    return count
+def kinesis_limit_records(shard_id: str, raw: bytes) -> list[dict[str, Any]]:
+    """One GetRecords body as Lambda's Kinesis records (esm.events.kinesis's shape)."""
+    prefix = f"{shard_id}:"
+    identity = "arn:aws:iam::000000000000:role/esm"
+    return [
+        {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": r["PartitionKey"],
+                "sequenceNumber": r["SequenceNumber"],
+                "data": r["Data"],
+                "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"],
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": prefix + r["SequenceNumber"],
+            "eventName": "aws:kinesis:record",
+            "invokeIdentityArn": identity,
+            "awsRegion": REGION,
+            "eventSourceARN": STREAM_ARN,
+        }
+        for r in orjson.loads(raw)["Records"]
+    ]
 
 
-def sqs_limit(bodies: list[bytes]) -> int:
-    """orjson.loads of every ReceiveMessage body (10 messages, as SQS returns at most) and
-    one Lambda record dict per message. Returns the records built."""
-    count = 0
-    for raw in bodies:
-        records = [
+def sqs_limit_records(raw: bytes) -> list[dict[str, Any]]:
+    """One ReceiveMessage body as Lambda's SQS records (esm.events.sqs's shape): the
+    system attributes Lambda forwards, in its order, in a dict of their own."""
+    records = []
+    append = records.append
+    for m in orjson.loads(raw)["Messages"]:
+        a = m["Attributes"]
+        append(
             {
                 "messageId": m["MessageId"],
                 "receiptHandle": m["ReceiptHandle"],
                 "body": m["Body"],
-                "attributes": m["Attributes"],
+                "attributes": {
+                    "ApproximateReceiveCount": a["ApproximateReceiveCount"],
+                    "SentTimestamp": a["SentTimestamp"],
+                    "SenderId": a["SenderId"],
+                    "ApproximateFirstReceiveTimestamp": a["ApproximateFirstReceiveTimestamp"],
+                },
                 "messageAttributes": {},
                 "md5OfMessageAttributes": None,
                 "md5OfBody": m["MD5OfBody"],
@@ -406,9 +415,26 @@ def sqs_limit(bodies: list[bytes]) -> int:
                 "eventSourceARN": QUEUE_ARN,
                 "awsRegion": REGION,
             }
-            for m in orjson.loads(raw)["Messages"]
-        ]
-        count += len(records)
+        )
+    return records
+
+
+def kinesis_limit(pages: dict[str, list[bytes]]) -> int:
+    """Every GetRecords body parsed into Lambda's records: what any consumer of these
+    bodies must do at least. Returns the records built."""
+    count = 0
+    for shard_id, bodies in pages.items():
+        for raw in bodies:
+            count += len(kinesis_limit_records(shard_id, raw))
+    return count
+
+
+def sqs_limit(bodies: list[bytes]) -> int:
+    """Every ReceiveMessage body (10 messages, as SQS returns at most) parsed into Lambda's
+    records. Returns the records built."""
+    count = 0
+    for raw in bodies:
+        count += len(sqs_limit_records(raw))
     return count
 
 

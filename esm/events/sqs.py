@@ -43,6 +43,36 @@ def sqs_record(message: Mapping[str, Any], *, queue_arn: str, region: str) -> di
     }
 
 
+def sqs_records(
+    messages: list[dict[str, Any]], *, queue_arn: str, region: str
+) -> list[dict[str, Any]]:
+    """A ReceiveMessage answer's messages as Lambda records, in order: `sqs_record` of
+    each, with the usual message (no message attributes) built inline, as one dict
+    literal, since this runs for every message received."""
+    records: list[dict[str, Any]] = []
+    append = records.append
+    for message in messages:
+        if message.get("MessageAttributes"):
+            append(sqs_record(message, queue_arn=queue_arn, region=region))
+            continue
+        get = message.get
+        append(
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": get("Body", ""),
+                "attributes": _forwarded(get("Attributes")),
+                "messageAttributes": {},
+                "md5OfMessageAttributes": get("MD5OfMessageAttributes"),
+                "md5OfBody": get("MD5OfBody"),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+        )
+    return records
+
+
 def _forwarded(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """The system attributes Lambda forwards, in its order (a plain loop: this runs per
     message, and is cheaper than a filtered comprehension)."""

@@ -282,13 +282,21 @@ def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> 
 
 
 def test_sqs_records_builds_what_sqs_record_builds_for_each_message() -> None:
-    """The receive path's batch builder (an inline fast path for messages without message
-    attributes) gives the same records, key order included, as `sqs_record` of each."""
+    """The receive path's batch builder (an inline fast path for the usual message: no
+    message attributes, the usual system attributes) gives the same records, key order
+    included, as `sqs_record` of each, on and off the fast path."""
     messages = [
         LAMBDA_EXAMPLE_MESSAGE,
         FIFO_MESSAGE,
         {"MessageId": "m", "ReceiptHandle": "r"},
         {**LAMBDA_EXAMPLE_MESSAGE, "MessageAttributes": {}, "MD5OfMessageAttributes": "x"},
+        {**LAMBDA_EXAMPLE_MESSAGE, "MD5OfMessageAttributes": "x"},
+        {
+            "MessageId": "m",
+            "ReceiptHandle": "r",
+            "Attributes": LAMBDA_EXAMPLE_MESSAGE["Attributes"],
+        },
+        {**LAMBDA_EXAMPLE_MESSAGE, "Attributes": {**FIFO_MESSAGE["Attributes"], "Other": "1"}},
         {**LAMBDA_EXAMPLE_MESSAGE, "Body": 'with "quotes" and \u00e9', "Attributes": {}},
     ]
     records = sqs_records(messages, queue_arn=QUEUE, region="us-east-2")

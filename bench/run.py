@@ -344,7 +344,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             key = f"hot_path_fraction_{cell['shape']}_{cell['batch_size']}"
             share = TARGETS.get(key)
             row(
-                f"1 hot path {cell['shape']}, batch {cell['batch_size']:,} (records/CPU-s)",
+                f"1 hot path {cell['shape']}, batch {cell['batch_size']:,}, "
+                f"{'filter' if cell.get('filtered', True) else 'no filter'} (records/CPU-s)",
                 _num(cell["records_per_cpu_s"]),
                 f"limit {_num(cell.get('limit_records_per_cpu_s'))}",
                 _num(100 * fraction, ".0f", "% of limit") if fraction else "",

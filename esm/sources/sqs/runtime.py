@@ -303,14 +303,18 @@ class SqsMapping:
             messages = response.get("Messages") or []
             if not batch and messages:
                 deadline = time.monotonic() + config.maximum_batching_window_in_seconds
-            records = sqs_records(messages, queue_arn=self._queue_arn, region=self._region)
+            records = self._records(messages)
             # What does not fit, and everything after it, waits for the next batch.
-            taken = 0 if carry else _add_fitting(budget, records)
+            taken = 0 if carry else add_fitting(budget, records)
             batch.extend(records[:taken])
             carry.extend(records[taken:])
             if config.maximum_batching_window_in_seconds == 0 or (not messages and not batch):
                 break
         return batch, budget.full or bool(carry)
+
+    def _records(self, messages: list[dict[str, Any]]) -> list[Record]:
+        """A receive's messages as the Lambda records the function gets."""
+        return sqs_records(messages, queue_arn=self._queue_arn, region=self._region)
 
     async def _process(
         self, batch: list[Record], invoked: anyio.Event, deleted: anyio.Event
@@ -440,7 +444,7 @@ class SqsMapping:
                     self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))
 
 
-def _add_fitting(budget: BatchBudget, records: list[Record]) -> int:
+def add_fitting(budget: BatchBudget, records: list[Record]) -> int:
     """Add the leading records that fit the batch (`BatchBudget.add_fitting`); returns
     how many. One dumps of the whole receive measures them together, the usual case (they
     all fit: its length is their sizes plus the commas between them); each is measured

@@ -395,37 +395,39 @@ class SqsMapping:
         """DeleteMessageBatch in tens; entries that fail are retried, then left to reappear
         (at-least-once: a message whose delete failed is delivered again, never lost)."""
         deleted = 0
-        for start in range(0, len(messages), 10):
-            entries = [
-                {"Id": i, "ReceiptHandle": m["receiptHandle"]}
-                for i, m in zip(_ENTRY_IDS, messages[start : start + 10], strict=False)
-            ]
-            for _ in range(DELETE_ATTEMPTS):
-                try:
-                    response = await self._call(
-                        "DeleteMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries}
-                    )
-                except Exception as exc:
-                    self._log.warning("sqs.delete_failed", count=len(entries), error=str(exc))
-                    continue
-                successful = response.get("Successful") or []
-                failed = response.get("Failed")
-                if not failed and len(successful) == len(entries):
-                    deleted += len(entries)  # the usual answer: every entry deleted
-                    entries = []
-                    break
-                done = {entry["Id"] for entry in successful}
-                left = [entry for entry in entries if entry["Id"] not in done]
-                deleted += len(entries) - len(left)
-                entries = left
-                if not entries:
-                    break
-                codes = sorted({e.get("Code", "") for e in failed or []})
-                self._log.warning("sqs.delete_entries_failed", count=len(entries), codes=codes)
-            if entries:
-                self._log.warning("sqs.delete_gave_up", count=len(entries))
-        if deleted:
-            self._m_deleted.inc(deleted)  # once per batch, not per message or per call
+        try:
+            for start in range(0, len(messages), 10):
+                deleted += await self._delete_ten(messages[start : start + 10])
+        finally:
+            if deleted:
+                self._m_deleted.inc(deleted)  # once per batch, not per message or per call
+
+    async def _delete_ten(self, messages: Sequence[Record]) -> int:
+        """One DeleteMessageBatch (and its retries) for up to ten messages; returns how
+        many SQS confirmed deleted, by entry id (an answer's count alone proves nothing)."""
+        entries = [
+            {"Id": i, "ReceiptHandle": m["receiptHandle"]}
+            for i, m in zip(_ENTRY_IDS, messages, strict=False)
+        ]
+        deleted = 0
+        for _ in range(DELETE_ATTEMPTS):
+            try:
+                response = await self._call(
+                    "DeleteMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries}
+                )
+            except Exception as exc:
+                self._log.warning("sqs.delete_failed", count=len(entries), error=str(exc))
+                continue
+            done = {entry["Id"] for entry in response.get("Successful") or ()}
+            left = [entry for entry in entries if entry["Id"] not in done]
+            deleted += len(entries) - len(left)
+            entries = left
+            if not entries:
+                return deleted
+            codes = sorted({e.get("Code", "") for e in response.get("Failed") or ()})
+            self._log.warning("sqs.delete_entries_failed", count=len(entries), codes=codes)
+        self._log.warning("sqs.delete_gave_up", count=len(entries))
+        return deleted
 
     async def _release(self, messages: list[Record]) -> None:
         """Make received-but-never-invoked messages visible again at once (shutdown)."""

@@ -6,7 +6,8 @@ CPU is theirs, in another process):
 - `get_records_idle`: `KinesisSource.read` of a caught-up shard (an empty GetRecords), what
   every idle shard pays once a read;
 - `receive_empty`: `SqsMapping._call("ReceiveMessage")` on an empty queue, WaitTimeSeconds 0;
-- `receive_10`: the same with 10 messages waiting (the body parsed, records not shaped);
+- `receive_10`: the same with 10 messages waiting (the body parsed, Lambda records built
+  and sized as a receive's are);
 - `delete_10`: `SqsMapping._delete` of those 10 (one DeleteMessageBatch).
 
 Calls run one after another; the figure is process CPU (user + system) over the calls
@@ -93,9 +94,10 @@ async def _kinesis(endpoint: Endpoint, stream: str, calls: int) -> dict[str, flo
 
 async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str, float]:
     from esm.aws import AwsClients
+    from esm.batching import BatchBudget
     from esm.invokers import create_functions
     from esm.observability import MappingMetrics, Metrics
-    from esm.sources.sqs.runtime import Received, SqsMapping
+    from esm.sources.sqs.runtime import Record, SqsMapping, add_fitting
 
     config = esm_config(
         [{"name": "percall", "function": "bench", "event_source_arn": _queue_arn(queue)}],
@@ -126,7 +128,7 @@ async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str
 
             figures = {"receive_empty": await _cpu_per_call(calls, receive_empty)}
             load = boto3_client("sqs", endpoint)
-            received: list[list[Received]] = []
+            received: list[list[Record]] = []
             for _ in range(calls + 20):
                 load.send_message_batch(
                     QueueUrl=url,
@@ -136,7 +138,9 @@ async def _sqs(endpoint: Endpoint, queue: str, url: str, calls: int) -> dict[str
             async def receive_10() -> None:
                 messages = (await mapping._call("ReceiveMessage", receive))["Messages"]
                 assert len(messages) == 10
-                received.append([mapping._received(m) for m in messages])
+                records = mapping._records(messages)
+                add_fitting(BatchBudget(10), records)  # sized as a receive's records are
+                received.append(records)
 
             async def delete_10() -> None:
                 await mapping._delete(received.pop())

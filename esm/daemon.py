@@ -390,9 +390,12 @@ def tune_garbage_collector() -> None:
     """Fewer, cheaper collections. Every record allocates a few dicts; with CPython's
     default thresholds (700 allocations) the collector ran thousands of times a second and
     took a quarter to a third of the hot path's CPU (bench/). Objects alive at start-up
-    (modules, config, clients) are frozen out of every later collection."""
+    (modules, config, clients) are frozen out of every later collection. The young
+    generation holds 200,000 net allocations: a 10,000-record Kinesis page adds ~20,000
+    tracked containers while it is buffered, and at 50,000 a collection ran every page or
+    two; measured interleaved, 200,000 gave +7-11% on figure 1's Kinesis cells."""
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(200_000, 20, 20)
 
 
 async def _create_all(

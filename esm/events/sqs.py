@@ -43,6 +43,54 @@ def sqs_record(message: Mapping[str, Any], *, queue_arn: str, region: str) -> di
     }
 
 
+USUAL_ATTRIBUTES = frozenset(FORWARDED_ATTRIBUTES[:4])
+"""What SQS sends a standard queue's consumer asking for every system attribute, unless a
+message has a trace header or came from a dead-letter queue's redrive: all forwarded."""
+
+
+def sqs_records(
+    messages: list[dict[str, Any]], *, queue_arn: str, region: str
+) -> list[dict[str, Any]]:
+    """A ReceiveMessage answer's messages as Lambda records, in order: `sqs_record` of
+    each. This runs for every message received, so the usual message (no message
+    attributes, the usual system attributes) is built inline as dict literals; any other
+    goes through `sqs_record`."""
+    records: list[dict[str, Any]] = []
+    append = records.append
+    for message in messages:
+        attributes = message.get("Attributes")
+        if (
+            "MessageAttributes" in message
+            or attributes is None
+            or attributes.keys() != USUAL_ATTRIBUTES
+            or "Body" not in message
+        ):
+            append(sqs_record(message, queue_arn=queue_arn, region=region))
+            continue
+        append(
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": {
+                    "ApproximateReceiveCount": attributes["ApproximateReceiveCount"],
+                    "SentTimestamp": attributes["SentTimestamp"],
+                    "SenderId": attributes["SenderId"],
+                    "ApproximateFirstReceiveTimestamp": attributes[
+                        "ApproximateFirstReceiveTimestamp"
+                    ],
+                },
+                "messageAttributes": {},
+                "md5OfMessageAttributes": message.get("MD5OfMessageAttributes"),
+                "md5OfBody": message.get("MD5OfBody"),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+        )
+    return records
+
+
 def _forwarded(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """The system attributes Lambda forwards, in its order (a plain loop: this runs per
     message, and is cheaper than a filtered comprehension)."""

@@ -7,13 +7,14 @@ import itertools
 import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from esm.events.dynamodb import parse_get_records as parse_dynamodb
 from esm.events.kinesis import parse_get_records as parse_kinesis
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
-from esm.events.sqs import sqs_record
+from esm.events.sqs import sqs_record, sqs_records
 from esm.sources.streams import StreamRecord
 
 STREAM = "arn:aws:kinesis:us-east-2:123456789012:stream/lambda-stream"
@@ -168,20 +169,46 @@ def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None
 
 QUEUE = "arn:aws:sqs:us-east-2:123456789012:my-queue"
 
+LAMBDA_EXAMPLE_MESSAGE: dict[str, Any] = {
+    "MessageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+    "ReceiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+    "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+    "Body": "Test message.",
+    "Attributes": {
+        "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+        "ApproximateFirstReceiveTimestamp": "1545082649185",
+        "ApproximateReceiveCount": "1",
+        "SentTimestamp": "1545082649183",
+    },
+}
+
+FIFO_MESSAGE: dict[str, Any] = {
+    "MessageId": "11d6ee51-4cc7-4302-9e22-7cd8afdaadf5",
+    "ReceiptHandle": "AQEBBX8nesZEXmkhsmZeyIE8iQAMig7qw...",
+    "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+    "MD5OfMessageAttributes": "c6a2f3b1a4c1bd1ea5d0b4f1d5c1a0e2",
+    "Body": "Test message.",
+    "Attributes": {
+        "MessageGroupId": "1",
+        "SequenceNumber": "18849496460467696128",
+        "MessageDeduplicationId": "1",
+        "DeadLetterQueueSourceArn": "arn:aws:sqs:us-east-2:123456789012:source.fifo",
+        "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "ApproximateReceiveCount": "1",
+        "SentTimestamp": "1573251510774",
+        "SenderId": "AIDAIO23YVJENQZJOL4VO",
+        "ApproximateFirstReceiveTimestamp": "1573251510774",
+    },
+    "MessageAttributes": {
+        "Author": {"DataType": "String", "StringValue": "John Grisham"},
+        "Blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+        "Tags": {"DataType": "String", "StringListValues": ["a", "b"]},
+    },
+}
+
 
 def test_sqs_record_matches_the_lambda_example() -> None:
-    message = {
-        "MessageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
-        "ReceiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
-        "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
-        "Body": "Test message.",
-        "Attributes": {
-            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-            "ApproximateFirstReceiveTimestamp": "1545082649185",
-            "ApproximateReceiveCount": "1",
-            "SentTimestamp": "1545082649183",
-        },
-    }
+    message = LAMBDA_EXAMPLE_MESSAGE
     record = sqs_record(message, queue_arn=QUEUE, region="us-east-2")
     assert record == {
         "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
@@ -210,29 +237,7 @@ def test_sqs_record_matches_the_lambda_example() -> None:
 
 
 def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> None:
-    message = {
-        "MessageId": "11d6ee51-4cc7-4302-9e22-7cd8afdaadf5",
-        "ReceiptHandle": "AQEBBX8nesZEXmkhsmZeyIE8iQAMig7qw...",
-        "MD5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
-        "MD5OfMessageAttributes": "c6a2f3b1a4c1bd1ea5d0b4f1d5c1a0e2",
-        "Body": "Test message.",
-        "Attributes": {
-            "MessageGroupId": "1",
-            "SequenceNumber": "18849496460467696128",
-            "MessageDeduplicationId": "1",
-            "DeadLetterQueueSourceArn": "arn:aws:sqs:us-east-2:123456789012:source.fifo",
-            "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793",
-            "ApproximateReceiveCount": "1",
-            "SentTimestamp": "1573251510774",
-            "SenderId": "AIDAIO23YVJENQZJOL4VO",
-            "ApproximateFirstReceiveTimestamp": "1573251510774",
-        },
-        "MessageAttributes": {
-            "Author": {"DataType": "String", "StringValue": "John Grisham"},
-            "Blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
-            "Tags": {"DataType": "String", "StringListValues": ["a", "b"]},
-        },
-    }
+    message = FIFO_MESSAGE
     record = sqs_record(message, queue_arn=QUEUE + ".fifo", region="us-east-2")
     assert record["attributes"] == {
         "ApproximateReceiveCount": "1",
@@ -274,6 +279,30 @@ def test_sqs_fifo_record_forwards_lambda_attributes_and_message_attributes() -> 
         {"MessageId": "m", "ReceiptHandle": "r"}, queue_arn=QUEUE, region="us-east-2"
     )
     assert (minimal["body"], minimal["attributes"], minimal["messageAttributes"]) == ("", {}, {})
+
+
+def test_sqs_records_builds_what_sqs_record_builds_for_each_message() -> None:
+    """The receive path's batch builder (an inline fast path for the usual message: no
+    message attributes, the usual system attributes) gives the same records, key order
+    included, as `sqs_record` of each, on and off the fast path."""
+    messages = [
+        LAMBDA_EXAMPLE_MESSAGE,
+        FIFO_MESSAGE,
+        {"MessageId": "m", "ReceiptHandle": "r"},
+        {**LAMBDA_EXAMPLE_MESSAGE, "MessageAttributes": {}, "MD5OfMessageAttributes": "x"},
+        {**LAMBDA_EXAMPLE_MESSAGE, "MD5OfMessageAttributes": "x"},
+        {
+            "MessageId": "m",
+            "ReceiptHandle": "r",
+            "Attributes": LAMBDA_EXAMPLE_MESSAGE["Attributes"],
+        },
+        {**LAMBDA_EXAMPLE_MESSAGE, "Attributes": {**FIFO_MESSAGE["Attributes"], "Other": "1"}},
+        {**LAMBDA_EXAMPLE_MESSAGE, "Body": 'with "quotes" and \u00e9', "Attributes": {}},
+    ]
+    records = sqs_records(messages, queue_arn=QUEUE, region="us-east-2")
+    expected = [sqs_record(m, queue_arn=QUEUE, region="us-east-2") for m in messages]
+    assert orjson.dumps(records) == orjson.dumps(expected)
+    assert sqs_records([], queue_arn=QUEUE, region="us-east-2") == []
 
 
 def given_up(**overrides: object) -> GivenUpBatch:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from esm.batch_response import judge
 from esm.batching import BatchBudget
 from esm.errors import SourceUnavailable
 from esm.events.envelope import records_envelope
-from esm.events.sqs import sqs_record
+from esm.events.sqs import sqs_records
 from esm.filtering import FilterSet, sqs_filter_view
 from esm.invokers import Function
 from esm.observability import MappingMetrics, get_logger
@@ -50,20 +49,18 @@ DELETE_ATTEMPTS = 3
 _ENTRY_IDS = tuple(str(i) for i in range(10))
 """Batch entry ids, one per message of a DeleteMessageBatch call."""
 
+Record = dict[str, Any]
+"""A received message is carried as its Lambda record and nothing else (one container
+less per message on the hot path): the ids judging and deleting need are its keys."""
 
-@dataclass(slots=True)
-class Received:
-    """A received message: its Lambda record, the record's JSON size, and the ids the
-    per-message paths (judging, deleting) read as plain attributes."""
 
-    record: dict[str, Any]
-    size: int
-    message_id: str
-    receipt_handle: str
+def record_size(record: Record) -> int:
+    """A record's bytes in the invocation payload (Lambda's 6 MB cap)."""
+    return len(orjson.dumps(record))
 
-    @property
-    def group_id(self) -> str | None:
-        return self.record["attributes"].get("MessageGroupId")  # type: ignore[no-any-return]
+
+def group_id(record: Record) -> str | None:
+    return record["attributes"].get("MessageGroupId")  # type: ignore[no-any-return]
 
 
 async def build_runtime(
@@ -222,7 +219,7 @@ class SqsMapping:
             self._backlog = False
 
     async def _receiver(self, receivers: TaskGroup, in_flight: TaskGroup) -> None:
-        carry: list[Received] = []
+        carry: list[Record] = []
         deleted: anyio.Event | None = None
         backoff = RECEIVE_ERROR_BACKOFF[0]
         try:
@@ -261,7 +258,7 @@ class SqsMapping:
                 with anyio.CancelScope(shield=True):
                     await self._release(carry)
 
-    async def _gather(self, carry: list[Received]) -> tuple[list[Received], bool]:
+    async def _gather(self, carry: list[Record]) -> tuple[list[Record], bool]:
         """Receive until the batch is full, the window has passed, or 6 MB is reached.
 
         Returns the batch and whether it was cut by a limit (a sign to scale up). With a
@@ -270,11 +267,10 @@ class SqsMapping:
         """
         config = self.config
         budget = BatchBudget(config.batch_size)
-        batch: list[Received] = []
-        while carry and budget.fits(carry[0].size):
-            item = carry.pop(0)
-            budget.add(item.size)
-            batch.append(item)
+        batch: list[Record] = []
+        while carry and budget.fits(size := record_size(carry[0])):
+            batch.append(carry.pop(0))
+            budget.add(size)
         try:
             return await self._receive_into(batch, budget, carry)
         except BaseException:
@@ -282,8 +278,8 @@ class SqsMapping:
             raise
 
     async def _receive_into(
-        self, batch: list[Received], budget: BatchBudget, carry: list[Received]
-    ) -> tuple[list[Received], bool]:
+        self, batch: list[Record], budget: BatchBudget, carry: list[Record]
+    ) -> tuple[list[Record], bool]:
         config = self.config
         deadline = time.monotonic() + config.maximum_batching_window_in_seconds
         while not budget.full and not carry:
@@ -307,23 +303,21 @@ class SqsMapping:
             messages = response.get("Messages") or []
             if not batch and messages:
                 deadline = time.monotonic() + config.maximum_batching_window_in_seconds
-            items = [self._received(message) for message in messages]
+            records = self._records(messages)
             # What does not fit, and everything after it, waits for the next batch.
-            taken = 0 if carry else budget.add_fitting([item.size for item in items])
-            batch.extend(items[:taken])
-            carry.extend(items[taken:])
+            taken = 0 if carry else add_fitting(budget, records)
+            batch.extend(records[:taken])
+            carry.extend(records[taken:])
             if config.maximum_batching_window_in_seconds == 0 or (not messages and not batch):
                 break
         return batch, budget.full or bool(carry)
 
-    def _received(self, message: dict[str, Any]) -> Received:
-        record = sqs_record(message, queue_arn=self._queue_arn, region=self._region)
-        return Received(
-            record, len(orjson.dumps(record)), record["messageId"], record["receiptHandle"]
-        )
+    def _records(self, messages: list[dict[str, Any]]) -> list[Record]:
+        """A receive's messages as the Lambda records the function gets."""
+        return sqs_records(messages, queue_arn=self._queue_arn, region=self._region)
 
     async def _process(
-        self, batch: list[Received], invoked: anyio.Event, deleted: anyio.Event
+        self, batch: list[Record], invoked: anyio.Event, deleted: anyio.Event
     ) -> None:
         """Filter, invoke, and delete exactly what Lambda would delete. `invoked` is set
         once the function returned (the receiver may receive again), `deleted` at the end."""
@@ -331,11 +325,12 @@ class SqsMapping:
         try:
             self._m_polled.inc(len(batch))
             passed, to_delete = self._filter(batch)
-            self._m_filtered.inc(len(to_delete))
+            if to_delete:
+                self._m_filtered.inc(len(to_delete))
             if passed:
                 failed_ids = await self._invoke(passed)
                 if failed_ids:
-                    to_delete.extend(m for m in passed if m.message_id not in failed_ids)
+                    to_delete.extend(m for m in passed if m["messageId"] not in failed_ids)
                 else:
                     to_delete.extend(passed)
             invoked.set()
@@ -347,25 +342,32 @@ class SqsMapping:
             invoked.set()
             deleted.set()
 
-    def _filter(self, batch: list[Received]) -> tuple[list[Received], list[Received]]:
+    def _filter(self, batch: list[Record]) -> tuple[list[Record], list[Record]]:
         """Split into messages that pass FilterCriteria and filtered-out ones (to delete)."""
         passes = self._passes
         if passes is None:
             return batch, []
-        passed: list[Received] = []
-        filtered: list[Received] = []
-        for message in batch:
-            (passed if passes(message.record) else filtered).append(message)
+        passed: list[Record] = []
+        filtered: list[Record] = []
+        for record in batch:
+            (passed if passes(record) else filtered).append(record)
         return passed, filtered
 
-    async def _invoke(self, batch: list[Received]) -> set[str]:
+    async def _invoke(self, batch: list[Record]) -> set[str]:
         """Invoke once; return the ids of messages that must stay in the queue."""
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
-        result = await self.function.invoke(records_envelope([m.record for m in batch]))
-        ids = {m.message_id for m in batch}
-        verdict = judge(result, ids, self.config.report_batch_item_failures)
-        failed = ids if verdict.failed_ids is None else set(verdict.failed_ids)
+        result = await self.function.invoke(records_envelope(batch))
+        report = self.config.report_batch_item_failures
+        # The batch's ids are needed only to check a partial batch response, or to keep
+        # every message after a failure: a successful batch without the setting skips them.
+        ids: Collection[str] = {m["messageId"] for m in batch} if report else ()
+        verdict = judge(result, ids, report)
+        failed: set[str]
+        if verdict.failed_ids is None:
+            failed = {m["messageId"] for m in batch}
+        else:
+            failed = set(verdict.failed_ids) if verdict.failed_ids else set()
         if self.fifo and failed:
             failed = _with_rest_of_groups(batch, failed)
         if failed:
@@ -389,37 +391,50 @@ class SqsMapping:
             )
         return failed
 
-    async def _delete(self, messages: Sequence[Received]) -> None:
+    async def _delete(self, messages: Sequence[Record]) -> None:
         """DeleteMessageBatch in tens; entries that fail are retried, then left to reappear
         (at-least-once: a message whose delete failed is delivered again, never lost)."""
-        for start in range(0, len(messages), 10):
-            pending = dict(zip(_ENTRY_IDS, messages[start : start + 10], strict=False))
-            for _ in range(DELETE_ATTEMPTS):
-                entries = [{"Id": i, "ReceiptHandle": m.receipt_handle} for i, m in pending.items()]
-                try:
-                    response = await self._call(
-                        "DeleteMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries}
-                    )
-                except Exception as exc:
-                    self._log.warning("sqs.delete_failed", count=len(pending), error=str(exc))
-                    continue
-                before = len(pending)
-                for entry in response.get("Successful") or []:
-                    pending.pop(entry["Id"], None)
-                self._m_deleted.inc(before - len(pending))  # once per response, not per message
-                if not pending:
-                    break
-                codes = sorted({e.get("Code", "") for e in response.get("Failed") or []})
-                self._log.warning("sqs.delete_entries_failed", count=len(pending), codes=codes)
-            if pending:
-                self._log.warning("sqs.delete_gave_up", count=len(pending))
+        deleted = 0
+        try:
+            for start in range(0, len(messages), 10):
+                deleted += await self._delete_ten(messages[start : start + 10])
+        finally:
+            if deleted:
+                self._m_deleted.inc(deleted)  # once per batch, not per message or per call
 
-    async def _release(self, messages: list[Received]) -> None:
+    async def _delete_ten(self, messages: Sequence[Record]) -> int:
+        """One DeleteMessageBatch (and its retries) for up to ten messages; returns how
+        many SQS confirmed deleted, by entry id (an answer's count alone proves nothing)."""
+        entries = [
+            {"Id": i, "ReceiptHandle": m["receiptHandle"]}
+            for i, m in zip(_ENTRY_IDS, messages, strict=False)
+        ]
+        deleted = 0
+        for _ in range(DELETE_ATTEMPTS):
+            try:
+                response = await self._call(
+                    "DeleteMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries}
+                )
+            except Exception as exc:
+                self._log.warning("sqs.delete_failed", count=len(entries), error=str(exc))
+                continue
+            done = {entry["Id"] for entry in response.get("Successful") or ()}
+            left = [entry for entry in entries if entry["Id"] not in done]
+            deleted += len(entries) - len(left)
+            entries = left
+            if not entries:
+                return deleted
+            codes = sorted({e.get("Code", "") for e in response.get("Failed") or ()})
+            self._log.warning("sqs.delete_entries_failed", count=len(entries), codes=codes)
+        self._log.warning("sqs.delete_gave_up", count=len(entries))
+        return deleted
+
+    async def _release(self, messages: list[Record]) -> None:
         """Make received-but-never-invoked messages visible again at once (shutdown)."""
         with anyio.move_on_after(5):
             for start in range(0, len(messages), 10):
                 entries = [
-                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                    {"Id": str(i), "ReceiptHandle": m["receiptHandle"], "VisibilityTimeout": 0}
                     for i, m in enumerate(messages[start : start + 10])
                 ]
                 try:
@@ -431,13 +446,31 @@ class SqsMapping:
                     self._log.warning("sqs.release_failed", count=len(entries), error=str(exc))
 
 
-def _with_rest_of_groups(batch: list[Received], failed: set[str]) -> set[str]:
+def add_fitting(budget: BatchBudget, records: list[Record]) -> int:
+    """Add the leading records that fit the batch (`BatchBudget.add_fitting`); returns
+    how many. One dumps of the whole receive measures them together, the usual case (they
+    all fit: its length is their sizes plus the commas between them); each is measured
+    only when they do not all fit."""
+    count = len(records)
+    if not count:
+        return 0
+    joined = len(orjson.dumps(records)) - 2  # without the list's brackets
+    added = joined + (1 if budget.count else 0)  # a comma after the batch's last record
+    if budget.count + count <= budget.batch_size and budget.size + added <= budget.max_bytes:
+        budget.count += count
+        budget.size += added
+        return count
+    return budget.add_fitting([record_size(record) for record in records])
+
+
+def _with_rest_of_groups(batch: list[Record], failed: set[str]) -> set[str]:
     """FIFO: once a message of a group fails, every later message of that group stays too."""
     blocked: set[str | None] = set()
     result = set(failed)
     for message in batch:
-        if message.group_id in blocked:
-            result.add(message.message_id)
-        elif message.message_id in failed:
-            blocked.add(message.group_id)
+        group = group_id(message)
+        if group in blocked:
+            result.add(message["messageId"])
+        elif message["messageId"] in failed:
+            blocked.add(group)
     return result

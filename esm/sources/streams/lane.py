@@ -94,6 +94,7 @@ class LaneShard(Protocol):
 
 
 _size = attrgetter("size")
+_event = attrgetter("event")
 
 
 def _take_prefix(buffer: deque[StreamRecord], batch_size: int) -> list[StreamRecord]:
@@ -397,7 +398,7 @@ class Lane:
     async def _invoke(self, batch: Sequence[StreamRecord]) -> InvocationResult:
         self._m_batch.observe(len(batch))
         self._m_invoked.inc(len(batch))
-        records = [r.event for r in batch]
+        records = list(map(_event, batch))
         if self.window is None:
             return await self.ctx.function.invoke(self.ctx.envelope(records))
         event = window_event(

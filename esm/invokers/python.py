@@ -149,8 +149,7 @@ class FunctionModules:
             if state is None:
                 state = self._code_paths[root] = _CodePath(root)
             if any(
-                other is not owner and name == function_name
-                for other, name in state.owners.items()
+                other is not owner and name == function_name for other, name in state.owners.items()
             ):
                 self._forget_modules(root, state)  # a new instance of the same function
             state.owners[owner] = function_name

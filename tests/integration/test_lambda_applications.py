@@ -231,6 +231,70 @@ def test_module_level_client_puts_items_in_the_moto_table(  # type: ignore[no-un
     wait_until(lambda: queue_depth(sqs, url) == 0)
 
 
+def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # type: ignore[no-untyped-def]
+    endpoint, unique, monkeypatch, run_daemon, tmp_path
+) -> None:
+    """On Lambda a configuration change means new execution environments: the module-level
+    client of sdk_app is created again, with the new TABLE_NAME. A function the reload
+    leaves unchanged keeps its instance: its init does not run again."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    region = "eu-west-2"
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=region)
+    tables = [f"before-{unique}", f"after-{unique}"]
+    for table in tables:
+        ddb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
+    # The reload also moves the mapping to a second queue: a long poll cancelled by the
+    # reload may still take a message from the first one on the server side (it would come
+    # back only after the visibility timeout).
+    queues = [make_queue(sqs, f"reinit-{i}-{unique}", VisibilityTimeout="30") for i in (0, 1)]
+    inits = tmp_path / "inits.txt"
+    (tmp_path / f"kept_{unique}.py").write_text(
+        f"with open({str(inits)!r}, 'a') as f:\n    f.write('init\\n')\n\n"
+        "def handler(event, context):\n    return {}\n"
+    )
+    kept = {"handler": f"kept_{unique}.handler", "code_path": str(tmp_path)}
+
+    def config(table: str, arn: str) -> Any:
+        return parse_config(
+            {
+                "daemon": {
+                    "region": region,
+                    "endpoint_url": endpoint,
+                    "http_address": "127.0.0.1:0",
+                },
+                "functions": {
+                    # timeout 30: botocore loads its DynamoDB model on the first put_item
+                    "f": function("f", "sdk_app", timeout=30, environment={"TABLE_NAME": table}),
+                    "kept": kept,
+                },
+                "mappings": [mapping(arn, name="reinit")],
+            }
+        )
+
+    def bodies(table: str) -> list[str]:
+        return sorted(i["body"]["S"] for i in ddb.scan(TableName=table)["Items"])
+
+    daemon = run_daemon(config(tables[0], queues[0][1]))
+    sqs.send_message(QueueUrl=queues[0][0], MessageBody="first")
+    wait_until(lambda: bodies(tables[0]) == ["first"])
+
+    result = daemon.portal.call(daemon.daemon.reload, config(tables[1], queues[1][1]))
+    assert result.restarted == ["reinit"]
+    sqs.send_message(QueueUrl=queues[1][0], MessageBody="second")
+    # The old code kept the first instance's module, and its client: tables[0].
+    wait_until(lambda: bodies(tables[1]) == ["second"])
+    assert bodies(tables[0]) == ["first"]
+    wait_until(lambda: queue_depth(sqs, queues[1][0]) == 0)
+    assert inits.read_text() == "init\n"  # the unchanged function was not initialised again
+
+
 def test_a_failing_import_is_the_functions_init_error_not_the_daemons(  # type: ignore[no-untyped-def]
     endpoint, sqs, unique, run_daemon
 ) -> None:
@@ -382,13 +446,15 @@ async def test_after_an_init_error_the_next_invocation_runs_the_init_again(tmp_p
 async def test_a_function_loaded_through_a_plain_import_first_still_isolates_the_next() -> None:
     """Function A's app and utils are already in sys.modules under their plain names (the
     first to load a name keeps it); function B's init must still get B's own utils."""
-    configs = functions({"orders": function("orders", "orders")})
-    first = await invoke_each(configs)  # orders' app/utils now hold the plain names
-    assert first["orders"][0].response["utils"] == "orders-utils"
-    both = functions(
-        {"orders": function("orders", "orders"), "payments": function("p", "payments")}
-    )
-    results = await invoke_each(both)
+    first = create_invoker(functions({"first": function("first", "orders")})["first"])
+    try:  # kept open: orders' app/utils hold the plain names meanwhile
+        assert (await first.invoke({"Records": []})).response["utils"] == "orders-utils"
+        both = functions(
+            {"orders": function("orders", "orders"), "payments": function("p", "payments")}
+        )
+        results = await invoke_each(both)
+    finally:
+        await first.aclose()
     assert results["payments"][0].response == {
         "app": "payments",
         "utils": "payments-utils",

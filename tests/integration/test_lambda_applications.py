@@ -7,6 +7,7 @@ utils.py per function), a module-level boto3 resource, a failing import.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -461,3 +462,64 @@ async def test_a_function_loaded_through_a_plain_import_first_still_isolates_the
         "file": str((APPS / "payments" / "app.py").resolve()),
     }
     assert results["orders"][0].response["utils"] == "orders-utils"
+
+
+def _token_app(tmp_path: Path, module: str) -> dict[str, Any]:
+    """A module whose init (import) draws a token: equal tokens, one module instance."""
+    (tmp_path / f"{module}.py").write_text(
+        "import uuid\n\nTOKEN = uuid.uuid4().hex\n\n"
+        "def handler(event, context):\n    return TOKEN\n"
+    )
+    return {"handler": f"{module}.handler", "code_path": str(tmp_path)}
+
+
+async def _token(invoker: Any) -> str:
+    result = await invoker.invoke({})
+    assert result.failure is None, result.failure
+    return str(result.response)
+
+
+@pytest.mark.anyio
+async def test_functions_open_together_share_a_module_and_the_next_instance_inits_afresh(
+    tmp_path: Path, unique: str
+) -> None:
+    """A module lives as long as some function instance using its code_path is open; the
+    next instance after the last one closed is a cold start: its init runs again, and the
+    code_path esm put on sys.path is taken off."""
+    app = _token_app(tmp_path, f"token_{unique}")
+    configs = functions({"a": app, "b": app})
+    a, b = create_invoker(configs["a"]), create_invoker(configs["b"])
+    first = await _token(a)
+    assert await _token(b) == first  # the documented sharing
+    await a.aclose()
+    assert await _token(b) == first  # b still open: its module stays
+    await b.aclose()
+    assert f"token_{unique}" not in sys.modules
+    assert str(tmp_path.resolve()) not in sys.path
+    again = create_invoker(configs["a"])
+    try:
+        assert await _token(again) != first
+    finally:
+        await again.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_module_the_host_imported_itself_outlives_the_function(
+    tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """esm takes out only what its functions' inits imported: a module the embedding
+    program (here the test) imported before is shared with the function and kept."""
+    name = f"hosted_{unique}"
+    config = functions({"f": _token_app(tmp_path, name)})["f"]
+    monkeypatch.syspath_prepend(str(tmp_path.resolve()))
+    hosted = importlib.import_module(name)
+    try:
+        invoker = create_invoker(config)
+        try:
+            assert await _token(invoker) == hosted.TOKEN
+        finally:
+            await invoker.aclose()
+        assert sys.modules[name] is hosted
+        assert str(tmp_path.resolve()) in sys.path  # not esm's to take off
+    finally:
+        sys.modules.pop(name, None)

@@ -104,12 +104,19 @@ def release_modules(owner: object) -> None:
     _MODULES.release(owner)
 
 
+def retire_modules(owner: object, retiring: bool = True) -> None:
+    """The function instance `owner` is being replaced (see FunctionModules.retire)."""
+    _MODULES.retire(owner, retiring)
+
+
 class _CodePath:
     """The open function instances using one code_path, and what was there before them."""
 
     def __init__(self, root: str) -> None:
         self.owners: dict[object, str] = {}
-        """Function instance -> its function name."""
+        """Open function instance -> its function name."""
+        self.sharing: set[object] = set()
+        """The instances whose init made (or shared) the modules now in sys.modules."""
         self.preexisting = {
             name: module for name, module in sys.modules.items() if _is_under(module, root)
         }
@@ -129,15 +136,15 @@ class FunctionModules:
     name stays with the function that loaded it first, which is what an import run at
     invocation time then gets. Functions naming the same file share its module.
 
-    A function instance is an execution environment: when the last one using a code_path
-    closes, that code_path's modules leave sys.modules, so the next instance's init imports
-    them afresh (a cold start). A new instance of a function whose old instance is still
-    open (a reload that changed its config) imports afresh at once: on Lambda a
-    configuration change means new execution environments, whose init sees the new
-    environment."""
+    A function instance is an execution environment (Lambda's rule: a configuration change
+    means new ones, whose init sees the new environment). Its init imports afresh when the
+    modules in sys.modules belong only to closed instances, to instances being replaced or
+    removed (retire(), by a reload), or to older instances of the same function; when the
+    last instance using a code_path closes, its modules leave sys.modules."""
 
     def __init__(self) -> None:
         self._code_paths: dict[str, _CodePath] = {}
+        self._retiring: set[object] = set()
         self._lock = threading.RLock()  # an init retry loads from a worker thread
 
     def load(
@@ -148,25 +155,41 @@ class FunctionModules:
             state = self._code_paths.get(root)
             if state is None:
                 state = self._code_paths[root] = _CodePath(root)
-            if any(
-                other is not owner and name == function_name for other, name in state.owners.items()
+            others = state.sharing - {owner}
+            if others and all(
+                other in self._retiring or state.owners[other] == function_name for other in others
             ):
-                self._forget_modules(root, state)  # a new instance of the same function
+                self._forget_modules(root, state)  # theirs: this instance inits afresh
+                state.sharing.clear()
             state.owners[owner] = function_name
+            state.sharing.add(owner)
             return self._import(module_name, code_path, root)
+
+    def retire(self, owner: object, retiring: bool = True) -> None:
+        """`owner` is about to close (a reload replaces or removes it): instances created
+        meanwhile do not share its modules. retiring=False undoes it (the reload failed)."""
+        with self._lock:
+            if retiring:
+                self._retiring.add(owner)
+            else:
+                self._retiring.discard(owner)
 
     def release(self, owner: object) -> None:
         """`owner` closed. The last instance using a code_path takes its modules out of
         sys.modules (never installed libraries, never modules imported before esm loaded
         any function from there) and its code_path off sys.path if esm put it there."""
         with self._lock:
+            self._retiring.discard(owner)
             for root, state in list(self._code_paths.items()):
-                if state.owners.pop(owner, None) is None or state.owners:
+                if state.owners.pop(owner, None) is None:
                     continue
-                del self._code_paths[root]
-                self._forget_modules(root, state)
-                if state.added_to_path and root in sys.path:
-                    sys.path.remove(root)
+                state.sharing.discard(owner)
+                if not state.owners:
+                    del self._code_paths[root]
+                    if state.added_to_path and root in sys.path:
+                        sys.path.remove(root)
+                if not state.sharing:  # the modules in sys.modules are closed instances'
+                    self._forget_modules(root, state)
 
     def _forget_modules(self, root: str, state: _CodePath) -> None:
         """Take root's modules out of sys.modules, but not another open code_path's below it."""
@@ -474,6 +497,11 @@ class PythonInvoker:
             return await self._threads.run(handler, event, context)
         finally:
             slots.release()
+
+    def retire(self, retiring: bool = True) -> None:
+        """A reload replaces or removes this function: a function created before this one
+        closes (its replacement, or a renamed copy) runs its own init, not this one's."""
+        retire_modules(self, retiring)
 
     async def aclose(self) -> None:
         """This execution environment ends: the next instance of the function runs its

@@ -232,12 +232,14 @@ def test_module_level_client_puts_items_in_the_moto_table(  # type: ignore[no-un
     wait_until(lambda: queue_depth(sqs, url) == 0)
 
 
+@pytest.mark.parametrize("renamed", [False, True], ids=["changed", "renamed"])
 def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # type: ignore[no-untyped-def]
-    endpoint, unique, monkeypatch, run_daemon, tmp_path
+    renamed, endpoint, unique, monkeypatch, run_daemon, tmp_path
 ) -> None:
     """On Lambda a configuration change means new execution environments: the module-level
-    client of sdk_app is created again, with the new TABLE_NAME. A function the reload
-    leaves unchanged keeps its instance: its init does not run again."""
+    client of sdk_app is created again, with the new TABLE_NAME; so is a renamed copy's
+    (created while the old name drains). A function the reload leaves unchanged keeps its
+    instance: its init does not run again."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     region = "eu-west-2"
@@ -262,7 +264,7 @@ def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # t
     )
     kept = {"handler": f"kept_{unique}.handler", "code_path": str(tmp_path)}
 
-    def config(table: str, arn: str) -> Any:
+    def config(table: str, arn: str, name: str = "f") -> Any:
         return parse_config(
             {
                 "daemon": {
@@ -272,10 +274,10 @@ def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # t
                 },
                 "functions": {
                     # timeout 30: botocore loads its DynamoDB model on the first put_item
-                    "f": function("f", "sdk_app", timeout=30, environment={"TABLE_NAME": table}),
+                    name: function(name, "sdk_app", timeout=30, environment={"TABLE_NAME": table}),
                     "kept": kept,
                 },
-                "mappings": [mapping(arn, name="reinit")],
+                "mappings": [mapping(arn, function=name, name="reinit")],
             }
         )
 
@@ -286,7 +288,8 @@ def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # t
     sqs.send_message(QueueUrl=queues[0][0], MessageBody="first")
     wait_until(lambda: bodies(tables[0]) == ["first"])
 
-    result = daemon.portal.call(daemon.daemon.reload, config(tables[1], queues[1][1]))
+    new = config(tables[1], queues[1][1], "g" if renamed else "f")
+    result = daemon.portal.call(daemon.daemon.reload, new)
     assert result.restarted == ["reinit"]
     sqs.send_message(QueueUrl=queues[1][0], MessageBody="second")
     # The old code kept the first instance's module, and its client: tables[0].
@@ -523,3 +526,29 @@ async def test_a_module_the_host_imported_itself_outlives_the_function(
         assert str(tmp_path.resolve()) in sys.path  # not esm's to take off
     finally:
         sys.modules.pop(name, None)
+
+
+@pytest.mark.anyio
+async def test_a_retiring_functions_module_is_not_shared_with_functions_created_meanwhile(
+    tmp_path: Path, unique: str
+) -> None:
+    """What a reload does (Daemon.reload retires what it replaces): a function created while
+    a retiring one drains runs its own init; the ones created after it share that init."""
+    app = _token_app(tmp_path, f"retire_{unique}")
+    configs = functions({"old": app, "new": app, "other": app})
+    old = create_invoker(configs["old"])
+    invokers = [old]
+    try:
+        before = await _token(old)
+        old.retire()  # type: ignore[attr-defined]
+        new = create_invoker(configs["new"])
+        invokers.append(new)
+        after = await _token(new)
+        assert after != before
+        other = create_invoker(configs["other"])
+        invokers.append(other)
+        assert await _token(other) == after
+        assert await _token(old) == before  # the draining one keeps its own
+    finally:
+        for invoker in invokers:
+            await invoker.aclose()

@@ -86,7 +86,7 @@ def load_handler(function: FunctionConfig, owner: object) -> Callable[..., Any]:
     module_name, _, attribute = function.handler.rpartition(".")
     code_path = Path(function.code_path).resolve()
     try:
-        module = _MODULES.load(module_name, code_path, owner, function.name)
+        module = _MODULES.load(module_name, code_path, owner)
     except Exception as exc:  # noqa: BLE001 - any import-time error is the function's init error
         raise HandlerLoadError(
             f"function {function.name}: Unable to import module '{module_name}': {exc}"
@@ -113,8 +113,8 @@ class _CodePath:
     """The open function instances using one code_path, and what was there before them."""
 
     def __init__(self, root: str) -> None:
-        self.owners: dict[object, str] = {}
-        """Open function instance -> its function name."""
+        self.owners: set[object] = set()
+        """The open function instances."""
         self.sharing: set[object] = set()
         """The instances whose init made (or shared) the modules now in sys.modules."""
         self.preexisting = {
@@ -138,30 +138,26 @@ class FunctionModules:
 
     A function instance is an execution environment (Lambda's rule: a configuration change
     means new ones, whose init sees the new environment). Its init imports afresh when the
-    modules in sys.modules belong only to closed instances, to instances being replaced or
-    removed (retire(), by a reload), or to older instances of the same function; when the
-    last instance using a code_path closes, its modules leave sys.modules."""
+    modules in sys.modules belong only to closed instances or to instances being replaced
+    or removed (retire(), by a reload); when the last instance using a code_path closes,
+    its modules leave sys.modules."""
 
     def __init__(self) -> None:
         self._code_paths: dict[str, _CodePath] = {}
         self._retiring: set[object] = set()
         self._lock = threading.RLock()  # an init retry loads from a worker thread
 
-    def load(
-        self, module_name: str, code_path: Path, owner: object, function_name: str
-    ) -> ModuleType:
+    def load(self, module_name: str, code_path: Path, owner: object) -> ModuleType:
         with self._lock:
             root = str(code_path)
             state = self._code_paths.get(root)
             if state is None:
                 state = self._code_paths[root] = _CodePath(root)
             others = state.sharing - {owner}
-            if others and all(
-                other in self._retiring or state.owners[other] == function_name for other in others
-            ):
+            if others and others <= self._retiring:
                 self._forget_modules(root, state)  # theirs: this instance inits afresh
                 state.sharing.clear()
-            state.owners[owner] = function_name
+            state.owners.add(owner)
             state.sharing.add(owner)
             return self._import(module_name, code_path, root)
 
@@ -181,8 +177,9 @@ class FunctionModules:
         with self._lock:
             self._retiring.discard(owner)
             for root, state in list(self._code_paths.items()):
-                if state.owners.pop(owner, None) is None:
+                if owner not in state.owners:
                     continue
+                state.owners.discard(owner)
                 state.sharing.discard(owner)
                 if not state.owners:
                     del self._code_paths[root]

@@ -221,11 +221,17 @@ class Daemon:
                 return ReloadResult([], [], [], [])
             old = self.config
             changed_functions = _changed_functions(old.functions, new.functions)
-            replacements = await _create_all(
-                {n: new.functions[n] for n in changed_functions if n in new.functions},
-                self.metrics,
-                old.daemon,
-            )
+            retiring = [self.functions[n] for n in changed_functions if n in self.functions]
+            _retire(retiring, True)
+            try:
+                replacements = await _create_all(
+                    {n: new.functions[n] for n in changed_functions if n in new.functions},
+                    self.metrics,
+                    old.daemon,
+                )
+            except BaseException:
+                _retire(retiring, False)
+                raise
             wanted = {m.name: m for m in new.mappings if m.enabled}
             restart = [
                 name
@@ -411,6 +417,15 @@ async def _create_all(
             await function.invoker.aclose()
         raise
     return created
+
+
+def _retire(functions: list[Function], retiring: bool) -> None:
+    """Tell the invokers a reload replaces them (an in-process function's replacement, or a
+    renamed copy, then runs its own init: a new execution environment, as on Lambda)."""
+    for function in functions:
+        retire = getattr(function.invoker, "retire", None)
+        if callable(retire):
+            retire(retiring)
 
 
 def _changed_functions(

@@ -76,16 +76,17 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def load_handler(function: FunctionConfig) -> Callable[..., Any]:
+def load_handler(function: FunctionConfig, owner: object) -> Callable[..., Any]:
     """Import `module.function` from code_path (on sys.path, like LAMBDA_TASK_ROOT) under
     the identity of its file, never whatever module of that name was imported first.
+    `owner` (the function instance) holds the code_path's modules until release_modules().
 
     Raises HandlerLoadError with Lambda's wording (Runtime.ImportModuleError /
     Runtime.HandlerNotFound); the invoker turns it into the function's init error."""
     module_name, _, attribute = function.handler.rpartition(".")
     code_path = Path(function.code_path).resolve()
     try:
-        module = _MODULES.load(module_name, code_path)
+        module = _MODULES.load(module_name, code_path, owner)
     except Exception as exc:  # noqa: BLE001 - any import-time error is the function's init error
         raise HandlerLoadError(
             f"function {function.name}: Unable to import module '{module_name}': {exc}"
@@ -98,6 +99,31 @@ def load_handler(function: FunctionConfig) -> Callable[..., Any]:
     return handler  # type: ignore[no-any-return]
 
 
+def release_modules(owner: object) -> None:
+    """The function instance `owner` closed (see FunctionModules.release)."""
+    _MODULES.release(owner)
+
+
+def retire_modules(owner: object, retiring: bool = True) -> None:
+    """The function instance `owner` is being replaced (see FunctionModules.retire)."""
+    _MODULES.retire(owner, retiring)
+
+
+class _CodePath:
+    """The open function instances using one code_path, and what was there before them."""
+
+    def __init__(self, root: str) -> None:
+        self.owners: set[object] = set()
+        """The open function instances."""
+        self.sharing: set[object] = set()
+        """The instances whose init made (or shared) the modules now in sys.modules."""
+        self.preexisting = {
+            name: module for name, module in sys.modules.items() if _is_under(module, root)
+        }
+        """Modules of code_path imported before any function used it (not by esm): kept."""
+        self.added_to_path = root not in sys.path
+
+
 class FunctionModules:
     """Loads each function's handler module by file, so same-named modules of different
     code_paths (every `sam init` app has `app.py`) each run their own code.
@@ -108,15 +134,70 @@ class FunctionModules:
     hidden from sys.modules, so its own `import utils` finds its own `utils.py`, and the
     modules it binds stay its own. Afterwards the hidden modules come back: a contested
     name stays with the function that loaded it first, which is what an import run at
-    invocation time then gets. Functions naming the same file share its module."""
+    invocation time then gets. Functions naming the same file share its module.
+
+    A function instance is an execution environment (Lambda's rule: a configuration change
+    means new ones, whose init sees the new environment). Its init imports afresh when the
+    modules in sys.modules belong only to closed instances or to instances being replaced
+    or removed (retire(), by a reload); when the last instance using a code_path closes,
+    its modules leave sys.modules."""
 
     def __init__(self) -> None:
-        self._code_paths: list[str] = []
+        self._code_paths: dict[str, _CodePath] = {}
+        self._retiring: set[object] = set()
+        self._lock = threading.RLock()  # an init retry loads from a worker thread
 
-    def load(self, module_name: str, code_path: Path) -> ModuleType:
-        root = str(code_path)
-        if root not in self._code_paths:
-            self._code_paths.append(root)
+    def load(self, module_name: str, code_path: Path, owner: object) -> ModuleType:
+        with self._lock:
+            root = str(code_path)
+            state = self._code_paths.get(root)
+            if state is None:
+                state = self._code_paths[root] = _CodePath(root)
+            others = state.sharing - {owner}
+            if others and others <= self._retiring:
+                self._forget_modules(root, state)  # theirs: this instance inits afresh
+                state.sharing.clear()
+            state.owners.add(owner)
+            state.sharing.add(owner)
+            return self._import(module_name, code_path, root)
+
+    def retire(self, owner: object, retiring: bool = True) -> None:
+        """`owner` is about to close (a reload replaces or removes it): instances created
+        meanwhile do not share its modules. retiring=False undoes it (the reload failed)."""
+        with self._lock:
+            if retiring:
+                self._retiring.add(owner)
+            else:
+                self._retiring.discard(owner)
+
+    def release(self, owner: object) -> None:
+        """`owner` closed. The last instance using a code_path takes its modules out of
+        sys.modules (never installed libraries, never modules imported before esm loaded
+        any function from there) and its code_path off sys.path if esm put it there."""
+        with self._lock:
+            self._retiring.discard(owner)
+            for root, state in list(self._code_paths.items()):
+                if owner not in state.owners:
+                    continue
+                state.owners.discard(owner)
+                state.sharing.discard(owner)
+                if not state.owners:
+                    del self._code_paths[root]
+                    if state.added_to_path and root in sys.path:
+                        sys.path.remove(root)
+                if not state.sharing:  # the modules in sys.modules are closed instances'
+                    self._forget_modules(root, state)
+
+    def _forget_modules(self, root: str, state: _CodePath) -> None:
+        """Take root's modules out of sys.modules, but not another open code_path's below it."""
+        nested = tuple(p + os.sep for p in self._code_paths if p.startswith(root + os.sep))
+        for name, module in list(sys.modules.items()):
+            if state.preexisting.get(name) is module or not _is_under(module, root):
+                continue
+            if not (_module_location(module) or "").startswith(nested):
+                del sys.modules[name]
+
+    def _import(self, module_name: str, code_path: Path, root: str) -> ModuleType:
         origin = _find_origin(module_name, code_path)
         existing = sys.modules.get(module_name)
         if origin is None or (existing is not None and _module_file(existing) == origin):
@@ -160,6 +241,29 @@ def _find_origin(module_name: str, code_path: Path) -> Path | None:
     if spec is None or spec.origin is None or not spec.has_location:
         return None
     return Path(spec.origin).resolve()
+
+
+def _module_location(module: ModuleType) -> str | None:
+    """Where a module was loaded from: its file, or a namespace package's first directory."""
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str):
+        return file
+    path = getattr(module, "__path__", None)
+    try:
+        first = next(iter(path)) if path is not None else None
+    except (TypeError, StopIteration):
+        return None
+    return os.path.join(first, "") if isinstance(first, str) else None
+
+
+def _is_under(module: ModuleType, root: str) -> bool:
+    """Loaded from below root, and not an installed library (a virtualenv in code_path)."""
+    location = _module_location(module)
+    return (
+        location is not None
+        and location.startswith(root + os.sep)
+        and not location.startswith(_LIBRARY_PREFIXES)
+    )
 
 
 def _module_file(module: ModuleType) -> Path | None:
@@ -289,7 +393,7 @@ class PythonInvoker:
         never stops the daemon."""
         IN_PROCESS_ENVIRONMENT.enter(self, self._variables)
         try:
-            handler = load_handler(self.function)
+            handler = load_handler(self.function, self)
         except HandlerLoadError as exc:
             if self._init_error is None:
                 self._log.error("function.init_failed", error=str(exc))
@@ -391,8 +495,16 @@ class PythonInvoker:
         finally:
             slots.release()
 
+    def retire(self, retiring: bool = True) -> None:
+        """A reload replaces or removes this function: a function created before this one
+        closes (its replacement, or a renamed copy) runs its own init, not this one's."""
+        retire_modules(self, retiring)
+
     async def aclose(self) -> None:
+        """This execution environment ends: the next instance of the function runs its
+        init again (release_modules), as a new Lambda execution environment does."""
         self._threads.close()
+        release_modules(self)
         IN_PROCESS_ENVIRONMENT.release(self)
 
 

@@ -7,6 +7,7 @@ utils.py per function), a module-level boto3 resource, a failing import.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -231,6 +232,73 @@ def test_module_level_client_puts_items_in_the_moto_table(  # type: ignore[no-un
     wait_until(lambda: queue_depth(sqs, url) == 0)
 
 
+@pytest.mark.parametrize("renamed", [False, True], ids=["changed", "renamed"])
+def test_a_reload_that_changes_a_functions_environment_runs_its_init_again(  # type: ignore[no-untyped-def]
+    renamed, endpoint, unique, monkeypatch, run_daemon, tmp_path
+) -> None:
+    """On Lambda a configuration change means new execution environments: the module-level
+    client of sdk_app is created again, with the new TABLE_NAME; so is a renamed copy's
+    (created while the old name drains). A function the reload leaves unchanged keeps its
+    instance: its init does not run again."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    region = "eu-west-2"
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=region)
+    tables = [f"before-{unique}", f"after-{unique}"]
+    for table in tables:
+        ddb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
+    # The reload also moves the mapping to a second queue: a long poll cancelled by the
+    # reload may still take a message from the first one on the server side (it would come
+    # back only after the visibility timeout).
+    queues = [make_queue(sqs, f"reinit-{i}-{unique}", VisibilityTimeout="30") for i in (0, 1)]
+    inits = tmp_path / "inits.txt"
+    (tmp_path / f"kept_{unique}.py").write_text(
+        f"with open({str(inits)!r}, 'a') as f:\n    f.write('init\\n')\n\n"
+        "def handler(event, context):\n    return {}\n"
+    )
+    kept = {"handler": f"kept_{unique}.handler", "code_path": str(tmp_path)}
+
+    def config(table: str, arn: str, name: str = "f") -> Any:
+        return parse_config(
+            {
+                "daemon": {
+                    "region": region,
+                    "endpoint_url": endpoint,
+                    "http_address": "127.0.0.1:0",
+                },
+                "functions": {
+                    # timeout 30: botocore loads its DynamoDB model on the first put_item
+                    name: function(name, "sdk_app", timeout=30, environment={"TABLE_NAME": table}),
+                    "kept": kept,
+                },
+                "mappings": [mapping(arn, function=name, name="reinit")],
+            }
+        )
+
+    def bodies(table: str) -> list[str]:
+        return sorted(i["body"]["S"] for i in ddb.scan(TableName=table)["Items"])
+
+    daemon = run_daemon(config(tables[0], queues[0][1]))
+    sqs.send_message(QueueUrl=queues[0][0], MessageBody="first")
+    wait_until(lambda: bodies(tables[0]) == ["first"])
+
+    new = config(tables[1], queues[1][1], "g" if renamed else "f")
+    result = daemon.portal.call(daemon.daemon.reload, new)
+    assert result.restarted == ["reinit"]
+    sqs.send_message(QueueUrl=queues[1][0], MessageBody="second")
+    # The old code kept the first instance's module, and its client: tables[0].
+    wait_until(lambda: bodies(tables[1]) == ["second"])
+    assert bodies(tables[0]) == ["first"]
+    wait_until(lambda: queue_depth(sqs, queues[1][0]) == 0)
+    assert inits.read_text() == "init\n"  # the unchanged function was not initialised again
+
+
 def test_a_failing_import_is_the_functions_init_error_not_the_daemons(  # type: ignore[no-untyped-def]
     endpoint, sqs, unique, run_daemon
 ) -> None:
@@ -382,16 +450,105 @@ async def test_after_an_init_error_the_next_invocation_runs_the_init_again(tmp_p
 async def test_a_function_loaded_through_a_plain_import_first_still_isolates_the_next() -> None:
     """Function A's app and utils are already in sys.modules under their plain names (the
     first to load a name keeps it); function B's init must still get B's own utils."""
-    configs = functions({"orders": function("orders", "orders")})
-    first = await invoke_each(configs)  # orders' app/utils now hold the plain names
-    assert first["orders"][0].response["utils"] == "orders-utils"
-    both = functions(
-        {"orders": function("orders", "orders"), "payments": function("p", "payments")}
-    )
-    results = await invoke_each(both)
+    first = create_invoker(functions({"first": function("first", "orders")})["first"])
+    try:  # kept open: orders' app/utils hold the plain names meanwhile
+        assert (await first.invoke({"Records": []})).response["utils"] == "orders-utils"
+        both = functions(
+            {"orders": function("orders", "orders"), "payments": function("p", "payments")}
+        )
+        results = await invoke_each(both)
+    finally:
+        await first.aclose()
     assert results["payments"][0].response == {
         "app": "payments",
         "utils": "payments-utils",
         "file": str((APPS / "payments" / "app.py").resolve()),
     }
     assert results["orders"][0].response["utils"] == "orders-utils"
+
+
+def _token_app(tmp_path: Path, module: str) -> dict[str, Any]:
+    """A module whose init (import) draws a token: equal tokens, one module instance."""
+    (tmp_path / f"{module}.py").write_text(
+        "import uuid\n\nTOKEN = uuid.uuid4().hex\n\n"
+        "def handler(event, context):\n    return TOKEN\n"
+    )
+    return {"handler": f"{module}.handler", "code_path": str(tmp_path)}
+
+
+async def _token(invoker: Any) -> str:
+    result = await invoker.invoke({})
+    assert result.failure is None, result.failure
+    return str(result.response)
+
+
+@pytest.mark.anyio
+async def test_functions_open_together_share_a_module_and_the_next_instance_inits_afresh(
+    tmp_path: Path, unique: str
+) -> None:
+    """A module lives as long as some function instance using its code_path is open; the
+    next instance after the last one closed is a cold start: its init runs again, and the
+    code_path esm put on sys.path is taken off."""
+    app = _token_app(tmp_path, f"token_{unique}")
+    configs = functions({"a": app, "b": app})
+    a, b = create_invoker(configs["a"]), create_invoker(configs["b"])
+    first = await _token(a)
+    assert await _token(b) == first  # the documented sharing
+    await a.aclose()
+    assert await _token(b) == first  # b still open: its module stays
+    await b.aclose()
+    assert f"token_{unique}" not in sys.modules
+    assert str(tmp_path.resolve()) not in sys.path
+    again = create_invoker(configs["a"])
+    try:
+        assert await _token(again) != first
+    finally:
+        await again.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_module_the_host_imported_itself_outlives_the_function(
+    tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """esm takes out only what its functions' inits imported: a module the embedding
+    program (here the test) imported before is shared with the function and kept."""
+    name = f"hosted_{unique}"
+    config = functions({"f": _token_app(tmp_path, name)})["f"]
+    monkeypatch.syspath_prepend(str(tmp_path.resolve()))
+    hosted = importlib.import_module(name)
+    try:
+        invoker = create_invoker(config)
+        try:
+            assert await _token(invoker) == hosted.TOKEN
+        finally:
+            await invoker.aclose()
+        assert sys.modules[name] is hosted
+        assert str(tmp_path.resolve()) in sys.path  # not esm's to take off
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.anyio
+async def test_a_retiring_functions_module_is_not_shared_with_functions_created_meanwhile(
+    tmp_path: Path, unique: str
+) -> None:
+    """What a reload does (Daemon.reload retires what it replaces): a function created while
+    a retiring one drains runs its own init; the ones created after it share that init."""
+    app = _token_app(tmp_path, f"retire_{unique}")
+    configs = functions({"old": app, "new": app, "other": app})
+    old = create_invoker(configs["old"])
+    invokers = [old]
+    try:
+        before = await _token(old)
+        old.retire()  # type: ignore[attr-defined]
+        new = create_invoker(configs["new"])
+        invokers.append(new)
+        after = await _token(new)
+        assert after != before
+        other = create_invoker(configs["other"])
+        invokers.append(other)
+        assert await _token(other) == after
+        assert await _token(old) == before  # the draining one keeps its own
+    finally:
+        for invoker in invokers:
+            await invoker.aclose()

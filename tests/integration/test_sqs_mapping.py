@@ -125,7 +125,9 @@ def receive_all(sqs, url: str) -> list[dict]:  # type: ignore[no-untyped-def]
         out.extend(got)
 
 
-def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+def test_fifo_messages_arrive_in_order_per_group(fifo_endpoint, fifo_sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    """Per-group order with several receivers, on the FIFO endpoint (see fifo_moto_server)."""
+    endpoint, sqs = fifo_endpoint, fifo_sqs
     url, arn = make_queue(
         sqs, f"order-{unique}.fifo", FifoQueue="true", ContentBasedDeduplication="true"
     )
@@ -151,7 +153,8 @@ def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daem
     assert "MessageDeduplicationId" in record["attributes"]
 
 
-def test_fifo_failure_returns_rest_of_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+def test_fifo_failure_returns_rest_of_group(fifo_endpoint, fifo_sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    endpoint, sqs = fifo_endpoint, fifo_sqs
     url, arn = make_queue(
         sqs,
         f"fifofail-{unique}.fifo",

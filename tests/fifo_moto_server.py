@@ -7,10 +7,11 @@ https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/FIFO-
 and .../interleaving-multiple-ordered-message-groups.html). moto 5.2.5 (the newest release)
 breaks that rule in two ways, both in `SQSBackend.receive_message`:
 
-1. It copies the set of in-flight groups once, before its loop, with no lock, and its server is
-   threaded: two concurrent ReceiveMessage calls can both see group b free; the first takes
-   b-0, the second skips the now invisible b-0 and takes b-1. esm runs several receivers per
-   FIFO queue, as Lambda does, so its FIFO tests measured this race, not esm.
+1. It copies the set of in-flight groups once, before its loop (the whole long poll), with no
+   lock, and its server is threaded: two concurrent ReceiveMessage calls can both see group b
+   free; the first takes b-0, the second skips the now invisible b-0 and takes b-1. A long poll
+   that began before b-0 went out keeps seeing b free for its whole wait. esm runs several
+   receivers per FIFO queue, as Lambda does, so its FIFO tests measured this race, not esm.
 2. A message whose visibility timeout ended stays in moto's in-flight set until the loop reaches
    it, so a group whose first two messages came back is still "locked" by the second when the
    loop looks at the first: moto redelivers a-3 before a-2.

@@ -107,6 +107,36 @@ def sqs(endpoint: str):  # type: ignore[no-untyped-def]
     return boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
 
 
+@pytest.fixture(scope="session")
+def fifo_endpoint() -> Iterator[str]:
+    """moto's server with FIFO receive selection serialised (why: tests/fifo_moto_server.py).
+
+    FIFO tests use this one: plain moto can hand b-1 to one receiver while b-0 is in flight
+    with another, which real SQS never does, so per-group order could not be asserted.
+    """
+    port = free_port()
+    launcher = Path(__file__).parent / "fifo_moto_server.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/moto-api/")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def fifo_sqs(fifo_endpoint: str):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client("sqs", endpoint_url=fifo_endpoint, region_name="us-east-1")
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

@@ -125,7 +125,9 @@ def receive_all(sqs, url: str) -> list[dict]:  # type: ignore[no-untyped-def]
         out.extend(got)
 
 
-def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+def test_fifo_messages_arrive_in_order_per_group(fifo_endpoint, fifo_sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    """Per-group order with several receivers, on the FIFO endpoint (see fifo_moto_server)."""
+    endpoint, sqs = fifo_endpoint, fifo_sqs
     url, arn = make_queue(
         sqs, f"order-{unique}.fifo", FifoQueue="true", ContentBasedDeduplication="true"
     )
@@ -142,8 +144,7 @@ def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daem
     wait_until(lambda: len(set(recorder.bodies_for(arn))) >= 60)
     bodies = recorder.bodies_for(arn)
     for group in ("a", "b", "c"):
-        # First deliveries are in order. A message may come twice (SQS is at-least-once,
-        # and moto's threaded server can hand one FIFO message to two concurrent receives).
+        # First deliveries are in order. A message may come twice (SQS is at-least-once).
         first_deliveries = list(dict.fromkeys(b for b in bodies if b.startswith(group)))
         assert first_deliveries == [f"{group}-{i}" for i in range(20)]
     record = recorder.events_for(arn)[0]["Records"][0]
@@ -151,7 +152,8 @@ def test_fifo_messages_arrive_in_order_per_group(endpoint, sqs, unique, run_daem
     assert "MessageDeduplicationId" in record["attributes"]
 
 
-def test_fifo_failure_returns_rest_of_group(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+def test_fifo_failure_returns_rest_of_group(fifo_endpoint, fifo_sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    endpoint, sqs = fifo_endpoint, fifo_sqs
     url, arn = make_queue(
         sqs,
         f"fifofail-{unique}.fifo",
@@ -170,9 +172,11 @@ def test_fifo_failure_returns_rest_of_group(endpoint, sqs, unique, run_daemon): 
     wait_until(lambda: recorder.events_for(arn))
     first = recorder.events_for(arn)[0]
     assert [r["body"] for r in first["Records"]] == ["a-1", "a-2-fail-once", "a-3"]
-    # a-3 was not reported, yet it stays with a-2; a-1 is gone. (moto re-delivers the two out
-    # of order, a gap of moto's FIFO emulation, so only the set is checked here.)
+    # a-3 was not reported, yet it stays with a-2 and comes back after it, in group order;
+    # a-1 is gone.
     wait_until(lambda: {"a-2-fail-once", "a-3"} <= set(recorder.bodies_for(arn)[3:]), timeout=20)
+    redelivered = list(dict.fromkeys(recorder.bodies_for(arn)[3:]))
+    assert redelivered == ["a-2-fail-once", "a-3"]
     assert recorder.bodies_for(arn).count("a-1") == 1
 
 

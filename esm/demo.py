@@ -156,8 +156,9 @@ def run_demo(
         # never sees Ctrl-C, esm drains against a running endpoint and stops it afterwards.
         process_group=0,
     )
-    kafka = _start_kafka()
+    kafka = None
     try:
+        kafka = _start_kafka()  # in the try: moto's server is stopped whatever happens here
         _wait_for(f"{endpoint}/moto-api/")
         resources = _create_resources(endpoint)
         resources.kafka_bootstrap = kafka[1] if kafka else ""
@@ -207,12 +208,20 @@ def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
         stderr=subprocess.DEVNULL,
         process_group=0,  # Ctrl-C is the demo's: the broker stays up until the drain ended
     )
+    listening = False
     try:
-        _wait_for_port(port)
-    except BaseException:
-        broker.kill()
-        broker.wait()
-        raise
+        listening = _wait_for_port(port, broker)
+    finally:  # not listening, or Ctrl-C while it starts: nothing is left running
+        if not listening:
+            broker.kill()
+            broker.wait()
+    if not listening:
+        print(
+            f"esm demo: the Kafka broker did not listen on 127.0.0.1:{port} (exit code "
+            f"{broker.returncode}); running SQS, Kinesis and DynamoDB Streams only",
+            file=sys.stderr,
+        )
+        return None
     return broker, f"127.0.0.1:{port}"
 
 
@@ -888,16 +897,18 @@ class KafkaSide:
                 await client.stop()
 
 
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Whether `process` listens on `port` within `timeout` (False at once if it exited)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while process.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
             if time.monotonic() > deadline:
-                raise
+                return False
             time.sleep(0.05)
+    return False
 
 
 def _free_port() -> int:

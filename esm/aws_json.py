@@ -94,8 +94,8 @@ def botocore_route(client: Any, url: str) -> Route | str:
     try:
         Proxy.parse(proxy)
     except ValueError:
-        shown = proxy.removeprefix("http://").split("://", 1)[0] if "://" in proxy[7:] else ""
-        scheme = shown or proxy.split(":", 1)[0]
+        # botocore prefixes a proxy URL of another scheme with http:// (`http://socks5://h`)
+        scheme = proxy.removeprefix("http://").split("://", 1)[0]
         return f"the proxy for {url.split(':', 1)[0]} is {scheme}://, not http://"
     return Route(proxy, verify)
 

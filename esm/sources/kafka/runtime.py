@@ -427,22 +427,19 @@ class _GroupCommit:
     async def _send(self, offsets: dict[Any, int]) -> set[Any]:
         """The partitions whose commit failed: no longer assigned (a rebalance), or all of
         them when the broker refused the request (the group moved on)."""
-        consumer = self._runtime.consumer
-        assigned = consumer.assignment()
-        failed = {tp for tp in offsets if tp not in assigned}
-        sent = {tp: offset for tp, offset in offsets.items() if tp not in failed}
+        runtime = self._runtime
+        assigned = runtime.consumer.assignment()
+        sent = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        failed = offsets.keys() - sent.keys()
+        for tp in failed:  # what aiokafka raises committing a partition no longer assigned
+            runtime.log_commit_failed(tp, offsets[tp], "IllegalStateError")
         if sent:
             try:
-                await consumer.commit(sent)
+                await runtime.consumer.commit(sent)
             except KafkaError as exc:
+                for tp, offset in sent.items():
+                    runtime.log_commit_failed(tp, offset, type(exc).__name__)
                 failed.update(sent)
-                error = type(exc).__name__
-            else:
-                error = "IllegalStateError"
-        else:
-            error = "IllegalStateError"
-        for tp in failed:
-            self._runtime.log_commit_failed(tp, offsets[tp], error)
         return failed
 
 

@@ -367,7 +367,7 @@ class SqsMapping:
         if verdict.failed_ids is None:
             failed = {m["messageId"] for m in batch}
         else:
-            failed = set(verdict.failed_ids) if verdict.failed_ids else set()
+            failed = set(verdict.failed_ids)
         if self.fifo and failed:
             failed = _with_rest_of_groups(batch, failed)
         if failed:
@@ -449,16 +449,10 @@ class SqsMapping:
 def add_fitting(budget: BatchBudget, records: list[Record]) -> int:
     """Add the leading records that fit the batch (`BatchBudget.add_fitting`); returns
     how many. One dumps of the whole receive measures them together, the usual case (they
-    all fit: its length is their sizes plus the commas between them); each is measured
-    only when they do not all fit."""
+    all fit: its length less the brackets is their sizes plus the commas between them);
+    each is measured only when they do not all fit."""
     count = len(records)
-    if not count:
-        return 0
-    joined = len(orjson.dumps(records)) - 2  # without the list's brackets
-    added = joined + (1 if budget.count else 0)  # a comma after the batch's last record
-    if budget.count + count <= budget.batch_size and budget.size + added <= budget.max_bytes:
-        budget.count += count
-        budget.size += added
+    if count and budget.add_all(count, len(orjson.dumps(records)) - 2):
         return count
     return budget.add_fitting([record_size(record) for record in records])
 

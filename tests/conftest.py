@@ -82,12 +82,11 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def endpoint() -> Iterator[str]:
-    """moto in server mode, as its own process, for the whole test session."""
+def _moto_server(*command: str) -> Iterator[str]:
+    """A moto server process on a free loopback port (`command` + moto's -H/-p arguments)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *command, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -98,6 +97,12 @@ def endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    """moto in server mode, as its own process, for the whole test session."""
+    yield from _moto_server("-m", "moto.server")
 
 
 @pytest.fixture
@@ -114,20 +119,7 @@ def fifo_endpoint() -> Iterator[str]:
     FIFO tests use this one: plain moto can hand b-1 to one receiver while b-0 is in flight
     with another, which real SQS never does, so per-group order could not be asserted.
     """
-    port = free_port()
-    launcher = Path(__file__).parent / "fifo_moto_server.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/moto-api/")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    yield from _moto_server(str(Path(__file__).parent / "fifo_moto_server.py"))
 
 
 @pytest.fixture

@@ -295,23 +295,40 @@ class InProcessEnvironment:
     function loads; the per-function ones and the function's `environment` are set for the
     function being loaded and again when an invocation starts for a different function
     than the last one (a no-op for a single function), so concurrent invocations of two
-    in-process functions see the values of the one started last. _X_AMZN_TRACE_ID is set
-    per invocation. The daemon's original values come back when the last one closes."""
+    in-process functions see the values of the one started last. A variable another
+    function set that this one does not define goes back to the daemon's own value (or
+    away), so a function never sees another's `environment`, nor a reload's new instance
+    a variable the reload removed. _X_AMZN_TRACE_ID is set per invocation. The daemon's
+    original values come back when the last one closes."""
 
     def __init__(self) -> None:
         self._saved: dict[str, str | None] = {}
+        self._shared: set[str] = set()
         self._users = 0
         self._current: object = None
 
     def acquire(self, shared: Mapping[str, str]) -> None:
         self._users += 1
         self._saved.setdefault(TRACE_VARIABLE, os.environ.get(TRACE_VARIABLE))
+        self._shared.update(shared)
         self._set(shared)
 
     def enter(self, owner: object, variables: Mapping[str, str]) -> None:
         if owner is not self._current:
+            self._restore_others(variables)
             self._set(variables)
             self._current = owner
+
+    def _restore_others(self, variables: Mapping[str, str]) -> None:
+        """Per-function variables set for another function, not defined by this one."""
+        environ = os.environ
+        for name, value in self._saved.items():
+            if name in variables or name in self._shared or name == TRACE_VARIABLE:
+                continue
+            if value is None:
+                environ.pop(name, None)
+            elif environ.get(name) != value:
+                environ[name] = value
 
     def trace(self, trace_id: str) -> None:
         """Python's view only (os.environ, os.getenv), not C's getenv(): glibc's setenv()
@@ -335,6 +352,7 @@ class InProcessEnvironment:
                 else:
                     os.environ[name] = value
             self._saved.clear()
+            self._shared.clear()
 
     def _set(self, variables: Mapping[str, str]) -> None:
         environ = os.environ

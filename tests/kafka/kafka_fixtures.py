@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +124,25 @@ def kafka_topic(kafka_bootstrap: str) -> KafkaTopic:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """Starts `esm run -c PATH` with stderr to a file (tmp_path/esm.log); killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(config: Path) -> subprocess.Popen[str]:
+        log = (tmp_path / "esm.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esm", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()

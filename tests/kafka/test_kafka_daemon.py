@@ -14,11 +14,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaProducer
 from kafka_fixtures import KafkaTopic, create_topic, start_tansu
 
@@ -104,28 +103,6 @@ def esm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "esm", *args], capture_output=True, text=True, timeout=60
     )
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
-    """Starts `esm run -c PATH` with stderr to a file (tmp_path/esm.log); killed at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(config: Path) -> subprocess.Popen[str]:
-        log = (tmp_path / "esm.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "esm", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            text=True,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def test_esm_run_reads_the_topic_becomes_ready_and_drains_on_sigterm(

@@ -189,28 +189,6 @@ def _handled(tmp_path: Path) -> list[str]:
     return sorted(line.split(" ", 2)[2] for line in path.read_text().splitlines())
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
-    """Starts `esm run -c PATH` with stderr to tmp_path/esm.log; killed at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(config: Path) -> subprocess.Popen[str]:
-        log = (tmp_path / "esm.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "esm", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            text=True,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
-
-
 def test_basic_auth_secret_from_secrets_manager_logs_in_with_plain_and_drains(
     noida_bootstrap: str,
     endpoint: str,

@@ -113,7 +113,6 @@ def run_kinesis(
     endpoint: Endpoint, events: int, gap: float = 0.005, timeout: float = 120, log: Log = print
 ) -> dict[str, Any]:
     import tempfile
-    from pathlib import Path
 
     client = boto3_client("kinesis", endpoint)
     stream = f"bench-latency-{int(time.time())}"
@@ -126,21 +125,7 @@ def run_kinesis(
         client.put_record(StreamName=stream, Data=data, PartitionKey="k")
 
     with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
-        config = esm_config(
-            [
-                {
-                    "name": "latency-kinesis",
-                    "function": "bench",
-                    "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}",
-                    "starting_position": "TRIM_HORIZON",
-                    "batch_size": 100,
-                    "maximum_batching_window_in_seconds": 0,
-                }
-            ],
-            endpoint=endpoint.url,
-            state_path=Path(state_dir) / "state.sqlite3",
-            handler="esm_bench_handlers.stamp",
-        )
+        config = _stream_config(endpoint, stream, "latency-kinesis", "TRIM_HORIZON", state_dir)
         with quiet_esm_logging():
             result = anyio.run(_measure, config, send, events, gap, timeout)
     latencies = [
@@ -206,7 +191,6 @@ def run_quiet_shards(
     import random
     import tempfile
     from dataclasses import replace
-    from pathlib import Path
 
     client = boto3_client("kinesis", endpoint)
     stream = f"bench-quiet-{int(time.time())}-{budget or 0:g}"
@@ -220,21 +204,7 @@ def run_quiet_shards(
         client.put_record(StreamName=stream, Data=data, PartitionKey=f"k{keys.random()}")
 
     with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
-        config = esm_config(
-            [
-                {
-                    "name": "latency-quiet",
-                    "function": "bench",
-                    "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}",
-                    "starting_position": "LATEST",
-                    "batch_size": 100,
-                    "maximum_batching_window_in_seconds": 0,
-                }
-            ],
-            endpoint=endpoint.url,
-            state_path=Path(state_dir) / "state.sqlite3",
-            handler="esm_bench_handlers.stamp",
-        )
+        config = _stream_config(endpoint, stream, "latency-quiet", "LATEST", state_dir)
         config = replace(config, daemon=replace(config.daemon, idle_shard_reads_per_second=budget))
         with quiet_esm_logging():
             result = anyio.run(_measure_quiet, config, send, shards, events, gap, warmup, timeout)
@@ -258,4 +228,27 @@ def _line(what: str, s: dict[str, Any]) -> str:
         f"  latency {what:7} on {s['endpoint']}: "
         f"p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
         f"p99 {s['p99_ms']:.1f} ms ({s['received']:,}/{s['events']:,} events)"
+    )
+
+
+def _stream_config(
+    endpoint: Endpoint, stream: str, name: str, starting_position: str, state_dir: str
+) -> Any:
+    """One Kinesis mapping, batch 100 and no batching window, calling the stamping handler."""
+    from pathlib import Path
+
+    return esm_config(
+        [
+            {
+                "name": name,
+                "function": "bench",
+                "event_source_arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{stream}",
+                "starting_position": starting_position,
+                "batch_size": 100,
+                "maximum_batching_window_in_seconds": 0,
+            }
+        ],
+        endpoint=endpoint.url,
+        state_path=Path(state_dir) / "state.sqlite3",
+        handler="esm_bench_handlers.stamp",
     )

@@ -49,7 +49,7 @@ from esm.filtering import FilterSet
 from esm.invokers import Function
 from esm.invokers.result import MAX_RESPONSE_BYTES, InvocationResult
 from esm.observability import MappingMetrics, Metrics, get_logger
-from esm.sources.base import RuntimeResources
+from esm.sources.base import MappingRuntime, RuntimeResources
 from esm.sources.kafka.auth import (
     bootstrap_servers,
     check_login,
@@ -477,7 +477,7 @@ async def build_runtime(
     )
 
 
-class KafkaRuntime:
+class KafkaRuntime(MappingRuntime):
     """Reads the mapping's topic as a member of its consumer group and invokes the function.
 
     `run()` until `stop()`; `started` is set once the consumer joined the cluster, `ready`

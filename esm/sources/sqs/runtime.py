@@ -74,8 +74,10 @@ async def build_runtime(
     return SqsMapping(config, function, resources.aws, metrics, filters)
 
 
-class SqsMapping:
+class SqsMapping(MappingRuntime):
     """One [[mappings]] entry whose source is an SQS queue."""
+
+    ready: bool = False
 
     def __init__(
         self,

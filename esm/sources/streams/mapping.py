@@ -51,7 +51,7 @@ SHARD_REFRESH_SECONDS = 10.0
 ERROR_RETRY_SECONDS = 5.0
 
 
-class StreamMapping:
+class StreamMapping(MappingRuntime):
     """One [[mappings]] entry whose source is a Kinesis stream or a DynamoDB stream."""
 
     def __init__(

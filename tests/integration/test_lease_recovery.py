@@ -21,6 +21,7 @@ from esm.aws import AwsClients
 from esm.config import DaemonConfig
 from esm.observability import MappingMetrics, Metrics
 from esm.sources.streams.leases import LeaseCoordinator
+from esm.state.base import Checkpoint, LeaseLost
 from esm.state.dynamodb import DynamoDBCheckpointStore, Lease, LeaseTable, LeaseTimings
 
 MAPPING = "orders"
@@ -173,3 +174,33 @@ async def test_a_renewal_refused_after_its_unseen_success_is_taken_back(fleet: F
     assert again is not None and not again.lost.is_set()
     stored = await f.table.get(MAPPING, SHARD)
     assert stored is not None and again.lease == stored and stored.owner == "worker-a"
+
+
+@pytest.mark.anyio
+async def test_a_poller_of_the_lost_lease_cannot_move_the_retaken_ones_checkpoint_back(
+    fleet: Fixture,
+) -> None:
+    """After a stall and a retake, the poller of the lost lease (still finishing records
+    it read before) writes its last checkpoint, 40, after the retaken lease's poller,
+    restarted from 30, already wrote 50. Before the fix the store looked the lease up by
+    shard, found the retaken one (same owner, fresh) and wrote 40 under it: the checkpoint
+    moved back and a restart would deliver 41-50 again. Now the write is conditioned on
+    the lease the poller started on, and refused."""
+    f = fleet
+    await f.coordinator._balance_once()
+    first = f.coordinator.held()[SHARD]
+    await until(lambda: not f.store.still_held(MAPPING, SHARD))  # the stall fence
+    assert first.lost.is_set()
+    await f.coordinator._balance_once()
+    retaken = f.coordinator.held()[SHARD]
+    assert retaken is not first and retaken.lease.owner == first.lease.owner == "worker-a"
+    await f.store.put(MAPPING, SHARD, Checkpoint("50"), retaken)
+    with pytest.raises(LeaseLost):
+        await f.store.put(MAPPING, SHARD, Checkpoint("40"), first)
+    stored = await f.table.get(MAPPING, SHARD)
+    assert stored is not None and stored.checkpoint == "50"
+    # The retaken lease is unharmed: still held, and its poller checkpoints on.
+    assert f.store.still_held(MAPPING, SHARD) and not retaken.lost.is_set()
+    await f.store.put(MAPPING, SHARD, Checkpoint("60"), retaken)
+    stored = await f.table.get(MAPPING, SHARD)
+    assert stored is not None and stored.checkpoint == "60"

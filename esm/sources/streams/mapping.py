@@ -198,7 +198,7 @@ class StreamMapping(MappingRuntime):
             )
             lease = held.get(shard.shard_id) if held is not None else None
             # Own stop per poller, so losing one lease (or one shard's stream) stops only it.
-            ctx = replace(self.ctx, stopping=anyio.Event())
+            ctx = replace(self.ctx, stopping=anyio.Event(), lease=lease)
             poller = ShardPoller(
                 ctx,
                 shard,

@@ -310,9 +310,10 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
     daemon: Callable[[Path], subprocess.Popen[str]],
 ) -> None:
     """The secret's password is rotated in Secrets Manager while esm runs and the broker
-    refuses the old one: esm reads the secret again before it reconnects, logs in with the
-    new password and drains, without a restart. Before, it retried the old password until
-    restarted (the secret was read only at start)."""
+    refuses the old one: esm reads the secret again before it reconnects (riding out a
+    moment when the secret is not JSON), logs in with the new password and drains, without
+    a restart. Before, it retried the old password until restarted (the secret was read
+    only at start)."""
     old, new = "pw-old-" + uuid.uuid4().hex, "pw-new-" + uuid.uuid4().hex
     topic = f"t-{uuid.uuid4().hex[:10]}"
     sent = [f"v{i}" for i in range(6)]
@@ -336,6 +337,11 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
         _until(lambda: log_path.exists() and "SASL authentication failed" in log_path.read_text())
         assert _readyz(port) == 503 and _handled(tmp_path) == []
         sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+        # A rotation half done: the secret is not JSON for a while. The re-read fails, the
+        # mapping stays not ready naming the secret, and it is read again at the next attempt.
+        sm.put_secret_value(SecretId=arn, SecretString="{not json")
+        _until(lambda: "not a JSON object" in log_path.read_text())
+        assert _readyz(port) == 503
         sm.put_secret_value(
             SecretId=arn, SecretString=json.dumps({"username": "esm-reader", "password": new})
         )
@@ -355,6 +361,14 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
         json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
     ]
     rereads = [e for e in events if e["event"] == "kafka.secret.reread"]
+    unreadable = [
+        e
+        for e in events
+        if e["event"] == "kafka.consumer.unavailable" and e["error"] == "SourceUnavailable"
+    ]
+    assert unreadable and all(
+        e["detail"] == f"secret secretsmanager:{arn}: not a JSON object" for e in unreadable
+    )
     assert rereads and all(e["secret"] == f"secretsmanager:{arn}" for e in rereads)
     assert rereads[-1]["changed"] is True
     # Bounded: one read per reconnect attempt, on the reconnect backoff (0.5 s doubling).

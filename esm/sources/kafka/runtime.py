@@ -594,8 +594,10 @@ class KafkaRuntime(MappingRuntime):
 
     async def run(self) -> None:
         """Consume until `stop()`; on a broker error, rebuild the consumer after a backoff
-        (doubling from RECONNECT_MIN_S to RECONNECT_MAX_S, reset once a consumer started).
-        What was not committed is read again by the next consumer: at-least-once."""
+        (doubling from RECONNECT_MIN_S to RECONNECT_MAX_S, reset once a consumer started,
+        unless it ended on a refused login). After a refused login the secrets are read
+        again first (`_reread_secrets`). What was not committed is read again by the next
+        consumer: at-least-once."""
         delay = RECONNECT_MIN_S
         try:
             while not self._stop.is_set():
@@ -605,7 +607,9 @@ class KafkaRuntime(MappingRuntime):
                     await self._consume()
                 except* (KafkaError, OSError, ConsumerPaused, SourceUnavailable, KeyError) as group:
                     exc = self._failure_of(group)  # raised in the task group
-                    if self._connected:
+                    if self._connected and not isinstance(exc, KafkaLoginFailed):
+                        # A consumer refused by one broker after another let it in keeps
+                        # backing off: each attempt reads the secrets again.
                         delay = RECONNECT_MIN_S
                     self._broker_error = (
                         f"rejoining the group: {exc}"

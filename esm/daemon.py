@@ -128,8 +128,8 @@ class Daemon:
             return {}
         reasons = {}
         for runtime in self.runtimes:
-            reason = getattr(runtime, "not_ready_reason", None)
-            if isinstance(reason, str) and not runtime.ready:
+            reason = runtime.not_ready_reason
+            if reason is not None and not runtime.ready:
                 reasons[runtime.name] = reason
         return reasons
 

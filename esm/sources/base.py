@@ -101,7 +101,8 @@ def read_common(t: Table, ctx: MappingContext) -> dict[str, Any]:
 
 
 class MappingRuntime(Protocol):
-    """What the daemon asks of one running mapping, whatever its family."""
+    """What the daemon asks of one running mapping, whatever its family. Runtimes subclass
+    it to inherit the defaults (`not_ready_reason`)."""
 
     name: str
 
@@ -109,6 +110,13 @@ class MappingRuntime(Protocol):
     def ready(self) -> bool:
         """Polling, and positioned: a record sent to the source from now on is delivered."""
         ...
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the mapping is not ready, for /readyz: a family that can say more than
+        `ready` (Kafka and the broker queues name the brokers and the error) overrides it.
+        None when ready, or when there is nothing more to say."""
+        return None
 
     async def run(self) -> None: ...
 

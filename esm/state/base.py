@@ -8,9 +8,12 @@ durable). It must not decide *which* checkpoint to write: that arithmetic lives 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from esm.errors import EsmError
+
+if TYPE_CHECKING:
+    from esm.state.dynamodb import HeldLease
 
 
 class StateStoreError(EsmError):
@@ -54,11 +57,20 @@ class CheckpointStore(Protocol):
         """The shard's checkpoint, or None when none was ever stored."""
         ...
 
-    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+    async def put(
+        self,
+        mapping: str,
+        shard_id: str,
+        checkpoint: Checkpoint,
+        lease: HeldLease | None = None,
+    ) -> None:
         """Store the checkpoint, replacing any earlier one; durable once this returns.
 
         A leasing store (DynamoDB) raises `LeaseLost` instead when this worker does not
-        hold the shard's lease; nothing is written then."""
+        hold the shard's lease; nothing is written then. `lease` is the lease the writer's
+        poller started on: the write is then conditioned on *that* lease (its owner and
+        counter), so a poller of a lease lost and since taken back (another `HeldLease`,
+        with its own poller) cannot move the checkpoint back. Other stores ignore it."""
         ...
 
     async def all(self, mapping: str) -> dict[str, Checkpoint]:

@@ -466,10 +466,24 @@ class DynamoDBCheckpointStore:
         if held.on_lost is not None:
             held.on_lost()
 
-    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+    async def put(
+        self,
+        mapping: str,
+        shard_id: str,
+        checkpoint: Checkpoint,
+        lease: HeldLease | None = None,
+    ) -> None:
+        """Write the checkpoint conditioned on this worker's lease (owner and counter), as
+        KCL's checkpointer does. With `lease` (the one the writing poller started on), only
+        while that very lease is held: after a loss and a retake the table names this worker
+        again, but under another `HeldLease` whose poller restarted from the stored
+        checkpoint, and the old poller's last write would move the checkpoint back."""
+        key = lease_key(mapping, shard_id)
+        if lease is not None and self.held.get(key) is not lease:
+            raise LeaseLost(f"{mapping}:{shard_id}: the lease this poller started on was lost")
         if not self.still_held(mapping, shard_id):
             raise LeaseLost(f"{mapping}:{shard_id} is not leased by {self.worker_id}")
-        held = self.held[lease_key(mapping, shard_id)]
+        held = self.held[key]
         if checkpoint.shard_ended:
             value = SHARD_END
         elif checkpoint.sequence_number is not None:

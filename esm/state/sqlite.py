@@ -21,13 +21,16 @@ import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from esm.observability import get_logger
 from esm.state.base import Checkpoint, StateStoreError
+
+if TYPE_CHECKING:
+    from esm.state.dynamodb import HeldLease
 
 log = get_logger("esm.state.sqlite")
 
@@ -86,7 +89,14 @@ class SqliteCheckpointStore:
 
         return await self._run(read)
 
-    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+    async def put(
+        self,
+        mapping: str,
+        shard_id: str,
+        checkpoint: Checkpoint,
+        lease: HeldLease | None = None,
+    ) -> None:
+        """`lease` is for leasing stores only: one process owns this file (ignored)."""
         updated_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         values = (
             mapping,

@@ -21,6 +21,7 @@ from esm.aws import AwsClients
 from esm.config import DaemonConfig
 from esm.observability import MappingMetrics, Metrics
 from esm.sources.streams.leases import LeaseCoordinator
+from esm.state.base import Checkpoint, LeaseLost
 from esm.state.dynamodb import DynamoDBCheckpointStore, Lease, LeaseTable, LeaseTimings
 
 MAPPING = "orders"
@@ -173,3 +174,105 @@ async def test_a_renewal_refused_after_its_unseen_success_is_taken_back(fleet: F
     assert again is not None and not again.lost.is_set()
     stored = await f.table.get(MAPPING, SHARD)
     assert stored is not None and again.lease == stored and stored.owner == "worker-a"
+
+
+@pytest.mark.anyio
+async def test_a_poller_of_the_lost_lease_cannot_move_the_retaken_ones_checkpoint_back(
+    fleet: Fixture,
+) -> None:
+    """After a stall and a retake, the poller of the lost lease (still finishing records
+    it read before) writes its last checkpoint, 40, after the retaken lease's poller,
+    restarted from 30, already wrote 50. Before the fix the store looked the lease up by
+    shard, found the retaken one (same owner, fresh) and wrote 40 under it: the checkpoint
+    moved back and a restart would deliver 41-50 again. Now the write is conditioned on
+    the lease the poller started on, and refused."""
+    f = fleet
+    await f.coordinator._balance_once()
+    first = f.coordinator.held()[SHARD]
+    await until(lambda: not f.store.still_held(MAPPING, SHARD))  # the stall fence
+    assert first.lost.is_set()
+    await f.coordinator._balance_once()
+    retaken = f.coordinator.held()[SHARD]
+    assert retaken is not first and retaken.lease.owner == first.lease.owner == "worker-a"
+    await f.store.put(MAPPING, SHARD, Checkpoint("50"), retaken)
+    with pytest.raises(LeaseLost):
+        await f.store.put(MAPPING, SHARD, Checkpoint("40"), first)
+    stored = await f.table.get(MAPPING, SHARD)
+    assert stored is not None and stored.checkpoint == "50"
+    # The retaken lease is unharmed: still held, and its poller checkpoints on.
+    assert f.store.still_held(MAPPING, SHARD) and not retaken.lost.is_set()
+    await f.store.put(MAPPING, SHARD, Checkpoint("60"), retaken)
+    stored = await f.table.get(MAPPING, SHARD)
+    assert stored is not None and stored.checkpoint == "60"
+
+
+@pytest.mark.anyio
+async def test_each_fleet_poller_checkpoints_under_the_lease_it_started_on(endpoint: str) -> None:
+    """The store's check only helps if the poller hands it its lease: a mapping's poller
+    carries the `HeldLease` it was started for, and its checkpoints are written under it
+    (against moto's Kinesis and DynamoDB, a real poller reading three records)."""
+    import boto3
+    from conftest import HANDLERS
+
+    from esm.config import parse_config
+    from esm.idle_pacing import IdleReadPacer
+    from esm.invokers import create_functions
+    from esm.sources.streams.config import StreamMappingConfig
+    from esm.sources.streams.mapping import StreamMapping
+
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"own-lease-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    arn = kinesis.describe_stream(StreamName=name)["StreamDescription"]["StreamARN"]
+    last = ""
+    for i in range(3):
+        last = kinesis.put_record(StreamName=name, Data=b"r%d" % i, PartitionKey="k")[
+            "SequenceNumber"
+        ]
+    config = parse_config(
+        {
+            "daemon": {"endpoint_url": endpoint},
+            "state": {"backend": "dynamodb", "table": f"leases-{name}", "create_table": True},
+            "functions": {"f": {"handler": "recorder.record", "code_path": str(HANDLERS)}},
+            "mappings": [
+                {
+                    "name": MAPPING,
+                    "function": "f",
+                    "event_source_arn": arn,
+                    "starting_position": "TRIM_HORIZON",
+                }
+            ],
+        }
+    )
+    metrics = Metrics()
+    async with AwsClients(config.daemon) as aws:
+        store = await DynamoDBCheckpointStore.open(
+            aws, f"leases-{name}", create=True, worker_id="worker-a"
+        )
+        mapping_config = config.mappings[0]
+        assert isinstance(mapping_config, StreamMappingConfig)
+        mapping = StreamMapping(
+            mapping_config,
+            create_functions(config.functions, metrics, config.daemon)["f"],
+            aws,
+            MappingMetrics(metrics, MAPPING),
+            None,
+            store,
+            IdleReadPacer(config.daemon.idle_shard_reads_per_second),
+        )
+        coordinator = mapping.leases
+        assert coordinator is not None
+        try:
+            await coordinator.sync_shards(await mapping.ctx.source.list_shards())
+            await coordinator._balance_once()
+            held = coordinator.held()[SHARD]
+            async with anyio.create_task_group() as tg:
+                await mapping._refresh(tg)
+                poller = mapping.pollers[SHARD]
+                assert poller.ctx.lease is held
+                with anyio.fail_after(30):
+                    while (await store.table.get(MAPPING, SHARD)).checkpoint != last:  # type: ignore[union-attr]
+                        await anyio.sleep(0.05)
+                mapping.stop()
+        finally:
+            await mapping.ctx.source.aclose()

@@ -1,5 +1,10 @@
 """SASL against real brokers, with the secret in moto's Secrets Manager, through `esm run`.
 
+Rotation (a refused login reads the secret again): noida-db accepts any password, so the
+refusal of the old one is the byte-level proxy's (tests/faults/fault_proxy.py) resetting
+a connection whose PLAIN login carries it, as a broker that no longer knows the password
+closes the login; the proxy also sees which password each later login carried.
+
 Two brokers, because neither one does all of it (README, Kafka: "SASL"):
 - noida-db's Kafka offers SASL/PLAIN only and accepts any username/password: it shows esm
   reading the BASIC_AUTH secret from Secrets Manager, doing the PLAIN handshake the broker
@@ -37,6 +42,9 @@ from kafka_fixtures import start_tansu
 from esm.config import _Table
 from esm.sources.kafka.auth import KafkaLoginFailed, check_login
 from esm.sources.kafka.config import parse_kafka_mapping
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "faults"))
+from fault_proxy import TcpFaultProxy  # noqa: E402
 
 pytest_plugins = ["kafka_fixtures"]  # the session Tansu broker (see kafka_fixtures.py)
 
@@ -140,12 +148,12 @@ async def _create_and_fill(bootstrap: str, topic: str, values: list[str]) -> Non
         await producer.stop()
 
 
-def _secret(endpoint: str, username: str) -> str:
+def _secret(endpoint: str, username: str, password: str = PASSWORD) -> str:
     sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
     return str(
         sm.create_secret(
             Name=f"kafka-{uuid.uuid4().hex[:8]}",
-            SecretString=json.dumps({"username": username, "password": PASSWORD}),
+            SecretString=json.dumps({"username": username, "password": password}),
         )["ARN"]
     )
 
@@ -293,3 +301,99 @@ async def test_check_login_passes_where_the_broker_accepts_and_skips_unreachable
     await check_login(config, [closed, noida_bootstrap], _login("alice"))
     await check_login(config, [closed], _login("alice"))
     await check_login(config, [noida_bootstrap], {"security_protocol": "PLAINTEXT"})
+
+
+def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_it(
+    noida_bootstrap: str,
+    endpoint: str,
+    tmp_path: Path,
+    daemon: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    """The secret's password is rotated in Secrets Manager while esm runs and the broker
+    refuses the old one: esm reads the secret again before it reconnects (riding out a
+    moment when the secret is not JSON), logs in with the new password and drains, without
+    a restart. Before, it retried the old password until restarted (the secret was read
+    only at start)."""
+    old, new = "pw-old-" + uuid.uuid4().hex, "pw-new-" + uuid.uuid4().hex
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    sent = [f"v{i}" for i in range(6)]
+    asyncio.run(_create_and_fill(noida_bootstrap, topic, sent))
+    host, _, port_text = noida_bootstrap.rpartition(":")
+    proxy = TcpFaultProxy(host, int(port_text)).start()
+    logins: list[bytes] = []
+
+    def refuse_old(chunk: bytes) -> bool:
+        if old.encode() in chunk or new.encode() in chunk:
+            logins.append(chunk)
+        return old.encode() in chunk
+
+    proxy.reset_when(refuse_old, times=1_000)
+    try:
+        arn = _secret(endpoint, "esm-reader", old)
+        port = _free_port()
+        auth = f'{{ type = "BASIC_AUTH", uri = "{arn}" }}'
+        proc = daemon(_config(tmp_path, endpoint, proxy.address, topic, port, auth))
+        log_path = tmp_path / "esm.log"
+        _until(lambda: log_path.exists() and "SASL authentication failed" in log_path.read_text())
+        assert _readyz(port) == 503 and _handled(tmp_path) == []
+        sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+        # A rotation half done: the secret is not JSON for a while. The re-read fails, the
+        # mapping stays not ready naming the secret, and it is read again at the next attempt.
+        sm.put_secret_value(SecretId=arn, SecretString="{not json")
+        _until(lambda: "not a JSON object" in log_path.read_text())
+        assert _readyz(port) == 503
+        sm.put_secret_value(
+            SecretId=arn, SecretString=json.dumps({"username": "esm-reader", "password": new})
+        )
+        _until(lambda: _handled(tmp_path) == sorted(sent))
+        assert _readyz(port) == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proxy.stop()
+    # Every login before the rotation carried the old password and was refused; the first
+    # one after it carried the new one, and so did every later one.
+    carried = [old if old.encode() in chunk else new for chunk in logins]
+    first_new = carried.index(new)
+    assert first_new > 0 and set(carried[:first_new]) == {old}
+    assert set(carried[first_new:]) == {new}
+    events = [
+        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    rereads = [e for e in events if e["event"] == "kafka.secret.reread"]
+    unreadable = [
+        e
+        for e in events
+        if e["event"] == "kafka.consumer.unavailable" and e["error"] == "SourceUnavailable"
+    ]
+    assert unreadable and all(
+        e["detail"] == f"secret secretsmanager:{arn}: not a JSON object" for e in unreadable
+    )
+    assert rereads and all(e["secret"] == f"secretsmanager:{arn}" for e in rereads)
+    assert rereads[-1]["changed"] is True
+    # Bounded: one read per reconnect attempt, on the reconnect backoff (0.5 s doubling).
+    assert len(rereads) == first_new
+    log = log_path.read_text()
+    assert old not in log and new not in log and "Traceback" not in log
+
+
+@pytest.mark.anyio
+async def test_aiokafkas_scram_keyerror_on_a_refusal_is_told_from_other_keyerrors(
+    tansu_with_auth: str,
+) -> None:
+    """Tansu refuses every SCRAM login with RFC 5802's `e=` answer; aiokafka's SCRAM client
+    then raises KeyError('v'). Raised by a consumer's own connection (a reconnect after the
+    password was rotated), the runtime treats it as a refused login and reads the secret
+    again; a KeyError from anywhere else stays a bug and is not retried as a login."""
+    from aiokafka.conn import create_conn
+
+    from esm.sources.kafka.auth import is_scram_refusal
+
+    host, _, port = tansu_with_auth.rpartition(":")
+    scram = {**_login("alice"), "sasl_mechanism": "SCRAM-SHA-512"}
+    with pytest.raises(KeyError) as info:
+        await create_conn(host, int(port), **scram)
+    assert is_scram_refusal(info.value)
+    with pytest.raises(KeyError) as other:
+        _ = {}["v"]
+    assert not is_scram_refusal(other.value)

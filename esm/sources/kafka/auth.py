@@ -17,7 +17,15 @@ broker without TLS), documented as a departure from AWS.
 
 A refused login is AWS's "SASL authentication failed" (with-kafka-troubleshoot: the sign-in
 credentials are not valid): `check_login` names it, where aiokafka says only "Unable to
-bootstrap" (or raises KeyError from its SCRAM client on a server's RFC 5802 `e=` answer).
+bootstrap" (or raises KeyError from its SCRAM client on a server's RFC 5802 `e=` answer,
+which `is_scram_refusal` recognises).
+
+Rotation: the secrets are read when the mapping starts and again before each reconnect that
+follows a refused login (`KafkaRuntime`), so a password rotated in Secrets Manager is picked
+up without a restart, as a Lambda user expects of a secret that Secrets Manager exists to
+rotate (MSK developer guide, msk-password: secrets reduce "the overhead of ... rotating
+credentials"). AWS does not document when Lambda reads the secret again; esm reads it once
+per reconnect attempt after a refusal, so the reconnect backoff bounds the reads.
 """
 
 from __future__ import annotations
@@ -87,7 +95,13 @@ def secretsmanager_fetcher(client: Any) -> SecretFetcher:
     """GetSecretValue through an aiobotocore secretsmanager client."""
 
     async def fetch(arn: str) -> str:
-        response = await client.get_secret_value(SecretId=arn)
+        try:
+            response = await client.get_secret_value(SecretId=arn)
+        except Exception as exc:  # botocore raises per-service error classes
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            raise SourceUnavailable(
+                f"secret secretsmanager:{arn}: GetSecretValue failed ({code or type(exc).__name__})"
+            ) from None
         text = response.get("SecretString")
         if text is None and response.get("SecretBinary") is not None:
             text = bytes(response["SecretBinary"]).decode("utf-8")
@@ -258,6 +272,33 @@ async def check_login(
             raise KafkaLoginFailed(_refused(config, server, f"{mechanism} refused")) from None
         conn.close()
         return
+
+
+def is_scram_refusal(exc: BaseException) -> bool:
+    """Is this aiokafka's SCRAM client failing on a server's refusal? On RFC 5802's `e=`
+    answer (no `v=` signature) it raises KeyError (or ValueError) from inside aiokafka/conn.py,
+    wherever the connection was opened: a KeyError raised anywhere else is a bug, not a
+    refused login, and must not be retried as one."""
+    if not isinstance(exc, KeyError | ValueError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename)
+    return path.name == "conn.py" and path.parent.name == "aiokafka"
+
+
+def credentials_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Did a re-read change the SASL login (for a log field: never the values)?"""
+    keys = ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+    return any(old.get(key) != new.get(key) for key in keys)
+
+
+def login_refused(config: KafkaMappingConfig, server: str, reason: str) -> KafkaLoginFailed:
+    """The mapping's error for a login `server` refused (`reason` names no credential)."""
+    return KafkaLoginFailed(_refused(config, server, reason))
 
 
 def _refused(config: KafkaMappingConfig, server: str, reason: str) -> str:

@@ -31,7 +31,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -45,18 +45,23 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from esm.aws import AwsClients
 from esm.batch_response import judge
+from esm.errors import SourceUnavailable
 from esm.filtering import FilterSet
 from esm.invokers import Function
 from esm.invokers.result import MAX_RESPONSE_BYTES, InvocationResult
 from esm.observability import MappingMetrics, Metrics, get_logger
-from esm.sources.base import RuntimeResources
+from esm.sources.base import MappingRuntime, RuntimeResources
 from esm.sources.kafka.auth import (
+    KafkaLoginFailed,
     bootstrap_servers,
     check_login,
     client_options,
+    credentials_changed,
+    is_scram_refusal,
+    login_refused,
     secretsmanager_fetcher,
 )
-from esm.sources.kafka.config import KafkaMappingConfig
+from esm.sources.kafka.config import AUTH_TYPES, KafkaMappingConfig
 from esm.sources.kafka.event import (
     PartitionShaper,
     build_event,
@@ -443,6 +448,10 @@ class _GroupCommit:
         return failed
 
 
+OptionsReader = Callable[[], Awaitable[dict[str, Any]]]
+"""Reads the mapping's security options again (its secrets as stored now)."""
+
+
 async def connection(
     config: KafkaMappingConfig, aws: AwsClients
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -450,10 +459,19 @@ async def connection(
     options (secrets read now: from Secrets Manager through `aws`, a file or a variable)."""
     kafka_client = None if config.bootstrap_servers else await aws.client("kafka")
     servers = await bootstrap_servers(config, kafka_client)
-    fetch = None
-    if any(access.uri.kind == "secretsmanager" for access in config.access):
-        fetch = secretsmanager_fetcher(await aws.client("secretsmanager"))
-    return servers, await client_options(config, fetch)
+    return servers, await options_reader(config, aws)()
+
+
+def options_reader(config: KafkaMappingConfig, aws: AwsClients) -> OptionsReader:
+    """`client_options` with the mapping's secrets read afresh at each call (rotation)."""
+
+    async def read() -> dict[str, Any]:
+        fetch = None
+        if any(access.uri.kind == "secretsmanager" for access in config.access):
+            fetch = secretsmanager_fetcher(await aws.client("secretsmanager"))
+        return await client_options(config, fetch)
+
+    return read
 
 
 async def build_runtime(
@@ -474,10 +492,11 @@ async def build_runtime(
         client_options=options,
         on_failure=on_failure,
         filters=filters,
+        read_options=options_reader(config, resources.aws),
     )
 
 
-class KafkaRuntime:
+class KafkaRuntime(MappingRuntime):
     """Reads the mapping's topic as a member of its consumer group and invokes the function.
 
     `run()` until `stop()`; `started` is set once the consumer joined the cluster, `ready`
@@ -495,8 +514,12 @@ class KafkaRuntime:
         client_options: Mapping[str, Any] | None = None,
         on_failure: KafkaOnFailure | None = None,
         filters: FilterSet | None = None,
+        read_options: OptionsReader | None = None,
     ) -> None:
         self.config = config
+        self._read_options = read_options
+        """Reads the secrets again after a refused login (None: options as given, for good)."""
+        self._login_refused = False
         self.name = config.name
         self.on_failure = on_failure
         """Where given-up records are described; the caller builds it from
@@ -571,20 +594,28 @@ class KafkaRuntime:
 
     async def run(self) -> None:
         """Consume until `stop()`; on a broker error, rebuild the consumer after a backoff
-        (doubling from RECONNECT_MIN_S to RECONNECT_MAX_S, reset once a consumer started).
-        What was not committed is read again by the next consumer: at-least-once."""
+        (doubling from RECONNECT_MIN_S to RECONNECT_MAX_S, reset once a consumer started,
+        unless it ended on a refused login). After a refused login the secrets are read
+        again first (`_reread_secrets`). What was not committed is read again by the next
+        consumer: at-least-once."""
         delay = RECONNECT_MIN_S
         try:
             while not self._stop.is_set():
                 try:
+                    if self._login_refused:
+                        await self._reread_secrets()
                     await self._consume()
-                except* (KafkaError, OSError, ConsumerPaused) as group:  # raised in the task group
-                    exc = group.exceptions[0]
-                    if self._connected:
+                except* (KafkaError, OSError, ConsumerPaused, SourceUnavailable, KeyError) as group:
+                    exc = self._failure_of(group)  # raised in the task group
+                    if self._connected and not isinstance(exc, KafkaLoginFailed):
+                        # A consumer refused by one broker after another let it in keeps
+                        # backing off: each attempt reads the secrets again.
                         delay = RECONNECT_MIN_S
                     self._broker_error = (
                         f"rejoining the group: {exc}"
                         if isinstance(exc, ConsumerPaused)
+                        else str(exc)
+                        if isinstance(exc, SourceUnavailable)  # a secret that cannot be read
                         else self._unreachable(type(exc).__name__)
                     )
                     self._log.warning(
@@ -605,6 +636,38 @@ class KafkaRuntime:
             if self.on_failure is not None:
                 with anyio.CancelScope(shield=True):
                     await self.on_failure.aclose()
+
+    def _failure_of(self, group: BaseExceptionGroup[Any]) -> BaseException:
+        """The error that ended a consumer. A refused login (`check_login`, or aiokafka's
+        SCRAM client failing on the broker's refusal) has the secrets read again before the
+        next consumer; a KeyError of any other origin is a bug, raised as it is."""
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):  # nested task groups
+            exc = exc.exceptions[0]
+        if isinstance(exc, KeyError):
+            if not is_scram_refusal(exc):
+                raise exc
+            mechanism = self._client_options.get("sasl_mechanism")
+            exc = login_refused(self.config, self._bootstrap_text, f"{mechanism} refused")
+        if isinstance(exc, KafkaLoginFailed):
+            self._login_refused = self._read_options is not None
+        return exc
+
+    async def _reread_secrets(self) -> None:
+        """Read the secrets again after a refused login, so a password rotated in Secrets
+        Manager is used by the next login without a restart. Once per reconnect attempt
+        (the backoff bounds the reads); a secret that cannot be read is retried likewise.
+        Logs the secret's location and whether the login changed, never a value."""
+        assert self._read_options is not None
+        options = await self._read_options()
+        auth = self.config.access_of(AUTH_TYPES)
+        self._log.info(
+            "kafka.secret.reread",
+            secret=str(auth.uri) if auth is not None else None,
+            changed=credentials_changed(self._client_options, options),
+        )
+        self._client_options = options
+        self._login_refused = False
 
     async def _consume(self) -> None:
         """One consumer's life: join, fetch into lanes until stopped or a broker error."""

@@ -182,8 +182,10 @@ async def build_runtime(
     return MqMapping(config, function, resources.aws, metrics, filters)
 
 
-class MqMapping:
+class MqMapping(MappingRuntime):
     """One [[mappings]] entry whose source is a RabbitMQ or ActiveMQ queue."""
+
+    ready: bool = False
 
     def __init__(
         self,

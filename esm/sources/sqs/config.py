@@ -1,7 +1,11 @@
 """An SQS mapping's config: the common keys plus `batch_size`, the batching window and
 `scaling_config.maximum_concurrency` or `provisioned_poller_config`, with AWS's ranges
 (CreateEventSourceMapping: BatchSize 1-10,000, FIFO 1-10; a window of at least 1 s above 10;
-MaximumConcurrency 2-1,000; ProvisionedPollerConfig in esm.sources.sqs.scaling)."""
+MaximumConcurrency 2-1,000; ProvisionedPollers in esm.sources.sqs.scaling).
+
+esm-only: `stop_receive_wait_seconds` (0-25, default 0), how long a stop lets a ReceiveMessage
+in flight finish so the messages it brings are made visible again (esm.sources.sqs.runtime).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ class SqsMappingConfig(ArnMappingConfig):
     """`scaling_config.maximum_concurrency`; None: the function's reserved concurrency."""
     provisioned_poller_config: ProvisionedPollers | None = None
     """Provisioned mode (minimum / maximum pollers); None: Lambda's standard scaling."""
+    stop_receive_wait_seconds: float = 0.0
+    """esm-only: how long a stop waits for a ReceiveMessage in flight (0: abandoned at once)."""
+
+
+STOP_RECEIVE_WAIT_MAX_SECONDS = 25.0
+"""The 20 s long poll and a margin: past it a receive has nothing more to bring."""
 
 
 def parse_sqs_mapping(t: Table, ctx: MappingContext) -> SqsMappingConfig:
@@ -47,10 +57,12 @@ def parse_sqs_mapping(t: Table, ctx: MappingContext) -> SqsMappingConfig:
         t.consume(key), t.key_path(key), maximum_concurrency=concurrency
     )
     t.problems.extend(problems)
+    stop_wait = t.number("stop_receive_wait_seconds", 0.0, 0, STOP_RECEIVE_WAIT_MAX_SECONDS)
     return SqsMappingConfig(
         batch_size=batch_size,
         maximum_batching_window_in_seconds=window,
         maximum_concurrency=concurrency,
         provisioned_poller_config=provisioned,
+        stop_receive_wait_seconds=stop_wait,
         **common,
     )

@@ -23,6 +23,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from anyio.abc import TaskGroup
 
@@ -74,8 +75,10 @@ async def build_runtime(
     return SqsMapping(config, function, resources.aws, metrics, filters)
 
 
-class SqsMapping:
+class SqsMapping(MappingRuntime):
     """One [[mappings]] entry whose source is an SQS queue."""
+
+    ready: bool = False
 
     def __init__(
         self,
@@ -107,6 +110,8 @@ class SqsMapping:
         self.ready = False
         self.queue_url = ""
         self._poll_scope = anyio.CancelScope()
+        self._receiving: set[anyio.CancelScope] = set()
+        """The ReceiveMessage calls in flight (shielded from a stop: see `_receive`)."""
         self._api: RawJsonApi = api or JsonApi(
             aws,
             client_service="sqs",
@@ -130,7 +135,12 @@ class SqsMapping:
         self._m_ready.set(0)
 
     def stop(self) -> None:
-        """Stop receiving; batches in flight run to their end (the caller waits for `run`)."""
+        """Stop receiving; batches in flight run to their end (the caller waits for `run`).
+        A ReceiveMessage in flight is let finish for `stop_receive_wait_seconds`, and what
+        it brings is made visible again at once (`_receive`)."""
+        deadline = anyio.current_time() + self.config.stop_receive_wait_seconds
+        for scope in self._receiving:
+            scope.deadline = min(scope.deadline, deadline)
         self._poll_scope.cancel()
 
     async def run(self) -> None:
@@ -290,8 +300,7 @@ class SqsMapping:
             # of short polls (each one a billed request on AWS).
             wait = LONG_POLL_SECONDS if not batch else math.ceil(min(LONG_POLL_SECONDS, remaining))
             want = min(10, config.batch_size - budget.count)
-            response = await self._call(
-                "ReceiveMessage",
+            response = await self._receive(
                 {
                     "QueueUrl": self.queue_url,
                     "MaxNumberOfMessages": want,
@@ -308,9 +317,32 @@ class SqsMapping:
             taken = 0 if carry else add_fitting(budget, records)
             batch.extend(records[:taken])
             carry.extend(records[taken:])
+            if messages and self._poll_scope.cancel_called:
+                await anyio.lowlevel.checkpoint()  # stopped meanwhile: the receiver releases them
             if config.maximum_batching_window_in_seconds == 0 or (not messages and not batch):
                 break
         return batch, budget.full or bool(carry)
+
+    async def _receive(self, payload: dict[str, Any]) -> Any:
+        """ReceiveMessage, shielded from a stop. A long poll the client gives up goes on at
+        SQS, which hands the messages that arrive meanwhile to the abandoned request: they
+        stay invisible for their visibility timeout (aws-sdk-java-v2#1395, aws-sdk-go-v2#2068
+        report it of SQS). So a stop lets the receive finish for `stop_receive_wait_seconds`
+        and the receiver makes what it brought visible again; a receive still unanswered
+        then is given up (nothing in hand). 0, the default, gives it up at once: waiting
+        out an idle queue's long poll makes every stop and reload take up to 20 s."""
+        if not self.config.stop_receive_wait_seconds:
+            return await self._call("ReceiveMessage", payload)
+        if self._poll_scope.cancel_called:  # stopping: no new receive
+            await anyio.lowlevel.checkpoint()
+        with anyio.CancelScope(shield=True) as scope:
+            self._receiving.add(scope)
+            try:
+                return await self._call("ReceiveMessage", payload)
+            finally:
+                self._receiving.discard(scope)
+        await anyio.lowlevel.checkpoint()  # cancelled by the stop that set the deadline
+        return {}
 
     def _records(self, messages: list[dict[str, Any]]) -> list[Record]:
         """A receive's messages as the Lambda records the function gets."""

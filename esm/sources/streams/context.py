@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -18,6 +18,9 @@ from esm.observability import MappingMetrics
 from esm.sources.streams.config import StreamMappingConfig
 from esm.sources.streams.records import StreamSource
 from esm.state.base import CheckpointStore
+
+if TYPE_CHECKING:
+    from esm.state.dynamodb import HeldLease
 
 
 @dataclass
@@ -40,3 +43,6 @@ class ShardContext:
     """Shared by every mapping of the daemon: one budget of reads for caught-up shards."""
     envelope: Callable[[list[Any]], dict[str, Any]] = records_envelope
     """The family's invocation event of a batch (esm/sources/registry.py)."""
+    lease: HeldLease | None = None
+    """Fleet mode: the lease this shard's poller started on; its checkpoints are written
+    only while that very lease is held (`CheckpointStore.put`)."""

@@ -51,7 +51,7 @@ SHARD_REFRESH_SECONDS = 10.0
 ERROR_RETRY_SECONDS = 5.0
 
 
-class StreamMapping:
+class StreamMapping(MappingRuntime):
     """One [[mappings]] entry whose source is a Kinesis stream or a DynamoDB stream."""
 
     def __init__(
@@ -198,7 +198,7 @@ class StreamMapping:
             )
             lease = held.get(shard.shard_id) if held is not None else None
             # Own stop per poller, so losing one lease (or one shard's stream) stops only it.
-            ctx = replace(self.ctx, stopping=anyio.Event())
+            ctx = replace(self.ctx, stopping=anyio.Event(), lease=lease)
             poller = ShardPoller(
                 ctx,
                 shard,

@@ -339,5 +339,6 @@ class ShardPoller:
                 self.ctx.config.name,
                 self.shard.shard_id,
                 Checkpoint(checkpoint or self._saved, ended, self.shard.incarnation),
+                self.ctx.lease,
             )
         self._saved = checkpoint or self._saved

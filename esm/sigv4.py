@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 from urllib.parse import quote, urlsplit
 
+from esm.http1 import authority
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 SIGNED = "content-type;host;x-amz-date;x-amz-target"
 SIGNED_WITH_TOKEN = "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
@@ -35,8 +37,7 @@ class JsonRequestSigner:
     def __init__(self, url: str, service: str, region: str) -> None:
         parts = urlsplit(url)
         default_port = {"http": 80, "https": 443}.get(parts.scheme)
-        host = parts.hostname or ""
-        self.host = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+        self.host = authority(parts.hostname or "", parts.port, default_port)
         self.canonical_uri = quote(parts.path or "/", safe="/~")
         self.service = service
         self.region = region

@@ -17,6 +17,8 @@ from esm.sigv4 import Credentials, JsonRequestSigner
         "http://127.0.0.1:4566",
         "https://sqs.eu-west-1.amazonaws.com:443",
         "http://127.0.0.1:4566/prefix/path",
+        "http://[::1]:4566",
+        "https://[2001:db8::1]",
     ],
 )
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEB4aDH+session/token=="])

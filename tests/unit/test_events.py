@@ -308,6 +308,11 @@ def test_sqs_records_builds_what_sqs_record_builds_for_each_message() -> None:
                 "ApproximateFirstReceiveTimestamp": "1545082649185",
             },
         },
+        # Five keys, but not the usual five; attributes that are not a mapping.
+        {k: v for k, v in LAMBDA_EXAMPLE_MESSAGE.items() if k != "MD5OfBody"}
+        | {"MD5OfMessageAttributes": "x"},
+        {k: v for k, v in LAMBDA_EXAMPLE_MESSAGE.items() if k != "MD5OfBody"} | {"Other": 1},
+        {**LAMBDA_EXAMPLE_MESSAGE, "Attributes": None},
         # The usual four in another order: Lambda's order in the record.
         {
             **LAMBDA_EXAMPLE_MESSAGE,

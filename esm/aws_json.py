@@ -175,13 +175,16 @@ class JsonApi:
 
     async def call(self, operation: str, payload: dict[str, Any]) -> bytes:
         """POST one operation; return the raw JSON body or raise ClientError."""
-        http = await self._setup()
+        http = self._http or await self._setup()  # set up once; no coroutine per call after
         body = orjson.dumps(payload)
+        signing = self._signing
+        credentials = (
+            signing[1]
+            if signing is not None and signing[0] is None
+            else await self._signing_credentials()
+        )
         headers = self._signer.headers(
-            f"{self._target_prefix}.{operation}",
-            self._content_type,
-            body,
-            await self._signing_credentials(),
+            f"{self._target_prefix}.{operation}", self._content_type, body, credentials
         )
         status, raw = await http.post(headers, body)
         if status >= 300:

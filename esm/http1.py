@@ -289,7 +289,7 @@ class HttpClient:
         return await self._exchange(await self._connect(), request)
 
     def _request_bytes(self, headers: dict[str, str], body: bytes) -> bytes:
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         head = f"{self._head}{lines}Content-Length: {len(body)}\r\n\r\n"
         return head.encode("latin-1") + body
 

@@ -261,24 +261,24 @@ class MemorySqsClient:
     async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
         return {"Attributes": {"VisibilityTimeout": str(self.visibility_timeout)}}
 
-    async def receive_message(self, **kwargs: Any) -> bytes:
+    async def receive_message(self, payload: dict[str, Any]) -> bytes:
         self.receives += 1
-        want = kwargs.get("MaxNumberOfMessages", 1)
+        want = payload.get("MaxNumberOfMessages", 1)
         start = self.position
         if start >= len(self.messages):
             self.empty_receives += 1
             # An empty receive takes at least a loopback round trip, however short the poll.
-            await anyio.sleep(max(EMPTY_RECEIVE_FLOOR, kwargs.get("WaitTimeSeconds", 0)))
+            await anyio.sleep(max(EMPTY_RECEIVE_FLOOR, payload.get("WaitTimeSeconds", 0)))
             return b"{}"
         self.position = start + want
         return b'{"Messages":[' + b",".join(self._serialised[start : start + want]) + b"]}"
 
-    async def delete_message_batch(self, **kwargs: Any) -> bytes:
-        entries = kwargs["Entries"]
+    async def delete_message_batch(self, payload: dict[str, Any]) -> bytes:
+        entries = payload["Entries"]
         self.deleted += len(entries)
         if self.deleted >= len(self.messages):
             self.drained.set()
-        ids = tuple(e["Id"] for e in entries)
+        ids = tuple([e["Id"] for e in entries])
         answer = self._deleted_answers.get(ids)
         if answer is None:
             # Serialised once per list of entry ids, as a server's constant answer (its CPU
@@ -288,15 +288,19 @@ class MemorySqsClient:
             self._deleted_answers[ids] = answer
         return answer
 
-    async def change_message_visibility_batch(self, **kwargs: Any) -> bytes:
-        entries = kwargs["Entries"]
+    async def change_message_visibility_batch(self, payload: dict[str, Any]) -> bytes:
+        entries = payload["Entries"]
         return orjson.dumps({"Successful": [{"Id": e["Id"]} for e in entries], "Failed": []})
 
     async def call(self, operation: str, payload: dict[str, Any]) -> bytes:
         """The per-batch calls as `SqsMapping` makes them (esm.aws_json's raw JSON API):
-        answered with the JSON protocol's body, which esm parses with orjson as it would."""
-        handler: Callable[..., Awaitable[bytes]] = getattr(self, _OPERATIONS[operation])
-        return await handler(**payload)
+        answered with the JSON protocol's body, which esm parses with orjson as it would.
+        The payload is passed as it is: unpacking it into keywords was the stand-in's own
+        cost, counted as esm's."""
+        handler: Callable[[dict[str, Any]], Awaitable[bytes]] = getattr(
+            self, _OPERATIONS[operation]
+        )
+        return await handler(payload)
 
     async def aclose(self) -> None:
         return None

@@ -212,9 +212,10 @@ class AwsClients:
 
 def _local_credentials(daemon: DaemonConfig) -> dict[str, str]:
     """A local endpoint accepts any credentials; use placeholders when none are configured,
-    so the embedded quick start needs no AWS account. Real AWS always uses the normal chain."""
+    so the embedded quick start needs no AWS account. Real AWS always uses the normal chain.
+    IPv6's loopback counts (`http://[::1]:4566`), as for the handlers' environment."""
     endpoint = daemon.endpoint_url or ""
-    local = "127.0.0.1" in endpoint or "localhost" in endpoint
+    local = "127.0.0.1" in endpoint or "localhost" in endpoint or "[::1]" in endpoint
     if local and not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
         return {"aws_access_key_id": "esm-local", "aws_secret_access_key": "esm-local"}
     return {}

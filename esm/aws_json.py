@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 from botocore.awsrequest import AWSPreparedRequest
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError, NoCredentialsError
 from botocore.utils import ensure_boolean
 
@@ -66,10 +67,11 @@ class _BotocorePoster:
 
 @dataclass(frozen=True)
 class Route:
-    """How esm.http1 reaches an endpoint as botocore would: through `proxy` or not, TLS
-    verified against `verify` (True: botocore's bundle; a path; False: not verified)."""
+    """How esm.http1 reaches an endpoint as botocore would: through `proxy` (parsed once,
+    here) or not, TLS verified against `verify` (True: botocore's bundle; a path; False:
+    not verified)."""
 
-    proxy: str | None
+    proxy: Proxy | None
     verify: bool | str
 
 
@@ -92,12 +94,12 @@ def botocore_route(client: Any, url: str) -> Route | str:
     if ensure_boolean(os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER", "")):
         return "BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER is set"
     try:
-        Proxy.parse(proxy)
+        parsed = Proxy.parse(proxy)
     except ValueError:
         # botocore prefixes a proxy URL of another scheme with http:// (`http://socks5://h`)
         scheme = proxy.removeprefix("http://").split("://", 1)[0]
         return f"the proxy for {url.split(':', 1)[0]} is {scheme}://, not http://"
-    return Route(proxy, verify)
+    return Route(parsed, verify)
 
 
 _reported: set[str] = set()
@@ -116,7 +118,7 @@ def lean_poster(client: Any, url: str) -> HttpClient | _BotocorePoster:
     if isinstance(route, str):
         _log_once("http.client_fallback", endpoint=url, reason=route, client="aiohttp")
         return _BotocorePoster(client, url)
-    proxy = Proxy.parse(route.proxy) if route.proxy else None
+    proxy = route.proxy
     if proxy is not None:
         _log_once("http.proxy", endpoint=url, proxy=str(proxy))
     context = tls_context(route.verify) if url.startswith("https:") else None
@@ -150,12 +152,20 @@ class JsonApi:
         self._content_type = f"application/x-amz-json-{json_version}"
         self._http: HttpClient | _BotocorePoster | None = None
         self._choice = http_client_choice()
+        self._signing: tuple[Any, Credentials] | None = None
+        """The last frozen credentials (None: static ones) and the signer's copy of them."""
 
     async def _setup(self) -> HttpClient | _BotocorePoster:
         if self._http is None:
             client = await self._aws.client(self._client_service)
             url = client.meta.endpoint_url
             self._credentials = client._request_signer._credentials
+            if self._credentials is not None and not isinstance(
+                self._credentials, RefreshableCredentials
+            ):
+                # Static keys never change: frozen once, not awaited on every call.
+                frozen = await self._credentials.get_frozen_credentials()
+                self._signing = (None, _signing_credentials(frozen))
             self._signer = JsonRequestSigner(url, self._signing_name, client.meta.region_name)
             if self._choice == "httptools":
                 self._http = lean_poster(client, url)
@@ -165,25 +175,43 @@ class JsonApi:
 
     async def call(self, operation: str, payload: dict[str, Any]) -> bytes:
         """POST one operation; return the raw JSON body or raise ClientError."""
-        http = await self._setup()
+        http = self._http or await self._setup()  # set up once; no coroutine per call after
         body = orjson.dumps(payload)
-        if self._credentials is None:
-            raise NoCredentialsError()
-        frozen = await self._credentials.get_frozen_credentials()
+        signing = self._signing
+        credentials = (
+            signing[1]
+            if signing is not None and signing[0] is None
+            else await self._signing_credentials()
+        )
         headers = self._signer.headers(
-            f"{self._target_prefix}.{operation}",
-            self._content_type,
-            body,
-            Credentials(frozen.access_key, frozen.secret_key, frozen.token),
+            f"{self._target_prefix}.{operation}", self._content_type, body, credentials
         )
         status, raw = await http.post(headers, body)
         if status >= 300:
             raise _client_error(operation, status, raw)
         return raw
 
+    async def _signing_credentials(self) -> Credentials:
+        """The credentials to sign with: static ones as frozen at setup; refreshable ones
+        (assumed roles, SSO, instance metadata) frozen per call, so a refresh is picked up
+        by the next request, as botocore's signer does."""
+        signing = self._signing
+        if signing is not None and signing[0] is None:
+            return signing[1]
+        if self._credentials is None:
+            raise NoCredentialsError()
+        frozen = await self._credentials.get_frozen_credentials()
+        if signing is None or signing[0] is not frozen:
+            signing = self._signing = (frozen, _signing_credentials(frozen))
+        return signing[1]
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+
+def _signing_credentials(frozen: Any) -> Credentials:
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 def _client_error(operation: str, status: int, raw: bytes) -> ClientError:

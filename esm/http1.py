@@ -79,6 +79,15 @@ class Proxy:
         return f"{self.host}:{self.port}"
 
 
+def authority(host: str, port: int | None, default_port: int | None) -> str:
+    """A URL's host (and port, unless the scheme's default) as the Host header and SigV4's
+    `host` name it: an IPv6 literal in brackets (RFC 9110 7.2, RFC 3986 3.2.2), as
+    botocore writes it; `urlsplit` gives the literal without them."""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port in (None, default_port) else f"{host}:{port}"
+
+
 def _masked(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -246,8 +255,7 @@ class HttpClient:
         self._tls = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._tls else 80)
-        default_port = self._port == (443 if self._tls else 80)
-        self.host_header = self._host if default_port else f"{self._host}:{self._port}"
+        self.host_header = authority(self._host, self._port, 443 if self._tls else 80)
         self._path = parts.path or "/"
         self._ssl: ssl.SSLContext | None = None
         if self._tls:
@@ -281,7 +289,7 @@ class HttpClient:
         return await self._exchange(await self._connect(), request)
 
     def _request_bytes(self, headers: dict[str, str], body: bytes) -> bytes:
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         head = f"{self._head}{lines}Content-Length: {len(body)}\r\n\r\n"
         return head.encode("latin-1") + body
 
@@ -343,8 +351,8 @@ class HttpClient:
     async def _tunnel(self, connection: _Connection) -> None:
         """CONNECT host:port through the proxy; anything but a 2xx is a clear error."""
         assert self._proxy is not None
-        authority = f"{self._host}:{self._port}"
-        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        target = authority(self._host, self._port, None)
+        request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
         if self._proxy.authorization:
             request += f"Proxy-Authorization: {self._proxy.authorization}\r\n"
         try:
@@ -353,7 +361,7 @@ class HttpClient:
             raise
         except HttpConnectionError as exc:
             raise HttpProxyError(
-                f"proxy {self._proxy} closed the connection before answering CONNECT {authority}"
+                f"proxy {self._proxy} closed the connection before answering CONNECT {target}"
             ) from exc
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         fields = status_line.split(" ", 2)
@@ -362,7 +370,7 @@ class HttpClient:
             if len(fields) > 1 and fields[1] == "407":
                 hint = " (put user:password in the proxy URL, as for boto3)"
             raise HttpProxyError(
-                f"proxy {self._proxy} refused CONNECT {authority}: {status_line!r}{hint}"
+                f"proxy {self._proxy} refused CONNECT {target}: {status_line!r}{hint}"
             )
 
     async def _exchange(self, connection: _Connection, request: bytes) -> tuple[int, bytes]:

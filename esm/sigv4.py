@@ -8,13 +8,17 @@ requests (tests/unit/test_sigv4.py compares the two) and caches the day's signin
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from hashlib import sha256
 from urllib.parse import quote, urlsplit
 
+from esm.http1 import authority
+
 ALGORITHM = "AWS4-HMAC-SHA256"
+SIGNED = "content-type;host;x-amz-date;x-amz-target"
+SIGNED_WITH_TOKEN = "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,14 @@ class JsonRequestSigner:
     def __init__(self, url: str, service: str, region: str) -> None:
         parts = urlsplit(url)
         default_port = {"http": 80, "https": 443}.get(parts.scheme)
-        host = parts.hostname or ""
-        self.host = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+        self.host = authority(parts.hostname or "", parts.port, default_port)
         self.canonical_uri = quote(parts.path or "/", safe="/~")
         self.service = service
         self.region = region
         self._key_for: tuple[str, str] | None = None
-        self._key = b""
+        self._mac = hmac.new(b"", digestmod="sha256")
+        self._date_second = -1
+        self._date = ""
 
     def headers(
         self,
@@ -49,48 +54,57 @@ class JsonRequestSigner:
         credentials: Credentials,
         amz_date: str | None = None,
     ) -> dict[str, str]:
-        """The request's headers, Authorization included; `amz_date` is for tests."""
-        amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        """The request's headers, Authorization included; `amz_date` is for tests.
+
+        Runs once per AWS call, so each string is built in one piece and the HMAC is a copy
+        of one keyed with the day's key: 4.8 -> 2.7 us a call, micro-benchmarked (BENCHMARKS.md)."""
+        amz_date = amz_date or self._amz_date()
         day = amz_date[:8]
         headers = {"Content-Type": content_type, "X-Amz-Target": target, "X-Amz-Date": amz_date}
-        signed = [
-            ("content-type", content_type),
-            ("host", self.host),
-            ("x-amz-date", amz_date),
-        ]
-        if credentials.token:
-            headers["X-Amz-Security-Token"] = credentials.token
-            signed.append(("x-amz-security-token", credentials.token))
-        signed.append(("x-amz-target", target))
-        names = ";".join(name for name, _ in signed)
-        canonical = "\n".join(
-            (
-                "POST",
-                self.canonical_uri,
-                "",
-                "".join(f"{name}:{value}\n" for name, value in signed),
-                names,
-                hashlib.sha256(body).hexdigest(),
+        token = credentials.token
+        if token:
+            headers["X-Amz-Security-Token"] = token
+            names = SIGNED_WITH_TOKEN
+            canonical_headers = (
+                f"content-type:{content_type}\nhost:{self.host}\nx-amz-date:{amz_date}\n"
+                f"x-amz-security-token:{token}\nx-amz-target:{target}\n"
             )
+        else:
+            names = SIGNED
+            canonical_headers = (
+                f"content-type:{content_type}\nhost:{self.host}\nx-amz-date:{amz_date}\n"
+                f"x-amz-target:{target}\n"
+            )
+        canonical = (
+            f"POST\n{self.canonical_uri}\n\n{canonical_headers}\n{names}\n"
+            f"{sha256(body).hexdigest()}"
         )
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        to_sign = (
-            f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        )
-        signature = hmac.new(
-            self._signing_key(credentials.secret_key, day), to_sign.encode(), "sha256"
-        )
+        to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{sha256(canonical.encode()).hexdigest()}"
+        mac = self._signing_mac(credentials.secret_key, day).copy()
+        mac.update(to_sign.encode())
+        signature = mac.hexdigest()
         headers["Authorization"] = (
             f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={names}, Signature={signature.hexdigest()}"
+            f"SignedHeaders={names}, Signature={signature}"
         )
         return headers
 
-    def _signing_key(self, secret_key: str, day: str) -> bytes:
-        """Four HMACs that change once a day (or with the credentials): computed once."""
+    def _amz_date(self) -> str:
+        """The X-Amz-Date of now, formatted once per second (calls come many a second)."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            self._date_second = second
+        return self._date
+
+    def _signing_mac(self, secret_key: str, day: str) -> hmac.HMAC:
+        """An HMAC keyed with the day's signing key, copied for each request: the four HMACs
+        deriving the key change once a day (or with the credentials), and a copy skips
+        OpenSSL's per-call digest lookup that a new HMAC pays."""
         if self._key_for != (secret_key, day):
             key = f"AWS4{secret_key}".encode()
             for part in (day, self.region, self.service, "aws4_request"):
-                key = hmac.new(key, part.encode(), "sha256").digest()
-            self._key, self._key_for = key, (secret_key, day)
-        return self._key
+                key = hmac.digest(key, part.encode(), "sha256")
+            self._mac, self._key_for = hmac.new(key, digestmod="sha256"), (secret_key, day)
+        return self._mac

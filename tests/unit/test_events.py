@@ -298,6 +298,26 @@ def test_sqs_records_builds_what_sqs_record_builds_for_each_message() -> None:
         },
         {**LAMBDA_EXAMPLE_MESSAGE, "Attributes": {**FIFO_MESSAGE["Attributes"], "Other": "1"}},
         {**LAMBDA_EXAMPLE_MESSAGE, "Body": 'with "quotes" and \u00e9', "Attributes": {}},
+        # Four attributes, but not the usual four: the long way, AWSTraceHeader forwarded.
+        {
+            **LAMBDA_EXAMPLE_MESSAGE,
+            "Attributes": {
+                "ApproximateReceiveCount": "1",
+                "SentTimestamp": "1545082649183",
+                "AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793",
+                "ApproximateFirstReceiveTimestamp": "1545082649185",
+            },
+        },
+        # Five keys, but not the usual five; attributes that are not a mapping.
+        {k: v for k, v in LAMBDA_EXAMPLE_MESSAGE.items() if k != "MD5OfBody"}
+        | {"MD5OfMessageAttributes": "x"},
+        {k: v for k, v in LAMBDA_EXAMPLE_MESSAGE.items() if k != "MD5OfBody"} | {"Other": 1},
+        {**LAMBDA_EXAMPLE_MESSAGE, "Attributes": None},
+        # The usual four in another order: Lambda's order in the record.
+        {
+            **LAMBDA_EXAMPLE_MESSAGE,
+            "Attributes": dict(reversed(list(LAMBDA_EXAMPLE_MESSAGE["Attributes"].items()))),
+        },
     ]
     records = sqs_records(messages, queue_arn=QUEUE, region="us-east-2")
     expected = [sqs_record(m, queue_arn=QUEUE, region="us-east-2") for m in messages]

@@ -138,3 +138,33 @@ async def test_refused_connection_is_a_connection_error() -> None:
 def test_bad_endpoint_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="endpoint URL must be"):
         HttpClient("ftp://example.com")
+
+
+async def test_an_ipv6_literal_endpoint_is_bracketed_in_the_host_header() -> None:
+    """`http://[::1]:port` is reached on ::1 and named `[::1]:port` in Host (RFC 9110 7.2),
+    as botocore names it; unbracketed, `::1:port` is not a host a server can parse."""
+    hosts: list[str] = []
+
+    async def host(request: web.Request) -> web.Response:
+        hosts.append(request.headers["Host"])
+        return web.Response(body=b"ok")
+
+    app = web.Application()
+    app.router.add_post("/", host)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "::1", 0)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = HttpClient(f"http://[::1]:{port}")
+    try:
+        assert client.host_header == f"[::1]:{port}"
+        assert await client.post({}, b"") == (200, b"ok")
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+    assert hosts == [f"[::1]:{port}"]

@@ -10,6 +10,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from esm.aws_json import Route, botocore_route
+from esm.http1 import Proxy
 
 pytestmark = pytest.mark.anyio
 ENDPOINT = "https://sqs.example.test:8443"
@@ -56,8 +57,8 @@ async def test_no_settings_is_a_direct_verified_route() -> None:
 async def test_the_proxy_of_the_endpoints_scheme_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.corp:3128")
     monkeypatch.setenv("HTTP_PROXY", "http://plain.corp:8080")
-    assert await route() == Route("http://user:pw@proxy.corp:3128", True)
-    assert await route("http://sqs.example.test") == Route("http://plain.corp:8080", True)
+    assert await route() == Route(Proxy("proxy.corp", 3128, "Basic dXNlcjpwdw=="), True)
+    assert await route("http://sqs.example.test") == Route(Proxy("plain.corp", 8080), True)
 
 
 async def test_no_proxy_sends_the_endpoint_direct(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,8 @@ from esm.sigv4 import Credentials, JsonRequestSigner
         "http://127.0.0.1:4566",
         "https://sqs.eu-west-1.amazonaws.com:443",
         "http://127.0.0.1:4566/prefix/path",
+        "http://[::1]:4566",
+        "https://[2001:db8::1]",
     ],
 )
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEB4aDH+session/token=="])
@@ -84,3 +86,26 @@ def test_the_signing_key_follows_the_day_and_the_credentials() -> None:
     )
     signatures = {h["Authorization"].rsplit("=", 1)[1] for h in (first, next_day, rotated)}
     assert len(signatures) == 3
+
+
+def test_the_date_is_now_and_signed_as_given() -> None:
+    """X-Amz-Date is formatted once a second and reused: it must still be now, in UTC, and
+    a signature made with it equals one made with the same date given explicitly."""
+    import time
+
+    signer = JsonRequestSigner("http://127.0.0.1:4566", "sqs", "us-east-1")
+    credentials = Credentials("A", "s1")
+    before = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    headers = signer.headers(
+        "AmazonSQS.ReceiveMessage", "application/x-amz-json-1.0", b"{}", credentials
+    )
+    after = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    assert before <= headers["X-Amz-Date"] <= after
+    again = signer.headers(
+        "AmazonSQS.ReceiveMessage",
+        "application/x-amz-json-1.0",
+        b"{}",
+        credentials,
+        amz_date=headers["X-Amz-Date"],
+    )
+    assert again == headers

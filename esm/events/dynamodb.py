@@ -41,6 +41,17 @@ def dynamodb_record(item: dict[str, Any], *, stream_arn: str, region: str) -> di
     return record
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """A canonical form of a record's Keys: records of one item share a lane."""
+    change = record["dynamodb"]
+    return orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def record_arrival(record: dict[str, Any]) -> float:
+    """When the change was written (epoch seconds; 0 when the stream does not say)."""
+    return float(record["dynamodb"].get("ApproximateCreationDateTime") or 0.0)
+
+
 def parse_get_records(raw: bytes, *, stream_arn: str, region: str) -> DynamoDBPage:
     body = orjson.loads(raw)
     records: list[dict[str, Any]] = []
@@ -53,10 +64,8 @@ def parse_get_records(raw: bytes, *, stream_arn: str, region: str) -> DynamoDBPa
         change = record["dynamodb"]
         records.append(record)
         sequence_numbers.append(str(change.get("SequenceNumber", "")))
-        keys_hashes.append(
-            orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode()
-        )
-        arrival_times.append(float(change.get("ApproximateCreationDateTime") or 0.0))
+        keys_hashes.append(record_key(record))
+        arrival_times.append(record_arrival(record))
         sizes.append(len(orjson.dumps(record)))
     return DynamoDBPage(
         records=records,

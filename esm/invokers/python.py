@@ -25,10 +25,10 @@ import sysconfig
 import threading
 import time
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from random import getrandbits
 from types import ModuleType
 from typing import Any
 
@@ -453,7 +453,7 @@ class PythonInvoker:
         return None
 
     async def invoke(self, event: dict[str, Any]) -> InvocationResult:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         started = time.monotonic()
         handler = self._handler or await self._init_again()
         if handler is None:
@@ -527,6 +527,19 @@ class PythonInvoker:
         self._threads.close()
         release_modules(self)
         IN_PROCESS_ENVIRONMENT.release(self)
+
+
+_UUID4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_request_id() -> str:
+    """A random version-4 UUID, as Lambda's aws_request_id is, from the random module:
+    an identifier, not a secret (like `lambda_environment.trace_id`), so no system call
+    and no UUID object per invocation (~1 us against uuid4's ~3 us). The random module
+    is reseeded in a forked child, so a child never repeats its parent's ids."""
+    digits = f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def log_stream_name() -> str:

@@ -180,3 +180,15 @@ def test_quick_and_slow_calls_in_any_order_each_get_their_own_outcome() -> None:
     outcomes, ticks = run(main)
     assert outcomes == [(i,) if i % 5 == 4 else i for i in range(21)]
     assert ticks > 0
+
+
+def test_request_ids_are_distinct_version_4_uuids() -> None:
+    """context.aws_request_id is a random UUID (version 4, RFC 4122 variant), as Lambda's."""
+    import uuid
+
+    ids = [python_invoker.new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from esm.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, BatchBudget, fitting_prefix
 from esm.sources.streams.lane import _take_runs
-from esm.sources.streams.records import RecordFields, RecordRun
+from esm.sources.streams.records import RecordFields, RecordRun, joined
 
 SIZES = st.lists(st.integers(1, 3_000), max_size=30)
 LIMITS = st.tuples(st.integers(1, 12), st.integers(ENVELOPE_BYTES, 20_000))
@@ -100,3 +101,27 @@ def test_a_lane_cuts_the_batches_the_budget_rule_allows(
         assert batch.sequence_numbers == [str(i) for i in batch.indices]
         taken += expected
     assert taken == len(sizes)
+
+
+def test_a_run_becomes_the_stream_records_of_its_lists_wherever_it_was_cut() -> None:
+    """Slices, filtered copies and joins keep every record's event, sequence number and
+    read index together; as StreamRecords (a failed batch) each gets its key and arrival
+    from its event and a size (measured by the page's rule, or exactly once joined)."""
+    fields = RecordFields(key=lambda e: f"k{e['n'] % 3}", arrival=lambda e: float(e["n"]))
+    first, second = run_of([10, 20, 30, 40], 0, False, 5), run_of([50, 60], 4, True, 0)
+    first.fields = second.fields = fields
+    kept = first.keep([True, False, True, True])
+    assert list(kept.indices) == [0, 2, 3] and kept.sequence_numbers == ["0", "2", "3"]
+    batch = joined([kept.slice(1, 3), second])
+    assert list(batch.indices) == [2, 3, 4, 5] and batch.sizes is None
+    records = batch.records()
+    assert [(r.index, r.sequence_number, r.key, r.arrival) for r in records] == [
+        (2, "2", "k2", 2.0),
+        (3, "3", "k0", 3.0),
+        (4, "4", "k1", 4.0),
+        (5, "5", "k2", 5.0),
+    ]
+    assert [r.size for r in records] == [len(orjson.dumps(r.event)) for r in records]
+    assert [r.size for r in first.records()] == [10, 20, 30, 40]  # the page's own measure
+    contiguous = joined([first.slice(0, 2), first.slice(2, 4)])
+    assert contiguous.indices == range(0, 4) and contiguous.events == first.events

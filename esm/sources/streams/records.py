@@ -69,10 +69,11 @@ class RecordRun:
     sizes: list[int] | None
     """Bytes of each record in the event, when measured."""
     size_bound: int
-    """No slice of this run serialises to more bytes than this (records plus nothing)."""
+    """No slice of this run serialises to more bytes than this (its records' JSON, without
+    the commas between them)."""
     fields: RecordFields
     measure: Callable[[list[dict[str, Any]]], list[int]] | None = None
-    """Measures the sizes of these events (None when `sizes` is known)."""
+    """Measures these events' sizes (None for a batch joined from several reads)."""
     indices: Indices = range(0)
     """Set by the poller when it registers the run (`ShardProgress.register`)."""
 
@@ -124,7 +125,10 @@ class RecordRun:
         """The run as `StreamRecord`s (a failed batch, a tumbling window's lane)."""
         sizes = self.sizes
         if sizes is None:
-            sizes = [len(orjson.dumps(event)) for event in self.events]
+            if self.measure is not None:
+                sizes = self.measured_sizes()
+            else:  # a batch joined from several reads: measure each record exactly
+                sizes = [len(orjson.dumps(event)) for event in self.events]
         key, arrival = self.fields.key, self.fields.arrival
         return [
             StreamRecord(event, sequence_number, key(event), arrival(event), size, index)

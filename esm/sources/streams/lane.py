@@ -105,9 +105,7 @@ def _take_runs(runs: deque[RecordRun], offset: int, batch_size: int) -> tuple[Re
     count = sum(stop - start for _, start, stop in spans)
     bounds = sum(run.bound(start, stop) for run, start, stop in spans)
     if ENVELOPE_BYTES + bounds + count - 1 > MAX_PAYLOAD_BYTES:
-        sizes = chain.from_iterable(
-            run.measured_sizes()[start:stop] for run, start, stop in spans
-        )
+        sizes = chain.from_iterable(run.measured_sizes()[start:stop] for run, start, stop in spans)
         spans = _spans(runs, offset, fitting_prefix(sizes, count))
     parts = []
     for run, start, stop in spans:
@@ -120,9 +118,7 @@ def _take_runs(runs: deque[RecordRun], offset: int, batch_size: int) -> tuple[Re
     return joined(parts), offset
 
 
-def _spans(
-    runs: deque[RecordRun], offset: int, count: int
-) -> list[tuple[RecordRun, int, int]]:
+def _spans(runs: deque[RecordRun], offset: int, count: int) -> list[tuple[RecordRun, int, int]]:
     """The (run, start, stop) slices that hold the next `count` records."""
     spans = []
     for run in runs:
@@ -245,11 +241,7 @@ class Lane:
             if self.buffered:
                 deadline = self._first_buffered_at + window
                 remaining = deadline - time.monotonic()
-                if (
-                    self.buffered >= config.batch_size
-                    or remaining <= 0
-                    or self.shard.reading_done
-                ):
+                if self.buffered >= config.batch_size or remaining <= 0 or self.shard.reading_done:
                     return self._take()
                 await self._sleep_until_woken(remaining)
                 continue

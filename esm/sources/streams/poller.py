@@ -51,6 +51,7 @@ BUSY_POLL_INTERVAL = 0.2
 WINDOW_END_READ_DELAY = 0.05
 """How long after a tumbling window's end a quiet shard is read to close the window."""
 
+
 class ReadWindow:
     """Kinesis's per-shard read limit as a sliding window: a read may start when fewer than
     READS_PER_SECOND reads started in the last second. A shard that is behind thus reads

@@ -171,7 +171,8 @@ def test_quick_and_slow_calls_in_any_order_each_get_their_own_outcome() -> None:
                         outcomes.append(await threads.run(handler, i, slow))
                     except ValueError as exc:
                         outcomes.append(exc.args)
-                    assert threads.quick is not slow  # the next call is waited for briefly
+                    if slow:  # the next call is awaited at once (a quick one may be too,
+                        assert not threads.quick  # on a loaded machine: not asserted)
                 tg.cancel_scope.cancel()
         finally:
             threads.close()

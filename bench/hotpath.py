@@ -4,7 +4,7 @@ Kinesis-shaped: `MemoryKinesisSource` implements the `StreamSource` protocol
 (esm/sources/streams/records.py) over pre-serialised GetRecords bodies. Its `read` does what
 `KinesisSource.read` does after the HTTP call: the retry policy wrapper, then
 `esm.events.kinesis.parse_get_records` on the raw body (so JSON parsing and Lambda event
-shaping are measured), then `StreamRecord`s. Real `ShardPoller`s and `Lane`s run on it with
+shaping are measured), then a `RecordRun`. Real `ShardPoller`s and `Lane`s run on it with
 a real `SqliteCheckpointStore` (WAL, synchronous=FULL) and a real in-process Python
 function (`esm.invokers.Function` + `PythonInvoker`, a sync no-op handler).
 

@@ -16,11 +16,11 @@ import orjson
 
 @dataclass(slots=True)
 class DynamoDBPage:
+    """Lambda's records, their sequence numbers and sizes, as parallel lists; a record's
+    lane key and arrival time are read from it when needed (`record_key`, `record_arrival`)."""
+
     records: list[dict[str, Any]]
     sequence_numbers: list[str]
-    keys_hashes: list[str]
-    """A canonical form of each record's Keys: records of one item share a lane."""
-    arrival_times: list[float]
     sizes: list[int]
     next_shard_iterator: str | None
 
@@ -41,28 +41,31 @@ def dynamodb_record(item: dict[str, Any], *, stream_arn: str, region: str) -> di
     return record
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """A canonical form of a record's Keys: records of one item share a lane."""
+    change = record["dynamodb"]
+    return orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def record_arrival(record: dict[str, Any]) -> float:
+    """When the change was written (epoch seconds; 0 when the stream does not say)."""
+    return float(record["dynamodb"].get("ApproximateCreationDateTime") or 0.0)
+
+
 def parse_get_records(raw: bytes, *, stream_arn: str, region: str) -> DynamoDBPage:
     body = orjson.loads(raw)
     records: list[dict[str, Any]] = []
     sequence_numbers: list[str] = []
-    keys_hashes: list[str] = []
-    arrival_times: list[float] = []
     sizes: list[int] = []
     for item in body.get("Records") or []:
         record = dynamodb_record(item, stream_arn=stream_arn, region=region)
         change = record["dynamodb"]
         records.append(record)
         sequence_numbers.append(str(change.get("SequenceNumber", "")))
-        keys_hashes.append(
-            orjson.dumps(change.get("Keys", {}), option=orjson.OPT_SORT_KEYS).decode()
-        )
-        arrival_times.append(float(change.get("ApproximateCreationDateTime") or 0.0))
         sizes.append(len(orjson.dumps(record)))
     return DynamoDBPage(
         records=records,
         sequence_numbers=sequence_numbers,
-        keys_hashes=keys_hashes,
-        arrival_times=arrival_times,
         sizes=sizes,
         next_shard_iterator=body.get("NextShardIterator"),
     )

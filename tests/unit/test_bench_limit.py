@@ -23,7 +23,7 @@ def test_kinesis_limit_builds_the_records_esm_hands_the_handler() -> None:
                 raw, shard_id=shard_id, stream_arn=hotpath.STREAM_ARN, region=hotpath.REGION
             )
             limit = hotpath.kinesis_limit_records(shard_id, raw)
-            assert limit and orjson.dumps(limit) == orjson.dumps([r.event for r in esm.records])
+            assert limit and orjson.dumps(limit) == orjson.dumps(esm.records.events)
     assert hotpath.kinesis_limit(pages) == 60
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import orjson
 
 from esm.events.dynamodb import parse_get_records as parse_dynamodb
+from esm.events.dynamodb import record_arrival as record_arrival_ddb
+from esm.events.dynamodb import record_key as record_key_ddb
+from esm.events.kinesis import MAX_FLOAT_CHARS, record_arrival, record_key
 from esm.events.kinesis import parse_get_records as parse_kinesis
 from esm.events.on_failure import GivenUpBatch, failure_record, s3_failure_object
 from esm.events.sqs import sqs_record, sqs_records
-from esm.sources.streams import StreamRecord
 
 STREAM = "arn:aws:kinesis:us-east-2:123456789012:stream/lambda-stream"
 DDB_STREAM = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2015-06-27T00:48:05.899"
@@ -41,9 +43,8 @@ def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> No
         shard_id="shardId-000000000006",
         stream_arn=STREAM,
         region="us-east-2",
-        record=StreamRecord,
     )
-    assert [r.event for r in page.records] == [
+    assert page.events == [
         {
             "kinesis": {
                 "kinesisSchemaVersion": "1.0",
@@ -63,14 +64,15 @@ def test_kinesis_record_matches_the_lambda_example_and_keeps_data_base64() -> No
         }
     ]
     assert (page.next_shard_iterator, page.millis_behind_latest) == ("next", 1200)
-    (record,) = page.records
-    assert (record.sequence_number, record.key, record.arrival) == (
-        "49590338271490256608559692538361571095921575989136588898",
+    (event,) = page.events
+    assert (page.sequence_numbers, record_key(event), record_arrival(event)) == (
+        ["49590338271490256608559692538361571095921575989136588898"],
         "1",
         1545084650.987,
     )
-    # The size covers the serialised record (it feeds the 6 MB cap).
-    assert record.size >= len(orjson.dumps(record.event))
+    # The size and the page's bound cover the serialised record (they feed the 6 MB cap).
+    (size,) = page.measure(page.events)
+    assert page.size_bound >= size >= len(orjson.dumps(event))
 
 
 def kinesis_item(
@@ -101,13 +103,14 @@ def test_kinesis_record_sizes_never_fall_short_of_the_serialised_record() -> Non
             shard_id="shardId-000000000006",
             stream_arn=STREAM,
             region="us-east-2",
-            record=StreamRecord,
         )
-        assert len(page.records) == len(items)
-        for record in page.records:
-            exact = len(orjson.dumps(record.event))
-            assert exact <= record.size <= exact + 32
-            assert type(record.event["kinesis"]["approximateArrivalTimestamp"]) is float
+        assert len(page.events) == len(page.sequence_numbers) == len(items)
+        sizes = page.sizes if page.sizes is not None else page.measure(page.events)
+        for event, size in zip(page.events, sizes, strict=True):
+            exact = len(orjson.dumps(event))
+            assert exact <= size <= exact + 32
+            assert type(event["kinesis"]["approximateArrivalTimestamp"]) is float
+        assert page.size_bound >= sum(sizes)
 
 
 def test_closed_kinesis_shard_has_no_next_iterator() -> None:
@@ -116,9 +119,8 @@ def test_closed_kinesis_shard_has_no_next_iterator() -> None:
         shard_id="s",
         stream_arn=STREAM,
         region="us-east-2",
-        record=StreamRecord,
     )
-    assert page.records == [] and page.next_shard_iterator is None
+    assert page.events == [] and page.next_shard_iterator is None
 
 
 def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None:
@@ -155,7 +157,7 @@ def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None
     assert record["eventVersion"] == "1.1"
     assert record["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
     assert page.sequence_numbers == ["4421584500000000017450439091"]
-    assert page.arrival_times == [1428537600.0]
+    assert record_arrival_ddb(record) == 1428537600.0
     # Records of the same item share a lane key whatever the key order in the document.
     other = parse_dynamodb(
         orjson.dumps(
@@ -164,7 +166,7 @@ def test_dynamodb_ttl_removal_keeps_user_identity_and_lambda_key_order() -> None
         stream_arn=DDB_STREAM,
         region="us-east-1",
     )
-    assert other.keys_hashes == page.keys_hashes
+    assert record_key_ddb(other.records[0]) == record_key_ddb(record)
 
 
 QUEUE = "arn:aws:sqs:us-east-2:123456789012:my-queue"
@@ -404,3 +406,32 @@ def test_s3_object_carries_the_payload_under_the_aws_key_layout() -> None:
     document = json.loads(body)
     assert document["payload"] == payload
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", document["timestamp"])
+
+
+def test_a_kinesis_page_bound_covers_its_records_and_is_tight_enough_to_skip_measuring() -> None:
+    """A page's size bound (body length less each item's frame, plus the sequence
+    numbers) is never under its records' JSON size, and stays within the timestamps'
+    room of it, so a 10,000-record page of small records is cut without measuring."""
+    items = [
+        kinesis_item(
+            49590338271490256608559692538361571095921575989136588898 + i,
+            f"pk-{i}",
+            b'{"type":"order","id":%d}' % i,
+            1545084650.987,
+        )
+        for i in range(10_000)
+    ]
+    for body in (orjson.dumps({"Records": items}), json.dumps({"Records": items}).encode()):
+        page = parse_kinesis(
+            body, shard_id="shardId-000000000006", stream_arn=STREAM, region="us-east-2"
+        )
+        assert page.sizes is None
+        exact = sum(len(orjson.dumps(event)) for event in page.events)
+        assert exact <= sum(page.measure(page.events)) <= page.size_bound
+    compact = parse_kinesis(
+        orjson.dumps({"Records": items}),
+        shard_id="shardId-000000000006",
+        stream_arn=STREAM,
+        region="us-east-2",
+    )
+    assert compact.size_bound <= exact + 10_000 * (MAX_FLOAT_CHARS + 1)

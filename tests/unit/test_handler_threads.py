@@ -136,3 +136,60 @@ def test_idle_threads_stop(monkeypatch: pytest.MonkeyPatch) -> None:
             threads.close()
 
     run(main)
+
+
+def test_quick_and_slow_calls_in_any_order_each_get_their_own_outcome() -> None:
+    """A handler whose last call was quick is waited for briefly on the loop thread; one
+    slower than the brief wait is awaited. Mixed, in any order, every call gets its own
+    result or error (no outcome is taken twice or by the wrong call), and the loop keeps
+    running other tasks while a slow one runs."""
+    pause = 20 * python_invoker.BRIEF_WAIT_SECONDS
+
+    def handler(i: int, slow: bool) -> int:
+        if slow:
+            time.sleep(pause)
+        if i % 5 == 4:
+            raise ValueError(i)
+        return i
+
+    async def main() -> tuple[list[object], int]:
+        threads = HandlerThreads("t")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(pause / 4)
+
+        outcomes: list[object] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                for i, slow in enumerate([False, True, True, False, False, True, False] * 3):
+                    try:
+                        outcomes.append(await threads.run(handler, i, slow))
+                    except ValueError as exc:
+                        outcomes.append(exc.args)
+                    if slow:  # the next call is awaited at once (a quick one may be too,
+                        assert not threads.quick  # on a loaded machine: not asserted)
+                tg.cancel_scope.cancel()
+        finally:
+            threads.close()
+        return outcomes, ticks
+
+    outcomes, ticks = run(main)
+    assert outcomes == [(i,) if i % 5 == 4 else i for i in range(21)]
+    assert ticks > 0
+
+
+def test_request_ids_are_distinct_version_4_uuids() -> None:
+    """context.aws_request_id is a random UUID (version 4, RFC 4122 variant), as Lambda's."""
+    import uuid
+
+    ids = [python_invoker.new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

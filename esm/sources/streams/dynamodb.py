@@ -10,14 +10,17 @@ from botocore.exceptions import ClientError
 from esm.arns import SourceArn
 from esm.aws import AwsClients, error_code
 from esm.aws_json import JsonApi
-from esm.events.dynamodb import parse_get_records
+from esm.events.dynamodb import parse_get_records, record_arrival, record_key
 from esm.sources.streams.records import (
     ExpiredIterator,
     Position,
     ReadResult,
+    RecordFields,
+    RecordRun,
     ShardInfo,
-    StreamRecord,
 )
+
+DYNAMODB_FIELDS = RecordFields(key=record_key, arrival=record_arrival)
 
 MAX_DYNAMODB_RECORDS_PER_READ = 1000
 
@@ -78,17 +81,9 @@ class DynamoDBStreamSource:
                 raise ExpiredIterator(str(exc)) from exc
             raise
         page = parse_get_records(raw, stream_arn=self.source.arn, region=self.source.region)
-        records = [
-            StreamRecord(event, seq, key, arrival, size)
-            for event, seq, key, arrival, size in zip(
-                page.records,
-                page.sequence_numbers,
-                page.keys_hashes,
-                page.arrival_times,
-                page.sizes,
-                strict=True,
-            )
-        ]
+        records = RecordRun(
+            page.records, page.sequence_numbers, page.sizes, sum(page.sizes), DYNAMODB_FIELDS
+        )
         return ReadResult(records, page.next_shard_iterator, None)
 
     async def aclose(self) -> None:

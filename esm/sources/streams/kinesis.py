@@ -10,15 +10,18 @@ from botocore.exceptions import ClientError
 from esm.arns import SourceArn
 from esm.aws import AwsClients, error_code
 from esm.aws_json import JsonApi
-from esm.events.kinesis import parse_get_records
+from esm.events.kinesis import parse_get_records, record_arrival, record_key
 from esm.sources.streams.records import (
     MAX_RECORDS_PER_READ,
     ExpiredIterator,
     Position,
     ReadResult,
+    RecordFields,
+    RecordRun,
     ShardInfo,
-    StreamRecord,
 )
+
+KINESIS_FIELDS = RecordFields(key=record_key, arrival=record_arrival)
 
 
 class KinesisSource:
@@ -104,7 +107,13 @@ class KinesisSource:
 
 def read_result(raw: bytes, *, shard_id: str, stream_arn: str, region: str) -> ReadResult:
     """A raw GetRecords body as the shard poller's ReadResult (also the benchmark's input)."""
-    page = parse_get_records(
-        raw, shard_id=shard_id, stream_arn=stream_arn, region=region, record=StreamRecord
+    page = parse_get_records(raw, shard_id=shard_id, stream_arn=stream_arn, region=region)
+    records = RecordRun(
+        page.events,
+        page.sequence_numbers,
+        page.sizes,
+        page.size_bound,
+        KINESIS_FIELDS,
+        page.measure,
     )
-    return ReadResult(page.records, page.next_shard_iterator, page.millis_behind_latest)
+    return ReadResult(records, page.next_shard_iterator, page.millis_behind_latest)

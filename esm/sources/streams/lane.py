@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import islice, repeat, starmap
+from itertools import chain
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -45,7 +45,7 @@ from esm.sources.streams.policy import (
     next_segments,
     without_expired,
 )
-from esm.sources.streams.records import StreamRecord
+from esm.sources.streams.records import Indices, RecordRun, StreamRecord, joined
 from esm.sources.streams.tumbling import (
     Window,
     WindowState,
@@ -93,22 +93,42 @@ class LaneShard(Protocol):
         ...
 
 
-_size = attrgetter("size")
 _event = attrgetter("event")
 
 
-def _take_prefix(buffer: deque[StreamRecord], batch_size: int) -> list[StreamRecord]:
-    """Pop the next batch off a lane's buffer: batch_size records, or fewer when 6 MB
-    is reached. Summing the sizes and popping run in C when the whole prefix fits,
-    the usual case; only a prefix near the cap is cut record by record."""
-    count = min(batch_size, len(buffer))
-    if ENVELOPE_BYTES + sum(map(_size, islice(buffer, count))) + count - 1 > MAX_PAYLOAD_BYTES:
-        count = fitting_prefix(map(_size, buffer), batch_size)
-    if count == len(buffer):
-        batch = list(buffer)
-        buffer.clear()
-        return batch
-    return list(starmap(buffer.popleft, repeat((), count)))
+def _take_runs(runs: deque[RecordRun], offset: int, batch_size: int) -> tuple[RecordRun, int]:
+    """Cut the next batch off a lane's runs, starting `offset` records into the first:
+    batch_size records, or fewer when 6 MB is reached. Returns the batch and the offset
+    into what is then the first run. Whole lists are sliced; records are measured only
+    when the runs' size bounds do not already fit under the cap."""
+    spans = _spans(runs, offset, batch_size)
+    count = sum(stop - start for _, start, stop in spans)
+    bounds = sum(run.bound(start, stop) for run, start, stop in spans)
+    if ENVELOPE_BYTES + bounds + count - 1 > MAX_PAYLOAD_BYTES:
+        sizes = chain.from_iterable(run.measured_sizes()[start:stop] for run, start, stop in spans)
+        spans = _spans(runs, offset, fitting_prefix(sizes, count))
+    parts = []
+    for run, start, stop in spans:
+        parts.append(run.slice(start, stop))
+        if stop == len(run):
+            runs.popleft()
+            offset = 0
+        else:
+            offset = stop
+    return joined(parts), offset
+
+
+def _spans(runs: deque[RecordRun], offset: int, count: int) -> list[tuple[RecordRun, int, int]]:
+    """The (run, start, stop) slices that hold the next `count` records."""
+    spans = []
+    for run in runs:
+        stop = min(len(run), offset + count)
+        spans.append((run, offset, stop))
+        count -= stop - offset
+        offset = 0
+        if not count:
+            break
+    return spans
 
 
 class _CloseWindow:
@@ -126,6 +146,14 @@ class Lane:
         self.ctx = ctx
         self.index = index
         self.buffer: deque[StreamRecord] = deque()
+        """Records of a lane with tumbling windows (cut record by record, by window)."""
+        self._runs: deque[RecordRun] = deque()
+        """Records of every other lane, as the runs the poller pushed (cut by slicing)."""
+        self._offset = 0
+        """Records of the first run already taken."""
+        self._count = 0
+        """Records in `_runs` not yet taken."""
+        self._tumbling = ctx.config.tumbling_window_in_seconds > 0
         self.finished = False
         self._wakeup = anyio.Event()
         self._first_buffered_at = 0.0
@@ -148,17 +176,21 @@ class Lane:
 
     @property
     def buffered(self) -> int:
-        return len(self.buffer)
+        return len(self.buffer) + self._count
 
     @property
     def window_end(self) -> float | None:
         """End of the open tumbling window, if one is open."""
         return self.window.window.end if self.window is not None else None
 
-    def push(self, records: list[StreamRecord]) -> None:
-        if not self.buffer:
+    def push(self, records: RecordRun) -> None:
+        if not self.buffered:
             self._first_buffered_at = time.monotonic()
-        self.buffer.extend(records)
+        if self._tumbling:
+            self.buffer.extend(records.records())
+        else:
+            self._runs.append(records)
+            self._count += len(records)
         self.wake()
 
     def wake(self) -> None:
@@ -196,7 +228,7 @@ class Lane:
 
     # --- buffer and batch cut ---------------------------------------------------------------
 
-    async def _next_batch(self) -> list[StreamRecord] | _CloseWindow | None:
+    async def _next_batch(self) -> RecordRun | list[StreamRecord] | _CloseWindow | None:
         """Wait for records, then take a batch: batch_size, the window, or 6 MB; or say
         that the open tumbling window is over."""
         config = self.ctx.config
@@ -206,14 +238,10 @@ class Lane:
                 return None
             if self.window is not None and self._window_over():
                 return CLOSE_WINDOW
-            if self.buffer:
+            if self.buffered:
                 deadline = self._first_buffered_at + window
                 remaining = deadline - time.monotonic()
-                if (
-                    len(self.buffer) >= config.batch_size
-                    or remaining <= 0
-                    or self.shard.reading_done
-                ):
+                if self.buffered >= config.batch_size or remaining <= 0 or self.shard.reading_done:
                     return self._take()
                 await self._sleep_until_woken(remaining)
                 continue
@@ -226,12 +254,13 @@ class Lane:
         with anyio.move_on_after(seconds if seconds is not None else math.inf):
             await self._wakeup.wait()
 
-    def _take(self) -> list[StreamRecord]:
-        buffer = self.buffer
-        if self.ctx.config.tumbling_window_in_seconds > 0:
+    def _take(self) -> RecordRun | list[StreamRecord]:
+        batch: RecordRun | list[StreamRecord]
+        if self._tumbling:
             batch = self._take_within_window()
         else:
-            batch = _take_prefix(buffer, self.ctx.config.batch_size)
+            batch, self._offset = _take_runs(self._runs, self._offset, self.ctx.config.batch_size)
+            self._count -= len(batch)
         self._first_buffered_at = time.monotonic()
         self.shard.space_freed()
         return batch
@@ -313,31 +342,64 @@ class Lane:
 
     # --- invoking a batch until the policy says it is done ------------------------------------
 
-    async def _handle(self, batch: list[StreamRecord]) -> bool:
+    async def _handle(self, batch: RecordRun | list[StreamRecord]) -> bool:
+        """Invoke until every record of the batch succeeded or was given up. A run is
+        invoked as it is; only when that first invocation does not simply succeed (or
+        leading records are too old) does it become `StreamRecord`s for the policy."""
+        if isinstance(batch, list):
+            return await self._handle_records(batch)
+        rules = self._rules
+        if self._stopping():
+            return False
+        if rules.maximum_record_age_in_seconds >= 0 and expired(
+            batch.events, time.time(), rules, arrival=batch.fields.arrival
+        ):
+            return await self._handle_records(batch.records())
+        if not self.shard.owned():
+            return False
+        result = await self._invoke(batch.events)
+        report = rules.report_batch_item_failures
+        ids = set(batch.sequence_numbers) if report else frozenset[str]()
+        verdict = judge(result, ids, report)
+        if not result.throttled and verdict.failed_ids is not None and not verdict.failed_ids:
+            self._complete(batch.indices)  # Done: the policy's answer for this verdict
+            return True
+        return await self._handle_records(batch.records(), (result, verdict))
+
+    async def _handle_records(
+        self,
+        batch: list[StreamRecord],
+        first: tuple[InvocationResult, BatchVerdict] | None = None,
+    ) -> bool:
         """Invoke until every record of the batch succeeded or was given up, asking the
         policy what to do after each invocation (bisect halves wait on a stack, first half
-        on top). False if stopping abandoned it (nothing of what remains is checkpointed)."""
+        on top). `first` is the batch's first invocation when it was already made. False
+        if stopping abandoned it (nothing of what remains is checkpointed)."""
         rules = self._rules
         work: list[Segment[StreamRecord]] = [Segment(batch)]
         while work:
             segment: Segment[StreamRecord] | None = work.pop()
             assert segment is not None
-            if self._stopping():
-                return False
-            too_old = expired(segment.records, time.time(), rules)
-            if too_old is not None:
-                records = segment.records[: too_old.count]
-                invocations = max(segment.invocations, 1)
-                if not await self._give_up(records, too_old.condition, invocations, None):
+            if first is not None:
+                (result, verdict), first = first, None
+                records = segment.records
+            else:
+                if self._stopping():
                     return False
-                segment = without_expired(segment, too_old)
-                if segment is None:
-                    continue
-            if not self.shard.owned():
-                return False
-            records = segment.records
-            result = await self._invoke(records)
-            verdict = self._judge(result, records)
+                too_old = expired(segment.records, time.time(), rules)
+                if too_old is not None:
+                    records = segment.records[: too_old.count]
+                    invocations = max(segment.invocations, 1)
+                    if not await self._give_up(records, too_old.condition, invocations, None):
+                        return False
+                    segment = without_expired(segment, too_old)
+                    if segment is None:
+                        continue
+                if not self.shard.owned():
+                    return False
+                records = segment.records
+                result = await self._invoke(list(map(_event, records)))
+                verdict = self._judge(result, records)
             decision = decide(verdict, records, segment.attempts, rules, throttled=result.throttled)
             if not await self._apply(decision, verdict, segment, result):
                 return False
@@ -395,10 +457,9 @@ class Lane:
         ids = {r.sequence_number for r in batch} if report else frozenset[str]()
         return judge(result, ids, report)
 
-    async def _invoke(self, batch: Sequence[StreamRecord]) -> InvocationResult:
-        self._m_batch.observe(len(batch))
-        self._m_invoked.inc(len(batch))
-        records = list(map(_event, batch))
+    async def _invoke(self, records: list[dict[str, Any]]) -> InvocationResult:
+        self._m_batch.observe(len(records))
+        self._m_invoked.inc(len(records))
         if self.window is None:
             return await self.ctx.function.invoke(self.ctx.envelope(records))
         event = window_event(
@@ -409,18 +470,17 @@ class Lane:
         )
         return await self.ctx.function.invoke(event)
 
-    def _complete(self, batch: Sequence[StreamRecord]) -> None:
-        if batch and batch[-1].index - batch[0].index == len(batch) - 1:
-            # A lane's records are in read order, so this batch is one run of indices.
-            self.shard.complete(range(batch[0].index, batch[-1].index + 1))
-        else:
-            self.shard.complete(r.index for r in batch)
+    def _complete(self, indices: Indices) -> None:
+        if type(indices) is not range and indices and indices[-1] - indices[0] == len(indices) - 1:
+            # A lane's records are in read order, so these are one run of indices.
+            indices = range(indices[0], indices[-1] + 1)
+        self.shard.complete(indices)
 
     def _succeeded(self, batch: Sequence[StreamRecord], response: Any) -> None:
         """The function processed these records. Within a tumbling window they are held
         back until the window's final invocation succeeded, then checkpointed together."""
         if self.window is None:
-            self._complete(batch)
+            self._complete([r.index for r in batch])
             return
         self.window.state = returned_state(response) or {}
         self.window.indices.extend(r.index for r in batch)
@@ -438,7 +498,7 @@ class Lane:
             batch, condition, invocations, function_error, request_id
         ):
             return False
-        self._complete(batch)
+        self._complete([r.index for r in batch])
         return True
 
     async def _pause(self, seconds: float) -> bool:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from operator import attrgetter
+from itertools import compress
 
 import anyio
 
@@ -34,8 +35,8 @@ from esm.sources.streams.records import (
     ExpiredIterator,
     Position,
     ReadResult,
+    RecordRun,
     ShardInfo,
-    StreamRecord,
 )
 from esm.state.base import Checkpoint
 
@@ -49,8 +50,6 @@ BUSY_POLL_INTERVAL = 0.2
 (bench/hotpath.py, to measure CPU rather than the limit)."""
 WINDOW_END_READ_DELAY = 0.05
 """How long after a tumbling window's end a quiet shard is read to close the window."""
-
-_sequence_number = attrgetter("sequence_number")
 
 
 class ReadWindow:
@@ -199,7 +198,7 @@ class ShardPoller:
                 iterator = await ctx.source.iterator_at(self.shard.shard_id, position)
                 continue
             if result.records:
-                last_read = result.records[-1].sequence_number
+                last_read = result.records.sequence_numbers[-1]
                 self._accept(result.records)
             self._report_age(result)
             if result.next_iterator is None or (self.shard.closed and not result.records):
@@ -265,37 +264,45 @@ class ShardPoller:
             return math.inf
         return max(0.0, min(unconfirmed) - time.time()) + WINDOW_END_READ_DELAY
 
-    def _accept(self, records: list[StreamRecord]) -> None:
-        """Register records for checkpointing; filtered-out ones are done at once."""
-        self._m_polled.inc(len(records))
-        first = self.progress.register(map(_sequence_number, records))
-        for offset, record in enumerate(records):
-            record.index = first + offset
+    def _accept(self, records: RecordRun) -> None:
+        """Register records for checkpointing; filtered-out ones are done at once. The
+        run moves as whole lists (one range of indices, one verdict list), nothing per
+        record but the filter itself."""
+        count = len(records)
+        self._m_polled.inc(count)
+        first = self.progress.register(records.sequence_numbers)
+        records.indices = range(first, first + count)
         passes = self._passes
         if passes is not None:
-            passed = [r for r in records if passes(r.event)]
-            if len(passed) < len(records):
-                keep = {r.index for r in passed}
-                self._m_filtered.inc(len(records) - len(passed))
-                self.progress.complete(r.index for r in records if r.index not in keep)
+            verdicts = list(map(passes, records.events))
+            passed = sum(verdicts)
+            if passed < count:
+                self._m_filtered.inc(count - passed)
+                self.progress.complete(
+                    list(compress(records.indices, map(operator.not_, verdicts)))
+                )
                 self.progressed()
-            records = passed
+                if not passed:
+                    return
+                records = records.keep(verdicts)
         lanes = self.lanes
         if len(lanes) == 1:
             lanes[0].push(records)
             return
-        split: list[list[StreamRecord]] = [[] for _ in lanes]
-        for record in records:
-            split[zlib.crc32(record.key.encode()) % len(lanes)].append(record)
-        for lane, part in zip(lanes, split, strict=True):
-            if part:
-                lane.push(part)
+        key = records.fields.key
+        split: list[list[bool]] = [[False] * len(records) for _ in lanes]
+        for position, event in enumerate(records.events):
+            split[zlib.crc32(key(event).encode()) % len(lanes)][position] = True
+        for lane, verdicts in zip(lanes, split, strict=True):
+            if any(verdicts):
+                lane.push(records.keep(verdicts))
 
     def _report_age(self, result: ReadResult) -> None:
         if result.millis_behind is not None:
             self._m_age.set(result.millis_behind / 1000)
         elif result.records:
-            self._m_age.set(max(0.0, time.time() - result.records[-1].arrival))
+            last = result.records
+            self._m_age.set(max(0.0, time.time() - last.fields.arrival(last.events[-1])))
         else:
             self._m_age.set(0)
 

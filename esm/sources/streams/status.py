@@ -68,7 +68,8 @@ async def _iterator_age(
     except Exception as exc:
         return f"? ({type(exc).__name__})"
     if result.records:
-        seconds = max(0.0, time.time() - result.records[0].arrival)
+        records = result.records
+        seconds = max(0.0, time.time() - records.fields.arrival(records.events[0]))
     elif result.millis_behind is not None:
         seconds = result.millis_behind / 1000
     else:

@@ -7,11 +7,19 @@ records as lists per shard and serves a page as one orjson dump. It reports
 `MillisBehindLatest` as AWS does (0 only at the tip, which kinesalite never reports
 otherwise), so a consumer is bound by its own cost.
 
+Each record is encoded once, when it is put, so a page of 10,000 is one bytes join (~0.1 ms),
+not a dump of 10,000 dicts (~10-30 ms) during which the server's one loop would answer no
+other shard's call: a page of one shard must not delay another shard's GetShardIterator or
+GetRecords, or a drain measures this server's queue rather than its consumer.
+
 Implemented: CreateStream, DescribeStream(Summary), ListShards, PutRecord(s),
 GetShardIterator (TRIM_HORIZON, LATEST, AT/AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP) and
-GetRecords, plus `BenchStats` (not AWS: calls served per operation). No resharding, no
-throughput limits (AWS allows 5 reads and 2 MB per second per shard), and iterators never
-expire. It is not a conformance target: kinesalite and moto are.
+GetRecords (10,000 records per call at most, as AWS), plus `BenchStats` (not AWS: calls
+served per operation) and `BenchTrace` (not AWS: when each call arrived and was answered,
+on the machine's monotonic clock, and the most GetRecords any shard took in one second).
+No resharding, iterators never expire, and AWS's 5 reads and 2 MB per second per shard are
+not enforced but traced: a benchmark checks from `BenchTrace` that a consumer kept them.
+It is not a conformance target: kinesalite and moto are.
 
 Run: `python -m bench.fake_kinesis --host 127.0.0.1 --port PORT` (loopback only).
 """
@@ -49,6 +57,8 @@ class Shard:
     records: list[dict[str, Any]] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
+    encoded: list[bytes] = field(default_factory=list)
+    """Each record's JSON, encoded once when it is put (a page is then one join)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -94,10 +104,23 @@ class FakeKinesis:
         self.streams: dict[str, Stream] = {}
         self.next_sequence = FIRST_SEQUENCE
         self.calls: dict[str, int] = {}
+        self.trace: list[tuple[str, str, float, float, int]] = []
+        """(operation, shard id or "", monotonic arrival, monotonic answer, records served)
+        of each call."""
+        self._served = 0
 
     def BenchStats(self, p: dict[str, Any]) -> dict[str, Any]:
         """Not AWS: calls served per operation, so a benchmark can tell a consumer's poll rate."""
         return {"Calls": dict(self.calls)}
+
+    def BenchTrace(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Not AWS: the calls traced since the last `BenchTrace` with `Reset` (then cleared),
+        and the most GetRecords calls one shard received within any one second, the number
+        AWS's limit of 5 reads per second per shard bounds."""
+        trace = self.trace
+        if p.get("Reset"):
+            self.trace = []
+        return {"Calls": trace, "MostReadsInOneSecond": most_reads_in_one_second(trace)}
 
     def stream(self, p: dict[str, Any]) -> Stream:
         name = p.get("StreamName") or str(p.get("StreamARN", "")).rpartition("/")[2]
@@ -173,6 +196,7 @@ class FakeKinesis:
         )
         shard.sequences.append(sequence)
         shard.arrivals.append(now)
+        shard.encoded.append(orjson.dumps(shard.records[-1]))
         return {"SequenceNumber": str(sequence), "ShardId": shard.shard_id}
 
     def PutRecord(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +224,8 @@ class FakeKinesis:
             raise KinesisError("InvalidArgumentException", f"bad ShardIteratorType {kind}")
         return {"ShardIterator": f"{s.name}|{shard.shard_id}|{position}"}
 
-    def GetRecords(self, p: dict[str, Any]) -> dict[str, Any]:
+    def GetRecords(self, p: dict[str, Any]) -> bytes:
+        """One page as bytes: the records' JSON, encoded when they were put, joined."""
         try:
             name, shard_id, position_text = p["ShardIterator"].split("|")
             position = int(position_text)
@@ -208,18 +233,16 @@ class FakeKinesis:
             raise KinesisError("InvalidArgumentException", "invalid ShardIterator") from None
         shard = self.stream({"StreamName": name}).shard(shard_id)
         limit = max(1, min(10_000, int(p.get("Limit") or 10_000)))
-        records = shard.records[position : position + limit]
-        end = position + len(records)
+        page = shard.encoded[position : position + limit]
+        end = position + len(page)
         behind = 0
         if end < len(shard.records):
             behind = max(
-                1, int((shard.arrivals[-1] - shard.arrivals[end - 1 if records else end]) * 1000)
+                1, int((shard.arrivals[-1] - shard.arrivals[end - 1 if page else end]) * 1000)
             )
-        return {
-            "Records": records,
-            "NextShardIterator": f"{name}|{shard_id}|{end}",
-            "MillisBehindLatest": behind,
-        }
+        self._served = len(page)
+        tail = {"NextShardIterator": f"{name}|{shard_id}|{end}", "MillisBehindLatest": behind}
+        return b"".join((b'{"Records":[', b",".join(page), b"],", orjson.dumps(tail)[1:]))
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -231,15 +254,40 @@ class FakeKinesis:
             if handler is None:
                 raise KinesisError("UnknownOperationException", f"unsupported operation {target!r}")
             self.calls[operation] = self.calls.get(operation, 0) + 1
-            result = handler(orjson.loads(await request.read() or b"{}"))
-            return web.Response(
-                body=orjson.dumps(result), content_type="application/x-amz-json-1.1"
-            )
+            arrived, self._served = time.monotonic(), 0
+            payload = orjson.loads(await request.read() or b"{}")
+            result = handler(payload)
+            body = result if isinstance(result, bytes) else orjson.dumps(result)
+            if not operation.startswith("Bench"):
+                answered = time.monotonic()
+                self.trace.append((operation, _shard_of(payload), arrived, answered, self._served))
+            return web.Response(body=body, content_type="application/x-amz-json-1.1")
         except KinesisError as exc:
             body = orjson.dumps({"__type": exc.code, "message": str(exc)})
             return web.Response(
                 status=exc.status, body=body, content_type="application/x-amz-json-1.1"
             )
+
+
+def _shard_of(payload: dict[str, Any]) -> str:
+    if "ShardId" in payload:
+        return str(payload["ShardId"])
+    iterator = payload.get("ShardIterator")
+    return str(iterator).split("|")[1] if isinstance(iterator, str) and "|" in iterator else ""
+
+
+def most_reads_in_one_second(trace: list[tuple[str, str, float, float, int]]) -> int:
+    """The most GetRecords calls that arrived for one shard within any one second."""
+    arrivals: dict[str, list[float]] = {}
+    for operation, shard_id, arrived, _, _ in trace:
+        if operation == "GetRecords":
+            arrivals.setdefault(shard_id, []).append(arrived)
+    most = 0
+    for times in arrivals.values():
+        times.sort()
+        for i, start in enumerate(times):
+            most = max(most, bisect.bisect_left(times, start + 1.0) - i)
+    return most
 
 
 def main() -> None:

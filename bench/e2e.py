@@ -451,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch-sizes", default="10000,100")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="drains run first and not counted (in `python -m bench` the kinesalite drains "
+        "before these have imported everything a daemon imports when it starts)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the runs as JSON here")
     args = parser.parse_args(argv)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -459,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     with endpoints.start_fake_kinesis() as endpoint, quiet_esm_logging():
         name = f"bench-drain-{int(time.time())}"
         prepare_stream(endpoint, name, 4, args.records, print)
+        for _ in range(args.warmup):
+            esm_kinesis_drain(endpoint, name, args.records, batch_sizes[0], 60)
         for repeat in range(args.repeats):
             for batch_size in batch_sizes:
                 result = esm_kinesis_drain(endpoint, name, args.records, batch_size, 60)

@@ -221,6 +221,9 @@ def drain_timeline(trace: dict[str, Any], started: float, seconds: float) -> dic
         "shards": summary,
         "end_ms": round(1000 * seconds, 1),
         "most_reads_in_one_second": trace["MostReadsInOneSecond"],
+        "shortest_six_read_span_ms": (
+            None if trace["ShortestSixReadSpan"] is None else 1000 * trace["ShortestSixReadSpan"]
+        ),
     }
 
 
@@ -499,8 +502,8 @@ def _timeline_line(timeline: dict[str, Any] | None) -> str:
         f"critical shard: iterator {worst['iterator_ms']:.0f}, first read "
         f"{worst['first_read_ms']:.0f}, last read {worst['last_read_ms']:.0f} "
         f"(+{worst['first_to_last_read_ms']:.0f}), answered {worst['last_read_answered_ms']:.0f}, "
-        f"end {timeline['end_ms']:.0f} ms; most reads/s/shard "
-        f"{timeline['most_reads_in_one_second']}"
+        f"end {timeline['end_ms']:.0f} ms; shortest 6-read span "
+        f"{timeline['shortest_six_read_span_ms'] or 0:.1f} ms"
     )
 
 

@@ -462,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         "before these have imported everything a daemon imports when it starts)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the runs as JSON here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="then profile one more drain (first batch size) with pyinstrument, written here",
+    )
     args = parser.parse_args(argv)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     endpoints.use_local_credentials()
@@ -478,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                 line = _timeline_line(result.get("timeline"))
                 print(f"  #{repeat} batch {batch_size}: {result['seconds']:.3f} s  {line}")
         limit = read_limit(endpoint, name, args.records)
+        if args.profile is not None:
+            _profile_drain(endpoint, name, args.records, batch_sizes[0], args.profile)
     for batch_size, results in runs.items():
         seconds = [r["seconds"] for r in results]
         median = statistics.median(seconds)
@@ -489,6 +497,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps({"runs": runs, "limit": limit}, indent=1))
     return 0
+
+
+def _profile_drain(endpoint: Endpoint, name: str, records: int, batch_size: int, out: Path) -> None:
+    """One drain under pyinstrument (wall-clock samples of this process's main thread, every
+    0.5 ms, from the daemon's start to the handler's last batch), and its timeline."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    result = esm_kinesis_drain(endpoint, name, records, batch_size, 60)
+    profiler.stop()
+    header = (
+        f"drain of {records:,} records, batch {batch_size:,}: {result['seconds']:.3f} s "
+        f"(under the profiler)\n{_timeline_line(result.get('timeline'))}\n\n"
+    )
+    out.write_text(header + profiler.output_text(unicode=False, show_all=False))
 
 
 def _timeline_line(timeline: dict[str, Any] | None) -> str:

@@ -32,6 +32,7 @@ import argparse
 import bisect
 import hashlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ ACCOUNT = "000000000000"
 REGION = "us-east-1"
 FIRST_SEQUENCE = 49590338271490256608559692538361571095921575989136588898
 HASH_SPACE = 2**128
+TRACE_LIMIT = 200_000
 
 
 class KinesisError(Exception):
@@ -104,9 +106,9 @@ class FakeKinesis:
         self.streams: dict[str, Stream] = {}
         self.next_sequence = FIRST_SEQUENCE
         self.calls: dict[str, int] = {}
-        self.trace: list[tuple[str, str, float, float, int]] = []
+        self.trace: deque[tuple[str, str, float, float, int]] = deque(maxlen=TRACE_LIMIT)
         """(operation, shard id or "", monotonic arrival, monotonic answer, records served)
-        of each call."""
+        of each call, the latest TRACE_LIMIT (a long idle-shard run makes ~1,000 a second)."""
         self._served = 0
 
     def BenchStats(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -117,9 +119,9 @@ class FakeKinesis:
         """Not AWS: the calls traced since the last `BenchTrace` with `Reset` (then cleared),
         and the most GetRecords calls one shard received within any one second, the number
         AWS's limit of 5 reads per second per shard bounds."""
-        trace = self.trace
+        trace = list(self.trace)
         if p.get("Reset"):
-            self.trace = []
+            self.trace.clear()
         return {
             "Calls": trace,
             "MostReadsInOneSecond": most_reads_in_one_second(trace),

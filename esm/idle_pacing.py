@@ -171,7 +171,7 @@ class FirstReadGate:
     (~15 ms for 10,000 records) holds up the loop before the other shards get theirs. Since
     Kinesis allows 5 reads per second per shard, every later read of those shards starts
     that much later too: a 6-page shard's last read is due 1 s after its first read
-    (BENCHMARKS.md figure 2: 20 ms of a 4-shard drain). So a shard positioned while others
+    (BENCHMARKS.md figure 2: ~25 ms of a 4-shard drain). So a shard positioned while others
     are still getting their iterator waits for them, at most FIRST_READ_GATHER."""
 
     def __init__(self) -> None:

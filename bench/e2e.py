@@ -10,8 +10,18 @@ the other. The naive consumer is one loop: ReceiveMessage (10, long poll) -> han
 DeleteMessageBatch. esm runs with `maximum_concurrency` 10.
 
 esm runs as its real daemon (`esm.daemon.Daemon`, aiobotocore, in-process Python handler)
-in this process; the clock starts when the daemon starts and stops when the handler has
-seen every record. The handler is the same counting no-op on both sides.
+in this process; the clock starts when the daemon starts (its start is part of a drain, as
+the naive loop's client creation is part of its own) and stops when the handler finished
+the batch that completed the count (`esm_bench_handlers.LAST_AT`, not when the waiting loop
+next looks). The handler is the same counting no-op on both sides.
+
+On bench.fake_kinesis each esm drain also gets its timeline from the server's trace
+(`drain_timeline`): when the first call, each shard's first and last GetRecords arrived,
+and the shortest span of 6 reads of one shard (AWS allows 5 a second: >= 1 s, less what the
+server's one loop delayed the first of them on its way in).
+
+`python -m bench.e2e --repeats N` runs only the fake_kinesis streams drain, N times per
+batch size, interleaved, and prints each drain's timeline (the profile of figure 2's floor).
 """
 
 from __future__ import annotations
@@ -57,16 +67,18 @@ async def _daemon_until(config: Any, expected: int, timeout: float) -> dict[str,
     h = handlers()
     h.reset()
     daemon = Daemon(config)
+    started_monotonic = time.monotonic()
     with measure() as span:
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
             with anyio.move_on_after(timeout):
                 while expected > h.RECORDS:
                     await anyio.sleep(0.005)
-            drained_wall = span.elapsed() if expected <= h.RECORDS else None
+            drained_wall = h.LAST_AT - span.started if expected <= h.RECORDS else None
             daemon.request_stop()
     return {
         "seconds": drained_wall if drained_wall is not None else float("nan"),
+        "started_monotonic": started_monotonic,
         "delivered": h.RECORDS,
         "invocations": h.BATCHES,
         "cpu_s": span.cpu,
@@ -149,6 +161,74 @@ def naive_kinesis_drain(
 
 
 def esm_kinesis_drain(
+    endpoint: Endpoint, name: str, expected: int, batch_size: int, timeout: float
+) -> dict[str, Any]:
+    if endpoint.name == "fake_kinesis":
+        endpoint_trace(endpoint, reset=True)
+    result = _esm_kinesis_drain(endpoint, name, expected, batch_size, timeout)
+    if endpoint.name == "fake_kinesis" and not result["timed_out"]:
+        trace = endpoint_trace(endpoint, reset=True)
+        result["timeline"] = drain_timeline(trace, result["started_monotonic"], result["seconds"])
+    return result
+
+
+def endpoint_trace(endpoint: Endpoint, reset: bool = False) -> dict[str, Any]:
+    """bench.fake_kinesis's `BenchTrace`: the calls it served since the last reset."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        endpoint.url + "/",
+        data=orjson.dumps({"Reset": reset}),
+        method="POST",
+        headers={
+            "X-Amz-Target": "Kinesis_20131202.BenchTrace",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return dict(orjson.loads(response.read()))
+
+
+def drain_timeline(trace: dict[str, Any], started: float, seconds: float) -> dict[str, Any]:
+    """Where a drain's time went, in ms from the daemon's start (the same monotonic clock
+    as the server's): its first call, each shard's first and last GetRecords (arrival), the
+    span between them (Kinesis's limit makes it >= 1 s for a 6-page shard), the last page's
+    answer, and the end (the handler finished the last batch)."""
+    ms = [
+        (op, shard, 1000 * (arrived - started), 1000 * (answered - started), served)
+        for op, shard, arrived, answered, served in trace["Calls"]
+    ]
+    shards: dict[str, dict[str, Any]] = {}
+    for op, shard, arrived, answered, served in ms:
+        if op == "GetShardIterator":
+            shards.setdefault(shard, {"iterator_ms": arrived, "reads": []})
+        elif op == "GetRecords" and served and shard in shards:
+            shards[shard]["reads"].append((arrived, answered, served))
+    summary = {
+        shard: {
+            "iterator_ms": round(s["iterator_ms"], 1),
+            "reads_with_records": len(s["reads"]),
+            "first_read_ms": round(s["reads"][0][0], 1),
+            "last_read_ms": round(s["reads"][-1][0], 1),
+            "last_read_answered_ms": round(s["reads"][-1][1], 1),
+            "first_to_last_read_ms": round(s["reads"][-1][0] - s["reads"][0][0], 1),
+        }
+        for shard, s in sorted(shards.items())
+        if s["reads"]
+    }
+    return {
+        "first_call_ms": round(ms[0][2], 1) if ms else float("nan"),
+        "first_call": ms[0][0] if ms else "",
+        "shards": summary,
+        "end_ms": round(1000 * seconds, 1),
+        "most_reads_in_one_second": trace["MostReadsInOneSecond"],
+        "shortest_six_read_span_ms": (
+            None if trace["ShortestSixReadSpan"] is None else 1000 * trace["ShortestSixReadSpan"]
+        ),
+    }
+
+
+def _esm_kinesis_drain(
     endpoint: Endpoint, name: str, expected: int, batch_size: int, timeout: float
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="esm-bench-") as state_dir:
@@ -361,3 +441,96 @@ def _ratio(naive: dict[str, Any], esm: dict[str, Any]) -> float:
     if naive["timed_out"] or esm["timed_out"]:
         return float("nan")
     return float(naive["seconds"] / esm["seconds"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only figure 2's fake_kinesis drain, repeated: each drain's time and timeline."""
+    import argparse
+    import json
+    import statistics
+
+    from bench import endpoints
+
+    parser = argparse.ArgumentParser(description="figure 2's streams drain on bench.fake_kinesis")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch-sizes", default="10000,100")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="drains run first and not counted (in `python -m bench` the kinesalite drains "
+        "before these have imported everything a daemon imports when it starts)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the runs as JSON here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="then profile one more drain (first batch size) with pyinstrument, written here",
+    )
+    args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    endpoints.use_local_credentials()
+    runs: dict[str, list[dict[str, Any]]] = {str(b): [] for b in batch_sizes}
+    with endpoints.start_fake_kinesis() as endpoint, quiet_esm_logging():
+        name = f"bench-drain-{int(time.time())}"
+        prepare_stream(endpoint, name, 4, args.records, print)
+        for _ in range(args.warmup):
+            esm_kinesis_drain(endpoint, name, args.records, batch_sizes[0], 60)
+        for repeat in range(args.repeats):
+            for batch_size in batch_sizes:
+                result = esm_kinesis_drain(endpoint, name, args.records, batch_size, 60)
+                runs[str(batch_size)].append(result)
+                line = _timeline_line(result.get("timeline"))
+                print(f"  #{repeat} batch {batch_size}: {result['seconds']:.3f} s  {line}")
+        limit = read_limit(endpoint, name, args.records)
+        if args.profile is not None:
+            _profile_drain(endpoint, name, args.records, batch_sizes[0], args.profile)
+    for batch_size, results in runs.items():
+        seconds = [r["seconds"] for r in results]
+        median = statistics.median(seconds)
+        print(
+            f"batch {batch_size}: median {median:.3f} s of {len(seconds)} "
+            f"({', '.join(f'{s:.3f}' for s in seconds)}) = "
+            f"{100 * limit['limit_s'] / median:.1f}% of the {limit['limit_s']:.2f} s limit"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps({"runs": runs, "limit": limit}, indent=1))
+    return 0
+
+
+def _profile_drain(endpoint: Endpoint, name: str, records: int, batch_size: int, out: Path) -> None:
+    """One drain under pyinstrument (wall-clock samples of this process's main thread, every
+    0.5 ms, from the daemon's start to the handler's last batch), and its timeline."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    result = esm_kinesis_drain(endpoint, name, records, batch_size, 60)
+    profiler.stop()
+    header = (
+        f"drain of {records:,} records, batch {batch_size:,}: {result['seconds']:.3f} s "
+        f"(under the profiler)\n{_timeline_line(result.get('timeline'))}\n\n"
+    )
+    out.write_text(header + profiler.output_text(unicode=False, show_all=False))
+
+
+def _timeline_line(timeline: dict[str, Any] | None) -> str:
+    if not timeline:
+        return ""
+    shards = timeline["shards"].values()
+    first = min(s["first_read_ms"] for s in shards)
+    worst = max(shards, key=lambda s: s["last_read_answered_ms"])
+    return (
+        f"first call {timeline['first_call_ms']:.0f} ms, first read {first:.0f} ms, "
+        f"critical shard: iterator {worst['iterator_ms']:.0f}, first read "
+        f"{worst['first_read_ms']:.0f}, last read {worst['last_read_ms']:.0f} "
+        f"(+{worst['first_to_last_read_ms']:.0f}), answered {worst['last_read_answered_ms']:.0f}, "
+        f"end {timeline['end_ms']:.0f} ms; shortest 6-read span "
+        f"{timeline['shortest_six_read_span_ms'] or 0:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,11 +7,21 @@ records as lists per shard and serves a page as one orjson dump. It reports
 `MillisBehindLatest` as AWS does (0 only at the tip, which kinesalite never reports
 otherwise), so a consumer is bound by its own cost.
 
+A page of 10,000 records is dumped in ~0.6 ms and served in ~3 ms (a GetRecords round trip
+from urllib, 2.2 MB), so one shard's page does not hold up another shard's calls for long:
+a drain of 4 shards measures its consumer, not this server's one loop (measured for issue
+#18, BENCHMARKS.md figure 2; encoding each record once when put was no faster).
+
 Implemented: CreateStream, DescribeStream(Summary), ListShards, PutRecord(s),
 GetShardIterator (TRIM_HORIZON, LATEST, AT/AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP) and
-GetRecords, plus `BenchStats` (not AWS: calls served per operation). No resharding, no
-throughput limits (AWS allows 5 reads and 2 MB per second per shard), and iterators never
-expire. It is not a conformance target: kinesalite and moto are.
+GetRecords (10,000 records per call at most, as AWS), plus `BenchStats` (not AWS: calls
+served per operation) and `BenchTrace` (not AWS: when each call arrived and was answered, on
+the machine's monotonic clock, the most GetRecords one shard received within a second and
+the shortest time from one to the fifth after it). No resharding, iterators never expire,
+and AWS's 5 reads and 2 MB per second per shard are not enforced: the reads are traced, so
+a benchmark can show that a consumer kept the read limit (the arrival clock includes this
+server's own queueing, so a read delayed on its way in shortens the next span by as much).
+It is not a conformance target: kinesalite and moto are.
 
 Run: `python -m bench.fake_kinesis --host 127.0.0.1 --port PORT` (loopback only).
 """
@@ -22,6 +32,7 @@ import argparse
 import bisect
 import hashlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +43,7 @@ ACCOUNT = "000000000000"
 REGION = "us-east-1"
 FIRST_SEQUENCE = 49590338271490256608559692538361571095921575989136588898
 HASH_SPACE = 2**128
+TRACE_LIMIT = 200_000
 
 
 class KinesisError(Exception):
@@ -94,10 +106,27 @@ class FakeKinesis:
         self.streams: dict[str, Stream] = {}
         self.next_sequence = FIRST_SEQUENCE
         self.calls: dict[str, int] = {}
+        self.trace: deque[tuple[str, str, float, float, int]] = deque(maxlen=TRACE_LIMIT)
+        """(operation, shard id or "", monotonic arrival, monotonic answer, records served)
+        of each call, the latest TRACE_LIMIT (a long idle-shard run makes ~1,000 a second)."""
+        self._served = 0
 
     def BenchStats(self, p: dict[str, Any]) -> dict[str, Any]:
         """Not AWS: calls served per operation, so a benchmark can tell a consumer's poll rate."""
         return {"Calls": dict(self.calls)}
+
+    def BenchTrace(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Not AWS: the calls traced since the last `BenchTrace` with `Reset` (then cleared),
+        and the most GetRecords calls one shard received within any one second, the number
+        AWS's limit of 5 reads per second per shard bounds."""
+        trace = list(self.trace)
+        if p.get("Reset"):
+            self.trace.clear()
+        return {
+            "Calls": trace,
+            "MostReadsInOneSecond": most_reads_in_one_second(trace),
+            "ShortestSixReadSpan": shortest_six_read_span(trace),
+        }
 
     def stream(self, p: dict[str, Any]) -> Stream:
         name = p.get("StreamName") or str(p.get("StreamARN", "")).rpartition("/")[2]
@@ -209,6 +238,7 @@ class FakeKinesis:
         shard = self.stream({"StreamName": name}).shard(shard_id)
         limit = max(1, min(10_000, int(p.get("Limit") or 10_000)))
         records = shard.records[position : position + limit]
+        self._served = len(records)
         end = position + len(records)
         behind = 0
         if end < len(shard.records):
@@ -231,15 +261,51 @@ class FakeKinesis:
             if handler is None:
                 raise KinesisError("UnknownOperationException", f"unsupported operation {target!r}")
             self.calls[operation] = self.calls.get(operation, 0) + 1
-            result = handler(orjson.loads(await request.read() or b"{}"))
-            return web.Response(
-                body=orjson.dumps(result), content_type="application/x-amz-json-1.1"
-            )
+            arrived, self._served = time.monotonic(), 0
+            payload = orjson.loads(await request.read() or b"{}")
+            body = orjson.dumps(handler(payload))
+            if not operation.startswith("Bench"):
+                answered = time.monotonic()
+                self.trace.append((operation, _shard_of(payload), arrived, answered, self._served))
+            return web.Response(body=body, content_type="application/x-amz-json-1.1")
         except KinesisError as exc:
             body = orjson.dumps({"__type": exc.code, "message": str(exc)})
             return web.Response(
                 status=exc.status, body=body, content_type="application/x-amz-json-1.1"
             )
+
+
+def _shard_of(payload: dict[str, Any]) -> str:
+    if "ShardId" in payload:
+        return str(payload["ShardId"])
+    iterator = payload.get("ShardIterator")
+    return str(iterator).split("|")[1] if isinstance(iterator, str) and "|" in iterator else ""
+
+
+def _read_arrivals(trace: list[tuple[str, str, float, float, int]]) -> list[list[float]]:
+    arrivals: dict[str, list[float]] = {}
+    for operation, shard_id, arrived, _, _ in trace:
+        if operation == "GetRecords":
+            arrivals.setdefault(shard_id, []).append(arrived)
+    return [sorted(times) for times in arrivals.values()]
+
+
+def shortest_six_read_span(trace: list[tuple[str, str, float, float, int]]) -> float | None:
+    """Seconds from a GetRecords to the fifth after it of the same shard, at the least (the
+    limit of 5 reads per second wants >= 1.0); None when no shard was read 6 times."""
+    spans = [
+        times[i + 5] - times[i] for times in _read_arrivals(trace) for i in range(len(times) - 5)
+    ]
+    return min(spans) if spans else None
+
+
+def most_reads_in_one_second(trace: list[tuple[str, str, float, float, int]]) -> int:
+    """The most GetRecords calls that arrived for one shard within any one second."""
+    most = 0
+    for times in _read_arrivals(trace):
+        for i, start in enumerate(times):
+            most = max(most, bisect.bisect_left(times, start + 1.0) - i)
+    return most
 
 
 def main() -> None:

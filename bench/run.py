@@ -325,6 +325,21 @@ def _cpu_note(naive: dict[str, Any], esm: dict[str, Any]) -> str:
     return f"CPU consumer/endpoint: naive {pair(naive)}, esm {pair(esm)}"
 
 
+def _timeline_note(timeline: Any) -> str:
+    """Where a fake_kinesis drain's time went (bench.e2e.drain_timeline): the daemon's start
+    up to its first read, the read-limited part, and the end after the last read."""
+    if not isinstance(timeline, dict) or not timeline.get("shards"):
+        return ""
+    shards = timeline["shards"].values()
+    first = min(s["first_read_ms"] for s in shards)
+    last = max(s["last_read_ms"] for s in shards)
+    return (
+        f"first read {first:.0f} ms after the daemon's start, last read +{last - first:.0f} ms, "
+        f"end +{timeline['end_ms'] - last:.0f} ms; 6 reads of a shard arrived >= "
+        f"{timeline.get('shortest_six_read_span_ms') or 0:.0f} ms apart"
+    )
+
+
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure: what, esm, baseline, ratio, target, verdict."""
     rows: list[dict[str, str]] = []
@@ -426,9 +441,10 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"({streams['endpoint']})",
                 _num(streams["esm"][batch_size].get("seconds"), ".2f", " s"),
                 f"limit {_num(limit['limit_s'], '.2f', ' s')}",
-                _num(100 * fraction, ".0f", "% of limit"),
+                _num(100 * fraction, ".1f", "% of limit"),
                 f">= {100 * goal:.0f}% of limit",
                 _verdict(fraction, goal, True),
+                _timeline_note(streams["esm"][batch_size].get("timeline")),
             )
     sqs = results.get("sqs_e2e")
     if isinstance(sqs, dict):

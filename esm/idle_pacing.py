@@ -10,7 +10,8 @@ than the budget, each is read once a second; with more, each is read every
 long-quiet shard. A shard whose read returns records is read again at once either way.
 
 Every shard poller of the process waits between reads on one `ReadTimer` (one timer handle
-for all of them) rather than on a timer and a cancel scope each.
+for all of them) rather than on a timer and a cancel scope each, and shards that start
+together send their first reads together (`FirstReadGate`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class IdleReadPacer:
         self.caught_up = 0
         self.timer = ReadTimer()
         """What every shard poller of the process waits on between reads."""
+        self.first_reads = FirstReadGate()
         self._random = random.Random()
         self._latest_wake = 0.0
         """Monotonic time at which the longest wait handed out so far ends."""
@@ -157,9 +159,55 @@ class ShardPacing:
             self._pacer.caught_up -= 1
 
 
+FIRST_READ_GATHER = 0.05
+"""The longest a shard that has its first iterator waits for the shards started with it."""
+
+
+class FirstReadGate:
+    """Shards that start together send their first GetRecords together.
+
+    A mapping asks for every shard's first iterator at once, but one answer comes first
+    (on the connection already open), its shard reads at once, and parsing that page
+    (~15 ms for 10,000 records) holds up the loop before the other shards get theirs. Since
+    Kinesis allows 5 reads per second per shard, every later read of those shards starts
+    that much later too: a 6-page shard's last read is due 1 s after its first read
+    (BENCHMARKS.md figure 2: ~25 ms of a 4-shard drain). So a shard positioned while others
+    are still getting their iterator waits for them, at most FIRST_READ_GATHER."""
+
+    def __init__(self) -> None:
+        self._positioning = 0
+        self._waiting: list[asyncio.Future[None]] = []
+
+    def joined(self) -> None:
+        """A shard asks for its first iterator."""
+        self._positioning += 1
+
+    def positioned(self) -> asyncio.Future[None] | None:
+        """The shard has its iterator (or gave up getting it): None to read now, else a
+        future resolved when no shard is still getting one, or after FIRST_READ_GATHER."""
+        self._positioning -= 1
+        if self._positioning <= 0:
+            self._positioning = 0
+            waiting, self._waiting = self._waiting, []
+            for other in waiting:
+                _resolve(other)
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        loop.call_later(FIRST_READ_GATHER, _resolve, future)
+        self._waiting = [f for f in self._waiting if not f.done()]
+        self._waiting.append(future)
+        return future
+
+
 TIMER_RESOLUTION = 0.01
 """Waits end on 10 ms slots: the shards whose waits end in one slot wake together, on one
 timer callback (1,000 shards read once a second: ~100 wake-ups a second, not 1,000)."""
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ReadTimer:
@@ -185,8 +233,10 @@ class ReadTimer:
     def pending(self) -> int:
         return sum(1 for waits in self._slots.values() for w in waits if not w.done())
 
-    def due_in(self, seconds: float) -> asyncio.Future[None]:
-        """A future resolved once `seconds` have passed (rounded up to the next slot)."""
+    def due_in(self, seconds: float, exact: bool = False) -> asyncio.Future[None]:
+        """A future resolved once `seconds` have passed (rounded up to the next slot), or
+        `exact`ly then, on a timer of its own: a busy shard's wait for Kinesis's read limit
+        is on a drain's critical path, where rounding up would add up to a slot each read."""
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
@@ -194,6 +244,9 @@ class ReadTimer:
             self._order.clear()
             self._armed, self._handle = None, None
         future: asyncio.Future[None] = loop.create_future()
+        if exact:
+            loop.call_later(max(0.0, seconds), _resolve, future)
+            return future
         slot = math.ceil((loop.time() + max(0.0, seconds)) / self._resolution)
         waits = self._slots.get(slot)
         if waits is not None:

@@ -15,23 +15,28 @@ from typing import Any
 _lock = threading.Lock()
 RECORDS = 0
 BATCHES = 0
+LAST_AT = 0.0
+"""`time.perf_counter()` when `count` last finished a batch: a drain's clock stops there,
+not when a waiting loop next looks."""
 STAMPS: list[tuple[float, list[dict[str, Any]]]] = []
 
 
 def reset() -> None:
-    global RECORDS, BATCHES
+    global RECORDS, BATCHES, LAST_AT
     with _lock:
         RECORDS = 0
         BATCHES = 0
+        LAST_AT = 0.0
         STAMPS.clear()
 
 
 def count(event: dict[str, Any], context: Any) -> None:
-    global RECORDS, BATCHES
+    global RECORDS, BATCHES, LAST_AT
     n = len(event["Records"])
     with _lock:
         RECORDS += n
         BATCHES += 1
+        LAST_AT = time.perf_counter()
 
 
 IN_FLIGHT = 0

@@ -8,7 +8,15 @@ import time
 import anyio
 import pytest
 
-from esm.idle_pacing import JITTER, TICK, TIMER_RESOLUTION, IdleReadPacer, ReadTimer
+from esm.idle_pacing import (
+    FIRST_READ_GATHER,
+    JITTER,
+    TICK,
+    TIMER_RESOLUTION,
+    FirstReadGate,
+    IdleReadPacer,
+    ReadTimer,
+)
 
 
 def test_a_shard_that_just_went_quiet_backs_off_from_a_quarter_second_to_one_second() -> None:
@@ -158,3 +166,51 @@ async def test_a_wait_resolved_early_is_skipped_and_a_later_earlier_wait_rearms(
     assert timer.pending == 1
     late.cancel()
     assert timer.pending == 0
+
+
+@pytest.mark.anyio
+async def test_an_exact_wait_is_not_rounded_up_to_a_slot() -> None:
+    """A busy shard's wait for the read limit is on a drain's critical path: with 1 s slots
+    a rounded wait of 10 ms would end at the next whole second."""
+    timer = ReadTimer(resolution=1.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    if start % 1.0 > 0.5:  # keep the next slot boundary more than 0.5 s away
+        await asyncio.sleep(1.0 - start % 1.0 + 0.01)
+        start = loop.time()
+    exact = timer.due_in(0.01, exact=True)
+    rounded = timer.due_in(0.01)
+    assert timer.pending == 1  # only the rounded wait is filed under a slot
+    with anyio.fail_after(5):
+        await exact
+    assert loop.time() - start >= 0.01 - 0.002
+    assert not rounded.done()
+    rounded.cancel()
+
+
+@pytest.mark.anyio
+async def test_shards_started_together_read_first_once_the_last_has_its_iterator() -> None:
+    gate = FirstReadGate()
+    for _ in range(3):
+        gate.joined()
+    first, second = gate.positioned(), gate.positioned()
+    assert first is not None and second is not None
+    assert not first.done() and not second.done()
+    assert gate.positioned() is None  # the last one reads at once, and so do the others
+    assert first.done() and second.done()
+    gate.joined()
+    assert gate.positioned() is None  # a shard started alone never waits
+
+
+@pytest.mark.anyio
+async def test_a_shard_waits_for_the_others_first_iterators_at_most_the_gather_time() -> None:
+    gate = FirstReadGate()
+    gate.joined()
+    gate.joined()  # this one never gets its iterator
+    waiting = gate.positioned()
+    assert waiting is not None
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with anyio.fail_after(5):
+        await waiting
+    assert loop.time() - start >= FIRST_READ_GATHER - 0.002

@@ -170,10 +170,17 @@ class ShardPoller:
 
     async def _read_until_end(self, pacing: ShardPacing) -> None:
         ctx = self.ctx
-        iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
+        gate = ctx.idle_pacer.first_reads
+        gate.joined()
+        try:
+            iterator = await ctx.source.iterator_at(self.shard.shard_id, self.start)
+        finally:
+            together = gate.positioned()
         self.positioned = True
         if self._on_positioned is not None:
             self._on_positioned()
+        if together is not None:
+            await self._pause_on(together)
         last_read: str | None = self.start.sequence_number
         while not ctx.stopping.is_set():
             while self.buffered >= self.buffer_limit and not ctx.stopping.is_set():
@@ -185,7 +192,7 @@ class ShardPoller:
             while (limited := self._window.wait(time.monotonic())) > 0:
                 if ctx.stopping.is_set():
                     return
-                await self._pause(limited)
+                await self._pause(limited, exact=True)
             if ctx.stopping.is_set():
                 return
             started, sent_at = time.monotonic(), time.time()
@@ -229,11 +236,17 @@ class ShardPoller:
                     if delay > 0:
                         await self._pause(delay)
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, exact: bool = False) -> None:
         """Wait `seconds` before the next read, or until the poller is told to stop."""
         if self.ctx.stopping.is_set():
             return
-        self._pause_ends = ends = self._timer.due_in(seconds)
+        await self._pause_on(self._timer.due_in(seconds, exact))
+
+    async def _pause_on(self, ends: asyncio.Future[None]) -> None:
+        """Wait for `ends`, which `_wake_when_stopping` resolves early on a stop."""
+        if self.ctx.stopping.is_set():
+            return
+        self._pause_ends = ends
         try:
             await ends
         finally:

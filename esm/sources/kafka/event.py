@@ -169,10 +169,26 @@ class PartitionShaper:
         create, log_append = TIMESTAMP_TYPES
         b64 = _b64
         added = 0
+        # The digits of offsets and timestamps, without str(): a band [low, high) of numbers
+        # with `digits` digits, moved when a number falls outside it (offsets ascend, and
+        # epoch-ms timestamps have 13 digits until 2286, so it rarely moves).
+        digits, low, high = 1, 0, 10
+        stamp_digits, stamp_low, stamp_high = 13, 10**12, 10**13
         for r in records:
             value, key, headers, offset, stamp = r.value, r.key, r.headers, r.offset, r.timestamp
             encoded = b64(value) if value else ""
-            n = fixed + len(str(offset)) + len(str(stamp)) + len(encoded)
+            if not low <= offset < high:
+                digits = len(str(offset))
+                low, high = (10 ** (digits - 1) if digits > 1 else 0), 10**digits
+            if stamp_low <= stamp < stamp_high:
+                n = fixed + digits + stamp_digits + len(encoded)
+            elif stamp < 0:
+                n = fixed + digits + len(str(stamp)) + len(encoded)
+            else:
+                stamp_digits = len(str(stamp))
+                stamp_low = 10 ** (stamp_digits - 1) if stamp_digits > 1 else 0
+                stamp_high = 10**stamp_digits
+                n = fixed + digits + stamp_digits + len(encoded)
             if r.timestamp_type == 1:
                 stamp_type = log_append
                 n += _LOG_APPEND_EXTRA

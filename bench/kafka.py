@@ -360,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         "--esm-only", action="store_true", help="aiokafka's bare loop and esm, not confluent"
     )
     parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default heap trimming (esm's KafkaRuntime turns it off when built)",
+    )
+    parser.add_argument(
         "--compare-public",
         action="store_true",
         help="also drain with esm on aiokafka's public getmany records (no raw batch records)",
@@ -380,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     from esm.daemon import tune_garbage_collector
 
     tune_garbage_collector()  # what `esm run` does at start; the bare loops run with it too
+    if not args.no_malloc_tuning:
+        from esm.sources.kafka.runtime import keep_freed_memory
+
+        keep_freed_memory()  # what a KafkaRuntime does when built; the bare loops too
     figures: list[Figure] = []
     with tansu() as broker:
         clock = Clock(broker.pid)

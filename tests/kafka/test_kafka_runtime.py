@@ -229,9 +229,8 @@ async def test_a_restart_with_the_same_group_skips_nothing(kafka_topic: KafkaTop
 
 
 async def test_stop_waits_for_the_broker_to_take_the_last_commit(kafka_topic: KafkaTopic) -> None:
-    """Commits go out in the background (a lane does not wait for one before its next
-    batch), but stopping waits for the broker's answer: the batch in flight when the runtime
-    is stopped finishes, and its commit reaches the broker before the consumer leaves."""
+    """The batch in flight when the runtime is stopped finishes, and its commit reaches the
+    broker before the consumer leaves (guards the stop path against a commit left unsent)."""
     value = f"held-{kafka_topic.name}"
     entered, release = threading.Event(), threading.Event()
     kafka_handlers.HOLDS[value] = (entered, release)

@@ -110,8 +110,6 @@ PAUSE_TICK_S = 0.1
 
 REVOKE_GRACE_S = 1.0
 """Added to the function timeout while a revoked partition's in-flight batch finishes."""
-COMMIT_WAIT_S = 10.0
-"""How long a stopping or revoked lane waits for the broker to answer its last commit."""
 
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
 
@@ -233,11 +231,6 @@ class _Lane:
         self._stopped = anyio.Event()
         self._identify = item_identifier(self.key)
         self.committed: int | None = None
-        """The offset the broker last acknowledged for this lane."""
-        self._commit: _Round | None = None
-        """The commit request carrying this lane's latest offset."""
-        self._done_through: int | None = None
-        """The latest offset handed to a commit (done through it), answered or not."""
         self._log = log.bind(mapping=runtime.config.name, partition=self.key)
 
     @property
@@ -443,10 +436,7 @@ class _Lane:
         await runtime.on_failure.deliver(given_up, event)
 
     async def _commit_through(self, next_offset: int) -> None:
-        """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)
-        without waiting for the broker's answer: Lambda commits only what is done, and
-        nothing makes the next batch wait for the previous commit. `committed` moves when the
-        broker takes it; stop and revoke wait for it (`KafkaRuntime._stop_lanes`)."""
+        """Drop buffered records before `next_offset` and commit it (Kafka's next-to-read)."""
         dropped = 0
         buffer, sizes = self._buffer, self._sizes
         if buffer and buffer[-1]["offset"] < next_offset:  # all of it: the common case
@@ -463,31 +453,20 @@ class _Lane:
         self._first_at = anyio.current_time() if self._buffer or self._fetched else None
         if not self.full:
             self._runtime.has_room(self)
-        self._done_through = next_offset
-        self._commit = self._runtime.commit_soon(self, next_offset)
-        self._runtime.update_lag(self)
-
-    def acknowledged(self, next_offset: int) -> None:
-        """The broker took the commit of `next_offset` (`_GroupCommit`)."""
-        if self.committed is None or next_offset > self.committed:
+        if await self._runtime.commit(self.tp, next_offset):
             self.committed = next_offset
-
-    async def wait_committed(self) -> None:
-        """Until the broker answered this lane's latest commit (taken or refused)."""
-        if self._commit is not None:
-            await self._commit.done.wait()
+        self._runtime.update_lag(self)
 
     @property
     def next_offset(self) -> int | None:
-        """The next offset to process: the first buffered or fetched record, else the offset
-        handed to the last commit (answered or not), else what was committed."""
+        """The next offset to process: the first buffered record, else what was committed."""
         if self._buffer:
             offset: int = self._buffer[0]["offset"]
             return offset
         if self._fetched:
             fetched: int = self._fetched[0][0].offset
             return fetched
-        return self._done_through if self._done_through is not None else self.committed
+        return self.committed
 
 
 def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
@@ -499,12 +478,10 @@ def _next_pending(work: Sequence[Segment[Doc]], after_last: int) -> int:
 class _Round:
     """The offsets of one OffsetCommit request, and which of them the broker did not take."""
 
-    __slots__ = ("offsets", "lanes", "failed", "error", "done")
+    __slots__ = ("offsets", "failed", "error", "done")
 
     def __init__(self) -> None:
         self.offsets: dict[Any, int] = {}
-        self.lanes: dict[Any, _Lane] = {}
-        """Whose offsets these are: each is told when the broker took its offset."""
         self.failed: set[Any] = set()
         self.error: BaseException | None = None
         """Anything but a KafkaError: raised to every waiter."""
@@ -512,15 +489,14 @@ class _Round:
 
 
 class _GroupCommit:
-    """Sends the offsets of several partitions in one OffsetCommit request, in the background.
+    """Sends the offsets of several partitions in one OffsetCommit request.
 
     Kafka's OffsetCommit carries any number of partitions, and aiokafka sends one commit at a
     time (a lock around each request), so lanes committing one by one waited behind each
-    other, a round trip each. Here a lane's `submit` joins the request being gathered and
-    returns at once; the lane cuts its next batch meanwhile and is told (`_Lane.acknowledged`)
-    when the broker took the offset. A partition's later offset replaces its earlier one in a
-    round being gathered (a lane commits in offset order), and rounds go one after another,
-    so a partition's committed offset only moves forward.
+    other, a round trip each. Here a lane's `commit` joins the request being gathered and
+    waits until the broker answered it, as before: a lane starts its next batch only after
+    its commit is acknowledged; only the request is shared. A partition's later offset
+    replaces its earlier one in a round being gathered (a lane commits in offset order).
     """
 
     def __init__(self, runtime: KafkaRuntime) -> None:
@@ -528,13 +504,15 @@ class _GroupCommit:
         self._round = _Round()
         self._wake = anyio.Event()
 
-    def submit(self, lane: _Lane, next_offset: int) -> _Round:
-        """Commit `next_offset` for `lane`'s partition with the next request; its round."""
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp`; False (logged) when the group moved on meanwhile."""
         round_ = self._round
-        round_.offsets[lane.tp] = next_offset
-        round_.lanes[lane.tp] = lane
+        round_.offsets[tp] = next_offset
         self._wake.set()
-        return round_
+        await round_.done.wait()
+        if round_.error is not None:
+            raise round_.error
+        return tp not in round_.failed
 
     async def run(self) -> None:
         """Send each gathered round as one request, the next one once this one is answered."""
@@ -549,9 +527,6 @@ class _GroupCommit:
                 raise
             finally:
                 round_.done.set()
-            for tp, lane in round_.lanes.items():
-                if tp not in round_.failed:
-                    lane.acknowledged(round_.offsets[tp])
 
     async def _send(self, offsets: dict[Any, int]) -> set[Any]:
         """The partitions whose commit failed: no longer assigned (a rebalance), or all of
@@ -921,10 +896,10 @@ class KafkaRuntime:
             m.failed_invoke.inc(len(entries))
         return result
 
-    def commit_soon(self, lane: _Lane, next_offset: int) -> _Round:
-        """Commit `next_offset` for `lane`'s partition with other partitions' commits, in the
-        background (`_GroupCommit`); a refusal (the group moved on) is logged."""
-        return self._commits.submit(lane, next_offset)
+    async def commit(self, tp: Any, next_offset: int) -> bool:
+        """Commit `next_offset` for `tp` (sent with other partitions' commits, `_GroupCommit`);
+        False (logged) when the group moved on meanwhile."""
+        return await self._commits.commit(tp, next_offset)
 
     @property
     def consumer(self) -> Any:
@@ -969,16 +944,12 @@ class KafkaRuntime:
         self._log.info("kafka.partitions.revoked", partitions=partitions)
 
     async def _stop_lanes(self, lanes: Sequence[_Lane]) -> None:
-        """Let each lane's in-flight batch finish (bounded) and the broker answer its last
-        commit (bounded), then leave the rest uncommitted."""
+        """Let each lane's in-flight batch finish (bounded), then leave the rest uncommitted."""
         for lane in lanes:
             lane.stop()
         with anyio.move_on_after(self.function.timeout + REVOKE_GRACE_S):
             for lane in lanes:
                 await lane.wait_stopped()
-        with anyio.move_on_after(COMMIT_WAIT_S):
-            for lane in lanes:
-                await lane.wait_committed()
 
     async def _seek_to_timestamp(self, assigned: Sequence[Any]) -> None:
         """AT_TIMESTAMP: partitions without a committed offset start at the first record at

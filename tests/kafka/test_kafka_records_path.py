@@ -113,3 +113,45 @@ def test_a_consumer_without_aiokafkas_private_parts_falls_back_to_the_public_pat
         _fetcher = object()
 
     assert serve_raw_records(Started()) is False
+
+
+def _shaped(records: list[Any]) -> tuple[list[dict[str, Any]], list[int]]:
+    from esm.sources.kafka.event import PartitionShaper
+
+    docs: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    PartitionShaper("old", 0).shape_into(records, docs.append, sizes.append)
+    return docs, sizes
+
+
+def test_v0_messages_without_timestamps_shape_alike_on_both_paths() -> None:
+    """A v0 message set (Kafka before 0.10: no timestamp, no headers), unpacked by aiokafka's
+    own PartitionRecords, raw and public: the same JSON, timestamp -1 (Kafka's NO_TIMESTAMP),
+    and exact sizes."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    from esm.sources.kafka.event import record_json_size
+    from esm.sources.kafka.runtime import _raw_record
+
+    builder = LegacyRecordBatchBuilder(magic=0, compression_type=0, batch_size=1 << 20)
+    for offset, key in enumerate([b"k", None]):
+        builder.append(offset, timestamp=None, key=key, value=b"v%d" % offset)
+    data = bytes(builder.build())
+
+    def unpacked(raw: bool) -> list[Any]:
+        records = PartitionRecords(
+            TopicPartition("old", 0), MemoryRecords(data), [], 0, None, None, True, 0
+        )
+        if raw:
+            records._consumer_record = _raw_record
+        return list(records)
+
+    raw_docs, raw_sizes = _shaped(unpacked(raw=True))
+    public_docs, public_sizes = _shaped(unpacked(raw=False))
+    assert raw_docs == public_docs and raw_sizes == public_sizes
+    assert [d["timestamp"] for d in raw_docs] == [-1, -1]
+    assert raw_sizes == [record_json_size(d) for d in raw_docs]
+    assert [d["offset"] for d in raw_docs] == [0, 1] and "key" not in raw_docs[1]

@@ -19,7 +19,8 @@ against Powertools' KafkaSelfManagedEventModel / KafkaMskEventModel):
          "headers": [{"<name>": [<byte>, ...]}, ...]}]}}
 
 esm's choices where AWS is silent: a record with a null value (a tombstone) gets
-`"value": ""` (Powertools requires a string); repeated header names stay repeated entries.
+`"value": ""` (Powertools requires a string); repeated header names stay repeated entries; a
+v0 message (Kafka before 0.10, no timestamp) gets `"timestamp": -1`, Kafka's NO_TIMESTAMP.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class FetchedRecord(Protocol):
     @property
     def offset(self) -> int: ...
     @property
-    def timestamp(self) -> int: ...
+    def timestamp(self) -> int | None: ...
     @property
-    def timestamp_type(self) -> int: ...
+    def timestamp_type(self) -> int | None: ...
     @property
     def key(self) -> bytes | None: ...
     @property
@@ -176,6 +177,8 @@ class PartitionShaper:
         stamp_digits, stamp_low, stamp_high = 13, 10**12, 10**13
         for r in records:
             value, key, headers, offset, stamp = r.value, r.key, r.headers, r.offset, r.timestamp
+            if stamp is None:  # a v0 message (no timestamp): Kafka's NO_TIMESTAMP
+                stamp = -1
             encoded = b64(value) if value else ""
             if not low <= offset < high:
                 digits = len(str(offset))

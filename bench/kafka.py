@@ -239,6 +239,7 @@ async def drain_esm(
     batch_size: int,
     clock: Clock,
     profile: Path | None = None,
+    raw_records: bool = True,
 ) -> Drain:
     """esm's KafkaRuntime with a no-op in-process handler: every record batched, shaped
     into Lambda's event, invoked and committed; done when every offset is committed.
@@ -272,7 +273,7 @@ async def drain_esm(
         ),
         metrics,
     )
-    runtime = KafkaRuntime(config, function, metrics)
+    runtime = KafkaRuntime(config, function, metrics, raw_records=raw_records)
     polled = metrics.polled.labels("bench")
     profiler: Any = None
     first: Stamp | None = None
@@ -329,14 +330,16 @@ def summary(figures: list[Figure]) -> list[str]:
             f"({per_record:.2f} us/record)  broker {broker:.0f}%"
         )
     bare = by_client.get(BARE, [])
-    esm = [f for c, runs in by_client.items() if c.startswith("esm") for f in runs]
-    ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, esm, strict=False)]
-    if ratios:
-        lines.append(
-            "esm / bare aiokafka, per pair: "
-            + ", ".join(f"{r:.0%}" for r in ratios)
-            + f"; median {statistics.median(ratios):.0%}"
-        )
+    for client, runs in by_client.items():
+        if not client.startswith("esm"):
+            continue
+        ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, runs, strict=False)]
+        if ratios:
+            lines.append(
+                f"{client} / bare aiokafka, per pair: "
+                + ", ".join(f"{r:.0%}" for r in ratios)
+                + f"; median {statistics.median(ratios):.0%}"
+            )
     return lines
 
 
@@ -357,6 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         "--esm-only", action="store_true", help="aiokafka's bare loop and esm, not confluent"
     )
     parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default heap trimming (esm's KafkaRuntime turns it off when built)",
+    )
+    parser.add_argument(
+        "--compare-public",
+        action="store_true",
+        help="also drain with esm on aiokafka's public getmany records (no raw batch records)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="FILE",
@@ -372,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     from esm.daemon import tune_garbage_collector
 
     tune_garbage_collector()  # what `esm run` does at start; the bare loops run with it too
+    if not args.no_malloc_tuning:
+        from esm.sources.kafka.runtime import keep_freed_memory
+
+        keep_freed_memory()  # what a KafkaRuntime does when built; the bare loops too
     figures: list[Figure] = []
     with tansu() as broker:
         clock = Clock(broker.pid)
@@ -404,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
                     measure(
                         f"esm KafkaRuntime batch {m}",
                         lambda c: asyncio.run(drain_esm(bootstrap, topic, n, m, c)),
+                        clock,
+                    )
+                )
+            if args.compare_public:
+                figures.append(
+                    measure(
+                        f"esm public records {m}",
+                        lambda c: asyncio.run(
+                            drain_esm(bootstrap, topic, n, m, c, raw_records=False)
+                        ),
                         clock,
                     )
                 )

@@ -23,6 +23,8 @@ FAILS_LEFT: dict[str, int] = {}
 """value -> how many more invocations containing it fail (set by a test)."""
 GATES: dict[str, threading.Event] = {}
 """value -> an event the first invocation containing it waits for before failing."""
+HOLDS: dict[str, tuple[threading.Event, threading.Event]] = {}
+"""value -> (set when an invocation holding it starts, what it waits for to succeed)."""
 _lock = threading.Lock()
 
 
@@ -74,6 +76,19 @@ def gated(event: dict[str, Any], context: Any) -> None:
     if gate is not None:
         gate.wait(timeout=50)
         raise RuntimeError("gated record fails once")
+
+
+def held(event: dict[str, Any], context: Any) -> None:
+    """`record`; an invocation holding a value of HOLDS says so and waits for the test's go."""
+    record(event, context)
+    for records in event["records"].values():
+        for r in records:
+            with _lock:
+                hold = HOLDS.pop(base64.b64decode(r["value"]).decode(), None)
+            if hold is not None:
+                entered, release = hold
+                entered.set()
+                release.wait(timeout=50)
 
 
 _processor = BatchProcessor(event_type=EventType.Kafka)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import KafkaEvent
 from aws_lambda_powertools.utilities.parser.models import (
@@ -156,3 +157,54 @@ def test_shape_into_reads_aiokafka_records_as_shape_does() -> None:
         "value": "",
         "headers": [{"h": [0, 255]}],
     }
+
+
+def test_shape_into_sizes_are_exact_over_many_shapes() -> None:
+    """The digit bands of `shape_into` (offsets and timestamps measured without str()) give
+    the serialised size of every record, across digit boundaries, negative timestamps, keys
+    none/empty/binary and headers with unicode, quotes and backslashes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from esm.sources.kafka.event import KafkaRecord, PartitionShaper, record_json_size
+
+    header = st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=8)))
+    boundary = st.sampled_from([0, 9, 10, 99, 100, 999_999_999_999, 10**12, 10**13 - 1, 10**13])
+    number = st.one_of(boundary, st.integers(min_value=0, max_value=2**63 - 1))
+    fields = st.tuples(
+        st.one_of(number, st.integers(min_value=-(2**63), max_value=-1)),
+        st.integers(min_value=0, max_value=1),
+        st.one_of(st.none(), st.binary(max_size=40)),
+        st.one_of(st.none(), st.binary(max_size=40)),
+        st.lists(header, max_size=3),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(fields, min_size=1, max_size=12), number)
+    def check(chunk: list[Any], first_offset: int) -> None:
+        shaper = PartitionShaper("t.opic_name-9", 4)
+        records = [
+            KafkaRecord("t.opic_name-9", 4, first_offset + i, stamp, kind, key, value, headers)
+            for i, (stamp, kind, key, value, headers) in enumerate(chunk)
+        ]
+        fetched = [_Fetched(r) for r in records]
+        docs: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        total = shaper.shape_into(fetched, docs.append, sizes.append)
+        assert sizes == [record_json_size(doc) for doc in docs]
+        assert total == sum(sizes)
+        assert docs == [record_json(r) for r in records]
+
+    check()
+
+
+class _Fetched:
+    """A KafkaRecord under the attribute names a client's record has (`FetchedRecord`)."""
+
+    def __init__(self, record: KafkaRecord) -> None:
+        self.offset = record.offset
+        self.timestamp = record.timestamp_ms
+        self.timestamp_type = record.timestamp_type
+        self.key = record.key
+        self.value = record.value
+        self.headers = record.headers

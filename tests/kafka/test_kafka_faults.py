@@ -218,7 +218,12 @@ async def test_resets_cuts_and_blackholes_during_a_drain_lose_nothing(
     topic, n = "net-faults", 3000
     await create_topic(proxied.bootstrap, topic, 3)
     await produce(proxied.bootstrap, topic, [(i % 3, f"v{i}".encode()) for i in range(n)])
-    config = mapping(proxied.bootstrap, topic, "g-net", batch_size=10)
+    # The drain outlasts the faults by construction, not by its speed: 1,000 records a
+    # partition in batches of 4 at 50 ms each (record_slowly) is 12.5 s of handler time,
+    # while seed 15's 4th fault lands 9.3 s after the first (a 7.5 s blackhole among them,
+    # which stalls the drain further). With batches of 10 it was 5 s, and the faults landed
+    # only while commits made each batch wait a round trip.
+    config = mapping(proxied.bootstrap, topic, "g-net", batch_size=4)
     wanted = {f"v{i}" for i in range(n)}
 
     def all_delivered() -> bool:

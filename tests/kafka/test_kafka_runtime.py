@@ -228,6 +228,20 @@ async def test_a_restart_with_the_same_group_skips_nothing(kafka_topic: KafkaTop
     assert await committed(kafka_topic, "g-restart") == [20, 20, 20]
 
 
+async def test_stop_waits_for_the_broker_to_take_the_last_commit(kafka_topic: KafkaTopic) -> None:
+    """The batch in flight when the runtime is stopped finishes, and its commit reaches the
+    broker before the consumer leaves (guards the stop path against a commit left unsent)."""
+    value = f"held-{kafka_topic.name}"
+    entered, release = threading.Event(), threading.Event()
+    kafka_handlers.HOLDS[value] = (entered, release)
+    await produce(kafka_topic, [(0, b"s0"), (0, value.encode())])
+    async with running(mapping(kafka_topic, "g-stop"), "kafka_handlers.held") as runtime:
+        await poll_until(entered.is_set)
+        runtime.stop()  # while the batch is in flight
+        release.set()
+    assert await committed(kafka_topic, "g-stop") == [2, None, None]
+
+
 async def test_two_runtimes_in_one_group_split_partitions_and_one_takes_over(
     kafka_topic: KafkaTopic,
 ) -> None:

@@ -19,7 +19,8 @@ against Powertools' KafkaSelfManagedEventModel / KafkaMskEventModel):
          "headers": [{"<name>": [<byte>, ...]}, ...]}]}}
 
 esm's choices where AWS is silent: a record with a null value (a tombstone) gets
-`"value": ""` (Powertools requires a string); repeated header names stay repeated entries.
+`"value": ""` (Powertools requires a string); repeated header names stay repeated entries; a
+v0 message (Kafka before 0.10, no timestamp) gets `"timestamp": -1`, Kafka's NO_TIMESTAMP.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class FetchedRecord(Protocol):
     @property
     def offset(self) -> int: ...
     @property
-    def timestamp(self) -> int: ...
+    def timestamp(self) -> int | None: ...
     @property
-    def timestamp_type(self) -> int: ...
+    def timestamp_type(self) -> int | None: ...
     @property
     def key(self) -> bytes | None: ...
     @property
@@ -169,10 +170,28 @@ class PartitionShaper:
         create, log_append = TIMESTAMP_TYPES
         b64 = _b64
         added = 0
+        # The digits of offsets and timestamps, without str(): a band [low, high) of numbers
+        # with `digits` digits, moved when a number falls outside it (offsets ascend, and
+        # epoch-ms timestamps have 13 digits until 2286, so it rarely moves).
+        digits, low, high = 1, 0, 10
+        stamp_digits, stamp_low, stamp_high = 13, 10**12, 10**13
         for r in records:
             value, key, headers, offset, stamp = r.value, r.key, r.headers, r.offset, r.timestamp
+            if stamp is None:  # a v0 message (no timestamp): Kafka's NO_TIMESTAMP
+                stamp = -1
             encoded = b64(value) if value else ""
-            n = fixed + len(str(offset)) + len(str(stamp)) + len(encoded)
+            if not low <= offset < high:
+                digits = len(str(offset))
+                low, high = (10 ** (digits - 1) if digits > 1 else 0), 10**digits
+            if stamp_low <= stamp < stamp_high:
+                n = fixed + digits + stamp_digits + len(encoded)
+            elif stamp < 0:
+                n = fixed + digits + len(str(stamp)) + len(encoded)
+            else:
+                stamp_digits = len(str(stamp))
+                stamp_low = 10 ** (stamp_digits - 1) if stamp_digits > 1 else 0
+                stamp_high = 10**stamp_digits
+                n = fixed + digits + stamp_digits + len(encoded)
             if r.timestamp_type == 1:
                 stamp_type = log_append
                 n += _LOG_APPEND_EXTRA

@@ -25,7 +25,9 @@ AWS rules followed (Lambda developer guide, with-kafka, with-msk, kafka-retry-co
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
 import itertools
 import math
 import time
@@ -41,6 +43,7 @@ from aiokafka import (  # type: ignore[import-untyped]
     ConsumerRebalanceListener,
     TopicPartition,
 )
+from aiokafka.consumer import fetcher as _aiokafka_fetcher  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from esm.aws import AwsClients
@@ -116,6 +119,88 @@ REVOKE_GRACE_S = 1.0
 _AUTO_OFFSET_RESET = {"TRIM_HORIZON": "earliest", "LATEST": "latest", "AT_TIMESTAMP": "earliest"}
 
 
+def _raw_record(tp: Any, record: Any) -> Any:
+    """What aiokafka's `PartitionRecords` yields for a record on the raw path: the record of
+    its batch (`DefaultRecord`, the C extension's), with the attributes `FetchedRecord` names."""
+    return record
+
+
+class _RawRecords(collections.OrderedDict[Any, Any]):
+    """aiokafka's buffer of fetched partitions (`Fetcher._records`), handing out the batch's own
+    records instead of a `ConsumerRecord` each.
+
+    getmany builds a Python `ConsumerRecord` per record (11 fields, a tuple of headers, two
+    deserializer checks: 0.7 us of 1.1 us per 1 KB record, bench/kafka.py) which the shaper
+    only reads 6 attributes of, the same the batch's record has. Every rule of aiokafka's stays
+    its own: control batches and aborted transactions skipped, CRC checks, positions,
+    `max_records`, a revoked or sought partition's records dropped; only the object yielded
+    per record changes. A result whose records are not of the expected class stays as it is.
+    """
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        records = getattr(result, "_partition_records", None)
+        if isinstance(records, _aiokafka_fetcher.PartitionRecords):
+            records._consumer_record = _raw_record
+        super().__setitem__(tp, result)
+
+
+def raw_records_supported() -> bool:
+    """aiokafka's private parts the raw path relies on are there (checked at start: a newer
+    aiokafka may rename them; pyproject.toml pins the range they were read in)."""
+    partition_records = getattr(_aiokafka_fetcher, "PartitionRecords", None)
+    fetch_result = getattr(_aiokafka_fetcher, "FetchResult", None)
+    return (
+        partition_records is not None
+        and fetch_result is not None
+        and callable(getattr(partition_records, "_consumer_record", None))
+        and "_consumer_record" in partition_records._unpack_records.__code__.co_names
+        and "_partition_records" in fetch_result.__init__.__code__.co_names
+    )
+
+
+def serve_raw_records(consumer: Any) -> bool:
+    """Make a started consumer's getmany return the batches' records (`_RawRecords`); False
+    when this aiokafka does not have the parts it relies on (getmany's `ConsumerRecord`s then,
+    shaped the same: both have the attributes `FetchedRecord` names)."""
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    buffered = getattr(fetcher, "_records", None)
+    if not raw_records_supported() or type(buffered) is not collections.OrderedDict:
+        return False
+    fetcher._records = _RawRecords(buffered)
+    return True
+
+
+KEEP_FREED_BYTES = 64 * 1_048_576
+"""Freed heap glibc keeps for the next fetch instead of returning it to the system."""
+MMAP_THRESHOLD_BYTES = 32 * 1_048_576
+"""Allocations below this come from the heap (glibc's largest dynamic threshold)."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep up to KEEP_FREED_BYTES of freed heap (once per process; False where
+    there is no glibc `mallopt`).
+
+    Each fetch of a partition allocates and frees megabytes: the response, a 1.4 KB base64
+    string per 1 KB value. glibc returns a free heap top above 128 KB to the system at once,
+    so the next fetch's strings page-fault their memory in again: 0.35 of the 0.55 us it takes
+    to base64 and keep a 1 KB value (bench/kafka.py). The cost is memory: the process keeps
+    up to 64 MB it freed, as a daemon at its high-water mark does anyway.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):
+            _malloc_tuned = False
+        else:
+            trimmed = mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+            mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+            _malloc_tuned = bool(trimmed and mapped)
+    return _malloc_tuned
+
+
 class ConsumerPaused(Exception):
     """The process ran nothing for longer than the group waits for a silent member."""
 
@@ -141,6 +226,9 @@ class _Lane:
         self._sizes: deque[int] = deque()
         """JSON size of each buffered record, in the same order as `_buffer`."""
         self._bytes = 0
+        self._fetched: deque[Sequence[Any]] = deque()
+        """Fetched client records not shaped yet, in offset order after `_buffer`'s."""
+        self._unshaped = 0
         self._arrived = anyio.Event()
         self._first_at: float | None = None
         self._stopping = False
@@ -154,16 +242,26 @@ class _Lane:
     def full(self) -> bool:
         """Enough buffered for two batches: stop taking this partition's fetched records."""
         cap = self._runtime.config.batch_size * 2
-        return len(self._buffer) >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
+        buffered = len(self._buffer) + self._unshaped
+        return buffered >= cap or self._bytes >= 2 * MAX_PAYLOAD_BYTES
 
     def add(self, records: Sequence[Any]) -> None:
-        """Shape fetched client records once and buffer them."""
+        """Take fetched client records; the lane shapes them when it runs (`_shape_fetched`),
+        so the fetch loop asks for the next records at once instead of after shaping these."""
         if not records or self._stopping:
             return
-        if not self._buffer:
+        if not self._buffer and not self._fetched:
             self._first_at = anyio.current_time()
-        self._bytes += self.shaper.shape_into(records, self._buffer.append, self._sizes.append)
+        self._fetched.append(records)
+        self._unshaped += len(records)
         self._arrived.set()
+
+    def _shape_fetched(self) -> None:
+        """Shape the fetched records once into their Lambda JSON and buffer them."""
+        fetched, buffer, sizes = self._fetched, self._buffer, self._sizes
+        while fetched:
+            self._bytes += self.shaper.shape_into(fetched.popleft(), buffer.append, sizes.append)
+        self._unshaped = 0
 
     def stop(self) -> None:
         """Start no new batch; a batch in flight finishes (see `wait_stopped`)."""
@@ -194,10 +292,12 @@ class _Lane:
     async def _next_batch(self) -> list[Doc]:
         """Wait for the batch_size / window / 6 MB cut, in offset order from the head."""
         config = self._runtime.config
+        self._shape_fetched()
         while not self._buffer:
             if self._stopping:
                 return []
             await self._wait_for_records(math.inf)
+            self._shape_fetched()
         first_at = self._first_at if self._first_at is not None else anyio.current_time()
         deadline = first_at + config.maximum_batching_window_in_seconds
         budget = MAX_PAYLOAD_BYTES - self._runtime.envelope_bytes
@@ -209,6 +309,7 @@ class _Lane:
             and anyio.current_time() < deadline
         ):
             await self._wait_for_records(deadline)
+            self._shape_fetched()
         if self._stopping:
             return []
         if self._bytes <= budget:  # any prefix fits: no need to add sizes up
@@ -354,7 +455,7 @@ class _Lane:
             dropped += 1
         if dropped == 0:
             return
-        self._first_at = anyio.current_time() if self._buffer else None
+        self._first_at = anyio.current_time() if self._buffer or self._fetched else None
         if not self.full:
             self._runtime.has_room(self)
         if await self._runtime.commit(self.tp, next_offset):
@@ -367,6 +468,9 @@ class _Lane:
         if self._buffer:
             offset: int = self._buffer[0]["offset"]
             return offset
+        if self._fetched:
+            fetched: int = self._fetched[0][0].offset
+            return fetched
         return self.committed
 
 
@@ -515,11 +619,17 @@ class KafkaRuntime(MappingRuntime):
         on_failure: KafkaOnFailure | None = None,
         filters: FilterSet | None = None,
         read_options: OptionsReader | None = None,
+        raw_records: bool = True,
     ) -> None:
         self.config = config
         self._read_options = read_options
         """Reads the secrets again after a refused login (None: options as given, for good)."""
         self._login_refused = False
+        self.raw_records = raw_records
+        """Read the fetched batches' records rather than getmany's `ConsumerRecord`s
+        (`serve_raw_records`); False keeps aiokafka's public path (tests compare the two)."""
+        self._records_path_logged = False
+        keep_freed_memory()
         self.name = config.name
         self.on_failure = on_failure
         """Where given-up records are described; the caller builds it from
@@ -691,6 +801,7 @@ class KafkaRuntime(MappingRuntime):
                 self._commits = _GroupCommit(self)
                 tg.start_soon(self._commits.run)
                 await consumer.start()
+                self._use_raw_records(consumer)
                 self._connected = True
                 self._broker_error = None
                 self.started.set()
@@ -715,6 +826,14 @@ class KafkaRuntime(MappingRuntime):
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
             self._log.info("kafka.consumer.stopped")
+
+    def _use_raw_records(self, consumer: Any) -> None:
+        """The raw path unless turned off (`raw_records=False`) or this aiokafka lacks it;
+        logged once per runtime."""
+        raw = self.raw_records and serve_raw_records(consumer)
+        if not self._records_path_logged:
+            self._records_path_logged = True
+            self._log.info("kafka.records.path", path="raw" if raw else "public")
 
     def _unreachable(self, error: str) -> str:
         return f"Kafka brokers {self._bootstrap_text} unreachable: {error}"

@@ -206,6 +206,17 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # typ
         time.sleep(interval)
 
 
+def queue_counts(sqs, url: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(visible, in flight) messages of an SQS queue, as SQS approximates them."""
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
 def stored_checkpoint(path: Path) -> str | None:
     """The only stored checkpoint of a sqlite state file, or None while there is none yet
     (read-only, so a test never creates the file before the daemon does)."""

@@ -27,6 +27,7 @@ from conftest import (
     HANDLERS,
     build_config,
     free_port,
+    queue_counts,
     stop_process,
     stored_checkpoint,
     wait_for_http,
@@ -311,13 +312,7 @@ def make_queue(sqs: Any, name: str, **attributes: str) -> tuple[str, str]:
 
 
 def queue_depth(sqs: Any, url: str) -> int:
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return sum(queue_counts(sqs, url))
 
 
 def metric(text: str, name: str, mapping: str) -> float:

@@ -14,7 +14,7 @@ import json
 import threading
 
 import recorder
-from conftest import build_config, wait_until
+from conftest import build_config, queue_counts, wait_until
 from fault_proxy import FaultProxy
 from test_sqs_mapping import make_queue, mapping
 
@@ -43,16 +43,6 @@ class HoldDeletes(FaultProxy):
         return await super()._answer(request, writer)
 
 
-def counts(sqs, url: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 def test_a_batch_waiting_for_the_previous_delete_is_released_at_stop(
     endpoint,
     sqs,
@@ -73,7 +63,7 @@ def test_a_batch_waiting_for_the_previous_delete_is_released_at_stop(
         daemon = run_daemon(config)
         # Two receivers: each invoked one message (its delete held) and holds the next.
         wait_until(lambda: proxy.held == 2 and len(recorder.bodies_for(arn)) == 2)
-        wait_until(lambda: counts(sqs, url) == (2, 4))
+        wait_until(lambda: queue_counts(sqs, url) == (2, 4))
         # moto has handed the next two out, but their responses may still be on their way:
         # a stop then lands in the receive, not in the wait this test is about. A receiver
         # goes from its receive's connection returning to the pool to waiting for the delete
@@ -91,4 +81,4 @@ def test_a_batch_waiting_for_the_previous_delete_is_released_at_stop(
         proxy.stop()
     assert len(recorder.bodies_for(arn)) == 2  # nothing invoked after the stop
     # 2 deleted, the other 4 visible now, not after the 300 s visibility timeout.
-    assert counts(sqs, url) == (4, 0)
+    assert queue_counts(sqs, url) == (4, 0)

@@ -15,7 +15,7 @@ import asyncio
 import json
 
 import recorder
-from conftest import build_config, wait_until
+from conftest import build_config, queue_counts, wait_until
 from fault_proxy import FaultProxy
 from test_sqs_mapping import make_queue, mapping
 
@@ -47,16 +47,6 @@ class CountReceives(FaultProxy):
 
     def in_flight(self) -> int:
         return self.receives_sent - self.receives_answered
-
-
-def counts(sqs, url: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def test_messages_a_receive_in_flight_brings_after_the_stop_are_made_visible_at_once(
@@ -94,7 +84,7 @@ def test_messages_a_receive_in_flight_brings_after_the_stop_are_made_visible_at_
     finally:
         proxy.stop()
     assert recorder.bodies_for(arn) == []  # nothing invoked after the stop
-    assert counts(sqs, url) == (2, 0)  # visible now, not after the 300 s visibility timeout
+    assert queue_counts(sqs, url) == (2, 0)  # visible now, not after the 300 s visibility timeout
     assert proxy.released_entries == 2
 
 

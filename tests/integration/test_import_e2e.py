@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import recorder
-from conftest import free_port, make_table_with_stream, stop_process, wait_until
+from conftest import free_port, make_table_with_stream, queue_counts, stop_process, wait_until
 
 from esm.cli import main
 from esm.config import load_config
@@ -238,13 +238,7 @@ def _poll(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _in_queue(sqs, url: str) -> int:  # type: ignore[no-untyped-def]
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return sum(queue_counts(sqs, url))
 
 
 def _queue(sqs, name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]

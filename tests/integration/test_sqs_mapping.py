@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import recorder
-from conftest import build_config, wait_until
+from conftest import build_config, queue_counts, wait_until
 
 ACCOUNT = "123456789012"
 
@@ -30,13 +30,7 @@ def mapping(arn: str, function: str = "f", **extra):  # type: ignore[no-untyped-
 
 
 def queue_depth(sqs, url: str) -> int:  # type: ignore[no-untyped-def]
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return sum(queue_counts(sqs, url))
 
 
 def test_event_has_every_key_of_a_lambda_sqs_record(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]

@@ -16,20 +16,50 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 BROKER_START_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+UNTIL_S = 60.0
+"""How long `until` waits by default (a daemon starting, a group joining)."""
+
+
+def until(predicate: Callable[[], Any], timeout: float = UNTIL_S) -> Any:
+    """Poll until predicate() is truthy; its value, or an AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(0.05)
+
+
+def readyz_status(port: int) -> int:
+    """The status of an esm daemon's /readyz (0 while nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -86,7 +116,7 @@ def start_tansu(port: int, *extra: str, advertised: str | None = None) -> subpro
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """`host:port` of a Tansu broker running for the whole session, killed at the end."""
-    port = _free_port()
+    port = free_port()
     proc = start_tansu(port)
     try:
         yield f"127.0.0.1:{port}"

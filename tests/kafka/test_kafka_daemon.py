@@ -7,51 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from kafka_fixtures import KafkaTopic, create_topic, start_tansu
+from kafka_fixtures import KafkaTopic, create_topic, free_port, readyz_status, start_tansu, until
 
 pytest_plugins = ["kafka_fixtures"]  # the session broker (see kafka_fixtures.py)
 
 HANDLERS = Path(__file__).parent.parent / "handlers"
-WAIT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(0.05)
-
-
-def _readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 def write_config(tmp_path: Path, bootstrap: str, topic: str, port: int, extra: str = "") -> Path:
@@ -108,14 +75,14 @@ def esm(*args: str) -> subprocess.CompletedProcess[str]:
 def test_esm_run_reads_the_topic_becomes_ready_and_drains_on_sigterm(
     kafka_topic: KafkaTopic, tmp_path: Path, daemon: Callable[[Path], subprocess.Popen[str]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = write_config(tmp_path, kafka_topic.bootstrap, kafka_topic.name, port)
     proc = daemon(config)
     # LATEST: ready means positioned, so every record produced from now on is read.
-    _until(lambda: _readyz(port) == 200)
+    until(lambda: readyz_status(port) == 200)
     sent = [f"v{i}" for i in range(9)]
     asyncio.run(_produce(kafka_topic.bootstrap, kafka_topic.name, sent))
-    _until(lambda: sorted(handled(tmp_path)) == sorted(sent))
+    until(lambda: sorted(handled(tmp_path)) == sorted(sent))
 
     # esm status: one row per partition, committed past every record, nothing behind.
     def caught_up() -> str | None:
@@ -124,7 +91,7 @@ def test_esm_run_reads_the_topic_becomes_ready_and_drains_on_sigterm(
         ok = len(rows) == 3 and all(row[-2:] == ["lag", "0"] for row in rows)
         return out if ok else None
 
-    table = _until(caught_up)
+    table = until(caught_up)
     for partition in range(3):
         assert f"{kafka_topic.name}-{partition}" in table
     assert sorted(int(line.split()[4]) for line in table.splitlines()[1:]) == [3, 3, 3]
@@ -156,20 +123,20 @@ def test_esm_validate_names_the_bad_kafka_keys(tmp_path: Path) -> None:
 def test_a_broker_that_is_not_up_yet_keeps_the_daemon_running_not_ready(
     tmp_path: Path, daemon: Callable[[Path], subprocess.Popen[str]]
 ) -> None:
-    broker_port, port = _free_port(), _free_port()
+    broker_port, port = free_port(), free_port()
     bootstrap = f"127.0.0.1:{broker_port}"
     topic = f"t-{uuid.uuid4().hex[:10]}"
     proc = daemon(write_config(tmp_path, bootstrap, topic, port))
     log = tmp_path / "esm.log"
-    _until(lambda: "kafka.consumer.unavailable" in log.read_text())
+    until(lambda: "kafka.consumer.unavailable" in log.read_text())
     assert proc.poll() is None, log.read_text()
-    assert _readyz(port) == 503
+    assert readyz_status(port) == 503
     broker = start_tansu(broker_port)
     try:
         asyncio.run(create_topic(bootstrap, topic, 3))
-        _until(lambda: _readyz(port) == 200)
+        until(lambda: readyz_status(port) == 200)
         asyncio.run(_produce(bootstrap, topic, ["after-outage"]))
-        _until(lambda: handled(tmp_path) == ["after-outage"])
+        until(lambda: handled(tmp_path) == ["after-outage"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -180,19 +147,19 @@ def test_a_broker_that_is_not_up_yet_keeps_the_daemon_running_not_ready(
 def test_esm_reload_restarts_a_changed_kafka_mapping(
     kafka_topic: KafkaTopic, tmp_path: Path, daemon: Callable[[Path], subprocess.Popen[str]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = write_config(tmp_path, kafka_topic.bootstrap, kafka_topic.name, port)
     proc = daemon(config)
-    _until(lambda: _readyz(port) == 200)
+    until(lambda: readyz_status(port) == 200)
     # A new consumer group (write_config draws one) and another batch size: a changed mapping.
     changed = write_config(tmp_path, kafka_topic.bootstrap, kafka_topic.name, port)
     changed.write_text(changed.read_text().replace("batch_size = 10", "batch_size = 5"))
     result = esm("reload", "-c", str(config))
     assert result.returncode == 0, result.stderr
     log = tmp_path / "esm.log"
-    _until(lambda: '"restarted": ["orders"]' in log.read_text())
-    _until(lambda: _readyz(port) == 200)
+    until(lambda: '"restarted": ["orders"]' in log.read_text())
+    until(lambda: readyz_status(port) == 200)
     asyncio.run(_produce(kafka_topic.bootstrap, kafka_topic.name, ["after-reload"]))
-    _until(lambda: handled(tmp_path) == ["after-reload"])
+    until(lambda: handled(tmp_path) == ["after-reload"])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0

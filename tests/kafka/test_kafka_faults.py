@@ -30,7 +30,7 @@ import anyio
 import kafka_handlers
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka_fixtures import KafkaTopic, _free_port, create_topic, start_tansu
+from kafka_fixtures import KafkaTopic, create_topic, free_port, start_tansu
 
 from esm.config import FunctionConfig, _Table
 from esm.invokers import Function
@@ -60,7 +60,7 @@ class ProxiedBroker:
 @pytest.fixture
 def proxied() -> Iterator[ProxiedBroker]:
     """A Tansu broker of its own, reached only through a TcpFaultProxy."""
-    real = _free_port()
+    real = free_port()
     proxy = TcpFaultProxy("127.0.0.1", real).start()
     broker = start_tansu(real, advertised=proxy.address)
     try:
@@ -413,7 +413,7 @@ async def test_esm_run_and_esm_status_name_an_unreachable_broker(
     and the error; `esm status` shows the topic as unreachable (exit 0); both recover."""
     topic = "daemon-faults"
     await create_topic(proxied.bootstrap, topic, 3)
-    port = _free_port()
+    port = free_port()
     handled = tmp_path / "handled.txt"
     config = tmp_path / "esm.toml"
     config.write_text(

@@ -25,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from importlib.resources import files
@@ -37,7 +35,7 @@ import boto3
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_fixtures import start_tansu
+from kafka_fixtures import free_port, readyz_status, start_tansu, until
 
 from esm.config import _Table
 from esm.sources.kafka.auth import KafkaLoginFailed, check_login
@@ -49,14 +47,7 @@ from fault_proxy import TcpFaultProxy  # noqa: E402
 pytest_plugins = ["kafka_fixtures"]  # the session Tansu broker (see kafka_fixtures.py)
 
 HANDLERS = Path(__file__).parent.parent / "handlers"
-WAIT_S = 60.0
 PASSWORD = "pw-" + uuid.uuid4().hex  # never to appear in a log line
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -71,32 +62,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.02)
 
 
-def _until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(0.05)
-
-
-def _readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def noida_bootstrap() -> Iterator[str]:
     """`host:port` of noida-db's Kafka service (the binary its wheel ships), killed at the end."""
     binary = str(files("noida_db").joinpath("noida-db"))
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="esm-noida-") as data:
         proc = subprocess.Popen(
             [binary, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", data],
@@ -114,7 +84,7 @@ def noida_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def tansu_with_auth() -> Iterator[str]:
     """A Tansu broker that requires SASL (SCRAM only) and knows no user."""
-    port = _free_port()
+    port = free_port()
     proc = start_tansu(port, "--authentication")
     try:
         yield f"127.0.0.1:{port}"
@@ -207,11 +177,11 @@ def test_basic_auth_secret_from_secrets_manager_logs_in_with_plain_and_drains(
     sent = [f"v{i}" for i in range(12)]
     asyncio.run(_create_and_fill(noida_bootstrap, topic, sent))
     arn = _secret(endpoint, "esm-reader")
-    port = _free_port()
+    port = free_port()
     auth = f'{{ type = "BASIC_AUTH", uri = "{arn}" }}'
     proc = daemon(_config(tmp_path, endpoint, noida_bootstrap, topic, port, auth))
-    _until(lambda: _handled(tmp_path) == sorted(sent))
-    assert _readyz(port) == 200
+    until(lambda: _handled(tmp_path) == sorted(sent))
+    assert readyz_status(port) == 200
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     log = (tmp_path / "esm.log").read_text()
@@ -227,14 +197,14 @@ def test_a_refused_scram_login_is_a_clear_mapping_error_and_the_daemon_stays_up(
     daemon: Callable[[Path], subprocess.Popen[str]],
 ) -> None:
     arn = _secret(endpoint, "nobody")
-    port = _free_port()
+    port = free_port()
     auth = f'{{ type = "SASL_SCRAM_512_AUTH", uri = "{arn}" }}'
     config = _config(tmp_path, endpoint, tansu_with_auth, "orders", port, auth)
     proc = daemon(config)
     log_path = tmp_path / "esm.log"
-    _until(lambda: "SASL authentication failed" in log_path.read_text())
+    until(lambda: "SASL authentication failed" in log_path.read_text())
     assert proc.poll() is None, log_path.read_text()
-    assert _readyz(port) == 503
+    assert readyz_status(port) == 503
     line = next(x for x in log_path.read_text().splitlines() if "SASL authentication" in x)
     event = json.loads(line)
     assert event["event"] == "kafka.consumer.unavailable"
@@ -297,7 +267,7 @@ async def test_check_login_passes_where_the_broker_accepts_and_skips_unreachable
     noida_bootstrap: str,
 ) -> None:
     config = _mapping(noida_bootstrap, "BASIC_AUTH")
-    closed = f"127.0.0.1:{_free_port()}"  # nothing listens: left to the consumer
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens: left to the consumer
     await check_login(config, [closed, noida_bootstrap], _login("alice"))
     await check_login(config, [closed], _login("alice"))
     await check_login(config, [noida_bootstrap], {"security_protocol": "PLAINTEXT"})
@@ -330,23 +300,23 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
     proxy.reset_when(refuse_old, times=1_000)
     try:
         arn = _secret(endpoint, "esm-reader", old)
-        port = _free_port()
+        port = free_port()
         auth = f'{{ type = "BASIC_AUTH", uri = "{arn}" }}'
         proc = daemon(_config(tmp_path, endpoint, proxy.address, topic, port, auth))
         log_path = tmp_path / "esm.log"
-        _until(lambda: log_path.exists() and "SASL authentication failed" in log_path.read_text())
-        assert _readyz(port) == 503 and _handled(tmp_path) == []
+        until(lambda: log_path.exists() and "SASL authentication failed" in log_path.read_text())
+        assert readyz_status(port) == 503 and _handled(tmp_path) == []
         sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
         # A rotation half done: the secret is not JSON for a while. The re-read fails, the
         # mapping stays not ready naming the secret, and it is read again at the next attempt.
         sm.put_secret_value(SecretId=arn, SecretString="{not json")
-        _until(lambda: "not a JSON object" in log_path.read_text())
-        assert _readyz(port) == 503
+        until(lambda: "not a JSON object" in log_path.read_text())
+        assert readyz_status(port) == 503
         sm.put_secret_value(
             SecretId=arn, SecretString=json.dumps({"username": "esm-reader", "password": new})
         )
-        _until(lambda: _handled(tmp_path) == sorted(sent))
-        assert _readyz(port) == 200
+        until(lambda: _handled(tmp_path) == sorted(sent))
+        assert readyz_status(port) == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

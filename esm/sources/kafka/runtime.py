@@ -33,7 +33,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -78,6 +78,7 @@ from esm.sources.kafka.metrics import kafka_metrics, offset_lag
 from esm.sources.kafka.onfailure import (
     Condition,
     KafkaOnFailure,
+    OptionsReader,
     build_on_failure,
     given_up_records,
 )
@@ -565,10 +566,6 @@ class _GroupCommit:
         return failed
 
 
-OptionsReader = Callable[[], Awaitable[dict[str, Any]]]
-"""Reads the mapping's security options again (its secrets as stored now)."""
-
-
 async def connection(
     config: KafkaMappingConfig, aws: AwsClients
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -600,7 +597,10 @@ async def build_runtime(
     """The registry's runtime for a Kafka mapping (esm/sources/registry.py). A secret or
     GetBootstrapBrokers that fails stops the start with a SourceUnavailable naming it."""
     servers, options = await connection(config, resources.aws)
-    on_failure = build_on_failure(config, resources.aws, function.arn, servers, options)
+    read_options = options_reader(config, resources.aws)
+    on_failure = build_on_failure(
+        config, resources.aws, function.arn, servers, options, read_options
+    )
     return KafkaRuntime(
         config,
         function,
@@ -609,7 +609,7 @@ async def build_runtime(
         client_options=options,
         on_failure=on_failure,
         filters=filters,
-        read_options=options_reader(config, resources.aws),
+        read_options=read_options,
     )
 
 

@@ -12,7 +12,8 @@ background threads count) and of the broker from the first record to the last, i
 core; with --esm, esm's KafkaRuntime drains the topic too (rounded up to whole batches per
 partition), and the summary gives esm's ratio to the bare aiokafka loop of the same round.
 Each drain counts the first --records records; with --tail N the topic holds N more, so
-that no client's clock waits on the end of the topic (see `main`).
+that no client's clock waits on the end of the topic (see `main`). --compare-unpipelined adds
+esm on aiokafka's own fetch pacing, --compare-pipelined-bare the bare loop on esm's.
 This chose the client of esm's Kafka family; it is not a test and asserts nothing.
 """
 
@@ -167,9 +168,15 @@ async def fill_topic(bootstrap: str, topic: str, records: int, size: int) -> flo
 
 
 async def drain_aiokafka(
-    bootstrap: str, topic: str, records: int, max_records: int, clock: Clock
+    bootstrap: str,
+    topic: str,
+    records: int,
+    max_records: int,
+    clock: Clock,
+    pipelined: bool = False,
 ) -> Drain:
-    """The bare loop: getmany over every partition, count the values, commit once at the end."""
+    """The bare loop: getmany over every partition, count the values, commit once at the end.
+    `pipelined`: with esm's fetch pipeline installed (esm/sources/kafka/fetch_pipeline.py)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -182,6 +189,10 @@ async def drain_aiokafka(
         fetch_max_bytes=16 * 1_048_576,
     )
     await consumer.start()
+    if pipelined:
+        from esm.sources.kafka.fetch_pipeline import pipeline_fetches
+
+        assert pipeline_fetches(consumer)
     seen = 0
     total_bytes = 0
     first: Stamp | None = None
@@ -333,21 +344,23 @@ def summary(figures: list[Figure]) -> list[str]:
             f"(min {min(rates):,.0f}, max {max(rates):,.0f})  cpu {cpu:.0f}% "
             f"({per_record:.2f} us/record)  broker {broker:.0f}%"
         )
-    bare = by_client.get(BARE, [])
-    for client, runs in by_client.items():
-        if not client.startswith("esm"):
-            continue
-        ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, runs, strict=False)]
-        if ratios:
-            lines.append(
-                f"{client} / bare aiokafka, per pair: "
-                + ", ".join(f"{r:.0%}" for r in ratios)
-                + f"; median {statistics.median(ratios):.0%}"
-            )
+    for baseline in (BARE, PIPELINED_BARE):
+        bare = by_client.get(baseline, [])
+        for client, runs in by_client.items():
+            if not client.startswith("esm"):
+                continue
+            ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, runs, strict=False)]
+            if ratios:
+                lines.append(
+                    f"{client} / {baseline}, per pair: "
+                    + ", ".join(f"{r:.0%}" for r in ratios)
+                    + f"; median {statistics.median(ratios):.0%}"
+                )
     return lines
 
 
 BARE = "aiokafka getmany"
+PIPELINED_BARE = "aiokafka getmany pipelined"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         "--compare-unpipelined",
         action="store_true",
         help="also drain with esm on aiokafka's own fetch pacing (one fetch at a time)",
+    )
+    parser.add_argument(
+        "--compare-pipelined-bare",
+        action="store_true",
+        help="also drain with the bare loop on esm's fetch pipeline",
     )
     parser.add_argument(
         "--tail",
@@ -431,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
                     clock,
                 )
             )
+            if args.compare_pipelined_bare:
+                figures.append(
+                    measure(
+                        PIPELINED_BARE,
+                        lambda c: asyncio.run(drain_aiokafka(bootstrap, topic, n, m, c, True)),
+                        clock,
+                    )
+                )
             if not args.esm_only:
                 figures.append(
                     measure(

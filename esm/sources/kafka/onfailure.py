@@ -301,7 +301,7 @@ class KafkaTopicDestination:
         producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all", **self._options)
         try:
             await producer.start()
-        except BaseException:
+        except KafkaError:  # a refused login, say: close what it opened before the next try
             await producer.stop()
             raise
         self._producer = producer

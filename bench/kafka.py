@@ -11,6 +11,9 @@ end. Prints records/s (wall clock), the CPU of this process (all threads, so lib
 background threads count) and of the broker from the first record to the last, in % of one
 core; with --esm, esm's KafkaRuntime drains the topic too (rounded up to whole batches per
 partition), and the summary gives esm's ratio to the bare aiokafka loop of the same round.
+Each drain counts the first --records records; with --tail N the topic holds N more, so
+that no client's clock waits on the end of the topic (see `main`). --compare-unpipelined adds
+esm on aiokafka's own fetch pacing, --compare-pipelined-bare the bare loop on esm's.
 This chose the client of esm's Kafka family; it is not a test and asserts nothing.
 """
 
@@ -165,9 +168,15 @@ async def fill_topic(bootstrap: str, topic: str, records: int, size: int) -> flo
 
 
 async def drain_aiokafka(
-    bootstrap: str, topic: str, records: int, max_records: int, clock: Clock
+    bootstrap: str,
+    topic: str,
+    records: int,
+    max_records: int,
+    clock: Clock,
+    pipelined: bool = False,
 ) -> Drain:
-    """The bare loop: getmany over every partition, count the values, commit once at the end."""
+    """The bare loop: getmany over every partition, count the values, commit once at the end.
+    `pipelined`: with esm's fetch pipeline installed (esm/sources/kafka/fetch_pipeline.py)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -180,6 +189,10 @@ async def drain_aiokafka(
         fetch_max_bytes=16 * 1_048_576,
     )
     await consumer.start()
+    if pipelined:
+        from esm.sources.kafka.fetch_pipeline import pipeline_fetches
+
+        assert pipeline_fetches(consumer)
     seen = 0
     total_bytes = 0
     first: Stamp | None = None
@@ -240,9 +253,10 @@ async def drain_esm(
     clock: Clock,
     profile: Path | None = None,
     raw_records: bool = True,
+    pipelined: bool = True,
 ) -> Drain:
     """esm's KafkaRuntime with a no-op in-process handler: every record batched, shaped
-    into Lambda's event, invoked and committed; done when every offset is committed.
+    into Lambda's event, invoked and committed; done when `records` offsets are committed.
     With `profile`, pyinstrument samples the drain (join excluded) into that text file."""
     import anyio
 
@@ -273,10 +287,11 @@ async def drain_esm(
         ),
         metrics,
     )
-    runtime = KafkaRuntime(config, function, metrics, raw_records=raw_records)
+    runtime = KafkaRuntime(config, function, metrics, raw_records=raw_records, pipelined=pipelined)
     polled = metrics.polled.labels("bench")
     profiler: Any = None
     first: Stamp | None = None
+    done = 0
     async with anyio.create_task_group() as tg:
         tg.start_soon(runtime.run)
         while True:
@@ -297,7 +312,7 @@ async def drain_esm(
             assert profile is not None
             profile.write_text(profiler.output_text(unicode=False, show_all=False))
         runtime.stop()
-    return Drain(records, first or last, last)
+    return Drain(done, first or last, last)
 
 
 def measure(client: str, run: Callable[[Clock], Drain], clock: Clock) -> Figure:
@@ -329,21 +344,23 @@ def summary(figures: list[Figure]) -> list[str]:
             f"(min {min(rates):,.0f}, max {max(rates):,.0f})  cpu {cpu:.0f}% "
             f"({per_record:.2f} us/record)  broker {broker:.0f}%"
         )
-    bare = by_client.get(BARE, [])
-    for client, runs in by_client.items():
-        if not client.startswith("esm"):
-            continue
-        ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, runs, strict=False)]
-        if ratios:
-            lines.append(
-                f"{client} / bare aiokafka, per pair: "
-                + ", ".join(f"{r:.0%}" for r in ratios)
-                + f"; median {statistics.median(ratios):.0%}"
-            )
+    for baseline in (BARE, PIPELINED_BARE):
+        bare = by_client.get(baseline, [])
+        for client, runs in by_client.items():
+            if not client.startswith("esm"):
+                continue
+            ratios = [e.records_per_s / b.records_per_s for b, e in zip(bare, runs, strict=False)]
+            if ratios:
+                lines.append(
+                    f"{client} / {baseline}, per pair: "
+                    + ", ".join(f"{r:.0%}" for r in ratios)
+                    + f"; median {statistics.median(ratios):.0%}"
+                )
     return lines
 
 
 BARE = "aiokafka getmany"
+PIPELINED_BARE = "aiokafka getmany pipelined"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,6 +387,22 @@ def main(argv: list[str] | None = None) -> int:
         help="also drain with esm on aiokafka's public getmany records (no raw batch records)",
     )
     parser.add_argument(
+        "--compare-unpipelined",
+        action="store_true",
+        help="also drain with esm on aiokafka's own fetch pacing (one fetch at a time)",
+    )
+    parser.add_argument(
+        "--compare-pipelined-bare",
+        action="store_true",
+        help="also drain with the bare loop on esm's fetch pipeline",
+    )
+    parser.add_argument(
+        "--tail",
+        type=int,
+        default=0,
+        help="records produced after the counted ones (e.g. 6000: one batch per partition)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="FILE",
@@ -382,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         # 1-2 s drain of 200,000 records).
         whole = PARTITIONS * args.max_records
         args.records = -(-args.records // whole) * whole
+    # --tail: records after the counted ones, so a partition's last counted batch is cut at
+    # batch_size, not at the 0.5 s window. Whole batches alone do not ensure it: a partition
+    # whose next fetch comes more than 0.5 s after its buffer's first record gets a short
+    # batch mid-drain and is off by it to the end. Tansu answers a fetch with one partition's
+    # records (the first with any in aiokafka's shuffled request), so before esm pipelined
+    # its fetches a partition could wait that long: a drain at 53% of the bare loop, traced
+    # on 2026-12-01, had its last records at 0.96 s and its last batch cut at 1.39 s.
     from esm.daemon import tune_garbage_collector
 
     tune_garbage_collector()  # what `esm run` does at start; the bare loops run with it too
@@ -394,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         clock = Clock(broker.pid)
         bootstrap = broker.bootstrap
         topic = f"bench-{uuid.uuid4().hex[:8]}"
-        produced_s = asyncio.run(fill_topic(bootstrap, topic, args.records, args.size))
+        produced = args.records + args.tail
+        produced_s = asyncio.run(fill_topic(bootstrap, topic, produced, args.size))
         print(
-            f"produced {args.records:,} x {args.size} B into {PARTITIONS} partitions "
-            f"in {produced_s:.2f} s"
+            f"produced {produced:,} x {args.size} B into {PARTITIONS} partitions "
+            f"in {produced_s:.2f} s; each drain counts the first {args.records:,}"
         )
         n, m = args.records, args.max_records
         for _ in range(args.repeats):
@@ -408,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
                     clock,
                 )
             )
+            if args.compare_pipelined_bare:
+                figures.append(
+                    measure(
+                        PIPELINED_BARE,
+                        lambda c: asyncio.run(drain_aiokafka(bootstrap, topic, n, m, c, True)),
+                        clock,
+                    )
+                )
             if not args.esm_only:
                 figures.append(
                     measure(
@@ -430,6 +479,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"esm public records {m}",
                         lambda c: asyncio.run(
                             drain_esm(bootstrap, topic, n, m, c, raw_records=False)
+                        ),
+                        clock,
+                    )
+                )
+            if args.compare_unpipelined:
+                figures.append(
+                    measure(
+                        f"esm one fetch deep {m}",
+                        lambda c: asyncio.run(
+                            drain_esm(bootstrap, topic, n, m, c, pipelined=False)
                         ),
                         clock,
                     )

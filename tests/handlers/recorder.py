@@ -216,3 +216,13 @@ def kafka_write_to_file(event: dict[str, Any], context: Any) -> None:
             for r in records:
                 value = base64.b64decode(r["value"]).decode()
                 f.write(f"{r['partition']} {r['offset']} {value}\n")
+
+
+def kafka_fail_on_poison(event: dict[str, Any], context: Any) -> None:
+    """`kafka_write_to_file`, then raise when any record's value contains 'poison'."""
+    import base64
+
+    kafka_write_to_file(event, context)
+    values = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
+    if any(b"poison" in v for v in values):
+        raise ValueError("poison record in batch")

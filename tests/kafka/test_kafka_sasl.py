@@ -347,6 +347,92 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
     assert old not in log and new not in log and "Traceback" not in log
 
 
+async def _read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every message of `topic` (noida-db, read directly), JSON-decoded."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"reader-{uuid.uuid4().hex[:8]}",
+        **_login("setup"),
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=2_000)
+        return [json.loads(m.value) for ms in batches.values() for m in ms]
+    finally:
+        await consumer.stop()
+
+
+def test_a_kafka_topic_destination_logs_in_with_the_rotated_secret_after_a_refused_produce(
+    noida_bootstrap: str,
+    endpoint: str,
+    tmp_path: Path,
+    daemon: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    """The password is rotated while esm runs; the consumer reads it again after its refused
+    login, and the mapping's Kafka topic destination, whose producer still had the options
+    read at start, is refused once, reads the secret again and delivers the given-up record.
+    Before, the destination kept the old password and was refused until a restart (the
+    partition blocked behind the undelivered record)."""
+    old, new = "pw-old-" + uuid.uuid4().hex, "pw-new-" + uuid.uuid4().hex
+    topic, dlq = f"t-{uuid.uuid4().hex[:10]}", f"dlq-{uuid.uuid4().hex[:10]}"
+    asyncio.run(_create_and_fill(noida_bootstrap, topic, ["poison"]))
+    asyncio.run(_create_and_fill(noida_bootstrap, dlq, []))
+    host, _, port_text = noida_bootstrap.rpartition(":")
+    proxy = TcpFaultProxy(host, int(port_text)).start()
+    logins: list[bytes] = []
+
+    def refuse_old(chunk: bytes) -> bool:
+        if old.encode() in chunk or new.encode() in chunk:
+            logins.append(chunk)
+        return old.encode() in chunk
+
+    proxy.reset_when(refuse_old, times=1_000)
+    try:
+        arn = _secret(endpoint, "esm-reader", old)
+        port = free_port()
+        auth = f'{{ type = "BASIC_AUTH", uri = "{arn}" }}'
+        config = _config(tmp_path, endpoint, proxy.address, topic, port, auth)
+        text = config.read_text().replace("kafka_write_to_file", "kafka_fail_on_poison")
+        config.write_text(
+            text
+            + "maximum_retry_attempts = 0\n"
+            + f'destination_config = {{ on_failure = {{ destination = "kafka://{dlq}" }} }}\n'
+        )
+        proc = daemon(config)
+        log_path = tmp_path / "esm.log"
+        until(lambda: log_path.exists() and "SASL authentication failed" in log_path.read_text())
+        sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+        sm.put_secret_value(
+            SecretId=arn, SecretString=json.dumps({"username": "esm-reader", "password": new})
+        )
+        delivered = until(lambda: asyncio.run(_read_topic(noida_bootstrap, dlq)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proxy.stop()
+    assert _handled(tmp_path) == ["poison"]
+    (record,) = delivered
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    (given_up,) = record["payload"]["records"][f"{topic}-0"]
+    assert given_up["value"] == "cG9pc29u"  # base64 of b"poison"
+    # The consumer's first new login came before the destination's refused old one; the
+    # destination's next login (and every later one) carried the new password.
+    carried = [old if old.encode() in chunk else new for chunk in logins]
+    first_new = carried.index(new)
+    assert old in carried[first_new:] and carried[-1] == new
+    events = [
+        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    rereads = [e for e in events if e["event"] == "kafka.on_failure.secret.reread"]
+    assert rereads and rereads[0]["destination"] == f"kafka://{dlq}" and rereads[0]["changed"]
+    log = log_path.read_text()
+    assert old not in log and new not in log and "Traceback" not in log
+
+
 @pytest.mark.anyio
 async def test_aiokafkas_scram_keyerror_on_a_refusal_is_told_from_other_keyerrors(
     tansu_with_auth: str,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -39,9 +39,10 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from esm.aws import AwsClients
 from esm.destinations import OnFailureDestination, create_destination
-from esm.errors import DeliveryFailed
+from esm.errors import DeliveryFailed, SourceUnavailable
 from esm.events.on_failure import iso_millis
 from esm.observability import get_logger
+from esm.sources.kafka.auth import credentials_changed
 from esm.sources.kafka.config import KAFKA_DESTINATION_PREFIX, KafkaMappingConfig
 
 log = get_logger("esm.sources.kafka")
@@ -252,37 +253,74 @@ def given_up_records(
     )
 
 
+OptionsReader = Callable[[], Awaitable[dict[str, Any]]]
+"""Reads the mapping's aiokafka connection options afresh (its secrets included)."""
+
+
 class KafkaTopicDestination:
     """A topic on the source cluster (`kafka://<topic>`): produces with the consumer's
-    connection settings (brokers, TLS, SASL), started on first use."""
+    connection settings (brokers, TLS, SASL), started on first use.
+
+    A produce that fails drops the producer; with `read_options`, the next one reads the
+    mapping's secrets again first, as the consumer does after a refused login, so a password
+    rotated in Secrets Manager reaches the destination's login too without a restart."""
 
     def __init__(
-        self, topic: str, bootstrap_servers: Sequence[str], client_options: dict[str, Any]
+        self,
+        topic: str,
+        bootstrap_servers: Sequence[str],
+        client_options: dict[str, Any],
+        read_options: OptionsReader | None = None,
     ) -> None:
         self.topic = topic
         self.arn = f"kafka://{topic}"
         self._servers = list(bootstrap_servers)
         self._options = client_options
+        self._read_options = read_options
+        self._stale = False
+        """A produce failed: read the options again before the next producer."""
         self._producer: Any = None
 
     async def produce(self, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Produce every message and wait for the broker's acks; DeliveryFailed otherwise."""
         try:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._servers, acks="all", **self._options
-                )
-                await producer.start()
-                self._producer = producer
-            sent = [
-                await self._producer.send(self.topic, value, key=key) for key, value in messages
-            ]
+            producer = self._producer or await self._start_producer()
+            sent = [await producer.send(self.topic, value, key=key) for key, value in messages]
             for ack in sent:
                 await ack
         except KafkaError as exc:
+            await self.aclose()
+            self._stale = self._read_options is not None
             raise DeliveryFailed(
                 f"on-failure destination {self.arn}: produce failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def _start_producer(self) -> Any:
+        if self._stale:
+            await self._reread_options()
+        producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all", **self._options)
+        try:
+            await producer.start()
+        except KafkaError:  # a refused login, say: close what it opened before the next try
+            await producer.stop()
+            raise
+        self._producer = producer
+        return producer
+
+    async def _reread_options(self) -> None:
+        """The mapping's options read again (a secret that cannot be read fails this attempt,
+        naming it; the next attempt reads it again). Logs whether the login changed."""
+        assert self._read_options is not None
+        try:
+            options = producer_options(await self._read_options())
+        except SourceUnavailable as exc:
+            raise DeliveryFailed(f"on-failure destination {self.arn}: {exc}") from exc
+        log.info(
+            "kafka.on_failure.secret.reread",
+            destination=self.arn,
+            changed=credentials_changed(self._options, options),
+        )
+        self._options, self._stale = options, False
 
     async def aclose(self) -> None:
         if self._producer is not None:
@@ -293,26 +331,33 @@ class KafkaTopicDestination:
 _CONSUMER_ONLY_OPTIONS = ("session_timeout_ms", "heartbeat_interval_ms")
 
 
+def producer_options(client_options: dict[str, Any]) -> dict[str, Any]:
+    """The consumer's aiokafka options that a producer takes too."""
+    return {k: v for k, v in client_options.items() if k not in _CONSUMER_ONLY_OPTIONS}
+
+
 def build_on_failure(
     config: KafkaMappingConfig,
     aws: AwsClients,
     function_arn: str,
     bootstrap_servers: Sequence[str],
     client_options: dict[str, Any] | None = None,
+    read_options: OptionsReader | None = None,
 ) -> KafkaOnFailure | None:
     """The mapping's on-failure delivery, or None without a destination (ConfigError for an
     ARN `esm.destinations` cannot use). `client_options` are the consumer's aiokafka
-    connection settings, reused for a Kafka topic destination."""
+    connection settings, reused for a Kafka topic destination (`read_options` reads them
+    afresh after a failed produce)."""
     arn = config.on_failure_destination
     if arn is None:
         return None
     destination: OnFailureDestination | KafkaTopicDestination
     if arn.startswith(KAFKA_DESTINATION_PREFIX):
-        options = {
-            k: v for k, v in (client_options or {}).items() if k not in _CONSUMER_ONLY_OPTIONS
-        }
         destination = KafkaTopicDestination(
-            arn.removeprefix(KAFKA_DESTINATION_PREFIX), bootstrap_servers, options
+            arn.removeprefix(KAFKA_DESTINATION_PREFIX),
+            bootstrap_servers,
+            producer_options(client_options or {}),
+            read_options,
         )
     else:
         destination = create_destination(arn, aws)

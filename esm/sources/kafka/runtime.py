@@ -33,7 +33,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -72,11 +72,13 @@ from esm.sources.kafka.event import (
     kafka_filter_view,
     partition_key,
 )
+from esm.sources.kafka.fetch_pipeline import pipeline_fetches
 from esm.sources.kafka.items import OffsetPositions, item_identifier, retry_rules
 from esm.sources.kafka.metrics import kafka_metrics, offset_lag
 from esm.sources.kafka.onfailure import (
     Condition,
     KafkaOnFailure,
+    OptionsReader,
     build_on_failure,
     given_up_records,
 )
@@ -564,10 +566,6 @@ class _GroupCommit:
         return failed
 
 
-OptionsReader = Callable[[], Awaitable[dict[str, Any]]]
-"""Reads the mapping's security options again (its secrets as stored now)."""
-
-
 async def connection(
     config: KafkaMappingConfig, aws: AwsClients
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -599,7 +597,10 @@ async def build_runtime(
     """The registry's runtime for a Kafka mapping (esm/sources/registry.py). A secret or
     GetBootstrapBrokers that fails stops the start with a SourceUnavailable naming it."""
     servers, options = await connection(config, resources.aws)
-    on_failure = build_on_failure(config, resources.aws, function.arn, servers, options)
+    read_options = options_reader(config, resources.aws)
+    on_failure = build_on_failure(
+        config, resources.aws, function.arn, servers, options, read_options
+    )
     return KafkaRuntime(
         config,
         function,
@@ -608,7 +609,7 @@ async def build_runtime(
         client_options=options,
         on_failure=on_failure,
         filters=filters,
-        read_options=options_reader(config, resources.aws),
+        read_options=read_options,
     )
 
 
@@ -632,6 +633,7 @@ class KafkaRuntime(MappingRuntime):
         filters: FilterSet | None = None,
         read_options: OptionsReader | None = None,
         raw_records: bool = True,
+        pipelined: bool = True,
     ) -> None:
         self.config = config
         self._read_options = read_options
@@ -640,6 +642,9 @@ class KafkaRuntime(MappingRuntime):
         self.raw_records = raw_records
         """Read the fetched batches' records rather than getmany's `ConsumerRecord`s
         (`serve_raw_records`); False keeps aiokafka's public path (tests compare the two)."""
+        self.pipelined = pipelined
+        """Send the next fetch while fetched records wait for a lane (`fetch_pipeline.py`);
+        False keeps aiokafka's one fetch at a time (the benchmark compares the two)."""
         self._records_path_logged = False
         keep_freed_memory()
         self.name = config.name
@@ -813,7 +818,7 @@ class KafkaRuntime(MappingRuntime):
                 self._commits = _GroupCommit(self)
                 tg.start_soon(self._commits.run)
                 await consumer.start()
-                self._use_raw_records(consumer)
+                self._tune_fetcher(consumer)
                 self._connected = True
                 self._broker_error = None
                 self.started.set()
@@ -839,13 +844,16 @@ class KafkaRuntime(MappingRuntime):
                 await consumer.stop()
             self._log.info("kafka.consumer.stopped")
 
-    def _use_raw_records(self, consumer: Any) -> None:
-        """The raw path unless turned off (`raw_records=False`) or this aiokafka lacks it;
-        logged once per runtime."""
+    def _tune_fetcher(self, consumer: Any) -> None:
+        """The raw path and the fetch pipeline unless turned off (`raw_records=False`,
+        `pipelined=False`) or this aiokafka lacks their parts; logged once per runtime."""
         raw = self.raw_records and serve_raw_records(consumer)
+        pipelined = self.pipelined and pipeline_fetches(consumer)
         if not self._records_path_logged:
             self._records_path_logged = True
-            self._log.info("kafka.records.path", path="raw" if raw else "public")
+            self._log.info(
+                "kafka.records.path", path="raw" if raw else "public", pipelined=pipelined
+            )
 
     def _unreachable(self, error: str) -> str:
         return f"Kafka brokers {self._bootstrap_text} unreachable: {error}"

@@ -195,13 +195,13 @@ def test_activemq_connection_drop_mid_redelivery_keeps_the_count_at_six(
         dead = stomp_receive(
             activemq.port, ACTIVEMQ_USER, "ActiveMQ.DLQ", lambda b: b == body.encode(), 60
         )
-        wait_until(lambda: running.metric("esm_dead_lettered_events_total") == 1)
-        got = deliveries(running.arn)
+        got = deliveries(running.arn)  # the DLQ NACK came after the last invocation
+        wait_until(lambda: running.metric("esm_dead_lettered_events_total") >= 1)
     finally:
         running.stop()
     assert body.encode() in dead
-    assert got == [(body, False)] + [(body, True)] * 6, got
-    assert running.metric("esm_dead_lettered_events_total") == 1
+    assert got == [(body, False)] + [(body, True)] * 6, (len(got), got)
+    assert running.metric("esm_dead_lettered_events_total") == 1  # the NACK actually sent
 
 
 def test_activemq_dead_letter_nack_lost_with_its_connection_is_not_retried_again(
@@ -232,7 +232,7 @@ def test_activemq_dead_letter_nack_lost_with_its_connection_is_not_retried_again
         running.stop()
     assert activemq_proxy.armed() == 0 and activemq_proxy.accepted >= 2  # lost, reconnected
     assert body.encode() in dead
-    assert got == [(body, False)] + [(body, True)] * 6, got
+    assert got == [(body, False)] + [(body, True)] * 6, (len(got), got)
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])

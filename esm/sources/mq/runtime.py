@@ -107,8 +107,8 @@ class LocalRedelivery:
 
 
 class FailureLedger:
-    """How often each message failed in the function, by the broker's message ID, for the
-    messages not yet settled.
+    """How often each message failed in the function, by the broker's message ID, from
+    its first failure until it is acknowledged.
 
     A JMS client's redelivery count survives a dropped connection (ActiveMQ keeps the
     message's redeliveryCounter), so AWS's maximumRedeliveries 6 bounds the invocations of a
@@ -571,16 +571,15 @@ class MqMapping(MappingRuntime):
         action: Callable[[Sequence[Delivery]], Any],
         deliveries: Sequence[Delivery],
         counter: Any,
-    ) -> bool:
+    ) -> None:
         """Ack, requeue or dead-letter; a failure leaves the messages unacknowledged, so the
-        broker redelivers them when the connection drops (never lost). True when sent."""
+        broker redelivers them when the connection drops (never lost)."""
         try:
             await action(deliveries)
         except Exception as exc:
             self._log.warning("mq.settle_failed", count=len(deliveries), error=str(exc))
-            return False
+            return
         counter.inc(len(deliveries))
-        return True
 
     async def _give_back(self, session: BrokerSession, deliveries: list[Delivery]) -> None:
         """Shutdown: received-but-never-invoked messages return to the broker at once."""

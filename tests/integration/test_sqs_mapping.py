@@ -1,4 +1,10 @@
-"""SQS mappings against a real moto server: Lambda's behaviour, message by message."""
+"""SQS mappings against a real moto server: Lambda's behaviour, message by message.
+
+Tests that run several receivers wait for every message *seen* (a set), not for an exact
+number of deliveries: a standard queue may hand a message out twice (SQS is at-least-once),
+and moto does it when two receives interleave (its ReceiveMessage checks a message visible
+and marks it received without a lock: seen under load, two copies with different receipt
+handles and ApproximateReceiveCount 1 and 2)."""
 
 from __future__ import annotations
 
@@ -267,13 +273,20 @@ def test_empty_partial_response_is_full_success(endpoint, sqs, unique, run_daemo
 
 
 def test_batch_size_above_ten_gathers_receives_within_the_window(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
+    """Two receivers (Lambda polls with several at once) share 40 messages: a batch of
+    batch_size 20 gathers receives of at most 10 within its window until it is full.
+
+    Load-proof: full batches are invoked at once, so the generous window (10 s) costs no
+    time and only a receiver stalled for 10 s could miss it; and the test waits for every
+    message *seen*, not for exactly 40 deliveries: a standard queue may hand a message out
+    twice (SQS's at-least-once; moto's ReceiveMessage, unlocked, does it when two receives
+    interleave on a loaded machine: 26 deliveries of 25 broke the old `== 25` wait)."""
     url, arn = make_queue(sqs, f"window-{unique}")
-    for start in range(0, 25, 10):
+    sent = {f"m{i}" for i in range(40)}
+    for start in range(0, 40, 10):
         sqs.send_message_batch(
             QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, min(start + 10, 25))
-            ],
+            Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(start, start + 10)],
         )
     config = build_config(
         endpoint,
@@ -282,17 +295,16 @@ def test_batch_size_above_ten_gathers_receives_within_the_window(endpoint, sqs, 
             mapping(
                 arn,
                 batch_size=20,
-                maximum_batching_window_in_seconds=2,
+                maximum_batching_window_in_seconds=10,
                 scaling_config={"maximum_concurrency": 2},
             )
         ],
     )
     run_daemon(config)
-    wait_until(lambda: len(recorder.bodies_for(arn)) == 25)
+    wait_until(lambda: set(recorder.bodies_for(arn)) == sent, timeout=60)
     sizes = [len(e["Records"]) for e in recorder.events_for(arn)]
-    # Two receivers (Lambda polls with several at once) share 25 messages received within
-    # their windows, so at least one batch gathered more than one receive's 10.
-    assert sum(sizes) == 25 and max(sizes) > 10 and max(sizes) <= 20, sizes
+    # A receive returns at most 10: a batch above 10 gathered several within its window.
+    assert max(sizes) > 10 and max(sizes) <= 20, sizes
 
 
 def test_window_zero_invokes_with_what_one_receive_returned(endpoint, sqs, unique, run_daemon):  # type: ignore[no-untyped-def]
@@ -304,7 +316,7 @@ def test_window_zero_invokes_with_what_one_receive_returned(endpoint, sqs, uniqu
         endpoint, {"f": {"handler": "recorder.record"}}, [mapping(arn, batch_size=3)]
     )
     run_daemon(config)
-    wait_until(lambda: len(recorder.bodies_for(arn)) == 7)
+    wait_until(lambda: set(recorder.bodies_for(arn)) == {f"m{i}" for i in range(7)})
     assert all(len(e["Records"]) <= 3 for e in recorder.events_for(arn))
 
 
@@ -334,7 +346,7 @@ def test_maximum_concurrency_caps_batches_in_flight(endpoint, sqs, unique, run_d
         [mapping(arn, batch_size=1, scaling_config={"maximum_concurrency": 3})],
     )
     run_daemon(config)
-    wait_until(lambda: len(recorder.bodies_for(arn)) == 60, timeout=60)
+    wait_until(lambda: set(recorder.bodies_for(arn)) == {f"m{i}" for i in range(60)}, timeout=60)
     assert recorder.CONCURRENCY.high_water == 3
 
 
@@ -348,7 +360,7 @@ def test_missing_queue_does_not_stop_other_mappings(endpoint, sqs, unique, run_d
         [mapping(arn), mapping(missing_arn)],
     )
     daemon = run_daemon(config)
-    wait_until(lambda: recorder.bodies_for(arn) == ["hello"])
+    wait_until(lambda: set(recorder.bodies_for(arn)) == {"hello"})
     status, body = daemon.get("/readyz")
     assert status == 503
     assert json.loads(body)["not_ready"] == [f"m-missing-{unique}"]
@@ -365,7 +377,7 @@ def test_a_mapping_polls_with_five_receivers_as_lambda_starts(endpoint, sqs, uni
     series = f'esm_pollers{{mapping="m-five-{unique}"}} 5.0'
     wait_until(lambda: series in daemon.get("/metrics")[1])
     sqs.send_message(QueueUrl=url, MessageBody="one")
-    wait_until(lambda: recorder.bodies_for(arn) == ["one"])
+    wait_until(lambda: set(recorder.bodies_for(arn)) == {"one"})
     assert series in daemon.get("/metrics")[1]  # an empty receive never retires below five
 
 
@@ -410,11 +422,11 @@ def test_provisioned_pollers_stay_at_their_minimum_and_deliver(endpoint, sqs, un
                         Entries=[{"Id": str(i), "MessageBody": f"p{i}"} for i in range(3)],
                     )
                 )
-                await until(lambda: len(recorder.bodies_for(arn)) == 3)
+                await until(lambda: set(recorder.bodies_for(arn)) == {"p0", "p1", "p2"})
                 receivers = sqs_mapping._receivers
                 sqs_mapping.stop()
         return receivers
 
     assert anyio.run(scenario) == 7
-    assert sorted(recorder.bodies_for(arn)) == ["p0", "p1", "p2"]
+    assert set(recorder.bodies_for(arn)) == {"p0", "p1", "p2"}
     wait_until(lambda: queue_depth(sqs, url) == 0)

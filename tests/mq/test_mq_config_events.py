@@ -1,5 +1,6 @@
 """Pure parts of the broker-queue family: config validation, event shapes (checked with
-Powertools' data classes), and DescribeBroker / Secrets Manager resolution against moto."""
+Powertools' data classes), DescribeBroker / Secrets Manager resolution against moto, and the
+failure ledger that carries an ActiveMQ message's redelivery count across reconnects."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from esm.sources.mq.events import (
     rabbitmq_event,
     rabbitmq_message,
 )
+from esm.sources.mq.runtime import Delivery, FailureLedger
 
 ARN = "arn:aws:mq:us-east-1:123456789012:broker:orders:b-1234a5b6-78cd-901e-2fgh-3i45j6k178l9"
 RABBIT = {"endpoints": {"RABBITMQ_BROKER_URLS": ["amqp://127.0.0.1:5672"]}}
@@ -367,3 +369,22 @@ print(loaded)
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_failure_ledger_counts_by_message_id_until_acknowledged() -> None:
+    ledger = FailureLedger()
+    assert ledger.failures("ID:1") == 0 and ledger.failures(None) == 0
+    ledger.failed("ID:1", 3)
+    ledger.failed(None, 5)  # an engine without IDs (RabbitMQ) records nothing
+    assert ledger.failures("ID:1") == 3 and len(ledger) == 1
+    ledger.forget([Delivery({}, 0, None, message_id="ID:1"), Delivery({}, 0, None)])
+    assert ledger.failures("ID:1") == 0 and len(ledger) == 0
+
+
+def test_failure_ledger_forgets_the_least_recently_failed_past_its_capacity() -> None:
+    ledger = FailureLedger(capacity=2)
+    ledger.failed("a", 1)
+    ledger.failed("b", 1)
+    ledger.failed("a", 2)  # "a" failed again: "b" is now the oldest
+    ledger.failed("c", 1)
+    assert (ledger.failures("a"), ledger.failures("b"), ledger.failures("c")) == (2, 0, 1)

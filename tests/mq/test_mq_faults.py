@@ -41,6 +41,8 @@ AMQP_BASIC_ACK = re.compile(rb"\x01..\x00\x00\x00\x0d\x00\x3c\x00\x50", re.DOTAL
 """An AMQP 0-9-1 method frame (type 1, any channel, 13-byte payload) of Basic.Ack (60, 80)."""
 STOMP_ACK = re.compile(rb"(?:^|\x00|\n)ACK\n")
 """A STOMP ACK frame."""
+STOMP_NACK = re.compile(rb"(?:^|\x00|\n)NACK\n")
+"""A STOMP NACK frame."""
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +163,76 @@ def test_activemq_acks_lost_to_connection_resets_are_redelivered_never_lost(
     stomp_send(activemq.port, ACTIVEMQ_USER, queue, [marker.encode()])
     left = stomp_receive(activemq.port, ACTIVEMQ_USER, queue, lambda b: b == marker.encode())
     assert left == [marker.encode()], left[:5]
+
+
+@pytest.mark.parametrize("cut", ["eof", "reset"])
+def test_activemq_connection_drop_mid_redelivery_keeps_the_count_at_six(
+    activemq: Broker, activemq_proxy: TcpFaultProxy, cut: str
+) -> None:
+    """The broker closes the connection (EOF, as ActiveMQ does on a missed heartbeat) or it
+    is reset while esm is redelivering a failing message: stompman reconnects and the broker
+    redelivers the message. It is still invoked 1 + 6 times in all, then dead-lettered, as
+    AWS's maximumRedeliveries 6 allows: the count follows the message across the reconnect
+    (old code: the dropped connection's copy went on being retried and the broker's copy
+    started again from zero: 14 deliveries)."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    running = RunningMapping(
+        activemq_mapping(
+            f"stomp://{activemq_proxy.address}",
+            queue,
+            batch_size=1,
+            maximum_batching_window_in_seconds=0,
+        )
+    )
+    body = f"please fail {queue}"
+    try:
+        wait_until(lambda: running.mapping.ready)
+        stomp_send(activemq.port, ACTIVEMQ_USER, queue, [body.encode()], {"persistent": "true"})
+        wait_until(lambda: len(deliveries(running.arn)) >= 3)
+        connections = activemq_proxy.accepted
+        activemq_proxy.cut_all() if cut == "eof" else activemq_proxy.reset_all()
+        wait_until(lambda: activemq_proxy.accepted > connections)  # stompman reconnected
+        dead = stomp_receive(
+            activemq.port, ACTIVEMQ_USER, "ActiveMQ.DLQ", lambda b: b == body.encode(), 60
+        )
+        got = deliveries(running.arn)  # the DLQ NACK came after the last invocation
+        wait_until(lambda: running.metric("esm_dead_lettered_events_total") >= 1)
+    finally:
+        running.stop()
+    assert body.encode() in dead
+    assert got == [(body, False)] + [(body, True)] * 6, (len(got), got)
+    assert running.metric("esm_dead_lettered_events_total") == 1  # the NACK actually sent
+
+
+def test_activemq_dead_letter_nack_lost_with_its_connection_is_not_retried_again(
+    activemq: Broker, activemq_proxy: TcpFaultProxy
+) -> None:
+    """The NACK that sends a message to the DLQ after its seventh failure is lost with its
+    connection: the broker redelivers the message, and esm dead-letters it again without
+    invoking it (it had its 1 + 6 tries)."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    activemq_proxy.reset_when(lambda chunk: bool(STOMP_NACK.search(chunk)), times=1)
+    running = RunningMapping(
+        activemq_mapping(
+            f"stomp://{activemq_proxy.address}",
+            queue,
+            batch_size=1,
+            maximum_batching_window_in_seconds=0,
+        )
+    )
+    body = f"please fail {queue}"
+    try:
+        wait_until(lambda: running.mapping.ready)
+        stomp_send(activemq.port, ACTIVEMQ_USER, queue, [body.encode()], {"persistent": "true"})
+        dead = stomp_receive(
+            activemq.port, ACTIVEMQ_USER, "ActiveMQ.DLQ", lambda b: b == body.encode(), 60
+        )
+        got = deliveries(running.arn)
+    finally:
+        running.stop()
+    assert activemq_proxy.armed() == 0 and activemq_proxy.accepted >= 2  # lost, reconnected
+    assert body.encode() in dead
+    assert got == [(body, False)] + [(body, True)] * 6, (len(got), got)
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])

@@ -14,6 +14,13 @@ failed batch itself and then hands the message to the broker's DLQ. esm does the
 a poison acknowledgement: the message moves to the dead-letter queue (ActiveMQ.DLQ unless
 the broker's policy names another; ActiveMQ sends only persistent messages there by
 default). Messages never acknowledged return to the queue when the connection closes.
+
+A dropped connection (the broker's EOF, a reset): stompman reconnects and resubscribes by
+itself, and the broker redelivers every unacknowledged message on the new connection
+(`redelivered:true`, no count: ActiveMQ's STOMP frames carry no redelivery counter). The
+frames of the old connection can no longer be acknowledged (stompman skips those), so they
+are `current()` no more; the runtime drops them and takes up the broker's copy, whose
+failures so far it remembers by message ID (`FailureLedger`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,13 @@ from esm.errors import SourceUnavailable
 from esm.sources.mq.config import MqMappingConfig
 from esm.sources.mq.events import activemq_event, activemq_message
 from esm.sources.mq.resolve import Broker
-from esm.sources.mq.runtime import Delivery, LocalRedelivery, QueueStats, record_size
+from esm.sources.mq.runtime import (
+    Delivery,
+    LocalRedelivery,
+    QueueStats,
+    SessionLost,
+    record_size,
+)
 
 CONNECTION_LOST_AFTER = 10.0
 """Seconds without a live connection (stompman reconnects by itself) before the session
@@ -94,7 +107,8 @@ class ActiveMqSession:
         async def on_message(frame: stompman.AckableMessageFrame) -> None:
             headers: dict[str, str] = dict(frame.headers)  # type: ignore[arg-type]
             record = activemq_message(headers, frame.body, int(time.time() * 1000))
-            deliver(Delivery(record, record_size(record), frame))
+            message_id = headers.get("message-id")
+            deliver(Delivery(record, record_size(record), frame, message_id=message_id))
 
         self._subscription = await client.subscribe_with_manual_ack(
             f"/queue/{self.config.queue}",
@@ -126,7 +140,28 @@ class ActiveMqSession:
             elif time.monotonic() - down_since > CONNECTION_LOST_AFTER:
                 return
 
+    def current(self, delivery: Delivery) -> bool:
+        """False for a frame of a connection stompman has replaced since (stompman numbers
+        its connections; it would skip that frame's ACK or NACK, logging why)."""
+        client = self._client
+        if client is None:
+            return True
+        received = getattr(delivery.handle, "_received_at_reconnection_count", None)
+        now = getattr(getattr(client, "_connection_manager", None), "_reconnection_count", None)
+        return received is None or now is None or bool(received == now)
+
+    def _sendable(self, deliveries: Sequence[Delivery], what: str) -> None:
+        """Raise for frames of a dropped connection: stompman would skip them silently and
+        the runtime would count them settled. The broker redelivers them."""
+        stale = sum(1 for d in deliveries if not self.current(d))
+        if stale:
+            raise SessionLost(
+                f"{stale} of {len(deliveries)} {what} not sent: the connection the messages"
+                " came on dropped, the broker redelivers them"
+            )
+
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._sendable(deliveries, "ACKs")
         for delivery in deliveries:
             await delivery.handle.ack()
 
@@ -136,6 +171,7 @@ class ActiveMqSession:
         caller: failed batches go through LocalRedelivery)."""
 
     async def dead_letter(self, deliveries: Sequence[Delivery]) -> None:
+        self._sendable(deliveries, "NACKs")
         for delivery in deliveries:
             await delivery.handle.nack()
 

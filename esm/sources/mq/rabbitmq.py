@@ -117,6 +117,10 @@ class RabbitMqSession:
             if not isinstance(exc, Exception):
                 raise
 
+    def current(self, delivery: Delivery) -> bool:
+        """Always: the session ends with its connection (esm opens a new one)."""
+        return True
+
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         channel = self._require_channel()
         await self._settle(deliveries, lambda tag, many: channel.basic_ack(tag, multiple=many))

@@ -20,7 +20,7 @@ Lambda's rules (guide "Using Lambda with Amazon MQ", "services-mq-errors"):
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -62,12 +62,15 @@ class SessionLost(EsmError):
 @dataclass(slots=True)
 class Delivery:
     """A message received and not yet settled: its Lambda record, the record's JSON size,
-    the client's handle to acknowledge it, and how often esm itself redelivered it."""
+    the client's handle to acknowledge it, how often it failed in the function so far (esm
+    redelivers it itself, `LocalRedelivery`), and the broker's ID of the message (the key
+    that carries that count across a reconnect; None where the engine needs none)."""
 
     record: dict[str, Any]
     size: int
     handle: Any
     local_redeliveries: int = 0
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,44 @@ class LocalRedelivery:
     delay: float = 1.0
 
 
+class FailureLedger:
+    """How often each message failed in the function, by the broker's message ID, from
+    its first failure until it is acknowledged.
+
+    A JMS client's redelivery count survives a dropped connection (ActiveMQ keeps the
+    message's redeliveryCounter), so AWS's maximumRedeliveries 6 bounds the invocations of a
+    message whatever the network does. Over STOMP the broker only says `redelivered`, so
+    esm remembers the count: the copy the broker redelivers after a reconnect goes on from
+    it instead of from zero. An ID is forgotten when its message is acknowledged; a
+    dead-lettered one stays (its NACK may have been lost). Bounded: past `capacity` IDs the
+    least recently failed is forgotten (that message's count starts again)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._failures: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def failures(self, message_id: str | None) -> int:
+        if message_id is None:
+            return 0
+        return self._failures.get(message_id, 0)
+
+    def failed(self, message_id: str | None, failures: int) -> None:
+        if message_id is None:
+            return
+        self._failures[message_id] = failures
+        self._failures.move_to_end(message_id)
+        while len(self._failures) > self.capacity:
+            self._failures.popitem(last=False)
+
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            if delivery.message_id is not None:
+                self._failures.pop(delivery.message_id, None)
+
+
 class BrokerSession(Protocol):
     """One connection to the broker consuming the mapping's queue."""
 
@@ -113,6 +154,11 @@ class BrokerSession(Protocol):
 
     async def wait_closed(self) -> None:
         """Return when the connection is lost."""
+
+    def current(self, delivery: Delivery) -> bool:
+        """False once the connection the delivery came on has dropped (a client that
+        reconnects by itself): its handle can no longer settle it, and the broker
+        redelivers the message on the new connection."""
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
 
@@ -213,6 +259,7 @@ class MqMapping(MappingRuntime):
         self._passes = filters.predicate(mq_filter_view) if filters is not None else None
         self._session_factory = session_factory
         self._buffer = _Buffer()
+        self._ledger = FailureLedger()
         self._poll_scope = anyio.CancelScope()
         self._consume_scope: anyio.CancelScope | None = None
         self._consumed = False
@@ -288,7 +335,7 @@ class MqMapping(MappingRuntime):
     async def _consume_session(
         self, session: BrokerSession, broker: Broker, in_flight: TaskGroup
     ) -> None:
-        await session.start(self._buffer.push)
+        await session.start(self._receive)
         self._consumed = True
         self.last_error = None
         self._set_ready(True)
@@ -313,6 +360,12 @@ class MqMapping(MappingRuntime):
                 self.last_error = describe_error(_lost(broker))
             self._m_pollers.set(0)
             self._set_ready(False)
+
+    def _receive(self, delivery: Delivery) -> None:
+        """A message from the broker: one that failed before (and came back after a
+        reconnect) goes on from its count."""
+        delivery.local_redeliveries = self._ledger.failures(delivery.message_id)
+        self._buffer.push(delivery)
 
     async def _watch(self, session: BrokerSession, broker: Broker) -> None:
         await session.wait_closed()
@@ -387,9 +440,17 @@ class MqMapping(MappingRuntime):
                     await buffer.wait()
             while buffer.items:
                 head = buffer.items[0]
+                if not session.current(head):
+                    buffer.items.popleft()  # the broker redelivers it on the new connection
+                    self._log.debug("mq.stale_delivery_skipped")
+                    continue
                 if head.size + ENVELOPE_ALLOWANCE > MAX_PAYLOAD_BYTES:
                     buffer.items.popleft()
                     await self._drop_oversize(session, head)
+                    continue
+                if self._exhausted(session, head):
+                    buffer.items.popleft()
+                    await self._dead_letter(session, [head])
                     continue
                 if not budget.fits(head.size):
                     return batch
@@ -421,6 +482,7 @@ class MqMapping(MappingRuntime):
             if passed:
                 if await self._invoke(session, passed):
                     await self._settle(session.ack, passed, self._m_acked)
+                    self._ledger.forget(passed)
                 else:
                     await self._failed(session, passed)
         except Exception:
@@ -474,19 +536,35 @@ class MqMapping(MappingRuntime):
             back = batch + (self._buffer.take_all() if self._concurrency == 1 else [])
             await self._settle(session.requeue, back, self._m_requeued)
             return
-        retry = [d for d in batch if d.local_redeliveries < policy.maximum_redeliveries]
-        exhausted = [d for d in batch if d.local_redeliveries >= policy.maximum_redeliveries]
+        for delivery in batch:
+            delivery.local_redeliveries += 1
+            self._ledger.failed(delivery.message_id, delivery.local_redeliveries)
+        retry = [d for d in batch if not self._exhausted(session, d)]
+        exhausted = [d for d in batch if self._exhausted(session, d)]
         if exhausted:
-            self._log.warning("mq.dead_lettered", count=len(exhausted))
-            await self._settle(session.dead_letter, exhausted, self._m_dead)
+            await self._dead_letter(session, exhausted)
         if retry:
             self._m_requeued.inc(len(retry))
             await anyio.sleep(policy.delay)
+            # A copy from a connection that dropped meanwhile is not retried: the broker
+            # redelivers the message on the new one, where its count goes on (FailureLedger).
+            retry = [d for d in retry if session.current(d)]
             for delivery in retry:
-                delivery.local_redeliveries += 1
                 # A new record: the function may still hold the one it was given.
                 delivery.record = {**delivery.record, "redelivered": True}
             self._buffer.push_front(retry)
+
+    @staticmethod
+    def _exhausted(session: BrokerSession, delivery: Delivery) -> bool:
+        """AWS's maximumRedeliveries: a message that failed 1 + 6 times goes to the DLQ."""
+        policy = session.local_redelivery
+        return policy is not None and delivery.local_redeliveries > policy.maximum_redeliveries
+
+    async def _dead_letter(self, session: BrokerSession, deliveries: list[Delivery]) -> None:
+        """NACK into the broker's DLQ. The ledger keeps their counts: a NACK lost with its
+        connection brings the message back, and it goes to the DLQ again uninvoked."""
+        self._log.warning("mq.dead_lettered", count=len(deliveries))
+        await self._settle(session.dead_letter, deliveries, self._m_dead)
 
     async def _settle(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
-from conftest import HANDLERS, build_config, wait_until
+from conftest import HANDLERS, assert_deleted_after_success, build_config, wait_until
 from test_sqs_mapping import make_queue, mapping, queue_depth
 
 from esm.config import FunctionConfig, parse_config
@@ -48,6 +48,12 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def receive_counts(seen: list[dict[str, Any]], body: str) -> list[str]:
+    """The ApproximateReceiveCount of every delivery of `body` the function recorded."""
+    pairs = (zip(r["bodies"], r["receive_counts"], strict=True) for r in seen)
+    return [count for delivered in pairs for b, count in delivered if b == body]
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -84,7 +90,8 @@ def test_awslambdaric_runs_an_sqs_mapping_through_the_runtime_api(  # type: igno
     wait_until(lambda: any("2" in r["receive_counts"] for r in records(record_path)), timeout=30)
     seen = records(record_path)
     bodies = [b for r in seen for b in r["bodies"]]
-    assert bodies.count("ok-1") == 1, "ok-1 succeeded and was deleted"
+    # ok-1 succeeded and was deleted (each delivery a receive of its own: five receivers).
+    assert_deleted_after_success(sqs, url, receive_counts(seen, "ok-1"), left=1)
     assert bodies.count("fail-2") >= 2, "fail-2 was reported and delivered again"
     assert len({r["pid"] for r in seen}) == 1, "one warm environment served every batch"
     _, metrics = daemon.get("/metrics")

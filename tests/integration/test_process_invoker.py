@@ -87,13 +87,16 @@ def test_awslambdaric_runs_an_sqs_mapping_through_the_runtime_api(  # type: igno
         [mapping(arn, batch_size=10, function_response_types=["ReportBatchItemFailures"])],
     )
     daemon = run_daemon(config)
-    wait_until(lambda: any("2" in r["receive_counts"] for r in records(record_path)), timeout=30)
+    # fail-2 again, not any record received twice: ok-1 may be a moto copy
+    wait_until(lambda: len(receive_counts(records(record_path), "fail-2")) >= 2, timeout=30)
     seen = records(record_path)
     bodies = [b for r in seen for b in r["bodies"]]
     # ok-1 succeeded and was deleted (each delivery a receive of its own: five receivers).
     assert_deleted_after_success(sqs, url, receive_counts(seen, "ok-1"), left=1)
     assert bodies.count("fail-2") >= 2, "fail-2 was reported and delivered again"
-    assert len({r["pid"] for r in seen}) == 1, "one warm environment served every batch"
+    # A warm environment served a later batch (one environment unless moto handed a copy to
+    # a second receiver while the first batch ran, which needs a second environment).
+    assert len({r["pid"] for r in seen}) < len(seen), "no environment served two batches"
     _, metrics = daemon.get("/metrics")
     assert 'esm_function_errors_total{function="f"} 0.0' in metrics
 

@@ -217,6 +217,21 @@ def queue_counts(sqs, url: str) -> tuple[int, int]:  # type: ignore[no-untyped-d
     )
 
 
+def assert_deleted_after_success(sqs, url: str, receive_counts: list[str], left: int) -> None:  # type: ignore[no-untyped-def]
+    """A message the function handled was deleted: the queue ends holding only the `left`
+    messages that keep failing, and each delivery of the message came from a receive of its
+    own (its ApproximateReceiveCount values all differ).
+
+    Why not "delivered exactly once": a standard queue may hand a message out twice (SQS is
+    at-least-once) and moto does when two receivers' receives interleave, two copies with
+    receive counts 1 and 2; esm invoking one received copy twice would repeat a count. What
+    this cannot tell from a copy is a message received again because its delete was lost:
+    tests that are about deletion itself (test_sqs_mapping) keep their exact counts."""
+    assert receive_counts, "the message was never delivered"
+    assert len(set(receive_counts)) == len(receive_counts), receive_counts
+    wait_until(lambda: sum(queue_counts(sqs, url)) == left)
+
+
 def stored_checkpoint(path: Path) -> str | None:
     """The only stored checkpoint of a sqlite state file, or None while there is none yet
     (read-only, so a test never creates the file before the daemon does)."""

@@ -37,9 +37,10 @@ def test_deleted_queue_and_stream_turn_only_their_mapping_not_ready(
     assert f'esm_mapping_ready{{mapping="m-doomed-{unique}"}} 0.0' in metrics
     assert f'esm_mapping_ready{{mapping="m-steady-{unique}"}} 1.0' in metrics
 
-    # The other mapping keeps working meanwhile.
+    # The other mapping keeps working meanwhile (seen at least once: its five receivers may
+    # each be handed the message by moto, as SQS's at-least-once allows).
     sqs.send_message(QueueUrl=steady_url, MessageBody="still-flowing")
-    wait_until(lambda: recorder.bodies_for(steady_arn) == ["still-flowing"])
+    wait_until(lambda: set(recorder.bodies_for(steady_arn)) == {"still-flowing"})
 
     # The queue comes back: its mapping recovers by itself.
     sqs.create_queue(QueueName=f"doomed-{unique}", Attributes={"VisibilityTimeout": "3"})

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_until
+from conftest import assert_deleted_after_success, free_port, wait_until
 from fake_endpoints import InvokeApi, serve
+from test_http_invoker import receive_counts
 from test_sqs_mapping import make_queue, mapping
 
 from esm.config import Config, DaemonConfig, FunctionConfig, parse_config
@@ -70,7 +71,8 @@ def test_sqs_mapping_invokes_through_the_invoke_api(  # type: ignore[no-untyped-
     )
     run_daemon(config)
     wait_until(lambda: app.bodies().count("fail-2") >= 2, timeout=30)
-    assert app.bodies().count("ok-1") == 1
+    # ok-1 succeeded and was deleted (each delivery a receive of its own: five receivers).
+    assert_deleted_after_success(sqs, queue_url, receive_counts(app.events(), "ok-1"), left=1)
     first = app.requests[0]
     assert first["name"] == "orders:live"
     assert first["invocation_type"] == "RequestResponse"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HANDLERS, build_config, wait_until
-from test_process_invoker import process_invoker
+from conftest import HANDLERS, assert_deleted_after_success, build_config, wait_until
+from test_process_invoker import process_invoker, receive_counts, reused
 from test_sqs_mapping import make_queue, mapping, queue_depth
 
 from esm.invokers.process import INIT_TIMEOUT
@@ -75,15 +75,18 @@ def test_node_aws_lambda_ric_runs_an_sqs_mapping(endpoint, sqs, unique, run_daem
         [mapping(arn, batch_size=10, function_response_types=["ReportBatchItemFailures"])],
     )
     daemon = run_daemon(config)
-    wait_until(lambda: any("2" in r["receive_counts"] for r in records(record_path)), timeout=30)
-    seen = records(record_path)
+    # fail-3 again and a warm Node environment reused, not merely two batches: moto may
+    # hand a copy of the batch to a second receiver, which runs at once in a second one.
+    seen = wait_until(lambda: reused(records(record_path), "fail-3"), timeout=30)
     bodies = [b for r in seen for b in r["bodies"]]
-    assert bodies.count("ok-1") == 1 and bodies.count("ok-2") == 1, bodies
+    # ok-1 and ok-2 succeeded and were deleted (each delivery a receive of its own: five
+    # receivers), only fail-3 is left.
+    for ok in ("ok-1", "ok-2"):
+        assert_deleted_after_success(sqs, url, receive_counts(seen, ok), left=1)
     assert bodies.count("fail-3") >= 2, "fail-3 was reported by Node and delivered again"
     assert {r["node"].split(".")[0] for r in seen} == {"v22"}
     assert {r["function_name"] for r in seen} == {"f"}
     assert all(0 < r["remaining_ms"] <= 2000 for r in seen)
-    assert len({r["pid"] for r in seen}) == 1, "one warm Node environment served every batch"
     wait_until(lambda: queue_depth(sqs, url) <= 1, timeout=10)
     _, metrics = daemon.get("/metrics")
     assert 'esm_function_errors_total{function="f"} 0.0' in metrics

@@ -273,6 +273,22 @@ async def test_check_login_passes_where_the_broker_accepts_and_skips_unreachable
     await check_login(config, [noida_bootstrap], {"security_protocol": "PLAINTEXT"})
 
 
+def _refusing_proxy(bootstrap: str, old: str, new: str) -> tuple[TcpFaultProxy, list[str]]:
+    """A proxy to `bootstrap` that resets every connection whose PLAIN login carries `old`
+    (a broker that no longer knows it), and the password each login carried, in order."""
+    host, _, port_text = bootstrap.rpartition(":")
+    proxy = TcpFaultProxy(host, int(port_text)).start()
+    logins: list[str] = []
+
+    def refuse_old(chunk: bytes) -> bool:
+        if old.encode() in chunk or new.encode() in chunk:
+            logins.append(old if old.encode() in chunk else new)
+        return old.encode() in chunk
+
+    proxy.reset_when(refuse_old, times=1_000)
+    return proxy, logins
+
+
 def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_it(
     noida_bootstrap: str,
     endpoint: str,
@@ -288,16 +304,7 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
     topic = f"t-{uuid.uuid4().hex[:10]}"
     sent = [f"v{i}" for i in range(6)]
     asyncio.run(_create_and_fill(noida_bootstrap, topic, sent))
-    host, _, port_text = noida_bootstrap.rpartition(":")
-    proxy = TcpFaultProxy(host, int(port_text)).start()
-    logins: list[bytes] = []
-
-    def refuse_old(chunk: bytes) -> bool:
-        if old.encode() in chunk or new.encode() in chunk:
-            logins.append(chunk)
-        return old.encode() in chunk
-
-    proxy.reset_when(refuse_old, times=1_000)
+    proxy, logins = _refusing_proxy(noida_bootstrap, old, new)
     try:
         arn = _secret(endpoint, "esm-reader", old)
         port = free_port()
@@ -323,10 +330,9 @@ def test_a_refused_login_reads_the_rotated_secret_again_and_the_next_login_uses_
         proxy.stop()
     # Every login before the rotation carried the old password and was refused; the first
     # one after it carried the new one, and so did every later one.
-    carried = [old if old.encode() in chunk else new for chunk in logins]
-    first_new = carried.index(new)
-    assert first_new > 0 and set(carried[:first_new]) == {old}
-    assert set(carried[first_new:]) == {new}
+    first_new = logins.index(new)
+    assert first_new > 0 and set(logins[:first_new]) == {old}
+    assert set(logins[first_new:]) == {new}
     events = [
         json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
     ]
@@ -381,16 +387,7 @@ def test_a_kafka_topic_destination_logs_in_with_the_rotated_secret_after_a_refus
     topic, dlq = f"t-{uuid.uuid4().hex[:10]}", f"dlq-{uuid.uuid4().hex[:10]}"
     asyncio.run(_create_and_fill(noida_bootstrap, topic, ["poison"]))
     asyncio.run(_create_and_fill(noida_bootstrap, dlq, []))
-    host, _, port_text = noida_bootstrap.rpartition(":")
-    proxy = TcpFaultProxy(host, int(port_text)).start()
-    logins: list[bytes] = []
-
-    def refuse_old(chunk: bytes) -> bool:
-        if old.encode() in chunk or new.encode() in chunk:
-            logins.append(chunk)
-        return old.encode() in chunk
-
-    proxy.reset_when(refuse_old, times=1_000)
+    proxy, logins = _refusing_proxy(noida_bootstrap, old, new)
     try:
         arn = _secret(endpoint, "esm-reader", old)
         port = free_port()
@@ -421,9 +418,8 @@ def test_a_kafka_topic_destination_logs_in_with_the_rotated_secret_after_a_refus
     assert given_up["value"] == "cG9pc29u"  # base64 of b"poison"
     # The consumer's first new login came before the destination's refused old one; the
     # destination's next login (and every later one) carried the new password.
-    carried = [old if old.encode() in chunk else new for chunk in logins]
-    first_new = carried.index(new)
-    assert old in carried[first_new:] and carried[-1] == new
+    first_new = logins.index(new)
+    assert old in logins[first_new:] and logins[-1] == new
     events = [
         json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
     ]

@@ -165,6 +165,20 @@ def test_activemq_acks_lost_to_connection_resets_are_redelivered_never_lost(
     assert left == [marker.encode()], left[:5]
 
 
+def _one_at_a_time(proxy: TcpFaultProxy, queue: str) -> RunningMapping:
+    """An ActiveMQ mapping through `proxy`, one message a batch, no batching window."""
+    return RunningMapping(
+        activemq_mapping(
+            f"stomp://{proxy.address}", queue, batch_size=1, maximum_batching_window_in_seconds=0
+        )
+    )
+
+
+def _send_when_ready(running: RunningMapping, activemq: Broker, queue: str, body: str) -> None:
+    wait_until(lambda: running.mapping.ready)
+    stomp_send(activemq.port, ACTIVEMQ_USER, queue, [body.encode()], {"persistent": "true"})
+
+
 @pytest.mark.parametrize("cut", ["eof", "reset"])
 def test_activemq_connection_drop_mid_redelivery_keeps_the_count_at_six(
     activemq: Broker, activemq_proxy: TcpFaultProxy, cut: str
@@ -176,18 +190,10 @@ def test_activemq_connection_drop_mid_redelivery_keeps_the_count_at_six(
     (old code: the dropped connection's copy went on being retried and the broker's copy
     started again from zero: 14 deliveries)."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
-    running = RunningMapping(
-        activemq_mapping(
-            f"stomp://{activemq_proxy.address}",
-            queue,
-            batch_size=1,
-            maximum_batching_window_in_seconds=0,
-        )
-    )
+    running = _one_at_a_time(activemq_proxy, queue)
     body = f"please fail {queue}"
     try:
-        wait_until(lambda: running.mapping.ready)
-        stomp_send(activemq.port, ACTIVEMQ_USER, queue, [body.encode()], {"persistent": "true"})
+        _send_when_ready(running, activemq, queue, body)
         wait_until(lambda: len(deliveries(running.arn)) >= 3)
         connections = activemq_proxy.accepted
         activemq_proxy.cut_all() if cut == "eof" else activemq_proxy.reset_all()
@@ -212,18 +218,10 @@ def test_activemq_dead_letter_nack_lost_with_its_connection_is_not_retried_again
     invoking it (it had its 1 + 6 tries)."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
     activemq_proxy.reset_when(lambda chunk: bool(STOMP_NACK.search(chunk)), times=1)
-    running = RunningMapping(
-        activemq_mapping(
-            f"stomp://{activemq_proxy.address}",
-            queue,
-            batch_size=1,
-            maximum_batching_window_in_seconds=0,
-        )
-    )
+    running = _one_at_a_time(activemq_proxy, queue)
     body = f"please fail {queue}"
     try:
-        wait_until(lambda: running.mapping.ready)
-        stomp_send(activemq.port, ACTIVEMQ_USER, queue, [body.encode()], {"persistent": "true"})
+        _send_when_ready(running, activemq, queue, body)
         dead = stomp_receive(
             activemq.port, ACTIVEMQ_USER, "ActiveMQ.DLQ", lambda b: b == body.encode(), 60
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
 BROKER_START_TIMEOUT = 30.0
 
@@ -40,15 +41,8 @@ UNTIL_S = 60.0
 
 
 def until(predicate: Callable[[], Any], timeout: float = UNTIL_S) -> Any:
-    """Poll until predicate() is truthy; its value, or an AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(0.05)
+    """conftest's `wait_until`, with the longer wait these tests need by default."""
+    return wait_until(predicate, timeout)
 
 
 def readyz_status(port: int) -> int:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -17,6 +16,7 @@ from typing import Any
 import aio_pika
 import stompman
 from anyio.from_thread import start_blocking_portal
+from conftest import wait_until as wait_until  # re-exported: one poll-until for every suite
 
 from esm.aws import AwsClients
 from esm.config import DaemonConfig, FunctionConfig
@@ -27,17 +27,6 @@ from esm.sources.mq import MqMapping
 from esm.sources.mq.config import parse_mq_table
 
 HERE = Path(__file__).parent
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
 
 
 def rabbit_mapping(url: str, queue: str, **extra: Any) -> dict[str, Any]:
